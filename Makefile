@@ -1,0 +1,54 @@
+# SysCare build, test and demo entry points. `make help` lists the targets.
+GO      ?= go
+BIN     := bin
+PYTHON  := /usr/bin/python3
+GOTESTFLAGS ?= -count=1 -timeout 40m
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+# Every directory <component>/cmd/<name> is a binary, built into bin/<name>.
+CMDS := $(wildcard */cmd/*)
+
+.PHONY: all build test test-go test-python test-e2e demo bench lint deps check-deps help clean
+
+all: build ## build every binary into bin/
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./,$(CMDS))
+
+check-deps: ## install the system packages if one is missing
+	@tests/deps.sh --check >/dev/null 2>&1 || tests/deps.sh
+
+deps: ## install the system packages (apt or dnf)
+	tests/deps.sh
+
+test: check-deps build test-go test-python ## run every test (needs root)
+
+test-go:
+	$(GO) test $(GOTESTFLAGS) ./...
+
+test-python:
+	@if ls dnf-plugin/tests/test_*.py >/dev/null 2>&1; then \
+		$(PYTHON) -m pytest -q dnf-plugin/tests; \
+	else echo "test-python: no plugin tests yet"; fi
+
+test-e2e: check-deps build ## long end-to-end tests (real upstream package)
+	SYSCARE_E2E=1 $(GO) test $(GOTESTFLAGS) -run E2E ./tests/...
+
+demo: check-deps build ## hot-patch a running program end to end
+	tests/demo.sh
+
+bench: check-deps build ## run the benchmarks and print figures
+	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
+
+lint: ## gofmt, go vet, staticcheck, python syntax
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	@if ls dnf-plugin/*.py >/dev/null 2>&1; then $(PYTHON) -m py_compile dnf-plugin/*.py; fi
+
+clean: ## remove build output
+	rm -rf $(BIN)
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## /  \1\t/' | expand -t 14

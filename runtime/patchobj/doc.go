@@ -1,0 +1,57 @@
+// Package patchobj parses SysCare user-space patch objects: the contract between
+// the builder (syscare build, or a person writing a patch in C with upatch.h) and
+// the runtime loader.
+//
+// # The format
+//
+// A patch object is an ELF64, little-endian, x86-64 relocatable file (ET_REL), as
+// produced by `gcc -c -O2 -ffunction-sections -fdata-sections`. Its allocatable
+// sections (.text.*, .rodata.*, .data.*, .bss.*) are loaded into the target process
+// near the target ELF; its undefined symbols are resolved at load time. Sections
+// whose names start with ".upatch." describe the patch and are never loaded:
+//
+//	.upatch.funcs     required. An array of 32-byte entries, one per replaced function:
+//	    offset 0  new_func  uint64  address of the replacement; carries an R_X86_64_64
+//	                                relocation against a symbol defined in this object
+//	                                (a function or its section), in an executable section
+//	    offset 8  old_name  uint64  address of the replaced function's name; carries an
+//	                                R_X86_64_64 relocation against a NUL-terminated string
+//	                                in a section of this object (by convention .upatch.strings)
+//	    offset 16 old_pos   uint64  0: the name is unique among the target's function
+//	                                symbols (local or global); N >= 1: the N-th function
+//	                                symbol of that name in the target's .symtab order,
+//	                                which tells apart static functions of the same name
+//	                                from different source files (kpatch's sympos)
+//	    offset 24 flags     uint64  reserved, must be 0
+//	.upatch.syms      optional. An array of 16-byte entries that disambiguate undefined
+//	                  symbols the same way:
+//	    offset 0  name      uint64  R_X86_64_64 relocation against the symbol's name string
+//	    offset 8  pos       uint64  N >= 1: bind the undefined symbol of that name to the
+//	                                N-th symbol of that name in the target's .symtab
+//	.upatch.build_id  optional. The GNU build-id of the target ELF as lowercase or uppercase
+//	                  hexadecimal ASCII, NUL-terminated. The loader refuses a target whose
+//	                  build-id differs. Without it the loader refuses to patch unless forced.
+//	.upatch.strings   the strings referenced by the two tables above (not loaded).
+//
+// The replaced function is found in the target ELF (the executable or the shared
+// library named by the caller), its address must be at least as long as the jump the
+// loader writes. All functions of one object are switched together.
+//
+// # Symbols left undefined
+//
+// Undefined symbols are resolved in this order: the target ELF's .symtab (from the file
+// or its separate debuginfo), its .dynsym, then the dynamic symbols of the shared
+// libraries mapped in the process. Local statics of the target are reachable by their
+// symtab names (gcc's "counter.0" for a function-static), with .upatch.syms for duplicates.
+//
+// # Relocations
+//
+// Loaded sections may carry the x86-64 relocations listed in Supported: the absolute and
+// PC-relative forms gcc -O2 emits, GOT-relative loads (the loader provides its own GOT),
+// and R_X86_64_TPOFF32/GOTTPOFF for reading TLS variables of the executable. A relocation
+// of any other type is refused when the object is parsed, naming the section and offset.
+//
+// Sections that are not loaded: .upatch.*, .comment, .note.*, .eh_frame (replacement code
+// has no unwind tables in the process; C++ exceptions must not propagate through it),
+// .debug_*, and every section without SHF_ALLOC.
+package patchobj

@@ -1,0 +1,135 @@
+package patchobj
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// buildObject compiles C source with the flags the README documents for hand-written patches.
+func buildObject(t testing.TB, src string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	_, file, _, _ := runtime.Caller(0)
+	inc := filepath.Join(filepath.Dir(file), "..", "include")
+	c := filepath.Join(dir, "fix.c")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := filepath.Join(dir, "fix.o")
+	out, err := exec.Command("gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-I", inc, c, "-o", o).CombinedOutput()
+	if err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+const handWritten = `
+#include <upatch.h>
+#include <stdio.h>
+extern int counter;
+extern int dup;
+static int twice(int x) { return 2 * x; }
+int greet_v2(void) { counter++; dup++; printf("hi %s\n", "there"); return twice(21); }
+static int helper_v2(int a) { return a + 1; }
+UPATCH_FUNC(greet, greet_v2);
+UPATCH_FUNC_POS(helper, helper_v2, 2);
+UPATCH_SYMBOL_POS(dup, 3);
+UPATCH_TARGET_BUILD_ID("9f3cAB01");
+`
+
+func TestParseHandWritten(t *testing.T) {
+	o, err := ParseBytes(buildObject(t, handWritten))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Funcs) != 2 {
+		t.Fatalf("got %d funcs, want 2", len(o.Funcs))
+	}
+	byName := map[string]Func{}
+	for _, f := range o.Funcs {
+		byName[f.OldName] = f
+	}
+	if f := byName["greet"]; f.OldPos != 0 || o.NewName(f) != "greet_v2" {
+		t.Errorf("greet = %+v (%s)", f, o.NewName(f))
+	}
+	if f := byName["helper"]; f.OldPos != 2 || o.NewName(f) != "helper_v2" {
+		t.Errorf("helper = %+v (%s)", f, o.NewName(f))
+	}
+	if got := o.SymbolPos["dup"]; got != 3 {
+		t.Errorf("SymbolPos[dup] = %d, want 3", got)
+	}
+	if got := string(o.TargetBuildID); got != "\x9f\x3c\xab\x01" {
+		t.Errorf("build-id = %x", o.TargetBuildID)
+	}
+	loaded := map[string]bool{}
+	for _, s := range o.Sections {
+		if s != nil && s.Load {
+			loaded[s.Name] = true
+		}
+	}
+	for _, want := range []string{".text.greet_v2"} {
+		if !loaded[want] {
+			t.Errorf("section %s not loaded; loaded: %v", want, loaded)
+		}
+	}
+	for name := range loaded {
+		if strings.HasPrefix(name, ".upatch") || strings.HasPrefix(name, ".eh_frame") {
+			t.Errorf("section %s must not be loaded", name)
+		}
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	good := buildObject(t, handWritten)
+	cases := map[string]struct {
+		obj  []byte
+		want string
+	}{
+		"empty":        {nil, "invalid patch object"},
+		"garbage":      {[]byte("this is not an ELF file at all, just text"), "invalid patch object"},
+		"truncated":    {good[:len(good)/3], "invalid patch object"},
+		"no funcs":     {buildObject(t, "int f(void) { return 1; }"), "no .upatch.funcs"},
+		"new tls":      {buildObject(t, "#include <upatch.h>\n__thread int t; int g(void){return t;}\nUPATCH_FUNC(f, g);"), "thread-local"},
+		"bad build-id": {buildObject(t, "#include <upatch.h>\nint g(void){return 1;}\nUPATCH_FUNC(f, g);\nUPATCH_TARGET_BUILD_ID(\"xyz\");"), "not a hexadecimal"},
+	}
+	wrongMachine := append([]byte(nil), good...)
+	wrongMachine[18] = 0xb7 // EM_AARCH64
+	cases["wrong machine"] = struct {
+		obj  []byte
+		want string
+	}{wrongMachine, "EM_X86_64"}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseBytes(c.obj)
+			if err == nil {
+				t.Fatal("parsed without error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not mention %q", err, c.want)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(buildObject(f, handWritten))
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o, err := ParseBytes(b)
+		if err == nil && len(o.Funcs) == 0 {
+			t.Fatal("parsed object without functions")
+		}
+	})
+}
