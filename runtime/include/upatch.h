@@ -28,10 +28,11 @@ struct upatch_func {
 	unsigned long flags;    /* reserved, 0 */
 };
 
-/* One entry of .upatch.syms (16 bytes). */
+/* One entry of .upatch.syms (24 bytes). */
 struct upatch_sym {
 	const char *name;       /* an undefined symbol of this object */
-	unsigned long pos;      /* bind it to the N-th symbol of that name in .symtab */
+	const char *target;     /* the symbol's name in the target */
+	unsigned long pos;      /* 0: unique; N: the N-th symbol of that name in .symtab */
 };
 
 #define UPATCH_CAT_(a, b) a##b
@@ -61,6 +62,7 @@ struct upatch_sym {
 		__attribute__((section(".upatch.strings"), used)) = #name;       \
 	static const struct upatch_sym UPATCH_CAT(__upatch_sym_, __LINE__)       \
 		__attribute__((section(".upatch.syms"), used, aligned(8))) = {   \
+		UPATCH_CAT(__upatch_sname_, __LINE__),                           \
 		UPATCH_CAT(__upatch_sname_, __LINE__), (pos)                     \
 	}
 

@@ -23,11 +23,14 @@
 //	                                which tells apart static functions of the same name
 //	                                from different source files (kpatch's sympos)
 //	    offset 24 flags     uint64  reserved, must be 0
-//	.upatch.syms      optional. An array of 16-byte entries that disambiguate undefined
-//	                  symbols the same way:
-//	    offset 0  name      uint64  R_X86_64_64 relocation against the symbol's name string
-//	    offset 8  pos       uint64  N >= 1: bind the undefined symbol of that name to the
-//	                                N-th symbol of that name in the target's .symtab
+//	.upatch.syms      optional. An array of 24-byte entries that bind undefined symbols of
+//	                  this object to a given symbol of the target:
+//	    offset 0  name      uint64  R_X86_64_64 relocation against the undefined symbol's name
+//	    offset 8  target    uint64  R_X86_64_64 relocation against the name to look up in the
+//	                                target (differs from name when the builder gave an alias to
+//	                                tell apart two static variables of the same name)
+//	    offset 16 pos       uint64  0: the target name is unique; N >= 1: the N-th symbol of
+//	                                that name in the target's .symtab order
 //	.upatch.build_id  optional. The GNU build-id of the target ELF as lowercase or uppercase
 //	                  hexadecimal ASCII, NUL-terminated. The loader refuses a target whose
 //	                  build-id differs. Without it the loader refuses to patch unless forced.

@@ -21,7 +21,7 @@ const (
 	StringsSection = ".upatch.strings"
 
 	FuncEntrySize = 32
-	SymEntrySize  = 16
+	SymEntrySize  = 24
 )
 
 // ErrInvalid is wrapped by every error about a malformed patch object.
@@ -51,8 +51,8 @@ type Object struct {
 	Symbols []Symbol
 	// Funcs lists the replaced functions in table order.
 	Funcs []Func
-	// SymbolPos maps an undefined symbol name to its position in the target's symtab.
-	SymbolPos map[string]uint64
+	// SymbolPos maps an undefined symbol name to the target symbol it stands for.
+	SymbolPos map[string]TargetSym
 	// TargetBuildID is the recorded build-id of the target ELF, nil if none.
 	TargetBuildID []byte
 }
@@ -98,6 +98,21 @@ func (s Symbol) Defined() bool { return s.Section != elf.SHN_UNDEF }
 type SymRef struct {
 	Sym    uint32
 	Addend int64
+}
+
+// TargetSym names a symbol of the target: its name and 1-based position among
+// symbols of that name in .symtab order (0 when the name is unique).
+type TargetSym struct {
+	Name string
+	Pos  uint64
+}
+
+// Target returns the target symbol an undefined symbol of the object stands for.
+func (o *Object) Target(name string) TargetSym {
+	if t, ok := o.SymbolPos[name]; ok {
+		return t
+	}
+	return TargetSym{Name: name}
 }
 
 // Func describes one replaced function.
@@ -162,7 +177,7 @@ func parse(f *elf.File) (*Object, error) {
 	if f.Type != elf.ET_REL {
 		return nil, invalid("ELF type %v, want ET_REL (an object file from gcc -c)", f.Type)
 	}
-	o := &Object{SymbolPos: map[string]uint64{}}
+	o := &Object{SymbolPos: map[string]TargetSym{}}
 	o.Sections = make([]*Section, len(f.Sections))
 	for i, s := range f.Sections {
 		sec := &Section{Index: i, Name: s.Name, Type: s.Type, Flags: s.Flags, Addralign: s.Addralign, Size: s.Size}
@@ -390,11 +405,18 @@ func (o *Object) readSyms() error {
 		if err != nil {
 			return invalid("%s entry %d: %v", SymsSection, off/SymEntrySize, err)
 		}
-		pos := binary.LittleEndian.Uint64(sec.Data[off+8:])
-		if pos == 0 {
-			return invalid("%s entry for %q: position must be at least 1", SymsSection, name)
+		tr, ok := o.relocAt(sec, uint64(off+8))
+		if !ok {
+			return invalid("%s entry for %q: target name has no R_X86_64_64 relocation", SymsSection, name)
 		}
-		o.SymbolPos[name] = pos
+		target, err := o.stringAt(tr)
+		if err != nil {
+			return invalid("%s entry for %q: %v", SymsSection, name, err)
+		}
+		if _, dup := o.SymbolPos[name]; dup {
+			return invalid("%s: symbol %q bound twice", SymsSection, name)
+		}
+		o.SymbolPos[name] = TargetSym{Name: target, Pos: binary.LittleEndian.Uint64(sec.Data[off+16:])}
 	}
 	return nil
 }

@@ -64,8 +64,11 @@ func TestParseHandWritten(t *testing.T) {
 	if f := byName["helper"]; f.OldPos != 2 || o.NewName(f) != "helper_v2" {
 		t.Errorf("helper = %+v (%s)", f, o.NewName(f))
 	}
-	if got := o.SymbolPos["dup"]; got != 3 {
-		t.Errorf("SymbolPos[dup] = %d, want 3", got)
+	if got := o.Target("dup"); got != (TargetSym{"dup", 3}) {
+		t.Errorf("Target(dup) = %+v, want dup/3", got)
+	}
+	if got := o.Target("counter"); got != (TargetSym{"counter", 0}) {
+		t.Errorf("Target(counter) = %+v", got)
 	}
 	if got := string(o.TargetBuildID); got != "\x9f\x3c\xab\x01" {
 		t.Errorf("build-id = %x", o.TargetBuildID)
