@@ -1,0 +1,17 @@
+/* Watched executable. Built as PIE, -no-pie and -static by the tests (see fixtures_test.go).
+ * It prints one line from main; "flag" is the word a tracer overwrites while the process is
+ * stopped at its entry point, to show that the write lands before main reads it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+volatile long flag = 0;
+
+int main(int argc, char **argv)
+{
+	printf("main flag=%ld\n", flag);
+	if (argc > 1) /* optional pause, so that a late stop still finds the process alive */
+		usleep(atoi(argv[1]) * 1000);
+	printf("done\n");
+	return 0;
+}

@@ -1,0 +1,287 @@
+package watch
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Modes reported by [Watcher.Mode].
+const (
+	ModeEBPF          = "ebpf-uprobe"
+	ModeProcConnector = "proc-connector"
+)
+
+// ModeEnv, when set to [ModeProcConnector] in the environment, makes New skip eBPF. It exists
+// so that the fallback can be exercised on machines where eBPF works.
+const ModeEnv = "SYSCARE_WATCH_MODE"
+
+// ErrClosed is returned by methods called after Close.
+var ErrClosed = errors.New("watcher closed")
+
+// Event reports a process that is in group-stop because it started running a watched file.
+type Event struct {
+	Pid  int
+	Path string // the path given to Add
+}
+
+// target is one watched file.
+type target struct {
+	id       uint64 // attach cookie; never reused within a Watcher
+	path     string
+	probe    probePoint
+	dev, ino uint64
+}
+
+// backend is the mechanism that notices new processes.
+type backend interface {
+	attach(t *target) error
+	detach(t *target) error
+	// run reports processes through w.deliver until stop has been called and the events
+	// already noticed are delivered, or the backend broke.
+	run(w *Watcher)
+	stop() error
+	close() error
+	missedCount() uint64
+}
+
+// Watcher stops and reports new processes of the files given to Add. Its methods may be
+// called from several goroutines.
+type Watcher struct {
+	mode     string
+	fallback error
+	be       backend
+	events   chan Event
+	done     chan struct{}
+	runDone  chan struct{}
+
+	mu      sync.Mutex
+	closed  bool
+	nextID  uint64
+	byPath  map[string]*target
+	byID    map[uint64]*target
+	pending map[int]int // pid -> pidfd of processes reported and not resumed
+}
+
+type options struct {
+	mode string // "" picks eBPF when it works
+}
+
+// New returns a Watcher that uses eBPF uprobes when the kernel allows it and the proc
+// connector otherwise; Mode tells which, FallbackReason why eBPF was not used.
+func New() (*Watcher, error) {
+	return newWatcher(options{mode: os.Getenv(ModeEnv)})
+}
+
+func newWatcher(o options) (*Watcher, error) {
+	w := &Watcher{
+		events:  make(chan Event, 64),
+		done:    make(chan struct{}),
+		runDone: make(chan struct{}),
+		byPath:  make(map[string]*target),
+		byID:    make(map[uint64]*target),
+		pending: make(map[int]int),
+	}
+	switch o.mode {
+	case "", ModeEBPF:
+		b, err := newBPFBackend()
+		if err == nil {
+			w.be, w.mode = b, ModeEBPF
+			break
+		}
+		if o.mode == ModeEBPF {
+			return nil, err
+		}
+		w.fallback = err
+		fallthrough
+	case ModeProcConnector:
+		p, err := newProcConnBackend()
+		if err != nil {
+			return nil, errors.Join(w.fallback, err)
+		}
+		w.be, w.mode = p, ModeProcConnector
+		if w.fallback == nil {
+			w.fallback = fmt.Errorf("%s=%s", ModeEnv, o.mode)
+		}
+	default:
+		return nil, fmt.Errorf("watch mode %q: %w", o.mode, errors.ErrUnsupported)
+	}
+	go func() {
+		defer close(w.runDone)
+		w.be.run(w)
+	}()
+	return w, nil
+}
+
+// Mode returns ModeEBPF or ModeProcConnector.
+func (w *Watcher) Mode() string { return w.mode }
+
+// FallbackReason returns why the proc connector is used instead of eBPF (nil in eBPF mode).
+// The proc-connector mode races with the process: callers should log this.
+func (w *Watcher) FallbackReason() error { return w.fallback }
+
+// Missed returns how many processes ran unstopped because events could not be queued.
+func (w *Watcher) Missed() uint64 { return w.be.missedCount() }
+
+// Events returns the channel of stopped processes; it is closed by Close. Every event must be
+// answered with Resume.
+func (w *Watcher) Events() <-chan Event { return w.events }
+
+// Add watches the executable or shared library at path: from now on every process that
+// starts running it, or loads it, is stopped and reported. Only that file (its inode) is
+// watched: a copy elsewhere is not, a hard link is. Adding a path again is a no-op while it
+// names the same file, and moves the watch to the new file after the path was replaced (as
+// a package update does).
+func (w *Watcher) Add(path string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
+	}
+	pp, err := findProbePoint(path)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return ErrClosed
+	}
+	old := w.byPath[path]
+	if old != nil && old.dev == st.Dev && old.ino == st.Ino {
+		return nil
+	}
+	for _, t := range w.byPath {
+		if t.dev == st.Dev && t.ino == st.Ino {
+			// A second probe on the same inode would stop the process twice.
+			return fmt.Errorf("watch %s: same file as %s: %w", path, t.path, os.ErrExist)
+		}
+	}
+	w.nextID++
+	t := &target{id: w.nextID, path: path, probe: pp, dev: st.Dev, ino: st.Ino}
+	if err := w.be.attach(t); err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
+	}
+	w.byPath[path], w.byID[t.id] = t, t
+	if old != nil {
+		delete(w.byID, old.id)
+		if err := w.be.detach(old); err != nil {
+			return fmt.Errorf("unwatch replaced %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// Remove stops watching path. A process caught at that moment and not reported yet is
+// resumed without being reported.
+func (w *Watcher) Remove(path string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return ErrClosed
+	}
+	t := w.byPath[path]
+	if t == nil {
+		return fmt.Errorf("unwatch %s: %w", path, os.ErrNotExist)
+	}
+	delete(w.byPath, path)
+	delete(w.byID, t.id)
+	if err := w.be.detach(t); err != nil {
+		return fmt.Errorf("unwatch %s: %w", path, err)
+	}
+	return nil
+}
+
+// Resume lets a reported process continue (SIGCONT). It signals through a pidfd taken when
+// the process was reported, so a recycled pid is never signalled. A process that died while
+// stopped yields an error wrapping unix.ESRCH.
+func (w *Watcher) Resume(pid int) error {
+	w.mu.Lock()
+	fd, ok := w.pending[pid]
+	delete(w.pending, pid)
+	w.mu.Unlock()
+	if !ok {
+		if err := unix.Kill(pid, unix.SIGCONT); err != nil {
+			return fmt.Errorf("resume pid %d: %w", pid, err)
+		}
+		return nil
+	}
+	defer unix.Close(fd)
+	if err := unix.PidfdSendSignal(fd, unix.SIGCONT, nil, 0); err != nil {
+		return fmt.Errorf("resume pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Close stops watching, resumes every process reported and not resumed (and those noticed
+// but not reported yet), closes the Events channel and releases the kernel objects.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	close(w.done)
+	// Links are closed under the lock so that Add cannot race with stop.
+	stopErr := w.be.stop()
+	w.mu.Unlock()
+
+	<-w.runDone
+	closeErr := w.be.close()
+
+	w.mu.Lock()
+	for pid, fd := range w.pending {
+		// Best effort: the process may be gone, which is fine.
+		_ = unix.PidfdSendSignal(fd, unix.SIGCONT, nil, 0)
+		unix.Close(fd)
+		delete(w.pending, pid)
+	}
+	w.mu.Unlock()
+	close(w.events)
+	return errors.Join(stopErr, closeErr)
+}
+
+// deliver handles a process noticed by the backend for target id. signalled says the backend
+// already sent SIGSTOP.
+func (w *Watcher) deliver(pid int, id uint64, signalled bool) {
+	if !signalled {
+		// eBPF could not signal it, or the proc connector noticed it: stop it now, late.
+		if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+			return // gone already
+		}
+	}
+	w.mu.Lock()
+	t := w.byID[id]
+	w.mu.Unlock()
+	if t == nil {
+		// Removed meanwhile (or a stale record after Close): nobody wants it stopped.
+		_ = unix.Kill(pid, unix.SIGCONT)
+		return
+	}
+	if err := waitStopped(pid); err != nil {
+		return // died before it stopped: nothing to patch, nothing to resume
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	if old, ok := w.pending[pid]; ok {
+		// The pid was reported before and never resumed, and now runs a watched file again
+		// (it died and the pid was reused, or it was resumed by someone else and re-executed).
+		unix.Close(old)
+	}
+	w.pending[pid] = fd
+	closed := w.closed
+	w.mu.Unlock()
+	if closed {
+		return // Close resumes it
+	}
+	select {
+	case w.events <- Event{Pid: pid, Path: t.path}:
+	case <-w.done:
+	}
+}
