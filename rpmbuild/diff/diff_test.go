@@ -1,0 +1,300 @@
+package diff
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/syscare/syscare/runtime/patchobj"
+)
+
+// Test cases are named by their expected outcome: a case whose name ends in "-FAIL"
+// must be refused as unpatchable, "-NOCHANGE" must give ErrNoChange, every other case
+// must build a patch object that patchobj.Parse accepts and that replaces exactly the
+// listed functions.
+
+// compile builds one C or C++ source the way the builder compiles every translation unit.
+func compile(t testing.TB, dir, name, src string, pic string) []byte {
+	t.Helper()
+	cc := "gcc"
+	ext := ".c"
+	if strings.HasSuffix(name, ".cc") {
+		cc, ext = "g++", ""
+	}
+	srcPath := filepath.Join(dir, name+ext)
+	if err := os.WriteFile(srcPath, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(dir, name+"."+strings.TrimPrefix(pic, "-")+".o")
+	args := []string{"-c", "-O2", "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", obj, name + ext}
+	cmd := exec.Command(cc, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", cc, strings.Join(args, " "), err, out)
+	}
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// pair compiles the original and the fixed source under the same file name, so that
+// both carry the same STT_FILE and DWARF file names, as in a real rebuild.
+func pair(t testing.TB, file, orig, fixed, pic string) ([]byte, []byte) {
+	t.Helper()
+	od, pd := t.TempDir(), t.TempDir()
+	return compile(t, od, file, orig, pic), compile(t, pd, file, fixed, pic)
+}
+
+type diffCase struct {
+	name    string
+	file    string // source file name; ".cc" suffix compiles as C++
+	orig    string
+	fixed   string
+	changed []string
+	added   []string
+	// want: substrings of the text dump
+	dump []string
+	// reason: substring of the refusal
+	reason string
+}
+
+var cases = []diffCase{
+	{
+		name: "changed-function", file: "a",
+		orig:    "int g;\nint add(int a, int b) { return a + b + g; }\nint keep(int x) { return x * 7; }\n",
+		fixed:   "int g;\nint add(int a, int b) { return a - b + g; }\nint keep(int x) { return x * 7; }\n",
+		changed: []string{"add"},
+		dump:    []string{"CHANGED func    add\n", "SAME    func    keep\n"},
+	},
+	{
+		name: "new-static-helper", file: "b",
+		orig: `#include <stdio.h>
+__attribute__((noinline)) int work(int x) { printf("work %d\n", x); return x; }
+int other(void) { return 3; }
+`,
+		fixed: `#include <stdio.h>
+static __attribute__((noinline)) int clamp(int x) { return x > 100 ? 100 : x; }
+__attribute__((noinline)) int work(int x) { printf("work %d\n", clamp(x)); return clamp(x); }
+int other(void) { return 3; }
+`,
+		changed: []string{"work"},
+		added:   []string{"clamp"},
+		dump:    []string{"NEW     func    clamp\n"},
+	},
+	{
+		name: "new-string-literal", file: "c",
+		orig: `#include <stdio.h>
+void hello(void) { puts("hello"); }
+void bye(void) { puts("bye"); }
+void msg(int x) { printf("value %d\n", x); }
+`,
+		fixed: `#include <stdio.h>
+void hello(void) { puts("hello, world"); }
+void bye(void) { puts("bye"); }
+void msg(int x) { printf("value %d\n", x); }
+`,
+		changed: []string{"hello"},
+		dump:    []string{"SAME    func    bye\n", "SAME    func    msg\n"},
+	},
+	{
+		name: "changed-static-local-kept", file: "d",
+		orig: `int next(void) { static int counter; return ++counter; }
+int other(void) { static int counter = 5; return counter++; }
+`,
+		fixed: `int next(void) { static int counter; counter += 2; return counter; }
+int other(void) { static int counter = 5; return counter++; }
+`,
+		changed: []string{"next"},
+		dump:    []string{"SAME    object  counter."},
+	},
+	{
+		name: "header-inline-used-twice", file: "e",
+		orig: `static inline int scale(int x) { return x * 3; }
+int f1(int a) { return scale(a) + 1; }
+int f2(int a) { return scale(a) + 2; }
+int f3(int a) { return a + 3; }
+`,
+		fixed: `static inline int scale(int x) { return x * 5; }
+int f1(int a) { return scale(a) + 1; }
+int f2(int a) { return scale(a) + 2; }
+int f3(int a) { return a + 3; }
+`,
+		changed: []string{"f1", "f2"},
+	},
+	{
+		name: "cxx-member-function", file: "m.cc",
+		orig: `struct Account { long bal; long deposit(long v); long get() const; };
+long Account::deposit(long v) { bal += v; return bal; }
+long Account::get() const { return bal; }
+`,
+		fixed: `struct Account { long bal; long deposit(long v); long get() const; };
+long Account::deposit(long v) { if (v < 0) return bal; bal += v; return bal; }
+long Account::get() const { return bal; }
+`,
+		changed: []string{"_ZN7Account7depositEl"},
+	},
+	{
+		name: "cold-split", file: "k",
+		orig: `#include <stdio.h>
+#include <stdlib.h>
+extern int check(int);
+__attribute__((cold, noinline)) void report(int i) { fprintf(stderr, "bad %d\n", i); }
+int work(int n) {
+	int s = 0;
+	for (int i = 0; i < n; i++) {
+		if (__builtin_expect(check(i), 0)) { report(i); fprintf(stderr, "at %d\n", i); s -= 7; continue; }
+		s += i;
+	}
+	return s;
+}
+`,
+		fixed: `#include <stdio.h>
+#include <stdlib.h>
+extern int check(int);
+__attribute__((cold, noinline)) void report(int i) { fprintf(stderr, "bad %d\n", i); }
+int work(int n) {
+	int s = 0;
+	for (int i = 0; i < n; i++) {
+		if (__builtin_expect(check(i), 0)) { report(i); fprintf(stderr, "at %d!\n", i); s -= 7; continue; }
+		s += i;
+	}
+	return s;
+}
+`,
+		changed: []string{"work"},
+	},
+	{
+		name: "no-change-NOCHANGE", file: "f",
+		orig:  "int v(int x) { return x + 1; }\n",
+		fixed: "/* only a comment */\nint v(int x) { return x + 1; }\n",
+	},
+	{
+		name: "line-shift", file: "l",
+		orig: `#include <stdio.h>
+#define LOG(x) printf("%s:%d %d\n", __FILE__, __LINE__, (x))
+int a1(int x) { LOG(x); return x; }
+int a2(int x) { LOG(x); return x + 2; }
+int a3(int x) { LOG(x); return x + 3; }
+`,
+		fixed: `#include <stdio.h>
+#define LOG(x) printf("%s:%d %d\n", __FILE__, __LINE__, (x))
+int a1(int x) { LOG(x); return x + 100; }
+
+int a2(int x) { LOG(x); return x + 2; }
+int a3(int x) { LOG(x); return x + 3; }
+`,
+		changed: []string{"a1"},
+		dump:    []string{"line-only functions: a2 a3\n"},
+	},
+	{
+		name: "global-initializer-FAIL", file: "g",
+		orig:   "int limit = 10;\nint get(void) { return limit; }\n",
+		fixed:  "int limit = 20;\nint get(void) { return limit; }\n",
+		reason: "changed initial value",
+	},
+	{
+		name: "new-tls-FAIL", file: "h",
+		orig:   "int bump(void) { static int n; return ++n; }\n",
+		fixed:  "static __thread int tn;\nint bump(void) { static int n; tn++; return ++n + tn; }\n",
+		reason: "new thread-local variable",
+	},
+}
+
+func TestDiffCases(t *testing.T) {
+	for _, pic := range []string{"-fPIE", "-fPIC"} {
+		for _, c := range cases {
+			t.Run(c.name+pic, func(t *testing.T) {
+				t.Parallel()
+				ob, pb := pair(t, c.file, c.orig, c.fixed, pic)
+				r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{AliasPrefix: "__p_"})
+				switch {
+				case strings.HasSuffix(c.name, "-NOCHANGE"):
+					if !errors.Is(err, ErrNoChange) {
+						t.Fatalf("Diff: %v, want ErrNoChange", err)
+					}
+					return
+				case strings.HasSuffix(c.name, "-FAIL"):
+					var ue *UnpatchableError
+					if !errors.As(err, &ue) {
+						t.Fatalf("Diff: %v, want UnpatchableError", err)
+					}
+					if !strings.Contains(ue.Error(), c.reason) || ue.Section == "" {
+						t.Fatalf("refusal %q does not say %q", ue, c.reason)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("Diff: %v", err)
+				}
+				dump := r.String()
+				if !reflect.DeepEqual(r.Changed(), c.changed) {
+					t.Errorf("changed %q, want %q\n%s", r.Changed(), c.changed, dump)
+				}
+				if !reflect.DeepEqual(r.New(), c.added) {
+					t.Errorf("new %q, want %q\n%s", r.New(), c.added, dump)
+				}
+				for _, w := range c.dump {
+					if !strings.Contains(dump, w) {
+						t.Errorf("dump lacks %q:\n%s", w, dump)
+					}
+				}
+				b, err := r.Object()
+				if err != nil {
+					t.Fatalf("Object: %v", err)
+				}
+				po, err := patchobj.ParseBytes(b)
+				if err != nil {
+					t.Fatalf("patchobj.Parse: %v", err)
+				}
+				var got []string
+				for _, f := range po.Funcs {
+					got = append(got, f.OldName)
+				}
+				sort.Strings(got)
+				if !reflect.DeepEqual(got, c.changed) {
+					t.Errorf("patch object replaces %q, want %q", got, c.changed)
+				}
+				if t.Failed() {
+					t.Log(dump)
+				}
+			})
+		}
+	}
+}
+
+// The refusal names the function that uses the data, the section and the reason.
+func TestRefusalNamesAll(t *testing.T) {
+	ob, pb := pair(t, "g", "int limit = 10;\nint get(void) { return limit; }\n", "int limit = 20;\nint get(void) { return limit; }\n", "-fPIE")
+	_, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	var ue *UnpatchableError
+	if !errors.As(err, &ue) {
+		t.Fatalf("Diff: %v", err)
+	}
+	if ue.Function != "get" || ue.Section != ".data.limit" {
+		t.Errorf("refusal %+v, want function get, section .data.limit", ue)
+	}
+	for _, s := range []string{"get", ".data.limit", "limit"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("message %q lacks %q", err, s)
+		}
+	}
+}
+
+func TestDiffRejectsNonObjects(t *testing.T) {
+	ob, _ := pair(t, "a", "int x(void){return 1;}\n", "", "-fPIE")
+	for _, bad := range [][]byte{nil, []byte("not an elf"), ob[:100]} {
+		if _, err := Diff(bytes.NewReader(bad), bytes.NewReader(ob), Options{}); err == nil {
+			t.Errorf("Diff accepted %d bytes of garbage", len(bad))
+		}
+	}
+	_ = elf.ET_REL
+}

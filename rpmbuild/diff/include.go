@@ -1,0 +1,300 @@
+package diff
+
+import (
+	"debug/elf"
+	"fmt"
+	"sort"
+)
+
+// include marks the sections the patch object carries: changed and new functions,
+// new variables, new copies of changed read-only data, and whatever of the patched
+// object they reference that the target cannot provide by name (strings, merged
+// constants, jump tables, local read-only data).
+func include(r *Result) error {
+	p := r.patched
+	var work []*section
+	add := func(s *section) {
+		if !s.include {
+			s.include = true
+			work = append(work, s)
+		}
+	}
+	for _, s := range p.secs {
+		if !s.interesting() || s.typ == elf.SHT_GROUP || isInitArray(s) || s.status == Same {
+			continue
+		}
+		if s.exec() || s.status == New || readOnly(s) && !s.merge() {
+			add(s)
+		}
+	}
+	for len(work) > 0 {
+		s := work[len(work)-1]
+		work = work[:len(work)-1]
+		for _, rl := range s.relas {
+			t := rl.sym
+			if t.sec == nil {
+				continue
+			}
+			ts := t.sec
+			if ts.include {
+				continue
+			}
+			if ts.merge() || !ts.interesting() {
+				add(ts)
+				continue
+			}
+			y := t
+			if t.typ == elf.STT_SECTION || !t.named() {
+				y = ts.covering(p.targetOffset(s, rl))
+			}
+			switch {
+			case y == nil && !readOnly(ts) && ts.twin != nil:
+				return &UnpatchableError{Function: funcName(s), Section: ts.name,
+					Reason: "reference to anonymous writable data of the original (no symbol names it)"}
+			case y == nil, y.twin == nil, ts.status != Same:
+				add(ts)
+			case !ts.exec() && readOnly(ts) && !ts.tls() && y.bind == elf.STB_LOCAL:
+				// Immutable: a private copy is as good as the original and needs no lookup.
+				add(ts)
+			}
+		}
+	}
+	for _, s := range p.secs {
+		if s.include {
+			r.Included = append(r.Included, s.name)
+		}
+	}
+	sort.Strings(r.Included)
+	return nil
+}
+
+// osym is a symbol of the emitted object.
+type osym struct {
+	name  string
+	bind  elf.SymBind
+	typ   elf.SymType
+	shndx uint16
+	value uint64
+	size  uint64
+	sec   *osec // defining section; nil for undefined and absolute symbols
+	idx   int
+}
+
+type orela struct {
+	off    uint64
+	typ    elf.R_X86_64
+	sym    *osym
+	addend int64
+}
+
+type osec struct {
+	name    string
+	typ     elf.SectionType
+	flags   elf.SectionFlag
+	align   uint64
+	entsize uint64
+	size    uint64
+	data    []byte
+	link    uint32
+	info    uint32
+	relas   []orela
+	secsym  *osym
+	idx     int
+}
+
+type emitter struct {
+	r       *Result
+	secs    []*osec
+	bySec   map[*section]*osec
+	defined map[*symbol]*osym
+	undef   map[string]*osym
+	syms    []*osym // in creation order; sorted locals-first when written
+	strs    *osec
+	symsSec *osec
+	funcs   *osec
+	strOff  map[string]uint64
+	aliases map[string]bool
+}
+
+func (e *emitter) newSym(y *osym) *osym {
+	e.syms = append(e.syms, y)
+	return y
+}
+
+// str puts a NUL-terminated string into .upatch.strings and returns its offset.
+func (e *emitter) str(s string) uint64 {
+	if off, ok := e.strOff[s]; ok {
+		return off
+	}
+	off := uint64(len(e.strs.data))
+	e.strs.data = append(append(e.strs.data, s...), 0)
+	e.strs.size = uint64(len(e.strs.data))
+	e.strOff[s] = off
+	return off
+}
+
+func (e *emitter) pos(name string, isFunc bool) (uint64, error) {
+	if e.r.opts.Locator == nil {
+		return 0, nil
+	}
+	n, err := e.r.opts.Locator.Pos(name, e.r.orig.file, isFunc)
+	if err != nil {
+		return 0, fmt.Errorf("position of %s in the target: %w", name, err)
+	}
+	return n, nil
+}
+
+// ref returns the emitted symbol a relocation of the patched object must use, and the
+// addend adjusted to it.
+func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
+	p := e.r.patched
+	t := rl.sym
+	if t.sec == nil {
+		if t.shndx == elf.SHN_ABS {
+			return nil, 0, fmt.Errorf("section %s: relocation against absolute symbol %q", s.name, t.name)
+		}
+		return e.undefined(t.name, t.bind, t.typ), rl.addend, nil
+	}
+	if t.sec.include {
+		if t.named() && t.typ != elf.STT_NOTYPE {
+			return e.defined[t], rl.addend, nil
+		}
+		return e.bySec[t.sec].secsym, int64(t.value) + rl.addend, nil
+	}
+	y := t
+	if t.typ == elf.STT_SECTION || !t.named() {
+		y = t.sec.covering(p.targetOffset(s, rl))
+	}
+	if y == nil || y.twin == nil {
+		return nil, 0, fmt.Errorf("section %s: relocation at %#x reaches %s, which the patch does not carry", s.name, rl.off, t.sec.name)
+	}
+	add := int64(t.value) + rl.addend - int64(y.value)
+	old := y.twin
+	if old.bind != elf.STB_LOCAL {
+		return e.undefined(old.name, old.bind, elf.STT_NOTYPE), add, nil
+	}
+	alias := e.r.aliasPrefix() + old.name
+	if !e.aliases[alias] {
+		e.aliases[alias] = true
+		pos, err := e.pos(old.name, old.typ == elf.STT_FUNC)
+		if err != nil {
+			return nil, 0, err
+		}
+		e.addSymsEntry(alias, old.name, pos)
+	}
+	return e.undefined(alias, elf.STB_GLOBAL, elf.STT_NOTYPE), add, nil
+}
+
+func (e *emitter) undefined(name string, bind elf.SymBind, typ elf.SymType) *osym {
+	if y := e.undef[name]; y != nil {
+		return y
+	}
+	if bind == elf.STB_LOCAL {
+		bind = elf.STB_GLOBAL
+	}
+	if typ != elf.STT_TLS {
+		typ = elf.STT_NOTYPE
+	}
+	y := e.newSym(&osym{name: name, bind: bind, typ: typ})
+	e.undef[name] = y
+	return y
+}
+
+func (e *emitter) strRef(sec *osec, at uint64, s string) {
+	sec.relas = append(sec.relas, orela{off: at, typ: elf.R_X86_64_64, sym: e.strs.secsym, addend: int64(e.str(s))})
+}
+
+func (e *emitter) addSymsEntry(alias, target string, pos uint64) {
+	if e.symsSec == nil {
+		e.symsSec = e.addSec(&osec{name: ".upatch.syms", typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 8})
+	}
+	at := uint64(len(e.symsSec.data))
+	e.symsSec.data = append(e.symsSec.data, make([]byte, 24)...)
+	le.PutUint64(e.symsSec.data[at+16:], pos)
+	e.symsSec.size = uint64(len(e.symsSec.data))
+	e.strRef(e.symsSec, at, alias)
+	e.strRef(e.symsSec, at+8, target)
+}
+
+func (e *emitter) addSec(s *osec) *osec {
+	e.secs = append(e.secs, s)
+	s.secsym = e.newSym(&osym{typ: elf.STT_SECTION, bind: elf.STB_LOCAL, sec: s})
+	return s
+}
+
+func (r *Result) aliasPrefix() string {
+	if r.opts.AliasPrefix != "" {
+		return r.opts.AliasPrefix
+	}
+	h := uint32(2166136261)
+	for _, c := range []byte(r.File) {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return fmt.Sprintf("__upatch_%08x_", h)
+}
+
+// Object emits the patch object: an ET_REL file in the runtime/patchobj format.
+func (r *Result) Object() ([]byte, error) {
+	if r == nil || r.patched == nil {
+		return nil, ErrNoChange
+	}
+	p := r.patched
+	e := &emitter{r: r, bySec: map[*section]*osec{}, defined: map[*symbol]*osym{}, undef: map[string]*osym{},
+		strOff: map[string]uint64{}, aliases: map[string]bool{}}
+	e.newSym(&osym{name: r.File, typ: elf.STT_FILE, bind: elf.STB_LOCAL, shndx: uint16(elf.SHN_ABS)})
+	for _, s := range p.secs {
+		if !s.include {
+			continue
+		}
+		os := e.addSec(&osec{name: s.name, typ: s.typ, flags: s.flags &^ elf.SHF_GROUP, align: s.align,
+			entsize: s.entsize, size: s.size, data: s.data})
+		e.bySec[s] = os
+	}
+	e.funcs = e.addSec(&osec{name: ".upatch.funcs", typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 8})
+	e.strs = e.addSec(&osec{name: ".upatch.strings", typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 1})
+	// Defined symbols of the included sections keep their names and binding.
+	for _, y := range p.syms {
+		if y.sec == nil || !y.sec.include || !y.named() || y.typ == elf.STT_NOTYPE && y.bind == elf.STB_LOCAL {
+			continue
+		}
+		e.defined[y] = e.newSym(&osym{name: y.name, bind: y.bind, typ: y.typ, value: y.value, size: y.size, sec: e.bySec[y.sec]})
+	}
+	for _, s := range p.secs {
+		if !s.include {
+			continue
+		}
+		os := e.bySec[s]
+		for _, rl := range s.relas {
+			y, add, err := e.ref(s, rl)
+			if err != nil {
+				return nil, err
+			}
+			os.relas = append(os.relas, orela{off: rl.off, typ: rl.typ, sym: y, addend: add})
+		}
+	}
+	for _, s := range p.secs {
+		if !s.include || !s.exec() || s.status != Changed {
+			continue
+		}
+		f := s.primary()
+		if f == nil || f.twin == nil || isCold(f.name) || f.typ != elf.STT_FUNC {
+			continue
+		}
+		old := f.twin
+		var pos uint64
+		if old.bind == elf.STB_LOCAL {
+			var err error
+			if pos, err = e.pos(old.name, true); err != nil {
+				return nil, err
+			}
+		}
+		at := uint64(len(e.funcs.data))
+		e.funcs.data = append(e.funcs.data, make([]byte, 32)...)
+		le.PutUint64(e.funcs.data[at+16:], pos)
+		e.funcs.relas = append(e.funcs.relas, orela{off: at, typ: elf.R_X86_64_64, sym: e.defined[f]})
+		e.strRef(e.funcs, at+8, old.name)
+	}
+	e.funcs.size = uint64(len(e.funcs.data))
+	e.addSec(&osec{name: ".note.GNU-stack", typ: elf.SHT_PROGBITS, align: 1})
+	return e.write()
+}
