@@ -1,0 +1,116 @@
+// Package dbus holds syscare-helper's D-Bus contract (names, the introspection XML, error
+// names, reply types) and a client for it, shared by the helper, the CLI and tests.
+package dbus
+
+import (
+	_ "embed"
+	"encoding/xml"
+	"fmt"
+)
+
+// Names of the service.
+const (
+	BusName      = "org.openeuler.SysCare1"
+	ObjectPath   = "/org/openeuler/SysCare1"
+	Interface    = "org.openeuler.SysCare1.Manager"
+	PolkitAction = "org.openeuler.syscare.manage"
+	// SignalStateChanged is emitted with (uuid, name, old status, new status).
+	SignalStateChanged = "StateChanged"
+)
+
+// Named errors the service replies with; the message is safe to show a user.
+const (
+	ErrorPrefix             = "org.openeuler.SysCare1.Error."
+	ErrorNotFound           = ErrorPrefix + "NotFound"
+	ErrorBusy               = ErrorPrefix + "Busy"
+	ErrorConflict           = ErrorPrefix + "Conflict"
+	ErrorVerificationFailed = ErrorPrefix + "VerificationFailed"
+	ErrorAccessDenied       = ErrorPrefix + "AccessDenied"
+	ErrorInvalidState       = ErrorPrefix + "InvalidState"
+	ErrorNotSupported       = ErrorPrefix + "NotSupported"
+	ErrorFailed             = ErrorPrefix + "Failed"
+)
+
+// Status strings, printed exactly like upstream SysCare.
+const (
+	StatusNotApplied = "NOT-APPLIED"
+	StatusDeactived  = "DEACTIVED"
+	StatusActived    = "ACTIVED"
+	StatusAccepted   = "ACCEPTED"
+	// StatusBroken marks a List row for a patch directory that cannot be read.
+	StatusBroken = "BROKEN"
+)
+
+// IntrospectXML is the contract: the introspection data of ObjectPath.
+//
+//go:embed org.openeuler.SysCare1.xml
+var IntrospectXML string
+
+// EntityState is one (uuid, name, status) row: signature (sss).
+type EntityState struct {
+	UUID   string `json:"uuid"`
+	Name   string `json:"name"`
+	Status string `json:"status"`
+}
+
+// ListEntry is one row of List: signature (sssss).
+type ListEntry struct {
+	UUID    string `json:"uuid"`
+	Name    string `json:"name"`
+	Status  string `json:"status"`
+	Patch   string `json:"patch_uuid"`
+	Problem string `json:"problem,omitempty"`
+}
+
+// ProcessState is one row of ProcessStatus: signature (isss).
+type ProcessState struct {
+	Pid    int32  `json:"pid"`
+	UUID   string `json:"uuid"`
+	Status string `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Method is one method of the contract with its argument signatures in order.
+type Method struct {
+	Name string
+	In   []string
+	Out  []string
+}
+
+// Methods parses IntrospectXML and returns the methods of Interface.
+func Methods() ([]Method, error) {
+	var node struct {
+		Interfaces []struct {
+			Name    string `xml:"name,attr"`
+			Methods []struct {
+				Name string `xml:"name,attr"`
+				Args []struct {
+					Type      string `xml:"type,attr"`
+					Direction string `xml:"direction,attr"`
+				} `xml:"arg"`
+			} `xml:"method"`
+		} `xml:"interface"`
+	}
+	if err := xml.Unmarshal([]byte(IntrospectXML), &node); err != nil {
+		return nil, fmt.Errorf("introspection xml: %w", err)
+	}
+	for _, it := range node.Interfaces {
+		if it.Name != Interface {
+			continue
+		}
+		var ms []Method
+		for _, m := range it.Methods {
+			mm := Method{Name: m.Name}
+			for _, a := range m.Args {
+				if a.Direction == "out" {
+					mm.Out = append(mm.Out, a.Type)
+				} else {
+					mm.In = append(mm.In, a.Type)
+				}
+			}
+			ms = append(ms, mm)
+		}
+		return ms, nil
+	}
+	return nil, fmt.Errorf("introspection xml: no interface %s", Interface)
+}

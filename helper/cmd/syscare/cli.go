@@ -1,0 +1,399 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	scbus "github.com/syscare/syscare/dbus"
+)
+
+// usageError is a mistake on the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+// errReported means the failure was already printed.
+var errReported = errors.New("failed")
+
+const usage = `usage: syscare [--bus ADDR] [--json] COMMAND [-f|--force] [ID...]
+
+Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or patch RPM name):
+  list                 every installed patch entity and its status
+  status ID...         status of patches
+  info ID...           patch details
+  target ID...         target package of patches
+  apply ID...          NOT-APPLIED -> ACTIVED
+  active ID...         DEACTIVED -> ACTIVED
+  deactive ID...       ACTIVED/ACCEPTED -> DEACTIVED
+  remove ID...         any state -> NOT-APPLIED
+  accept ID...         ACTIVED -> ACCEPTED (kept across reboots)
+  check ID...          verify target package, build-id and patch files
+  processes ID         per-process status of a user patch
+  save                 record every patch state
+  restore [--accepted] replay the recorded states
+  rescan               re-read the patch directories
+  build ARGS...        build a patch RPM (runs syscare-build)
+  repo ARGS...         hot-patch repositories
+
+Options:
+  --bus ADDR   system (default, or DBUS_SYSTEM_BUS_ADDRESS), session, or a D-Bus address
+  --json       machine-readable output
+  -f, --force  apply/activate over a conflicting patch
+`
+
+type options struct {
+	bus      string
+	json     bool
+	force    bool
+	accepted bool
+	cmd      string
+	args     []string
+}
+
+func parse(args []string) (options, error) {
+	var o options
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if o.cmd == "build" || o.cmd == "repo" {
+			o.args = append(o.args, args[i:]...)
+			break
+		}
+		switch {
+		case a == "--":
+			o.args = append(o.args, args[i+1:]...)
+			i = len(args)
+		case a == "-f" || a == "--force":
+			o.force = true
+		case a == "--json":
+			o.json = true
+		case a == "--accepted" || a == "--accepted-only":
+			o.accepted = true
+		case a == "--bus":
+			if i+1 >= len(args) {
+				return o, usageError{"--bus needs a value"}
+			}
+			i++
+			o.bus = args[i]
+		case strings.HasPrefix(a, "--bus="):
+			o.bus = strings.TrimPrefix(a, "--bus=")
+		case a == "-h" || a == "--help" || a == "help":
+			o.cmd = "help"
+		case strings.HasPrefix(a, "-") && a != "-":
+			return o, usageError{fmt.Sprintf("unknown option %s", a)}
+		case o.cmd == "":
+			o.cmd = a
+		default:
+			o.args = append(o.args, a)
+		}
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parse(args)
+	if err != nil {
+		return err
+	}
+	switch o.cmd {
+	case "", "help":
+		fmt.Fprint(stdout, usage)
+		if o.cmd == "" {
+			return usageError{"no command given"}
+		}
+		return nil
+	case "build":
+		return runBuild(ctx, o.args, stdout, stderr)
+	case "repo":
+		return runRepo(ctx, o.args, stdout, stderr)
+	}
+	needIDs := map[string]bool{"status": true, "info": true, "target": true, "apply": true, "active": true,
+		"deactive": true, "remove": true, "accept": true, "check": true, "processes": true}
+	noIDs := map[string]bool{"list": true, "save": true, "restore": true, "rescan": true}
+	switch {
+	case needIDs[o.cmd] && len(o.args) == 0:
+		return usageError{fmt.Sprintf("%s needs at least one patch identifier", o.cmd)}
+	case noIDs[o.cmd] && len(o.args) > 0:
+		return usageError{fmt.Sprintf("%s takes no patch identifier", o.cmd)}
+	case !needIDs[o.cmd] && !noIDs[o.cmd]:
+		return usageError{fmt.Sprintf("unknown command %q (syscare help lists them)", o.cmd)}
+	case o.cmd == "processes" && len(o.args) != 1:
+		return usageError{"processes takes one patch identifier"}
+	}
+
+	c, err := scbus.Connect(o.bus)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	err = dispatch(ctx, c, o, stdout, stderr)
+	if err != nil && scbus.ErrorName(err) != "" {
+		return errors.New(scbus.ErrorMessage(err))
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, c *scbus.Client, o options, stdout, stderr io.Writer) error {
+	switch o.cmd {
+	case "list":
+		es, err := c.List(ctx)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(stdout, es)
+		}
+		printList(stdout, stderr, es)
+		return nil
+	case "status":
+		ss, err := c.Status(ctx, o.args)
+		if err != nil {
+			return err
+		}
+		return printStates(stdout, o, ss)
+	case "info":
+		js, err := c.Info(ctx, o.args)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			_, err := fmt.Fprintln(stdout, js)
+			return err
+		}
+		return printInfo(stdout, js)
+	case "target":
+		js, err := c.Target(ctx, o.args)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			_, err := fmt.Fprintln(stdout, js)
+			return err
+		}
+		return printTarget(stdout, js)
+	case "apply", "active", "deactive", "remove", "accept", "check":
+		method := strings.ToUpper(o.cmd[:1]) + o.cmd[1:]
+		ss, err := c.Transition(ctx, method, o.args, o.force)
+		if err != nil {
+			return err
+		}
+		return printStates(stdout, o, ss)
+	case "processes":
+		ps, err := c.ProcessStatus(ctx, o.args[0])
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return printJSON(stdout, ps)
+		}
+		for _, p := range ps {
+			line := fmt.Sprintf("%d: %s", p.Pid, p.Status)
+			if p.Detail != "" {
+				line += " (" + p.Detail + ")"
+			}
+			fmt.Fprintln(stdout, line)
+		}
+		return nil
+	case "save":
+		return c.Save(ctx)
+	case "restore":
+		ss, err := c.Restore(ctx, o.accepted)
+		if err != nil {
+			return err
+		}
+		return printStates(stdout, o, ss)
+	case "rescan":
+		return c.Rescan(ctx)
+	}
+	return usageError{"unknown command " + o.cmd}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printStates(w io.Writer, o options, ss []scbus.EntityState) error {
+	if o.json {
+		if ss == nil {
+			ss = []scbus.EntityState{}
+		}
+		return printJSON(w, ss)
+	}
+	for _, s := range ss {
+		fmt.Fprintf(w, "%s: %s\n", s.Name, s.Status)
+	}
+	return nil
+}
+
+func printList(w, stderr io.Writer, es []scbus.ListEntry) {
+	nameW := len("Name")
+	for _, e := range es {
+		nameW = max(nameW, len(e.Name))
+	}
+	fmt.Fprintf(w, "%-38s %-*s %s\n", "Uuid", nameW, "Name", "Status")
+	for _, e := range es {
+		fmt.Fprintf(w, "%-38s %-*s %s\n", e.UUID, nameW, e.Name, e.Status)
+	}
+	for _, e := range es {
+		if e.Problem != "" {
+			fmt.Fprintf(stderr, "syscare: warning: %s: %s\n", e.Name, e.Problem)
+		}
+	}
+}
+
+// pkgJSON and infoJSON read the helper's Info and Target replies; the CLI keeps its own
+// copy of the few fields it prints so that it does not link the runtime packages.
+type pkgJSON struct {
+	Name    string `json:"name"`
+	Epoch   int    `json:"epoch"`
+	Version string `json:"version"`
+	Release string `json:"release"`
+	Arch    string `json:"arch"`
+	License string `json:"license"`
+}
+
+func (p pkgJSON) NEVRA() string {
+	evr := p.Version + "-" + p.Release
+	if p.Epoch > 0 {
+		evr = fmt.Sprintf("%d:%s", p.Epoch, evr)
+	}
+	return p.Name + "-" + evr + "." + p.Arch
+}
+
+type infoJSON struct {
+	UUID        string  `json:"uuid"`
+	Name        string  `json:"name"`
+	Version     string  `json:"version"`
+	Release     string  `json:"release"`
+	Arch        string  `json:"arch"`
+	Kind        string  `json:"kind"`
+	Target      pkgJSON `json:"target"`
+	Description string  `json:"description"`
+	Report      string  `json:"report"`
+	Sources     []struct {
+		File   string `json:"file"`
+		SHA256 string `json:"sha256"`
+	} `json:"sources"`
+	Dir      string `json:"dir"`
+	RPMName  string `json:"rpm_name"`
+	Removed  bool   `json:"removed"`
+	Entities []struct {
+		UUID       string `json:"uuid"`
+		TargetPath string `json:"target_path"`
+		BuildID    string `json:"build_id"`
+		Functions  []struct {
+			Name string `json:"name"`
+		} `json:"functions"`
+		Name   string `json:"name"`
+		Status string `json:"status"`
+	} `json:"entities"`
+}
+
+const frame = "----------------------------------------------------------------------"
+
+func printInfo(w io.Writer, js string) error {
+	var ps []infoJSON
+	if err := json.Unmarshal([]byte(js), &ps); err != nil {
+		return fmt.Errorf("info reply: %w", err)
+	}
+	for _, p := range ps {
+		kind := "UserPatch"
+		if p.Kind == "kernel" {
+			kind = "KernelPatch"
+		}
+		fmt.Fprintln(w, frame)
+		kv := func(k, v string) { fmt.Fprintf(w, "%-12s %s\n", k+":", v) }
+		kv("uuid", p.UUID)
+		kv("name", p.Name)
+		kv("version", p.Version)
+		kv("release", p.Release)
+		kv("arch", p.Arch)
+		kv("type", kind)
+		kv("target", p.Target.NEVRA())
+		kv("rpm", p.RPMName)
+		kv("license", p.Target.License)
+		kv("directory", p.Dir)
+		if p.Removed {
+			kv("removed", "patch directory is gone while applied")
+		}
+		kv("description", p.Description)
+		fmt.Fprintln(w, "entities:")
+		for _, e := range p.Entities {
+			fmt.Fprintf(w, "    * %s\n", e.Name)
+			fmt.Fprintf(w, "      uuid: %s, status: %s, target: %s, build-id: %s\n", e.UUID, e.Status, e.TargetPath, e.BuildID)
+			var fs []string
+			for _, f := range e.Functions {
+				fs = append(fs, f.Name)
+			}
+			fmt.Fprintf(w, "      functions: %s\n", strings.Join(fs, ", "))
+		}
+		fmt.Fprintln(w, "patch:")
+		for _, s := range p.Sources {
+			fmt.Fprintf(w, "    %s %s\n", s.File, s.SHA256[:min(len(s.SHA256), 16)])
+		}
+		if p.Report != "" {
+			kv("report", filepath.Join(p.Dir, p.Report))
+		}
+	}
+	fmt.Fprintln(w, frame)
+	return nil
+}
+
+func printTarget(w io.Writer, js string) error {
+	var ts []struct {
+		UUID   string            `json:"uuid"`
+		Patch  string            `json:"patch"`
+		Target pkgJSON `json:"target"`
+		Files  []string          `json:"files"`
+	}
+	if err := json.Unmarshal([]byte(js), &ts); err != nil {
+		return fmt.Errorf("target reply: %w", err)
+	}
+	for _, t := range ts {
+		fmt.Fprintln(w, frame)
+		kv := func(k, v string) { fmt.Fprintf(w, "%-9s %s\n", k+":", v) }
+		kv("patch", t.Patch+" ("+t.UUID+")")
+		kv("name", t.Target.Name)
+		kv("epoch", fmt.Sprint(t.Target.Epoch))
+		kv("version", t.Target.Version)
+		kv("release", t.Target.Release)
+		kv("arch", t.Target.Arch)
+		kv("license", t.Target.License)
+		kv("files", strings.Join(t.Files, ", "))
+	}
+	fmt.Fprintln(w, frame)
+	return nil
+}
+
+// runBuild runs syscare-build, preferring the one next to this executable.
+func runBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	bin := "syscare-build"
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), bin); fileExists(p) {
+			bin = p
+		}
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return errReported
+		}
+		return fmt.Errorf("run %s: %w", bin, err)
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}

@@ -1,0 +1,98 @@
+// Package manager is syscare-helper's patch manager: it discovers installed patches, runs
+// the patch state machine as transactions with rollback, applies the conflict and LIFO
+// rules, verifies targets, keeps the state store, and recovers state after a restart.
+package manager
+
+import (
+	"errors"
+	"fmt"
+
+	scbus "github.com/syscare/syscare/dbus"
+)
+
+// State is the state of one entity; the order is meaningful (NotApplied < ... < Accepted).
+type State int
+
+// States of the patch state machine.
+const (
+	NotApplied State = iota
+	Deactived
+	Actived
+	Accepted
+)
+
+func (s State) String() string {
+	switch s {
+	case NotApplied:
+		return scbus.StatusNotApplied
+	case Deactived:
+		return scbus.StatusDeactived
+	case Actived:
+		return scbus.StatusActived
+	case Accepted:
+		return scbus.StatusAccepted
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// ParseState parses a status string.
+func ParseState(s string) (State, error) {
+	for st := NotApplied; st <= Accepted; st++ {
+		if st.String() == s {
+			return st, nil
+		}
+	}
+	return NotApplied, fmt.Errorf("unknown state %q", s)
+}
+
+// Sentinel errors; the service maps each to a named bus error.
+var (
+	ErrNotFound     = errors.New("patch not found")
+	ErrConflict     = errors.New("patch conflict")
+	ErrVerify       = errors.New("verification failed")
+	ErrInvalidState = errors.New("invalid state")
+	ErrNotSupported = errors.New("not supported")
+	ErrBusy         = errors.New("target busy")
+)
+
+// Op is a command of the state machine.
+type Op int
+
+// Commands.
+const (
+	OpApply Op = iota
+	OpActive
+	OpDeactive
+	OpRemove
+	OpAccept
+)
+
+func (o Op) String() string {
+	return [...]string{"apply", "active", "deactive", "remove", "accept"}[o]
+}
+
+// target returns the state op moves e to, or an error when op does not apply to from.
+func (o Op) target(from State) (State, error) {
+	switch o {
+	case OpApply:
+		return max(from, Actived), nil
+	case OpActive:
+		if from == NotApplied {
+			return from, fmt.Errorf("%w: %s, apply it first", ErrInvalidState, from)
+		}
+		return max(from, Actived), nil
+	case OpDeactive:
+		if from == NotApplied {
+			return from, fmt.Errorf("%w: %s", ErrInvalidState, from)
+		}
+		return Deactived, nil
+	case OpRemove:
+		return NotApplied, nil
+	case OpAccept:
+		if from < Actived {
+			return from, fmt.Errorf("%w: %s, activate it first", ErrInvalidState, from)
+		}
+		return Accepted, nil
+	}
+	return from, fmt.Errorf("unknown operation %d", o)
+}

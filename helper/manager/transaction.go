@@ -1,0 +1,475 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/syscare/syscare/helper/state"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// Transition runs op on every entity the ids name as one transaction: on the first
+// failure, the entities already changed go back to their old states.
+func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force bool) ([]Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	es, err := m.resolve(ids)
+	if err != nil {
+		return nil, err
+	}
+	targets := make([]State, len(es))
+	for i, e := range es {
+		t, err := op.target(e.State)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", op, e.Name(), err)
+		}
+		targets[i] = t
+	}
+	// Switching off goes last-in first-out, whatever order the ids came in.
+	order := make([]int, len(es))
+	for i := range order {
+		order[i] = i
+	}
+	if op == OpDeactive || op == OpRemove {
+		sort.SliceStable(order, func(a, b int) bool { return es[order[a]].activated > es[order[b]].activated })
+	}
+	type change struct {
+		e   *Entity
+		old State
+	}
+	var done []change
+	for _, i := range order {
+		e, t := es[i], targets[i]
+		if e.State == t {
+			continue
+		}
+		done = append(done, change{e, e.State})
+		if err := m.walk(ctx, e, t, force); err != nil {
+			err = fmt.Errorf("%s %s: %w", op, e.Name(), err)
+			var rbErrs []error
+			for j := len(done) - 1; j >= 0; j-- {
+				c := done[j]
+				if c.e.State == c.old {
+					continue
+				}
+				if rerr := m.walk(context.WithoutCancel(ctx), c.e, c.old, true); rerr != nil {
+					rbErrs = append(rbErrs, fmt.Errorf("rollback of %s to %s: %w", c.e.Name(), c.old, rerr))
+				}
+			}
+			if len(rbErrs) > 0 {
+				m.cfg.Log.WithError(errors.Join(rbErrs...)).Error("rollback incomplete")
+				return nil, errors.Join(append([]error{err}, rbErrs...)...)
+			}
+			return nil, err
+		}
+	}
+	out := make([]Status, len(es))
+	for i, e := range es {
+		out[i] = status(e)
+	}
+	return out, nil
+}
+
+// Check verifies every entity the ids name without changing anything.
+func (m *Manager) Check(ctx context.Context, ids []string) ([]Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	es, err := m.resolve(ids)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	out := make([]Status, len(es))
+	for i, e := range es {
+		if err := m.verify(ctx, e); err != nil {
+			errs = append(errs, fmt.Errorf("check %s: %w", e.Name(), err))
+		}
+		out[i] = status(e)
+	}
+	return out, errors.Join(errs...)
+}
+
+// walk moves e one step at a time to target, recording each state reached.
+func (m *Manager) walk(ctx context.Context, e *Entity, target State, force bool) error {
+	for e.State != target {
+		var err error
+		if e.State < target {
+			err = m.up(ctx, e, force)
+		} else {
+			err = m.down(ctx, e, force)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Manager) up(ctx context.Context, e *Entity, force bool) error {
+	d, _ := m.driver(e)
+	switch e.State {
+	case NotApplied:
+		if err := m.verify(ctx, e); err != nil {
+			return err
+		}
+		if err := d.Load(ctx, e); err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+		m.set(e, Deactived)
+	case Deactived:
+		if e.Patch.Gone {
+			return fmt.Errorf("%w: patch directory %s is gone", ErrVerify, e.Patch.Dir)
+		}
+		if !force {
+			if err := m.conflicts(e); err != nil {
+				return err
+			}
+		}
+		if err := d.Activate(ctx, e, force); err != nil {
+			return fmt.Errorf("activate: %w", err)
+		}
+		if err := m.recheck(ctx, d, e, Present); err != nil {
+			if derr := d.Deactivate(context.WithoutCancel(ctx), e, true); derr != nil {
+				err = errors.Join(err, fmt.Errorf("deactivate again: %w", derr))
+			}
+			return err
+		}
+		m.seq++
+		e.activated = m.seq
+		m.set(e, Actived)
+	case Actived:
+		m.set(e, Accepted)
+	}
+	return nil
+}
+
+func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
+	d, _ := m.driver(e)
+	switch e.State {
+	case Accepted:
+		m.set(e, Actived)
+	case Actived:
+		if err := m.stackedOn(e); err != nil {
+			return err
+		}
+		if err := d.Deactivate(ctx, e, force); err != nil {
+			return fmt.Errorf("deactivate: %w", err)
+		}
+		if err := m.recheck(ctx, d, e, Absent); err != nil {
+			if aerr := d.Activate(context.WithoutCancel(ctx), e, true); aerr != nil {
+				err = errors.Join(err, fmt.Errorf("activate again: %w", aerr))
+			}
+			return err
+		}
+		e.activated = 0
+		m.set(e, Deactived)
+	case Deactived:
+		if err := d.Unload(ctx, e); err != nil {
+			return fmt.Errorf("unload: %w", err)
+		}
+		m.set(e, NotApplied)
+	}
+	return nil
+}
+
+// recheck reads the real state after a transition and fails if it does not match.
+func (m *Manager) recheck(ctx context.Context, d Driver, e *Entity, want Presence) error {
+	pr, err := d.Presence(ctx, []*Entity{e})
+	if err != nil {
+		return fmt.Errorf("re-read state: %w", err)
+	}
+	got, ok := pr[e]
+	if !ok || got == NoTarget || got == want {
+		return nil
+	}
+	return fmt.Errorf("re-read state: patch is %s in the running system, want %s", got, want)
+}
+
+// set records a state change: it is persisted before anything else happens.
+func (m *Manager) set(e *Entity, s State) {
+	old := e.State
+	e.State = s
+	m.seq++
+	e.seq = m.seq
+	m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "uuid": e.UUID(), "from": old.String(), "to": s.String()}).Info("state changed")
+	if err := m.persist(); err != nil {
+		m.cfg.Log.WithError(err).Error("write state")
+	}
+	if m.cfg.OnChange != nil {
+		m.cfg.OnChange(e, old, s)
+	}
+}
+
+func (m *Manager) snapshot() *state.Snapshot {
+	snap := &state.Snapshot{BootID: m.bootID, Seq: m.seq}
+	for _, e := range m.entities {
+		if e.State == NotApplied {
+			continue
+		}
+		snap.Entries = append(snap.Entries, state.Entry{UUID: e.UUID(), Patch: e.Patch.Meta.UUID,
+			State: e.State.String(), Seq: e.seq, Activated: e.activated})
+	}
+	sort.Slice(snap.Entries, func(i, j int) bool { return snap.Entries[i].Seq < snap.Entries[j].Seq })
+	return snap
+}
+
+func (m *Manager) persist() error { return m.store.Save(state.CurrentFile, m.snapshot()) }
+
+// conflicts refuses to activate e over a function another active entity replaces.
+func (m *Manager) conflicts(e *Entity) error {
+	for _, o := range m.activeOnSameTarget(e) {
+		if f := sharedFunc(e, o); f != "" {
+			return fmt.Errorf("%w: %s replaces %s, which active patch %s already replaces (use --force to stack it)",
+				ErrConflict, e.Name(), f, o.Name())
+		}
+	}
+	return nil
+}
+
+// stackedOn refuses to deactivate e while a later active entity replaces one of its
+// functions: stacked patches come off last-in first-out.
+func (m *Manager) stackedOn(e *Entity) error {
+	for _, o := range m.activeOnSameTarget(e) {
+		if o.activated > e.activated {
+			if f := sharedFunc(e, o); f != "" {
+				return fmt.Errorf("%w: %s is stacked on %s (function %s): deactivate %s first",
+					ErrConflict, o.Name(), e.Name(), f, o.Name())
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Manager) activeOnSameTarget(e *Entity) []*Entity {
+	var out []*Entity
+	for _, o := range m.entities {
+		if o != e && o.State >= Actived && o.Kind() == e.Kind() && o.Meta.TargetPath == e.Meta.TargetPath {
+			out = append(out, o)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].activated < out[j].activated })
+	return out
+}
+
+func sharedFunc(a, b *Entity) string {
+	for _, fa := range a.Meta.Functions {
+		for _, fb := range b.Meta.Functions {
+			if fa.Name == fb.Name && fa.Pos == fb.Pos {
+				return fa.Name
+			}
+		}
+	}
+	return ""
+}
+
+// verify runs the checks before loading: patch file digest, exact target package, and
+// what the driver checks (build-id).
+func (m *Manager) verify(ctx context.Context, e *Entity) error {
+	if e.Patch.Gone {
+		return fmt.Errorf("%w: patch directory %s is gone", ErrVerify, e.Patch.Dir)
+	}
+	sum, err := patchmeta.FileSHA256(e.File())
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrVerify, err)
+	}
+	if sum != e.Meta.SHA256 {
+		return fmt.Errorf("%w: %s: sha256 %s does not match patch.json (%s)", ErrVerify, e.Meta.File, sum, e.Meta.SHA256)
+	}
+	if e.Kind() == patchmeta.KindUser || e.Kind() == patchmeta.KindKernel {
+		if err := m.cfg.VerifyPackage(ctx, m.cfg.Root, e.Patch.Meta.Target); err != nil {
+			return fmt.Errorf("%w: %w", ErrVerify, err)
+		}
+	}
+	d, _ := m.driver(e)
+	if err := d.Check(ctx, e); err != nil {
+		if errors.Is(err, ErrNotSupported) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrVerify, err)
+	}
+	return nil
+}
+
+// Save records every entity's state in the order reached.
+func (m *Manager) Save() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.store.Save(state.SavedFile, m.snapshot())
+}
+
+// Restore replays the saved states: with acceptedOnly only ACCEPTED entries, otherwise
+// every entity goes to its saved state (NOT-APPLIED when it was not saved).
+func (m *Manager) Restore(ctx context.Context, acceptedOnly bool) ([]Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	snap, err := m.store.Load(state.SavedFile)
+	if err != nil {
+		return nil, err
+	}
+	return m.replay(ctx, snap, acceptedOnly)
+}
+
+func (m *Manager) replay(ctx context.Context, snap *state.Snapshot, acceptedOnly bool) ([]Status, error) {
+	want := map[*Entity]State{}
+	var order []*Entity
+	var errs []error
+	for _, en := range snap.Sorted() {
+		e, ok := m.entities[en.UUID]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%w: saved entity %s is not installed", ErrNotFound, en.UUID))
+			continue
+		}
+		s, err := state.Parse(en.State, ParseState)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if acceptedOnly && s != Accepted {
+			continue
+		}
+		want[e] = s
+		order = append(order, e)
+	}
+	if !acceptedOnly {
+		for _, e := range m.entities {
+			if _, ok := want[e]; !ok && e.State != NotApplied {
+				want[e] = NotApplied
+			}
+		}
+	}
+	// First everything that goes down, last-in first-out; then up, in the saved order.
+	var downs []*Entity
+	for e, s := range want {
+		if s < e.State {
+			downs = append(downs, e)
+		}
+	}
+	sort.Slice(downs, func(i, j int) bool { return downs[i].activated > downs[j].activated })
+	for _, e := range downs {
+		if err := m.walk(ctx, e, want[e], true); err != nil {
+			errs = append(errs, fmt.Errorf("restore %s to %s: %w", e.Name(), want[e], err))
+		}
+	}
+	var out []Status
+	for _, e := range order {
+		if e.State < want[e] {
+			if err := m.walk(ctx, e, want[e], true); err != nil {
+				errs = append(errs, fmt.Errorf("restore %s to %s: %w", e.Name(), want[e], err))
+			}
+		}
+		out = append(out, status(e))
+	}
+	return out, errors.Join(errs...)
+}
+
+// Start discovers the patches and rebuilds state: from the running system (in-process
+// headers) where it can tell, from the state file otherwise. Patches that are switched on
+// in the system stay on; ACCEPTED ones come back; a patch whose processes were all
+// restarted, or that was in any state before a reboot other than ACCEPTED, is NOT-APPLIED.
+func (m *Manager) Start(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.scan()
+	snap, err := m.store.Load(state.CurrentFile)
+	lost := false
+	if err != nil {
+		m.cfg.Log.WithError(err).Error("state file unreadable; moved aside, state is rebuilt from the running system")
+		p := filepath.Join(m.store.Dir, state.CurrentFile)
+		os.Rename(p, p+".bad")
+		snap, lost = &state.Snapshot{}, true
+	}
+	if _, err := os.Stat(filepath.Join(m.store.Dir, state.CurrentFile)); errors.Is(err, os.ErrNotExist) {
+		lost = true
+	}
+	sameBoot := snap.BootID != "" && snap.BootID == m.bootID
+	m.seq = snap.Seq
+	stored := map[*Entity]state.Entry{}
+	for _, en := range snap.Entries {
+		if e, ok := m.entities[en.UUID]; ok {
+			stored[e] = en
+		} else {
+			m.cfg.Log.WithField("uuid", en.UUID).Warn("state file names an entity that is not installed")
+		}
+	}
+	// Ask the system about every entity the state file knows, or about all of them
+	// when the state file is gone (then in-process headers are the only record).
+	byDriver := map[Driver][]*Entity{}
+	for _, e := range m.entities {
+		if _, ok := stored[e]; ok || lost {
+			d, _ := m.driver(e)
+			byDriver[d] = append(byDriver[d], e)
+		}
+	}
+	presence := map[*Entity]Presence{}
+	for d, es := range byDriver {
+		pr, err := d.Presence(ctx, es)
+		if err != nil {
+			m.cfg.Log.WithError(err).Warn("read patch state from the system")
+		}
+		for e, p := range pr {
+			presence[e] = p
+		}
+	}
+	type goal struct {
+		e         *Entity
+		s         State
+		seq, actv uint64
+	}
+	var goals []goal
+	for e, p := range presence {
+		en, known := stored[e]
+		prev := NotApplied
+		if known {
+			prev, _ = ParseState(en.State)
+		}
+		g := NotApplied
+		switch {
+		case p == Present || p == Partial:
+			g = max(prev, Actived)
+		case prev == Accepted:
+			g = Accepted
+		case sameBoot && p == NoTarget:
+			g = prev
+		case sameBoot && prev == Deactived:
+			g = Deactived
+		}
+		if g != NotApplied {
+			goals = append(goals, goal{e, g, en.Seq, en.Activated})
+		}
+	}
+	sort.Slice(goals, func(i, j int) bool {
+		if goals[i].actv != goals[j].actv {
+			return goals[i].actv < goals[j].actv
+		}
+		return goals[i].seq < goals[j].seq
+	})
+	var errs []error
+	for _, g := range goals {
+		// Entities already switched on in the system go through Activate too: it patches
+		// the processes that started while the helper was away and skips the others.
+		if err := m.walk(ctx, g.e, g.s, true); err != nil {
+			errs = append(errs, fmt.Errorf("restore %s to %s: %w", g.e.Name(), g.s, err))
+		}
+	}
+	if err := m.persist(); err != nil {
+		errs = append(errs, fmt.Errorf("write state: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Broken returns the broken patch directories.
+func (m *Manager) Broken() []Broken {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Broken(nil), m.broken...)
+}
+
+// describe joins per-target failures into one message.
+func describe(prefix string, fails []string) string {
+	return prefix + ": " + strings.Join(fails, "; ")
+}

@@ -1,0 +1,379 @@
+// Package server exports syscare-helper's patch manager on D-Bus as the contract in
+// dbus/ describes: method dispatch, caller authorization, error mapping, signals, and the
+// activity clock the idle exit reads.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	godbus "github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+	"github.com/sirupsen/logrus"
+
+	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/manager"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// ErrAccessDenied is returned to callers that may not change the system.
+var ErrAccessDenied = errors.New("access denied")
+
+// ErrNotSupported is returned by methods this build cannot serve.
+var ErrNotSupported = errors.New("not supported")
+
+// Resolver answers the Resolve method (repository resolution, helper/repo).
+type Resolver func(ctx context.Context, opts map[string]godbus.Variant) (string, error)
+
+// Config configures a Server.
+type Config struct {
+	Conn    *godbus.Conn
+	Manager *manager.Manager
+	Log     logrus.FieldLogger
+	// Auth decides who may change the system; a BusAuthorizer on Conn by default.
+	Auth Authorizer
+	// Resolve serves Resolve; nil replies NotSupported.
+	Resolve Resolver
+	// CallTimeout bounds one method call (default 10 minutes: patching many processes
+	// can take a while).
+	CallTimeout time.Duration
+}
+
+// Server is the exported object.
+type Server struct {
+	cfg      Config
+	obj      *Object
+	last     atomic.Int64
+	inflight atomic.Int32
+}
+
+// New returns a server; Export puts it on the bus.
+func New(cfg Config) *Server {
+	if cfg.Auth == nil {
+		cfg.Auth = &BusAuthorizer{Conn: cfg.Conn}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	if cfg.CallTimeout == 0 {
+		cfg.CallTimeout = 10 * time.Minute
+	}
+	s := &Server{cfg: cfg}
+	s.obj = &Object{s: s}
+	s.touch()
+	return s
+}
+
+// Export exports the object and its introspection data and claims the bus name; it
+// fails when another process owns the name.
+func (s *Server) Export() error {
+	c := s.cfg.Conn
+	if err := c.Export(s.obj, scbus.ObjectPath, scbus.Interface); err != nil {
+		return fmt.Errorf("export %s: %w", scbus.Interface, err)
+	}
+	if err := c.Export(introspect.Introspectable(scbus.IntrospectXML), scbus.ObjectPath, "org.freedesktop.DBus.Introspectable"); err != nil {
+		return fmt.Errorf("export introspection: %w", err)
+	}
+	reply, err := c.RequestName(scbus.BusName, godbus.NameFlagDoNotQueue)
+	if err != nil {
+		return fmt.Errorf("request name %s: %w", scbus.BusName, err)
+	}
+	if reply != godbus.RequestNameReplyPrimaryOwner {
+		return fmt.Errorf("request name %s: already owned by another process", scbus.BusName)
+	}
+	return nil
+}
+
+// Emit sends StateChanged; it fits manager.Config.OnChange.
+func (s *Server) Emit(e *manager.Entity, old, new manager.State) {
+	if s.cfg.Conn == nil {
+		return
+	}
+	if err := s.cfg.Conn.Emit(scbus.ObjectPath, scbus.Interface+"."+scbus.SignalStateChanged,
+		e.UUID(), e.Name(), old.String(), new.String()); err != nil {
+		s.cfg.Log.WithError(err).Warn("emit StateChanged")
+	}
+}
+
+func (s *Server) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// Idle returns how long no method call has run (zero while one runs).
+func (s *Server) Idle() time.Duration {
+	if s.inflight.Load() > 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, s.last.Load()))
+}
+
+// begin marks a call running and returns its context and the function ending it.
+func (s *Server) begin() (context.Context, func()) {
+	s.inflight.Add(1)
+	s.touch()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
+	return ctx, func() {
+		cancel()
+		s.touch()
+		s.inflight.Add(-1)
+	}
+}
+
+// authorize checks that sender may change the system.
+func (s *Server) authorize(ctx context.Context, sender godbus.Sender, method string) *godbus.Error {
+	if err := s.cfg.Auth.Authorize(ctx, string(sender)); err != nil {
+		s.cfg.Log.WithFields(logrus.Fields{"sender": string(sender), "method": method}).WithError(err).Warn("caller denied")
+		return busError(err)
+	}
+	return nil
+}
+
+// busError maps an internal error to a named bus error; the message is the error text,
+// which names patches, processes and reasons but no secrets.
+func busError(err error) *godbus.Error {
+	if err == nil {
+		return nil
+	}
+	name := scbus.ErrorFailed
+	switch {
+	case errors.Is(err, ErrAccessDenied):
+		name = scbus.ErrorAccessDenied
+	case errors.Is(err, manager.ErrNotFound):
+		name = scbus.ErrorNotFound
+	case errors.Is(err, manager.ErrConflict):
+		name = scbus.ErrorConflict
+	case errors.Is(err, manager.ErrBusy):
+		name = scbus.ErrorBusy
+	case errors.Is(err, manager.ErrVerify), errors.Is(err, patchmeta.ErrInvalid):
+		name = scbus.ErrorVerificationFailed
+	case errors.Is(err, manager.ErrInvalidState):
+		name = scbus.ErrorInvalidState
+	case errors.Is(err, manager.ErrNotSupported), errors.Is(err, ErrNotSupported):
+		name = scbus.ErrorNotSupported
+	}
+	return godbus.NewError(name, []any{err.Error()})
+}
+
+func states(ss []manager.Status) []scbus.EntityState {
+	out := make([]scbus.EntityState, len(ss))
+	for i, st := range ss {
+		out[i] = scbus.EntityState{UUID: st.UUID, Name: st.Name, Status: st.State.String()}
+	}
+	return out
+}
+
+// Object is the D-Bus object: its exported methods are the contract's methods (a test
+// holds them against dbus/org.openeuler.SysCare1.xml).
+type Object struct{ s *Server }
+
+// List returns every entity and broken patch directory.
+func (o *Object) List() ([]scbus.ListEntry, *godbus.Error) {
+	_, end := o.s.begin()
+	defer end()
+	es, broken := o.s.cfg.Manager.List()
+	out := make([]scbus.ListEntry, 0, len(es)+len(broken))
+	for _, e := range es {
+		out = append(out, scbus.ListEntry{UUID: e.UUID, Name: e.Name, Status: e.State.String(), Patch: e.PatchUUID, Problem: e.Problem})
+	}
+	for _, b := range broken {
+		out = append(out, scbus.ListEntry{UUID: b.Dir, Name: b.Dir, Status: scbus.StatusBroken, Problem: b.Reason})
+	}
+	return out, nil
+}
+
+// Status returns entity states.
+func (o *Object) Status(ids []string) ([]scbus.EntityState, *godbus.Error) {
+	_, end := o.s.begin()
+	defer end()
+	ss, err := o.s.cfg.Manager.Status(ids)
+	if err != nil {
+		return nil, busError(err)
+	}
+	return states(ss), nil
+}
+
+// PatchInfo is one element of Info's JSON reply.
+type PatchInfo struct {
+	*patchmeta.Patch
+	Dir      string              `json:"dir"`
+	Status   []scbus.EntityState `json:"status"`
+	RPMName  string              `json:"rpm_name"`
+	Removed  bool                `json:"removed,omitempty"`
+	Entities []EntityInfo        `json:"entities"`
+}
+
+// EntityInfo is patchmeta.Entity with its display name and status.
+type EntityInfo struct {
+	patchmeta.Entity
+	Name   string `json:"name"`
+	Status string `json:"status"`
+}
+
+// Info returns the patches as JSON.
+func (o *Object) Info(ids []string) (string, *godbus.Error) {
+	_, end := o.s.begin()
+	defer end()
+	ps, err := o.s.cfg.Manager.Patches(ids)
+	if err != nil {
+		return "", busError(err)
+	}
+	out := []PatchInfo{}
+	for _, p := range ps {
+		st := states(o.s.cfg.Manager.Snapshot(p))
+		pi := PatchInfo{Patch: p.Meta, Dir: p.Dir, Status: st, RPMName: p.Meta.RPMName(), Removed: p.Gone}
+		for i, e := range p.Meta.Entities {
+			pi.Entities = append(pi.Entities, EntityInfo{Entity: e, Name: st[i].Name, Status: st[i].Status})
+		}
+		out = append(out, pi)
+	}
+	b, _ := json.Marshal(out)
+	return string(b), nil
+}
+
+// TargetInfo is one element of Target's JSON reply.
+type TargetInfo struct {
+	UUID   string            `json:"uuid"`
+	Patch  string            `json:"patch"`
+	Target patchmeta.Package `json:"target"`
+	Files  []string          `json:"files"`
+}
+
+// Target returns the target packages as JSON.
+func (o *Object) Target(ids []string) (string, *godbus.Error) {
+	_, end := o.s.begin()
+	defer end()
+	ps, err := o.s.cfg.Manager.Patches(ids)
+	if err != nil {
+		return "", busError(err)
+	}
+	out := []TargetInfo{}
+	for _, p := range ps {
+		ti := TargetInfo{UUID: p.Meta.UUID, Patch: p.Meta.Name + "-" + p.Meta.Version + "-" + p.Meta.Release, Target: p.Meta.Target}
+		for _, e := range p.Meta.Entities {
+			ti.Files = append(ti.Files, e.TargetPath)
+		}
+		out = append(out, ti)
+	}
+	b, _ := json.Marshal(out)
+	return string(b), nil
+}
+
+func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	ctx, end := o.s.begin()
+	defer end()
+	if err := o.s.authorize(ctx, sender, method); err != nil {
+		return nil, err
+	}
+	log := o.s.cfg.Log.WithFields(logrus.Fields{"method": method, "ids": ids, "force": force})
+	ss, err := o.s.cfg.Manager.Transition(ctx, op, ids, force)
+	if err != nil {
+		log.WithError(err).Warn("transaction failed")
+		return nil, busError(err)
+	}
+	log.Info("transaction done")
+	return states(ss), nil
+}
+
+// Apply takes entities to ACTIVED.
+func (o *Object) Apply(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	return o.transition(sender, "Apply", manager.OpApply, ids, force)
+}
+
+// Active takes DEACTIVED entities to ACTIVED.
+func (o *Object) Active(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	return o.transition(sender, "Active", manager.OpActive, ids, force)
+}
+
+// Deactive takes entities to DEACTIVED.
+func (o *Object) Deactive(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	return o.transition(sender, "Deactive", manager.OpDeactive, ids, force)
+}
+
+// Remove takes entities to NOT-APPLIED.
+func (o *Object) Remove(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	return o.transition(sender, "Remove", manager.OpRemove, ids, force)
+}
+
+// Accept takes ACTIVED entities to ACCEPTED.
+func (o *Object) Accept(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	return o.transition(sender, "Accept", manager.OpAccept, ids, force)
+}
+
+// Check verifies entities without changing them.
+func (o *Object) Check(ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+	ctx, end := o.s.begin()
+	defer end()
+	ss, err := o.s.cfg.Manager.Check(ctx, ids)
+	if err != nil {
+		return nil, busError(err)
+	}
+	return states(ss), nil
+}
+
+// Save records the states.
+func (o *Object) Save(sender godbus.Sender) *godbus.Error {
+	ctx, end := o.s.begin()
+	defer end()
+	if err := o.s.authorize(ctx, sender, "Save"); err != nil {
+		return err
+	}
+	return busError(o.s.cfg.Manager.Save())
+}
+
+// Restore replays the saved states.
+func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]scbus.EntityState, *godbus.Error) {
+	ctx, end := o.s.begin()
+	defer end()
+	if err := o.s.authorize(ctx, sender, "Restore"); err != nil {
+		return nil, err
+	}
+	ss, err := o.s.cfg.Manager.Restore(ctx, acceptedOnly)
+	if err != nil {
+		return nil, busError(err)
+	}
+	return states(ss), nil
+}
+
+// Rescan re-reads the patch directories.
+func (o *Object) Rescan(sender godbus.Sender) *godbus.Error {
+	ctx, end := o.s.begin()
+	defer end()
+	if err := o.s.authorize(ctx, sender, "Rescan"); err != nil {
+		return err
+	}
+	o.s.cfg.Manager.Rescan()
+	return nil
+}
+
+// ProcessStatus returns per-process states of a user patch.
+func (o *Object) ProcessStatus(id string) ([]scbus.ProcessState, *godbus.Error) {
+	ctx, end := o.s.begin()
+	defer end()
+	byEnt, order, err := o.s.cfg.Manager.ProcessStatus(ctx, id)
+	if err != nil {
+		return nil, busError(err)
+	}
+	out := []scbus.ProcessState{}
+	for _, e := range order {
+		for _, p := range byEnt[e] {
+			out = append(out, scbus.ProcessState{Pid: int32(p.Pid), UUID: e.UUID(), Status: p.State.String(), Detail: p.Detail})
+		}
+	}
+	return out, nil
+}
+
+// Resolve asks the repository resolver which patch RPMs apply to this host.
+func (o *Object) Resolve(opts map[string]godbus.Variant) (string, *godbus.Error) {
+	ctx, end := o.s.begin()
+	defer end()
+	if o.s.cfg.Resolve == nil {
+		return "", busError(fmt.Errorf("%w: repository resolution is not built into this helper yet", ErrNotSupported))
+	}
+	js, err := o.s.cfg.Resolve(ctx, opts)
+	if err != nil {
+		return "", busError(err)
+	}
+	return js, nil
+}
