@@ -23,13 +23,13 @@ import (
 // fakeEngine keeps the patch uuids "inside" fake processes: the narrow fake the state
 // machine tests run against (the real engine is exercised by the helper's end-to-end tests).
 type fakeEngine struct {
-	mu    sync.Mutex
-	pids  map[string][]int
-	in    map[int][]string
-	fail  map[int]error // PatchAll fails for these pids
+	mu   sync.Mutex
+	pids map[string][]int
+	in   map[int][]string
+	fail map[int]error // PatchAll fails for these pids
 	// failUUID limits fail to one patch ("" for all).
 	failUUID string
-	calls []string
+	calls    []string
 }
 
 func newFake() *fakeEngine {

@@ -349,10 +349,10 @@ func printInfo(w io.Writer, js string) error {
 
 func printTarget(w io.Writer, js string) error {
 	var ts []struct {
-		UUID   string            `json:"uuid"`
-		Patch  string            `json:"patch"`
-		Target pkgJSON `json:"target"`
-		Files  []string          `json:"files"`
+		UUID   string   `json:"uuid"`
+		Patch  string   `json:"patch"`
+		Target pkgJSON  `json:"target"`
+		Files  []string `json:"files"`
 	}
 	if err := json.Unmarshal([]byte(js), &ts); err != nil {
 		return fmt.Errorf("target reply: %w", err)
