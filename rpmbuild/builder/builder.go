@@ -1,0 +1,268 @@
+// Package builder is the syscare build pipeline: from a source RPM, its debuginfo RPMs
+// and .patch files to a hot patch RPM, rebuilding only the translation units a fix touches.
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/syscare/syscare/rpmbuild/capture"
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/rpmbuild/rpmfile"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// Errors a caller tells apart (the command maps them to exit codes).
+var (
+	// ErrNoChange: the fix changes no function of any shipped ELF.
+	ErrNoChange = errors.New("no functional change")
+	// ErrUnpatchable wraps the differ's refusal (function, section and reason).
+	ErrUnpatchable = errors.New("cannot be hot patched")
+	// ErrBadInput: an input file is not what its flag says (corrupt, wrong kind, wrong version).
+	ErrBadInput = errors.New("bad input")
+	// ErrMissingTool: a program the build needs is not installed.
+	ErrMissingTool = errors.New("missing tool")
+	// ErrCompilerMismatch: the compiler here is not the one that built the shipped binaries.
+	ErrCompilerMismatch = errors.New("compiler mismatch")
+	// ErrPatchApply: a .patch file does not apply to the prepared sources.
+	ErrPatchApply = errors.New("patch does not apply")
+	// ErrKernel: kernel source RPMs are not supported yet.
+	ErrKernel = errors.New("kernel source RPM")
+)
+
+// Options are the flags of syscare build.
+type Options struct {
+	PatchName, PatchVersion, PatchRelease, Description string
+	Source                                             string
+	Debuginfo                                          []string
+	Patches                                            []string
+	OutputDir, WorkDir                                 string
+	Jobs                                               int
+	SkipCleanup, SkipCompilerCheck, Verbose            bool
+	// Wrapper is the executable that acts as compiler wrapper and namespace helper
+	// (syscare-build itself).
+	Wrapper string
+	// Progress receives one line per step with its time.
+	Progress io.Writer
+	// NoBind turns the mount-namespace binding off (PATH shims and CC/CXX only).
+	NoBind bool
+}
+
+// Result describes a finished build.
+type Result struct {
+	RPM, SRPM string
+	Patch     *patchmeta.Patch
+	// WorkDir is kept only with SkipCleanup.
+	WorkDir string
+	// Steps are the step names with their durations, in order.
+	Steps []Step
+	// Rebuilt counts the translation units compiled again, of Total recorded.
+	Rebuilt, Total int
+}
+
+// Step is one timed step.
+type Step struct {
+	Name     string
+	Duration time.Duration
+}
+
+// Failure is the error of a failed build: it carries the log's path and last lines.
+type Failure struct {
+	Err     error
+	LogPath string
+	Tail    []string
+}
+
+func (f *Failure) Error() string { return f.Err.Error() }
+func (f *Failure) Unwrap() error { return f.Err }
+
+// tools are the programs the pipeline runs, with the package that brings each.
+var tools = [][2]string{{"rpmbuild", "rpm-build (Debian: rpm)"}, {"rpm2cpio", "rpm"}, {"cpio", "cpio"},
+	{"patch", "patch"}, {"gcc", "gcc"}, {"ld", "binutils"}, {"objcopy", "binutils"}}
+
+// CheckTools reports the first missing tool.
+func CheckTools() error {
+	for _, t := range tools {
+		if _, err := exec.LookPath(t[0]); err != nil {
+			return fmt.Errorf("%w: %s is not on PATH (install %s)", ErrMissingTool, t[0], t[1])
+		}
+	}
+	return nil
+}
+
+type build struct {
+	opts     Options
+	work     string
+	log      *os.File
+	logw     io.Writer
+	src      *rpmfile.Header
+	dbg      []*rpmfile.Header
+	index    *debuginfo.Index
+	top      string
+	spec     string
+	buildDir string
+	cap      *capture.Capture
+	tus      []*tu
+	res      Result
+	targets  []*targetPatch
+}
+
+// Build runs the whole pipeline.
+func Build(ctx context.Context, opts Options) (*Result, error) {
+	if opts.PatchVersion == "" {
+		opts.PatchVersion = "1"
+	}
+	if opts.PatchRelease == "" {
+		opts.PatchRelease = "1"
+	}
+	if opts.Jobs <= 0 {
+		opts.Jobs = runtime.NumCPU()
+	}
+	if opts.OutputDir == "" {
+		opts.OutputDir = "."
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	base := opts.WorkDir
+	if base == "" {
+		base = os.TempDir()
+	}
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return nil, fmt.Errorf("workdir: %w", err)
+	}
+	work, err := os.MkdirTemp(base, "syscare-build-"+safeName(opts.PatchName)+"-")
+	if err != nil {
+		return nil, fmt.Errorf("workdir: %w", err)
+	}
+	b := &build{opts: opts, work: work}
+	b.log, err = os.Create(filepath.Join(work, "build.log"))
+	if err != nil {
+		return nil, err
+	}
+	b.logw = b.log
+	if opts.Verbose {
+		b.logw = io.MultiWriter(b.log, os.Stderr)
+	}
+	err = b.run(ctx)
+	b.log.Close()
+	logPath := filepath.Join(work, "build.log")
+	if err != nil {
+		tail := tailLines(logPath, 20)
+		if !opts.SkipCleanup {
+			// The workdir goes, the log stays where the user can read it.
+			kept := filepath.Join(os.TempDir(), fmt.Sprintf("syscare-build-%s-%d.log", safeName(opts.PatchName), time.Now().Unix()))
+			if copyFile(logPath, kept) == nil {
+				logPath = kept
+			}
+			os.RemoveAll(work)
+		}
+		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail}
+	}
+	if opts.SkipCleanup {
+		b.res.WorkDir = work
+	} else {
+		os.RemoveAll(work)
+	}
+	return &b.res, nil
+}
+
+func (b *build) run(ctx context.Context) error {
+	steps := []struct {
+		name string
+		fn   func(context.Context) (string, error)
+	}{
+		{"prepare", b.prepare},
+		{"build original", b.buildOriginal},
+		{"build patched", b.buildPatched},
+		{"diff", b.diff},
+		{"link", b.link},
+		{"package", b.pack},
+	}
+	for _, s := range steps {
+		fmt.Fprintf(b.logw, "==> %s\n", s.name)
+		start := time.Now()
+		what, err := s.fn(ctx)
+		d := time.Since(start)
+		b.res.Steps = append(b.res.Steps, Step{s.name, d})
+		if err != nil {
+			fmt.Fprintf(b.opts.Progress, "%-60s failed after %.2fs\n", s.name, d.Seconds())
+			fmt.Fprintf(b.logw, "error: %v\n", err)
+			return err
+		}
+		line := s.name
+		if what != "" {
+			line += " (" + what + ")"
+		}
+		fmt.Fprintf(b.opts.Progress, "%-60s %7.2fs\n", line, d.Seconds())
+	}
+	return nil
+}
+
+// command runs a tool with its output going to the log.
+func (b *build) command(ctx context.Context, dir string, name string, args ...string) error {
+	fmt.Fprintf(b.logw, "+ %s %s\n", name, strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = b.logw, b.logw
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+func (b *build) rpmbuildArgs(stage ...string) []string {
+	args := append([]string{}, stage...)
+	return append(args, "--nodeps", "--define", "_topdir "+b.top,
+		"--define", fmt.Sprintf("_smp_mflags -j%d", b.opts.Jobs), b.spec)
+}
+
+func safeName(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' || r < ' ' {
+			return '_'
+		}
+		return r
+	}, s)
+}
+
+func tailLines(path string, n int) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm()|0o200)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,263 @@
+package builder
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/rpmbuild/patchrpm"
+	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/runtime/patchobj"
+)
+
+// ObjectDiff is the differ's answer for one object.
+type ObjectDiff struct {
+	// Fragment is the ET_REL patch object fragment (without .upatch.build_id).
+	Fragment []byte
+	// Report is the text classification.
+	Report string
+	// Changed and New name the replaced and the added functions.
+	Changed, New []string
+}
+
+// errObjectUnchanged is what a DiffFunc returns for an object without functional change.
+var errObjectUnchanged = errors.New("object unchanged")
+
+// DiffFunc diffs one original object against its rebuild. It returns
+// errObjectUnchanged-wrapping (see NoChange) for no functional change and an error
+// wrapping ErrUnpatchable for a change that cannot be hot patched.
+type DiffFunc func(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error)
+
+// NoChange is the error a DiffFunc returns for an object without functional change.
+func NoChange(err error) error { return fmt.Errorf("%w: %w", errObjectUnchanged, err) }
+
+// Differ is set by the package that wires in rpmbuild/diff.
+var Differ DiffFunc
+
+// targetPatch collects the patch of one shipped ELF.
+type targetPatch struct {
+	target  *debuginfo.Target
+	loc     *debuginfo.Locator
+	frags   []string
+	changed []string
+	object  string
+	file    string
+	funcs   []patchmeta.Function
+}
+
+func (b *build) targetFor(t *debuginfo.Target) (*targetPatch, error) {
+	for _, tp := range b.targets {
+		if tp.target == t {
+			return tp, nil
+		}
+	}
+	loc, err := debuginfo.NewLocator(t.DebugFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: symbols of %s: %w", ErrBadInput, t.Path, err)
+	}
+	tp := &targetPatch{target: t, loc: loc}
+	b.targets = append(b.targets, tp)
+	return tp, nil
+}
+
+// diff runs the differ on each rebuilt object, once per shipped ELF it is part of.
+func (b *build) diff(ctx context.Context) (string, error) {
+	if Differ == nil {
+		return "", errors.New("no object differ linked into this program")
+	}
+	recs, err := b.cap.Records()
+	if err != nil {
+		return "", err
+	}
+	g := newLinkGraph(recs)
+	n, fns := 0, 0
+	dir := filepath.Join(b.work, "frags")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for _, t := range b.tus {
+		if t.patched == "" {
+			continue
+		}
+		finals := g.Finals(t.rec.Object)
+		if len(finals) == 0 {
+			fmt.Fprintf(b.logw, "%s: linked into no executable or library; skipped\n", t.rec.Source)
+			continue
+		}
+		for _, out := range finals {
+			tg, err := b.index.Match(out)
+			if errors.Is(err, debuginfo.ErrNotFound) {
+				fmt.Fprintf(b.logw, "%s: %s is not shipped (not in the debuginfo); skipped\n", t.rec.Source, out)
+				continue
+			}
+			if err != nil {
+				return "", err
+			}
+			tp, err := b.targetFor(tg)
+			if err != nil {
+				return "", err
+			}
+			n++
+			fmt.Fprintf(b.logw, "==> diff %s (%s) for %s\n", t.rec.Source, filepath.Base(t.rec.Object), tg.Path)
+			d, err := Differ(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
+			if errors.Is(err, errObjectUnchanged) {
+				fmt.Fprintf(b.logw, "no functional change\n")
+				continue
+			}
+			if err != nil {
+				return "", fmt.Errorf("%s (%s): %w", relTo(b.buildDir, t.rec.Source), tg.Path, err)
+			}
+			fmt.Fprintln(b.logw, d.Report)
+			frag := filepath.Join(dir, fmt.Sprintf("%d-%d.o", len(tp.frags), t.idx))
+			if err := os.WriteFile(frag, d.Fragment, 0o644); err != nil {
+				return "", err
+			}
+			tp.frags = append(tp.frags, frag)
+			tp.changed = append(tp.changed, d.Changed...)
+			fns += len(d.Changed)
+		}
+	}
+	var kept []*targetPatch
+	for _, tp := range b.targets {
+		if len(tp.frags) > 0 {
+			kept = append(kept, tp)
+		}
+	}
+	b.targets = kept
+	if len(kept) == 0 {
+		return "", fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", ErrNoChange)
+	}
+	return fmt.Sprintf("%d objects, %d changed functions", n, fns), nil
+}
+
+func relTo(base, p string) string {
+	if r, err := filepath.Rel(base, p); err == nil && !strings.HasPrefix(r, "..") {
+		return r
+	}
+	return p
+}
+
+// link merges the fragments of each target into one patch object and records the
+// target's build-id in it.
+func (b *build) link(ctx context.Context) (string, error) {
+	dir := filepath.Join(b.work, "out")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	used := map[string]bool{}
+	var names []string
+	for _, tp := range b.targets {
+		name := filepath.Base(tp.target.Path) + ".upatch"
+		for i := 2; used[name]; i++ {
+			name = fmt.Sprintf("%s-%d.upatch", filepath.Base(tp.target.Path), i)
+		}
+		used[name] = true
+		tp.file = name
+		tp.object = filepath.Join(dir, name)
+		merged := tp.object + ".ld"
+		if err := b.command(ctx, dir, "ld", append([]string{"-r", "-o", merged}, tp.frags...)...); err != nil {
+			return "", fmt.Errorf("link the patch of %s: %w", tp.target.Path, err)
+		}
+		idFile := tp.object + ".build-id"
+		if err := os.WriteFile(idFile, append([]byte(tp.target.BuildID), 0), 0o644); err != nil {
+			return "", err
+		}
+		if err := b.command(ctx, dir, "objcopy", "--add-section", patchobj.BuildIDSection+"="+idFile,
+			"--set-section-flags", patchobj.BuildIDSection+"=readonly,contents", merged, tp.object); err != nil {
+			return "", fmt.Errorf("add the build-id to the patch of %s: %w", tp.target.Path, err)
+		}
+		data, err := os.ReadFile(tp.object)
+		if err != nil {
+			return "", err
+		}
+		obj, err := patchobj.ParseBytes(data)
+		if err != nil {
+			return "", fmt.Errorf("the linked patch of %s: %w", tp.target.Path, err)
+		}
+		if fmt.Sprintf("%x", obj.TargetBuildID) != tp.target.BuildID && string(obj.TargetBuildID) != tp.target.BuildID {
+			return "", fmt.Errorf("the linked patch of %s carries build-id %q", tp.target.Path, obj.TargetBuildID)
+		}
+		for _, f := range obj.Funcs {
+			tp.funcs = append(tp.funcs, patchmeta.Function{Name: f.OldName, Pos: f.OldPos})
+		}
+		if len(tp.funcs) == 0 {
+			return "", fmt.Errorf("%w: the patch of %s replaces no function", ErrNoChange, tp.target.Path)
+		}
+		names = append(names, fmt.Sprintf("%s: %d functions", filepath.Base(tp.target.Path), len(tp.funcs)))
+	}
+	return strings.Join(names, ", "), nil
+}
+
+// pack writes patch.json and the patch's binary and source RPMs into the output directory.
+func (b *build) pack(ctx context.Context) (string, error) {
+	pkg := b.targets[0].target.Package
+	p := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: newUUID(), Name: b.opts.PatchName,
+		Version: b.opts.PatchVersion, Release: b.opts.PatchRelease, Kind: patchmeta.KindUser,
+		Target: b.targetPackage(pkg), Description: b.opts.Description}
+	p.Arch = p.Target.Arch
+	for _, f := range b.opts.Patches {
+		sum, err := patchmeta.FileSHA256(f)
+		if err != nil {
+			return "", err
+		}
+		p.Sources = append(p.Sources, patchmeta.Source{File: filepath.Base(f), SHA256: sum})
+	}
+	var payload []string
+	for _, tp := range b.targets {
+		if tp.target.Package != pkg {
+			return "", fmt.Errorf("the fix changes files of two packages (%s and %s): build one patch per package", pkg, tp.target.Package)
+		}
+		sum, err := patchmeta.FileSHA256(tp.object)
+		if err != nil {
+			return "", err
+		}
+		p.Entities = append(p.Entities, patchmeta.Entity{UUID: newUUID(), File: tp.file, TargetPath: tp.target.Path,
+			BuildID: tp.target.BuildID, SHA256: sum, Functions: tp.funcs})
+		payload = append(payload, tp.object)
+	}
+	// The source RPM carries what is needed to build the next, cumulative patch: the
+	// target's sources and spec, and the .patch files.
+	var sources []string
+	ents, err := os.ReadDir(filepath.Join(b.top, "SOURCES"))
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			sources = append(sources, filepath.Join(b.top, "SOURCES", e.Name()))
+		}
+	}
+	sort.Strings(sources)
+	sources = append(sources, b.opts.Patches...)
+	out, err := patchrpm.Build(ctx, filepath.Join(b.work, "patchrpm"), patchrpm.Input{Patch: p, Payload: payload, Sources: sources}, b.logw)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(b.opts.OutputDir, 0o755); err != nil {
+		return "", err
+	}
+	b.res.RPM = filepath.Join(b.opts.OutputDir, filepath.Base(out.RPM))
+	b.res.SRPM = filepath.Join(b.opts.OutputDir, filepath.Base(out.SRPM))
+	if err := copyFile(out.RPM, b.res.RPM); err != nil {
+		return "", err
+	}
+	if err := copyFile(out.SRPM, b.res.SRPM); err != nil {
+		return "", err
+	}
+	b.res.Patch = p
+	return filepath.Base(b.res.RPM), nil
+}
+
+func newUUID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}

@@ -1,0 +1,237 @@
+// Command syscare-build makes a hot patch RPM from a source RPM, its debuginfo RPMs and
+// .patch files (`syscare build` runs it). The same binary is the compiler wrapper of
+// the build (under a compiler's name) and `syscare-build diff ORIG.o PATCHED.o`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/syscare/syscare/rpmbuild/builder"
+	"github.com/syscare/syscare/rpmbuild/capture"
+)
+
+// Exit statuses (documented in the help text).
+const (
+	exitOK          = 0
+	exitError       = 1
+	exitUsage       = 2
+	exitNoChange    = 3
+	exitUnpatchable = 4
+)
+
+const usage = `NAME
+    syscare-build - build a hot patch RPM from a source RPM, its debuginfo and a fix
+
+SYNOPSIS
+    syscare-build --patch-name NAME [--patch-version V] [--patch-release R]
+        [--patch-description TEXT] --source PKG.src.rpm --debuginfo PKG-debuginfo.rpm
+        [--debuginfo ...] --patch FIX.patch [--patch ...] [--output DIR] [--jobs N]
+        [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--verbose]
+    syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
+
+DESCRIPTION
+    Builds the hot patch NAME of the package built from PKG.src.rpm, for the binaries
+    whose debug files PKG-debuginfo.rpm ships. It unpacks the source RPM and runs its
+    %prep; builds it once with the compiler captured (cc, gcc, c++ and g++ run through a
+    wrapper that adds -ffunction-sections -fdata-sections -gdwarf, turns LTO off and
+    records every compile and link; calls by absolute path are caught by binding the
+    wrapper over the compilers in a private mount namespace); applies the .patch files
+    and compiles again only the translation units whose sources or included headers
+    changed; diffs each rebuilt object against its original; links one patch object per
+    patched executable or library, bound to the build-id of the shipped file; and writes
+    the patch RPM and the patch's source RPM.
+
+    Output: patch-<target name>-<target version>-<target release>-NAME-V-R.<arch>.rpm,
+    which requires the exact target package and syscare and installs into
+    /usr/lib/syscare/patches/<uuid>/ (patch.json and the patch objects); and
+    patch-...-NAME-V-R.src.rpm with the target's sources, its spec and the .patch files.
+    Installing the patch RPM applies nothing; erasing it runs "syscare remove <uuid>"
+    first and fails if that fails.
+
+    "syscare-build diff" prints how each section and symbol of PATCHED.o compares to
+    ORIG.o (SAME, CHANGED, NEW) and with -o writes the patch object.
+
+    Kernel source RPMs are refused: only user-space patches are built for now.
+
+OPTIONS
+    --patch-name NAME        patch name (HP001, CVE-2021-32675); required
+    --patch-version V        patch version (default 1)
+    --patch-release R        patch release (default 1)
+    --patch-description TEXT description of the patch RPM
+    --source FILE            the target's source RPM; required
+    --debuginfo FILE         a -debuginfo RPM of the same version-release; repeat for
+                             several; required
+    --patch FILE             a fix in unified diff format, applied with patch -p1 (or
+                             -p0) in the unpacked source tree; repeat for several, applied
+                             in order; required
+    --output DIR             where the RPMs go (default .)
+    --jobs N                 parallel compile jobs (default: number of CPUs)
+    --workdir DIR            where the work directory is made (default $TMPDIR or /tmp)
+    --skip-cleanup           keep the work directory (its path is printed)
+    --skip-compiler-check    build even if the debuginfo's DW_AT_producer names another
+                             GCC version than the gcc on PATH
+    --verbose                copy the full build log to standard error
+    -h, --help               show this text
+
+STEPS
+    prepare, build original, build patched, diff, link, package: each is printed with
+    its duration. The full log is build.log in the work directory; when the build fails
+    its last lines and its path are printed (with the work directory removed, the log is
+    kept as $TMPDIR/syscare-build-NAME-<time>.log).
+
+EXIT STATUS
+    0   the patch RPMs were written
+    1   any other error: bad or mismatched input file (corrupt or non-RPM file, debuginfo
+        of another version-release), a patch that does not apply, a missing tool, a
+        compiler mismatch, a failing package build, a kernel source RPM
+    2   bad command line
+    3   no functional change: the fix changes no function of a shipped binary
+    4   the change cannot be hot patched; the message names the function, the section
+        and the reason
+
+REQUIREMENTS
+    rpmbuild, rpm2cpio, cpio, patch, gcc (the version that built the package), ld,
+    objcopy. The compiler binding needs root (mount namespaces); without it only PATH
+    and CC/CXX are covered.
+
+EXAMPLE
+    syscare-build --patch-name HP001 --source redis-6.2.5-1.src.rpm \
+        --debuginfo redis-debuginfo-6.2.5-1.x86_64.rpm --patch 0001-fix.patch --output out/
+`
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+type usageError struct{ error }
+
+// runDiff is `syscare-build diff`, wired in by differ.go.
+var runDiff func(args []string, stdout, stderr io.Writer) error
+
+// unpatchable tells whether err is the differ's refusal (wired in by differ.go).
+var unpatchable = func(err error) bool { return errors.Is(err, builder.ErrUnpatchable) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "diff" {
+		if runDiff == nil {
+			return errors.New("diff: no object differ in this build")
+		}
+		return runDiff(args[1:], stdout, stderr)
+	}
+	fs := flag.NewFlagSet("syscare-build", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o builder.Options
+	var debuginfo, patches multi
+	fs.StringVar(&o.PatchName, "patch-name", "", "")
+	fs.StringVar(&o.PatchVersion, "patch-version", "1", "")
+	fs.StringVar(&o.PatchRelease, "patch-release", "1", "")
+	fs.StringVar(&o.Description, "patch-description", "", "")
+	fs.StringVar(&o.Source, "source", "", "")
+	fs.Var(&debuginfo, "debuginfo", "")
+	fs.Var(&patches, "patch", "")
+	fs.StringVar(&o.OutputDir, "output", ".", "")
+	fs.IntVar(&o.Jobs, "jobs", 0, "")
+	fs.StringVar(&o.WorkDir, "workdir", "", "")
+	fs.BoolVar(&o.SkipCleanup, "skip-cleanup", false, "")
+	fs.BoolVar(&o.SkipCompilerCheck, "skip-compiler-check", false, "")
+	fs.BoolVar(&o.Verbose, "verbose", false, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			io.WriteString(stdout, usage)
+			return nil
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	o.Debuginfo, o.Patches = debuginfo, patches
+	var missing []string
+	for flag, v := range map[string]bool{"--patch-name": o.PatchName != "", "--source": o.Source != "",
+		"--debuginfo": len(o.Debuginfo) > 0, "--patch": len(o.Patches) > 0} {
+		if !v {
+			missing = append(missing, flag)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return usageError{fmt.Errorf("missing %s", strings.Join(missing, ", "))}
+	}
+	if o.Jobs < 0 {
+		return usageError{fmt.Errorf("--jobs %d: want a positive number", o.Jobs)}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	o.Wrapper = self
+	o.Progress = stdout
+	res, err := builder.Build(ctx, o)
+	if err != nil {
+		var f *builder.Failure
+		if errors.As(err, &f) {
+			fmt.Fprintf(stderr, "syscare-build: %v\n", f.Err)
+			if len(f.Tail) > 0 {
+				fmt.Fprintf(stderr, "last lines of the log:\n    %s\n", strings.Join(f.Tail, "\n    "))
+			}
+			fmt.Fprintf(stderr, "full log: %s\n", f.LogPath)
+		}
+		return err
+	}
+	fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPM, res.SRPM)
+	if res.WorkDir != "" {
+		fmt.Fprintf(stdout, "work directory: %s\n", res.WorkDir)
+	}
+	return nil
+}
+
+func exitCode(err error) int {
+	var u usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &u):
+		return exitUsage
+	case errors.Is(err, builder.ErrNoChange) || isDiffNoChange(err):
+		return exitNoChange
+	case unpatchable(err):
+		return exitUnpatchable
+	}
+	return exitError
+}
+
+// isDiffNoChange is wired in by differ.go (the differ's own sentinel).
+var isDiffNoChange = func(error) bool { return false }
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == capture.NSExecArg {
+		err := capture.ExecInNamespace(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "syscare-build: %v\n", err)
+		os.Exit(exitError)
+	}
+	if capture.IsWrapperCall(os.Args[0]) {
+		os.Exit(capture.RunWrapper(os.Args))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	var u usageError
+	var f *builder.Failure
+	switch {
+	case errors.As(err, &u):
+		fmt.Fprintf(os.Stderr, "syscare-build: %v\nRun syscare-build --help for the options.\n", u.error)
+	case err != nil && !errors.As(err, &f):
+		fmt.Fprintf(os.Stderr, "syscare-build: %v\n", err)
+	}
+	os.Exit(exitCode(err))
+}
