@@ -53,7 +53,7 @@ const (
 	pageSize = 4096
 	// maxImage bounds the image so that every patch-internal reference is in
 	// rel32 reach and hostile section sizes cannot demand absurd allocations.
-	maxImage = 1 << 30
+	maxImage = 256 << 20
 	// TrampolineSize is the space of one trampoline: 14 bytes of code, padded.
 	TrampolineSize = 16
 	gotSlotSize    = 8

@@ -476,3 +476,60 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkOpenLibc is a cold parse of the system libc (with its debuginfo
+// .symtab when /usr/lib/debug has it).
+func BenchmarkOpenLibc(b *testing.B) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		e, err := Open(libc, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			b.ReportMetric(float64(e.Len()), "symtab-syms")
+		}
+	}
+}
+
+// BenchmarkOpenLibcDynsymOnly is a cold parse without debuginfo.
+func BenchmarkOpenLibcDynsymOnly(b *testing.B) {
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := Open(libc, Options{Root: "/nonexistent"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCacheOpenWarm is the per-process cost when many processes map libc.
+func BenchmarkCacheOpenWarm(b *testing.B) {
+	c := NewCache(Options{})
+	if _, err := c.Open(libc); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Open(libc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkLookup(b *testing.B) {
+	e, err := Open(libc, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, ok := e.Dynamic("printf"); !ok {
+			b.Fatal("no printf")
+		}
+		if _, err := e.Lookup("malloc", 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
