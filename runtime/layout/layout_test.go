@@ -49,7 +49,11 @@ int greet_v2(int i) {
 	return twice(21) + table[i & 15];
 }
 int calls_far(void) { far_func(); return 1; }
+#ifndef NO_PC32_DATA /* a 32-bit PC-relative word cannot reach a far target */
 __asm__(".section .data.pc64,\"aw\"\n.globl pc64_ref\npc64_ref: .quad counter - .\n.long counter - .\n.previous");
+#else
+__asm__(".section .data.pc64,\"aw\"\n.globl pc64_ref\npc64_ref: .quad counter - .\n.previous");
+#endif
 UPATCH_FUNC(greet, greet_v2);
 UPATCH_FUNC(caller, calls_far);
 `
