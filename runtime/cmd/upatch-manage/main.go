@@ -1,0 +1,307 @@
+// Command upatch-manage applies, removes and lists user-space hot patches in running
+// processes: the low-level tool under syscare-helper, usable on its own.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/ptrace"
+	"github.com/syscare/syscare/runtime/upatch"
+)
+
+const usage = `Usage:
+  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N]
+  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--retries N]
+  upatch-manage info    --pid PID [--json]
+
+Apply a user-space hot patch to running processes, remove it, or list the patches a
+process holds. A patch is an ELF relocatable object in the SysCare patch-object format
+(see runtime/include/upatch.h).
+
+patch     stops every thread of the process, checks the target's build-id, maps the
+          patch near the target ELF, checks that no thread is running (or will return
+          into) a replaced function, writes a jump at each replaced function, records a
+          header inside the process and lets it continue. All functions switch together.
+unpatch   removes the patch UUID: the same safety check against the new code, the
+          original bytes restored, the memory unmapped. Patches of the same function
+          come off last in, first out.
+info      lists the patches present in the process, read from the process itself.
+
+Options:
+  --pid PID[,PID...]  the target processes
+  --all               every process that maps --binary (required with --all)
+  --patch FILE        the patch object
+  --binary PATH       the mapped ELF to patch: a shared library or executable path as it
+                      appears in /proc/PID/maps (default: the main executable)
+  --uuid UUID         the patch's identifier in the process (default: a new random UUID,
+                      printed on success)
+  --force             patch even though the object records no target build-id
+  --retries N         tries when a thread is busy in a replaced function (default 3)
+  --json              machine-readable output (info)
+
+Exit status:
+  0 success; 1 error; 2 usage; 3 a function is busy (retry later); 4 build-id mismatch
+  or no build-id; 5 the patch is already applied, not applied, or another patch is
+  stacked on top; 6 the process exited.
+`
+
+// Exit codes, documented in the usage text.
+const (
+	exitError   = 1
+	exitUsage   = 2
+	exitBusy    = 3
+	exitBuildID = 4
+	exitState   = 5
+	exitGone    = 6
+)
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func main() {
+	// The process being patched must never be left half done because this tool was
+	// interrupted: hold SIGINT/SIGTERM/SIGHUP until the operation is over.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	code := exitCode(err)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "upatch-manage: %v\n", err)
+		if errors.As(err, new(usageError)) {
+			fmt.Fprint(os.Stderr, "Run 'upatch-manage --help' for usage.\n")
+		}
+	}
+	select {
+	case s := <-sigs:
+		fmt.Fprintf(os.Stderr, "upatch-manage: interrupted by %v after the operation completed\n", s)
+		if code == 0 {
+			code = 128 + int(s.(syscall.Signal))
+		}
+	default:
+	}
+	os.Exit(code)
+}
+
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, new(usageError)):
+		return exitUsage
+	case errors.Is(err, upatch.ErrBusy):
+		return exitBusy
+	case errors.Is(err, upatch.ErrBuildID):
+		return exitBuildID
+	case errors.Is(err, upatch.ErrAlreadyApplied), errors.Is(err, upatch.ErrNotApplied), errors.Is(err, upatch.ErrStacked):
+		return exitState
+	case errors.Is(err, ptrace.ErrExited):
+		return exitGone
+	}
+	return exitError
+}
+
+type options struct {
+	pids    []int
+	all     bool
+	patch   string
+	binary  string
+	uuid    string
+	force   bool
+	retries int
+	json    bool
+}
+
+func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o := &options{}
+	pids := fs.String("pid", "", "")
+	fs.BoolVar(&o.all, "all", false, "")
+	fs.StringVar(&o.patch, "patch", "", "")
+	fs.StringVar(&o.binary, "binary", "", "")
+	fs.StringVar(&o.uuid, "uuid", "", "")
+	fs.BoolVar(&o.force, "force", false, "")
+	fs.IntVar(&o.retries, "retries", 3, "")
+	fs.BoolVar(&o.json, "json", false, "")
+	if err := fs.Parse(args); err != nil {
+		return nil, usageError{fmt.Sprintf("%s: %v", cmd, err)}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{fmt.Sprintf("%s: unexpected argument %q", cmd, fs.Arg(0))}
+	}
+	if *pids != "" {
+		for _, s := range strings.Split(*pids, ",") {
+			pid, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || pid <= 0 {
+				return nil, usageError{fmt.Sprintf("%s: --pid %q is not a process id", cmd, s)}
+			}
+			o.pids = append(o.pids, pid)
+		}
+	}
+	if o.retries < 1 {
+		return nil, usageError{fmt.Sprintf("%s: --retries must be at least 1", cmd)}
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command given"}
+	}
+	cmd := args[0]
+	switch cmd {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "patch", "unpatch", "info":
+	default:
+		return usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+	for _, a := range args[1:] {
+		if a == "-h" || a == "--help" {
+			fmt.Fprint(stdout, usage)
+			return nil
+		}
+	}
+	o, err := parse(cmd, args[1:], stderr)
+	if err != nil {
+		return err
+	}
+	if o.all {
+		if o.binary == "" {
+			return usageError{cmd + ": --all needs --binary"}
+		}
+		if len(o.pids) > 0 {
+			return usageError{cmd + ": --all and --pid exclude each other"}
+		}
+		pids, err := upatch.Processes(o.binary)
+		if err != nil {
+			return fmt.Errorf("find processes mapping %s: %w", o.binary, err)
+		}
+		if len(pids) == 0 {
+			return fmt.Errorf("no process maps %s", o.binary)
+		}
+		o.pids = pids
+	}
+	if len(o.pids) == 0 {
+		return usageError{cmd + ": --pid is required"}
+	}
+	eng := upatch.NewEngine("/")
+	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
+	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn}
+	switch cmd {
+	case "patch":
+		if o.patch == "" {
+			return usageError{"patch: --patch is required"}
+		}
+		obj, err := loadObject(o.patch)
+		if err != nil {
+			return err
+		}
+		if opts.UUID == "" {
+			opts.UUID = newUUID()
+		}
+		return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs))
+	case "unpatch":
+		if o.uuid == "" {
+			return usageError{"unpatch: --uuid is required"}
+		}
+		return report(stdout, eng.UnpatchAll(o.pids, o.uuid, opts), "unpatched", o.uuid, 0)
+	default:
+		if len(o.pids) != 1 {
+			return usageError{"info: give exactly one --pid"}
+		}
+		return info(stdout, eng, o.pids[0], o.json)
+	}
+}
+
+func loadObject(path string) (*patchobj.Object, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	obj, err := patchobj.Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return obj, nil
+}
+
+// report prints one line per process and returns the first failure (the others
+// are printed too, so that a batch names every process that failed).
+func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int) error {
+	var failed []error
+	for _, r := range res {
+		if r.Err != nil {
+			failed = append(failed, fmt.Errorf("pid %d: %w", r.Pid, r.Err))
+			continue
+		}
+		if nfuncs > 0 {
+			fmt.Fprintf(stdout, "pid %d: %s %s (%d functions, frozen %v)\n", r.Pid, verb, uuid, nfuncs, r.Stats.Freeze.Round(time.Microsecond))
+		} else {
+			fmt.Fprintf(stdout, "pid %d: %s %s (frozen %v)\n", r.Pid, verb, uuid, r.Stats.Freeze.Round(time.Microsecond))
+		}
+	}
+	switch len(failed) {
+	case 0:
+		return nil
+	case 1:
+		return failed[0]
+	}
+	for _, e := range failed[1:] {
+		fmt.Fprintf(os.Stderr, "upatch-manage: %v\n", e)
+	}
+	return fmt.Errorf("%d of %d processes failed; first: %w", len(failed), len(res), failed[0])
+}
+
+func info(stdout io.Writer, eng *upatch.Engine, pid int, asJSON bool) error {
+	applied, err := eng.Info(pid)
+	if err != nil {
+		return fmt.Errorf("pid %d: %w", pid, err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Pid     int              `json:"pid"`
+			Patches []upatch.Applied `json:"patches"`
+		}{pid, applied})
+	}
+	if len(applied) == 0 {
+		fmt.Fprintf(stdout, "pid %d: no patches\n", pid)
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "UUID\tSEQ\tTARGET\tFUNCTION\tOLD\tNEW")
+	for _, a := range applied {
+		for _, f := range a.Funcs {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%#x\t%#x\n", a.UUID, a.Seq, a.Target, f.Name, f.Old, f.New)
+		}
+	}
+	return tw.Flush()
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -1,0 +1,761 @@
+package upatch
+
+import (
+	"debug/elf"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/layout"
+	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/proc"
+	"github.com/syscare/syscare/runtime/ptrace"
+	"github.com/syscare/syscare/runtime/symbols"
+)
+
+// Sentinel errors, wrapped with details.
+var (
+	ErrBusy           = errors.New("function busy")
+	ErrBuildID        = errors.New("build-id mismatch")
+	ErrAlreadyApplied = errors.New("patch already applied")
+	ErrNotApplied     = errors.New("patch not applied")
+	ErrStacked        = errors.New("another patch is stacked on top")
+	ErrNoTarget       = errors.New("target not mapped")
+)
+
+const (
+	pageSize  = 4096
+	jmpRel32  = 5
+	jmpAbs    = 14
+	maxRegion = 1 << 30
+)
+
+// Options controls one patch or unpatch.
+type Options struct {
+	// Binary is the mapped ELF to patch: "" for the main executable, else the path of
+	// a shared library (or executable) as it appears in /proc/PID/maps.
+	Binary string
+	// UUID identifies the patch in the process.
+	UUID string
+	// Force patches a target although the object records no build-id.
+	Force bool
+	// Retries is how many times a busy process is tried (default 3).
+	Retries int
+	// RetryDelay is the first wait between tries; it doubles each time (default 20ms).
+	RetryDelay time.Duration
+	// Warn receives warnings (no build-id recorded, ...); may be nil.
+	Warn func(string)
+}
+
+func (o Options) retries() int {
+	if o.Retries <= 0 {
+		return 3
+	}
+	return o.Retries
+}
+
+func (o Options) delay() time.Duration {
+	if o.RetryDelay <= 0 {
+		return 20 * time.Millisecond
+	}
+	return o.RetryDelay
+}
+
+// Stats are the measurements of one operation on one process.
+type Stats struct {
+	// Freeze is the time from stopping the first thread to detaching the last.
+	Freeze time.Duration
+	// Tries is the number of attempts (more than 1 when threads were busy).
+	Tries int
+}
+
+// Result is the outcome for one process of a batch.
+type Result struct {
+	Pid   int
+	Err   error
+	Stats Stats
+}
+
+// Applied describes a patch found inside a process.
+type Applied struct {
+	UUID   string        `json:"uuid"`
+	Target string        `json:"target"`
+	Seq    int           `json:"seq"`
+	Base   uint64        `json:"base"`
+	Size   uint64        `json:"size"`
+	Funcs  []AppliedFunc `json:"functions"`
+}
+
+// AppliedFunc is one replaced function of an applied patch.
+type AppliedFunc struct {
+	Name string `json:"name"`
+	Old  uint64 `json:"old"`
+	New  uint64 `json:"new"`
+}
+
+// Engine patches processes. It is safe for concurrent use; each concurrent
+// operation runs on its own ptrace tracer thread.
+type Engine struct {
+	root  string
+	elfs  *symbols.Cache
+	plans sync.Map // *patchobj.Object -> *planEntry
+	pool  sync.Pool
+}
+
+type planEntry struct {
+	once sync.Once
+	plan *layout.Plan
+	err  error
+}
+
+// NewEngine returns an engine; root prefixes the separate-debuginfo directories.
+func NewEngine(root string) *Engine {
+	e := &Engine{root: root, elfs: symbols.NewCache(symbols.Options{Root: root})}
+	return e
+}
+
+func (e *Engine) tracer() *ptrace.Tracer {
+	if t, ok := e.pool.Get().(*ptrace.Tracer); ok {
+		return t
+	}
+	return ptrace.NewTracer()
+}
+
+func (e *Engine) release(t *ptrace.Tracer) { e.pool.Put(t) }
+
+func (e *Engine) plan(obj *patchobj.Object) (*layout.Plan, error) {
+	v, _ := e.plans.LoadOrStore(obj, &planEntry{})
+	pe := v.(*planEntry)
+	pe.once.Do(func() { pe.plan, pe.err = layout.NewPlan(obj) })
+	return pe.plan, pe.err
+}
+
+// Processes returns the pids of every process that maps the file at path.
+func Processes(path string) ([]int, error) {
+	dev, ino, err := proc.FileID(path)
+	if err != nil {
+		return nil, err
+	}
+	return proc.ProcessesMapping(dev, ino)
+}
+
+// target is the patched ELF as mapped in one process.
+type target struct {
+	path   string // as in maps
+	file   string // openable path of the exact mapped file
+	elf    *symbols.ELF
+	bias   uint64
+	lo, hi uint64 // address range of its mappings
+	dev    uint64
+	inode  uint64
+}
+
+func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
+	var dev, ino uint64
+	var name string
+	if binary == "" {
+		exe, err := proc.Exe(pid)
+		if err != nil {
+			return nil, fmt.Errorf("executable of pid %d: %w", pid, err)
+		}
+		name = strings.TrimSuffix(exe, " (deleted)")
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/exe", pid), &st); err != nil {
+			return nil, fmt.Errorf("executable of pid %d: %w", pid, err)
+		}
+		dev, ino = uint64(st.Dev), st.Ino
+	} else {
+		name = filepath.Clean(binary)
+	}
+	t := &target{path: name}
+	for _, m := range maps {
+		match := false
+		if binary == "" {
+			d, i, err := devIno(pid, m)
+			match = err == nil && d == dev && i == ino
+		} else {
+			match = m.Path == name
+		}
+		if !match {
+			continue
+		}
+		if t.file == "" || m.Start < t.lo {
+			if m.Offset == 0 {
+				t.file = proc.MappedFile(pid, m)
+			}
+		}
+		if t.lo == 0 || m.Start < t.lo {
+			t.lo = m.Start
+		}
+		if m.End > t.hi {
+			t.hi = m.End
+		}
+		if m.Offset == 0 && (t.dev == 0 || m.Start <= t.lo) {
+			t.bias = m.Start
+			t.dev, t.inode = m.Dev, m.Inode
+		}
+	}
+	if t.file == "" {
+		return nil, fmt.Errorf("pid %d: %w: %s", pid, ErrNoTarget, name)
+	}
+	return t, nil
+}
+
+// devIno returns the identity of the file behind a mapping, comparable to stat().
+func devIno(pid int, m proc.Mapping) (uint64, uint64, error) {
+	if m.Inode == 0 {
+		return 0, 0, errors.New("anonymous")
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(proc.MappedFile(pid, m), &st); err != nil {
+		return 0, 0, err
+	}
+	return uint64(st.Dev), st.Ino, nil
+}
+
+// prepared is everything computed for one process before it is stopped.
+type prepared struct {
+	pid   int
+	obj   *patchobj.Object
+	plan  *layout.Plan
+	tgt   *target
+	maps  []proc.Mapping
+	funcs []oldFunc
+	res   *resolver
+	uuid  string
+}
+
+type oldFunc struct {
+	name string
+	pos  uint64
+	addr uint64
+	size uint64 // from the symbol table
+	room uint64 // bytes up to the next symbol: size plus alignment padding
+}
+
+func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, error) {
+	if o.UUID == "" || len(o.UUID) > maxUUIDLen {
+		return nil, fmt.Errorf("patch uuid %q: must be 1 to %d characters", o.UUID, maxUUIDLen)
+	}
+	plan, err := e.plan(obj)
+	if err != nil {
+		return nil, fmt.Errorf("lay out patch: %w", err)
+	}
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		return nil, exited(pid, err)
+	}
+	tgt, err := findTarget(pid, maps, o.Binary)
+	if err != nil {
+		return nil, err
+	}
+	ef, err := e.elfs.Open(tgt.file)
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", tgt.path, err)
+	}
+	tgt.elf = ef
+	tgt.bias -= ef.MinVaddr
+	if err := checkBuildID(obj, ef, tgt.path, o); err != nil {
+		return nil, err
+	}
+	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, uuid: o.UUID}
+	for _, f := range obj.Funcs {
+		s, err := ef.LookupFunc(f.OldName, f.OldPos)
+		if err != nil {
+			return nil, fmt.Errorf("function %q in %s: %w", f.OldName, tgt.path, err)
+		}
+		room := s.Size
+		if s.Size < jmpAbs {
+			room = max(s.Size, roomAfter(ef, s))
+		}
+		if room < jmpRel32 {
+			return nil, fmt.Errorf("function %q is %d bytes, shorter than a %d-byte jump", f.OldName, s.Size, jmpRel32)
+		}
+		p.funcs = append(p.funcs, oldFunc{name: f.OldName, pos: f.OldPos, addr: tgt.bias + s.Value, size: s.Size, room: room})
+	}
+	p.res = &resolver{e: e, pid: pid, tgt: tgt, maps: maps}
+	return p, nil
+}
+
+func checkBuildID(obj *patchobj.Object, ef *symbols.ELF, path string, o Options) error {
+	if obj.TargetBuildID == nil {
+		if !o.Force {
+			return fmt.Errorf("%w: the patch records no target build-id; use --force to patch %s anyway", ErrBuildID, path)
+		}
+		if o.Warn != nil {
+			o.Warn(fmt.Sprintf("the patch records no target build-id; patching %s without checking it", path))
+		}
+		return nil
+	}
+	if !strings.EqualFold(hex.EncodeToString(obj.TargetBuildID), hex.EncodeToString(ef.BuildID)) {
+		return fmt.Errorf("%w: %s has build-id %x, the patch was built for %x", ErrBuildID, path, ef.BuildID, obj.TargetBuildID)
+	}
+	return nil
+}
+
+func exited(pid int, err error) error {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("pid %d: %w", pid, ptrace.ErrExited)
+	}
+	return err
+}
+
+// testHookStopped, when set by a test, runs right after the process was stopped.
+var testHookStopped func(pid int)
+
+// Patch applies obj to the process pid.
+func (e *Engine) Patch(pid int, obj *patchobj.Object, o Options) error {
+	_, err := e.PatchStats(pid, obj, o)
+	return err
+}
+
+// PatchStats is Patch, returning measurements too.
+func (e *Engine) PatchStats(pid int, obj *patchobj.Object, o Options) (Stats, error) {
+	t := e.tracer()
+	defer e.release(t)
+	return e.patch(t, pid, obj, o)
+}
+
+func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Options) (Stats, error) {
+	var st Stats
+	p, err := e.prepare(pid, obj, o)
+	if err != nil {
+		return st, err
+	}
+	delay := o.delay()
+	for try := 1; ; try++ {
+		st.Tries = try
+		var busy error
+		err := t.Do(func() error {
+			start := time.Now()
+			pr, err := t.Attach(pid)
+			if err != nil {
+				return fmt.Errorf("stop pid %d: %w", pid, err)
+			}
+			if testHookStopped != nil {
+				testHookStopped(pid)
+			}
+			err = p.apply(pr)
+			if derr := pr.Detach(); derr != nil && err == nil {
+				err = fmt.Errorf("resume pid %d: %w", pid, derr)
+			}
+			st.Freeze += time.Since(start)
+			if errors.Is(err, ErrBusy) {
+				busy, err = err, nil
+			}
+			return err
+		})
+		if err != nil {
+			return st, err
+		}
+		if busy == nil {
+			return st, nil
+		}
+		if try >= o.retries() {
+			return st, fmt.Errorf("%w after %d tries", busy, try)
+		}
+		time.Sleep(delay)
+		delay *= 2
+	}
+}
+
+// apply is the critical section: every thread of the process is stopped.
+func (p *prepared) apply(pr *ptrace.Process) error {
+	applied, err := readHeaders(pr, p.maps)
+	if err != nil {
+		return err
+	}
+	seq := uint64(1)
+	for _, h := range applied {
+		if h.UUID == p.uuid {
+			return fmt.Errorf("%w: %s", ErrAlreadyApplied, h.UUID)
+		}
+		if h.Seq >= seq {
+			seq = h.Seq + 1
+		}
+	}
+	ranges := make([]busyRange, len(p.funcs))
+	for i, f := range p.funcs {
+		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
+	}
+	if err := checkThreads(pr, p.maps, ranges); err != nil {
+		return err
+	}
+
+	// Read the bytes the jumps will overwrite.
+	hdr := Header{UUID: p.uuid, Seq: seq, Bias: p.tgt.bias, Target: p.tgt.path}
+	for _, f := range p.funcs {
+		orig := make([]byte, jmpRel32)
+		if err := pr.ReadMem(f.addr, orig); err != nil {
+			return exited(p.pid, fmt.Errorf("read function %q: %w", f.name, err))
+		}
+		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr, Orig: orig})
+	}
+	hdrSize := uint64(hdr.encodedSize())
+	hdrPages := roundUp(hdrSize, pageSize)
+	textSize := hdrPages + roundUp(p.plan.TextSize, pageSize)
+	total := textSize + roundUp(p.plan.DataSize, pageSize)
+	if total > maxRegion {
+		return fmt.Errorf("patch needs %d bytes of memory", total)
+	}
+	base, err := allocNear(pr, p.maps, p.tgt.lo, p.tgt.hi, total)
+	if err != nil {
+		return err
+	}
+	undo := func() { _, _ = pr.Syscall(unix.SYS_MUNMAP, base, total) }
+	img, err := p.plan.Link(base+hdrPages, p.res)
+	if err != nil {
+		undo()
+		return fmt.Errorf("link patch: %w", err)
+	}
+	if uint64(len(img.Text)) > textSize-hdrPages || (len(img.Data) > 0 && hdrPages+uint64(len(img.Text)) != textSize) ||
+		uint64(len(img.Data)) > total-textSize {
+		undo()
+		return fmt.Errorf("link patch: image larger than planned")
+	}
+	jumps := make([]ptrace.Write, len(p.funcs))
+	for i, f := range img.Funcs {
+		old := p.funcs[i]
+		if f.OldName != old.name {
+			undo()
+			return fmt.Errorf("link patch: function order differs (%q vs %q)", f.OldName, old.name)
+		}
+		hdr.Funcs[i].New, hdr.Funcs[i].NewSize = f.New, f.NewSize
+		jumps[i] = ptrace.Write{Addr: old.addr, Data: jumpBytes(old.addr, f.New)}
+		if err := p.checkRoom(pr, old, len(jumps[i].Data)); err != nil {
+			undo()
+			return err
+		}
+		if len(jumps[i].Data) > len(hdr.Funcs[i].Orig) {
+			orig := make([]byte, len(jumps[i].Data))
+			if err := pr.ReadMem(old.addr, orig); err != nil {
+				undo()
+				return exited(p.pid, err)
+			}
+			hdr.Funcs[i].Orig = orig
+		}
+	}
+	hdr.Size, hdr.TextSize = total, textSize
+	hb, err := hdr.Encode()
+	if err != nil {
+		undo()
+		return err
+	}
+	writes := []ptrace.Write{{Addr: base, Data: hb}, {Addr: base + hdrPages, Data: img.Text}}
+	dataAddr := base + textSize
+	if len(img.Data) > 0 {
+		writes = append(writes, ptrace.Write{Addr: dataAddr, Data: img.Data})
+	}
+	if err := pr.WriteMemv(writes); err != nil {
+		undo()
+		return exited(p.pid, fmt.Errorf("write patch: %w", err))
+	}
+	if total > textSize {
+		if _, err := pr.Syscall(unix.SYS_MPROTECT, dataAddr, total-textSize, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+			undo()
+			return exited(p.pid, fmt.Errorf("make patch data writable: %w", err))
+		}
+	}
+	// The jumps are the commit point: until they are written the process runs old code only.
+	if err := pr.WriteMemv(jumps); err != nil {
+		// Put back whatever was written, best effort, then release the memory.
+		restore := make([]ptrace.Write, len(hdr.Funcs))
+		for i, f := range hdr.Funcs {
+			restore[i] = ptrace.Write{Addr: f.Old, Data: f.Orig}
+		}
+		_ = pr.WriteMemv(restore)
+		undo()
+		return exited(p.pid, fmt.Errorf("write jumps: %w", err))
+	}
+	return nil
+}
+
+// checkRoom makes sure a jump of n bytes fits at old: inside the function, or
+// spilling only into the alignment padding that follows it.
+func (p *prepared) checkRoom(pr *ptrace.Process, old oldFunc, n int) error {
+	if uint64(n) <= old.size {
+		return nil
+	}
+	short := fmt.Errorf("function %q is %d bytes, shorter than a %d-byte jump", old.name, old.size, n)
+	if uint64(n) > old.room {
+		return short
+	}
+	gap := make([]byte, old.room-old.size)
+	if err := pr.ReadMem(old.addr+old.size, gap); err != nil {
+		return exited(p.pid, err)
+	}
+	if err := isPadding(gap, n-int(old.size)); err != nil {
+		return fmt.Errorf("%w (%v)", short, err)
+	}
+	return nil
+}
+
+// allocNear maps size bytes r-x within ±2 GiB of [lo, hi) so that 5-byte jumps and the
+// patch's PC-relative references reach the target.
+func allocNear(pr *ptrace.Process, maps []proc.Mapping, lo, hi, size uint64) (uint64, error) {
+	for _, hint := range holesNear(maps, lo, hi, size) {
+		addr, err := pr.Syscall(unix.SYS_MMAP, hint, size, unix.PROT_READ|unix.PROT_EXEC,
+			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
+		if err == nil {
+			if addr != hint {
+				// Old kernels ignore MAP_FIXED_NOREPLACE and treat it as a hint.
+				_, _ = pr.Syscall(unix.SYS_MUNMAP, addr, size)
+				continue
+			}
+			return addr, nil
+		}
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		return 0, fmt.Errorf("map patch memory: %w", err)
+	}
+	return 0, fmt.Errorf("map patch memory: no free %d bytes within reach of %#x-%#x", size, lo, hi)
+}
+
+// holesNear lists candidate addresses of free gaps within reach of [lo, hi), nearest first.
+func holesNear(maps []proc.Mapping, lo, hi, size uint64) []uint64 {
+	const reach = 1<<31 - 1<<20
+	const guard = 16 * pageSize
+	var minAddr uint64
+	if hi > reach {
+		minAddr = hi - reach
+	}
+	maxEnd := lo + reach
+	minAddr = max(minAddr, 1<<20)
+	sorted := append([]proc.Mapping(nil), maps...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Start < sorted[j].Start })
+	type cand struct{ addr, dist uint64 }
+	var cands []cand
+	prevEnd := uint64(0)
+	for i := 0; i <= len(sorted); i++ {
+		gapLo, gapHi := prevEnd, uint64(1<<47)
+		if i < len(sorted) {
+			gapHi = sorted[i].Start
+			prevEnd = max(prevEnd, sorted[i].End)
+		}
+		if gapHi <= gapLo+size+2*guard {
+			continue
+		}
+		// nearest end of the gap to the target, inside reach
+		if gapHi <= lo {
+			a := gapHi - guard - size
+			a &^= pageSize - 1
+			if a >= minAddr && a >= gapLo+guard {
+				cands = append(cands, cand{a, lo - a})
+			}
+		} else if gapLo >= hi {
+			a := roundUp(gapLo+guard, pageSize)
+			if a+size <= maxEnd && a+size+guard <= gapHi {
+				cands = append(cands, cand{a, a - hi})
+			}
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].dist < cands[j].dist })
+	out := make([]uint64, 0, len(cands))
+	for _, c := range cands {
+		out = append(out, c.addr)
+	}
+	return out
+}
+
+func roundUp(v, a uint64) uint64 { return (v + a - 1) &^ (a - 1) }
+
+// jumpBytes encodes a jump from at to dest: jmp rel32 when in reach, else
+// jmp *0(%rip) followed by the absolute address.
+func jumpBytes(at, dest uint64) []byte {
+	rel := int64(dest) - int64(at+jmpRel32)
+	if rel == int64(int32(rel)) {
+		b := make([]byte, jmpRel32)
+		b[0] = 0xe9
+		binary.LittleEndian.PutUint32(b[1:], uint32(int32(rel)))
+		return b
+	}
+	b := make([]byte, jmpAbs)
+	b[0], b[1] = 0xff, 0x25
+	binary.LittleEndian.PutUint64(b[6:], dest)
+	return b
+}
+
+// busyRange is an address range no thread may be in, or return into.
+type busyRange struct {
+	lo, hi uint64
+	name   string
+}
+
+// checkThreads implements the safety check described in the package doc.
+func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) error {
+	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
+	find := func(addr uint64) *busyRange {
+		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
+		if i < len(ranges) && ranges[i].lo <= addr {
+			return &ranges[i]
+		}
+		return nil
+	}
+	var buf []byte
+	for _, tid := range pr.Threads() {
+		regs, err := pr.Regs(tid)
+		if err != nil {
+			return fmt.Errorf("registers of thread %d: %w", tid, err)
+		}
+		if r := find(regs.Rip); r != nil {
+			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, r.name, tid)
+		}
+		lo, hi := stackBounds(maps, regs.Rsp)
+		if hi <= lo {
+			continue // sp in no known mapping (fresh thread stack): nothing to scan but the PC
+		}
+		n := hi - lo
+		if uint64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		b := buf[:n]
+		if err := pr.ReadMem(lo, b); err != nil {
+			return fmt.Errorf("stack of thread %d: %w", tid, err)
+		}
+		for off := uint64(0); off+8 <= n; off += 8 {
+			if r := find(binary.LittleEndian.Uint64(b[off:])); r != nil {
+				return fmt.Errorf("%w: function %q is busy in thread %d (on its stack)", ErrBusy, r.name, tid)
+			}
+		}
+	}
+	return nil
+}
+
+// stackBounds returns the live part [sp, end of its mapping) of a thread's stack.
+func stackBounds(maps []proc.Mapping, sp uint64) (uint64, uint64) {
+	sp &^= 7
+	for _, m := range maps {
+		if sp >= m.Start && sp < m.End {
+			return sp, m.End
+		}
+	}
+	return 0, 0
+}
+
+// readHeaders finds the patch headers in the process: anonymous r-x mappings that
+// start with the header magic.
+func readHeaders(pr interface {
+	ReadMem(uint64, []byte) error
+}, maps []proc.Mapping) ([]*Header, error) {
+	var out []*Header
+	prefix := make([]byte, headerFixedSize)
+	for _, m := range maps {
+		if m.Inode != 0 || m.Path != "" || !strings.HasPrefix(m.Perms, "r-x") || m.End-m.Start < pageSize {
+			continue
+		}
+		if err := pr.ReadMem(m.Start, prefix); err != nil || string(prefix[:8]) != headerMagic {
+			continue
+		}
+		n := int(binary.LittleEndian.Uint32(prefix[12:]))
+		textSize := binary.LittleEndian.Uint64(prefix[80:])
+		if n <= 0 || textSize < headerFixedSize || textSize > m.End-m.Start {
+			continue
+		}
+		size := min(textSize, 1<<20)
+		b := make([]byte, size)
+		if err := pr.ReadMem(m.Start, b); err != nil {
+			return nil, fmt.Errorf("read patch header at %#x: %w", m.Start, err)
+		}
+		h, err := decodeHeader(b)
+		if err != nil {
+			return nil, fmt.Errorf("patch header at %#x: %w", m.Start, err)
+		}
+		h.Base = m.Start
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+// resolver binds the patch's undefined symbols for one process.
+type resolver struct {
+	e    *Engine
+	pid  int
+	tgt  *target
+	maps []proc.Mapping
+	libs []*lib
+}
+
+type lib struct {
+	elf  *symbols.ELF
+	bias uint64
+}
+
+// Resolve looks in the target ELF (symtab, then its PLT for functions, so that calls
+// keep the process's own symbol binding), then in every other mapped ELF's dynsym.
+func (r *resolver) Resolve(name string, pos uint64) (uint64, bool, error) {
+	s, err := r.tgt.elf.Lookup(name, pos)
+	if err == nil && s.Section != elf.SHN_UNDEF && s.Type != elf.STT_TLS {
+		if s.Section == elf.SHN_ABS {
+			return s.Value, false, nil
+		}
+		return r.tgt.bias + s.Value, isFuncType(s.Type), nil
+	}
+	if err != nil && !errors.Is(err, symbols.ErrNotFound) {
+		return 0, false, err
+	}
+	if pos != 0 {
+		return 0, false, fmt.Errorf("symbol %q (position %d) not found in %s", name, pos, r.tgt.path)
+	}
+	if plt, ok := r.tgt.elf.PLT(name); ok {
+		return r.tgt.bias + plt, true, nil
+	}
+	if err := r.loadLibs(); err != nil {
+		return 0, false, err
+	}
+	for _, l := range r.libs {
+		if s, ok := l.elf.Dynamic(name); ok {
+			return l.bias + s.Value, isFuncType(s.Type), nil
+		}
+	}
+	return 0, false, fmt.Errorf("symbol %q not found in %s or the libraries it maps", name, r.tgt.path)
+}
+
+func isFuncType(t elf.SymType) bool { return t == elf.STT_FUNC || t == elf.STT_GNU_IFUNC }
+
+// TLSOffset resolves a thread-local variable of the executable.
+func (r *resolver) TLSOffset(name string, pos uint64) (int64, error) {
+	if r.tgt.elf.Type != elf.ET_EXEC && !r.isMainExe() {
+		return 0, fmt.Errorf("TLS variable %q: only the executable's TLS variables can be used by a patch", name)
+	}
+	s, err := r.tgt.elf.Lookup(name, pos)
+	if err != nil {
+		return 0, fmt.Errorf("TLS variable %q: %w", name, err)
+	}
+	return r.tgt.elf.TPOffset(s)
+}
+
+func (r *resolver) isMainExe() bool {
+	exe, err := proc.Exe(r.pid)
+	return err == nil && strings.TrimSuffix(exe, " (deleted)") == r.tgt.path
+}
+
+func (r *resolver) loadLibs() error {
+	if r.libs != nil {
+		return nil
+	}
+	r.libs = []*lib{}
+	seen := map[[2]uint64]bool{{r.tgt.dev, r.tgt.inode}: true}
+	for _, m := range r.maps {
+		if m.Offset != 0 || m.Inode == 0 || seen[[2]uint64{m.Dev, m.Inode}] || !strings.HasPrefix(m.Path, "/") {
+			continue
+		}
+		seen[[2]uint64{m.Dev, m.Inode}] = true
+		ef, err := r.e.elfs.Open(proc.MappedFile(r.pid, m))
+		if err != nil {
+			continue // not an ELF (locale archive, data files)
+		}
+		r.libs = append(r.libs, &lib{elf: ef, bias: m.Start - ef.MinVaddr})
+	}
+	return nil
+}

@@ -1,0 +1,169 @@
+package upatch
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The header is the first thing in every patch region mapped into a process. It makes
+// the process self-describing: `upatch-manage info` and a restarted helper read what is
+// applied from the process itself, and unpatch needs nothing but the UUID.
+//
+//	offset size
+//	0      8    magic "UPATCH\x00\x01"
+//	8      4    header format version (1)
+//	12     4    number of functions N
+//	16     48   patch UUID, NUL padded
+//	64     8    sequence number: 1 + the highest sequence of the patches already in the
+//	            process when this one was applied (orders stacked patches)
+//	72     8    total region size in bytes (header + text + data), for munmap
+//	80     8    text region size (header included), mapped r-x
+//	88     8    load bias of the target ELF when patched
+//	96     32   reserved
+//	128    N*64 functions: old address u64, new address u64, new size u64, jump length u32,
+//	            symbol position u32, original bytes [16], name offset u32, name length u32,
+//	            reserved [8]
+//	...         target path, then function names (offsets are relative to the header start)
+const (
+	headerMagic     = "UPATCH\x00\x01"
+	headerVersion   = 1
+	headerFixedSize = 128
+	headerFuncSize  = 64
+	maxUUIDLen      = 47
+	maxJumpLen      = 16
+)
+
+var errNotHeader = errors.New("not a patch header")
+
+// Header describes one patch inside a process.
+type Header struct {
+	UUID      string
+	Seq       uint64
+	Size      uint64 // whole region
+	TextSize  uint64 // header + code, r-x
+	Bias      uint64
+	Target    string
+	Funcs     []HeaderFunc
+	Base      uint64 // address of the header in the process (not encoded)
+	EncodedSz uint64 // bytes the encoded header takes (not encoded)
+}
+
+// HeaderFunc is one replaced function.
+type HeaderFunc struct {
+	Name    string
+	Pos     uint32
+	Old     uint64
+	New     uint64
+	NewSize uint64
+	Orig    []byte // the bytes the jump overwrote (its length is the jump length)
+}
+
+// encodedSize returns the header's size in bytes, rounded to 64.
+func (h *Header) encodedSize() int {
+	n := headerFixedSize + headerFuncSize*len(h.Funcs) + len(h.Target)
+	for _, f := range h.Funcs {
+		n += len(f.Name)
+	}
+	return (n + 63) &^ 63
+}
+
+// Encode serialises the header.
+func (h *Header) Encode() ([]byte, error) {
+	if len(h.UUID) == 0 || len(h.UUID) > maxUUIDLen {
+		return nil, fmt.Errorf("uuid %q: length must be 1..%d", h.UUID, maxUUIDLen)
+	}
+	b := make([]byte, h.encodedSize())
+	le := binary.LittleEndian
+	copy(b, headerMagic)
+	le.PutUint32(b[8:], headerVersion)
+	le.PutUint32(b[12:], uint32(len(h.Funcs)))
+	copy(b[16:64], h.UUID)
+	le.PutUint64(b[64:], h.Seq)
+	le.PutUint64(b[72:], h.Size)
+	le.PutUint64(b[80:], h.TextSize)
+	le.PutUint64(b[88:], h.Bias)
+	str := headerFixedSize + headerFuncSize*len(h.Funcs)
+	// The target path is stored at the start of the string area; its length in reserved[0:4].
+	le.PutUint32(b[96:], uint32(len(h.Target)))
+	copy(b[str:], h.Target)
+	str += len(h.Target)
+	for i, f := range h.Funcs {
+		if len(f.Orig) == 0 || len(f.Orig) > maxJumpLen {
+			return nil, fmt.Errorf("function %q: jump length %d", f.Name, len(f.Orig))
+		}
+		e := b[headerFixedSize+headerFuncSize*i:]
+		le.PutUint64(e[0:], f.Old)
+		le.PutUint64(e[8:], f.New)
+		le.PutUint64(e[16:], f.NewSize)
+		le.PutUint32(e[24:], uint32(len(f.Orig)))
+		le.PutUint32(e[28:], f.Pos)
+		copy(e[32:48], f.Orig)
+		le.PutUint32(e[48:], uint32(str))
+		le.PutUint32(e[52:], uint32(len(f.Name)))
+		copy(b[str:], f.Name)
+		str += len(f.Name)
+	}
+	return b, nil
+}
+
+// headerPrefix is how many bytes to read to learn a header's full size.
+const headerPrefix = headerFixedSize
+
+// decodeHeader parses a header; b must hold at least the whole header. It never
+// trusts the process: every offset is bounds-checked.
+func decodeHeader(b []byte) (*Header, error) {
+	if len(b) < headerFixedSize || !bytes.Equal(b[:8], []byte(headerMagic)) {
+		return nil, errNotHeader
+	}
+	le := binary.LittleEndian
+	if v := le.Uint32(b[8:]); v != headerVersion {
+		return nil, fmt.Errorf("patch header version %d not supported", v)
+	}
+	n := int(le.Uint32(b[12:]))
+	if n <= 0 || n > 1<<16 || headerFixedSize+headerFuncSize*n > len(b) {
+		return nil, fmt.Errorf("patch header: bad function count %d", n)
+	}
+	h := &Header{
+		UUID:     string(bytes.TrimRight(b[16:64], "\x00")),
+		Seq:      le.Uint64(b[64:]),
+		Size:     le.Uint64(b[72:]),
+		TextSize: le.Uint64(b[80:]),
+		Bias:     le.Uint64(b[88:]),
+	}
+	str := headerFixedSize + headerFuncSize*n
+	tl := int(le.Uint32(b[96:]))
+	if tl < 0 || str+tl > len(b) {
+		return nil, fmt.Errorf("patch header %s: bad target path length", h.UUID)
+	}
+	h.Target = string(b[str : str+tl])
+	for i := 0; i < n; i++ {
+		e := b[headerFixedSize+headerFuncSize*i:]
+		jl := int(le.Uint32(e[24:]))
+		off, nl := int(le.Uint32(e[48:])), int(le.Uint32(e[52:]))
+		if jl <= 0 || jl > maxJumpLen || off < 0 || nl < 0 || off+nl > len(b) {
+			return nil, fmt.Errorf("patch header %s: function %d is corrupt", h.UUID, i)
+		}
+		h.Funcs = append(h.Funcs, HeaderFunc{
+			Old: le.Uint64(e[0:]), New: le.Uint64(e[8:]), NewSize: le.Uint64(e[16:]),
+			Pos: le.Uint32(e[28:]), Orig: append([]byte(nil), e[32:32+jl]...), Name: string(b[off : off+nl]),
+		})
+	}
+	h.EncodedSz = uint64(h.encodedSize())
+	return h, nil
+}
+
+// headerSizeHint returns how many bytes the header that starts with prefix occupies,
+// an upper bound read from the fixed part.
+func headerSizeHint(prefix []byte) (int, bool) {
+	if len(prefix) < headerFixedSize || !bytes.Equal(prefix[:8], []byte(headerMagic)) {
+		return 0, false
+	}
+	n := int(binary.LittleEndian.Uint32(prefix[12:]))
+	if n <= 0 || n > 1<<16 {
+		return 0, false
+	}
+	// function names are bounded by the symbol names we write; 4 KiB per function is generous
+	return headerFixedSize + n*(headerFuncSize+4096) + 4096, true
+}

@@ -1,0 +1,205 @@
+package upatch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/proc"
+	"github.com/syscare/syscare/runtime/ptrace"
+)
+
+// Unpatch removes the patch uuid from the process pid: it checks that no thread runs
+// or will return into the patch's code, restores the original bytes of every replaced
+// function and unmaps the patch. Patches stacked on the same function come off last
+// in, first out.
+func (e *Engine) Unpatch(pid int, uuid string, o Options) error {
+	_, err := e.UnpatchStats(pid, uuid, o)
+	return err
+}
+
+// UnpatchStats is Unpatch, returning measurements too.
+func (e *Engine) UnpatchStats(pid int, uuid string, o Options) (Stats, error) {
+	t := e.tracer()
+	defer e.release(t)
+	return e.unpatch(t, pid, uuid, o)
+}
+
+func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Stats, error) {
+	var st Stats
+	delay := o.delay()
+	for try := 1; ; try++ {
+		st.Tries = try
+		maps, err := proc.Maps(pid)
+		if err != nil {
+			return st, exited(pid, err)
+		}
+		var busy error
+		err = t.Do(func() error {
+			start := time.Now()
+			pr, err := t.Attach(pid)
+			if err != nil {
+				return fmt.Errorf("stop pid %d: %w", pid, err)
+			}
+			err = removePatch(pr, maps, uuid)
+			if derr := pr.Detach(); derr != nil && err == nil {
+				err = fmt.Errorf("resume pid %d: %w", pid, derr)
+			}
+			st.Freeze += time.Since(start)
+			if errors.Is(err, ErrBusy) {
+				busy, err = err, nil
+			}
+			return err
+		})
+		if err != nil {
+			return st, err
+		}
+		if busy == nil {
+			return st, nil
+		}
+		if try >= o.retries() {
+			return st, fmt.Errorf("%w after %d tries", busy, try)
+		}
+		time.Sleep(delay)
+		delay *= 2
+	}
+}
+
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, uuid string) error {
+	headers, err := readHeaders(pr, maps)
+	if err != nil {
+		return err
+	}
+	var h *Header
+	for _, c := range headers {
+		if c.UUID == uuid {
+			h = c
+		}
+	}
+	if h == nil {
+		return fmt.Errorf("%w: %s is not in pid %d", ErrNotApplied, uuid, pr.Pid)
+	}
+	// Last in, first out: a later patch of the same function must come off first.
+	for _, c := range headers {
+		if c.Seq <= h.Seq {
+			continue
+		}
+		for _, cf := range c.Funcs {
+			for _, hf := range h.Funcs {
+				if cf.Old == hf.Old {
+					return fmt.Errorf("%w: %s replaces %q after %s; remove it first", ErrStacked, c.UUID, cf.Name, uuid)
+				}
+			}
+		}
+	}
+	restore := make([]ptrace.Write, len(h.Funcs))
+	for i, f := range h.Funcs {
+		want := jumpBytes(f.Old, f.New)
+		cur := make([]byte, len(want))
+		if err := pr.ReadMem(f.Old, cur); err != nil {
+			return exited(pr.Pid, fmt.Errorf("read function %q: %w", f.Name, err))
+		}
+		if !bytes.Equal(cur, want) {
+			return fmt.Errorf("function %q at %#x no longer jumps to patch %s: refusing to restore it", f.Name, f.Old, uuid)
+		}
+		restore[i] = ptrace.Write{Addr: f.Old, Data: f.Orig}
+	}
+	ranges := []busyRange{{lo: h.Base, hi: h.Base + h.TextSize, name: "patch " + uuid}}
+	for _, f := range h.Funcs {
+		ranges = append(ranges, busyRange{lo: f.New, hi: f.New + max(f.NewSize, 1), name: f.Name})
+	}
+	// Name the function when a thread is inside a specific one.
+	if err := checkThreads(pr, maps, ranges[1:]); err != nil {
+		return err
+	}
+	if err := checkThreads(pr, maps, ranges[:1]); err != nil {
+		return err
+	}
+	if err := pr.WriteMemv(restore); err != nil {
+		return exited(pr.Pid, fmt.Errorf("restore functions: %w", err))
+	}
+	if _, err := pr.Syscall(unix.SYS_MUNMAP, h.Base, h.Size); err != nil {
+		return fmt.Errorf("unmap patch %s: %w", uuid, err)
+	}
+	return nil
+}
+
+// Info lists the patches applied in the process, read from the process itself. It
+// does not stop the process.
+func (e *Engine) Info(pid int) ([]Applied, error) {
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		return nil, exited(pid, err)
+	}
+	headers, err := readHeaders(remoteReader{pid}, maps)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Applied, 0, len(headers))
+	for _, h := range headers {
+		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size}
+		for _, f := range h.Funcs {
+			a.Funcs = append(a.Funcs, AppliedFunc{Name: f.Name, Old: f.Old, New: f.New})
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// remoteReader reads another process's memory without stopping it.
+type remoteReader struct{ pid int }
+
+func (r remoteReader) ReadMem(addr uint64, b []byte) error {
+	local := []unix.Iovec{{Base: &b[0]}}
+	local[0].SetLen(len(b))
+	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
+	n, err := unix.ProcessVMReadv(r.pid, local, remote, 0)
+	if err != nil {
+		return err
+	}
+	if n != len(b) {
+		return fmt.Errorf("short read at %#x", addr)
+	}
+	return nil
+}
+
+// PatchAll applies obj to every process in pids, several at a time.
+func (e *Engine) PatchAll(pids []int, obj *patchobj.Object, o Options) []Result {
+	return e.batch(pids, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.patch(t, pid, obj, o) })
+}
+
+// UnpatchAll removes the patch uuid from every process in pids.
+func (e *Engine) UnpatchAll(pids []int, uuid string, o Options) []Result {
+	return e.batch(pids, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.unpatch(t, pid, uuid, o) })
+}
+
+func (e *Engine) batch(pids []int, op func(*ptrace.Tracer, int) (Stats, error)) []Result {
+	res := make([]Result, len(pids))
+	workers := min(runtime.GOMAXPROCS(0)*2, len(pids))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := e.tracer()
+			defer e.release(t)
+			for i := range next {
+				st, err := op(t, pids[i])
+				res[i] = Result{Pid: pids[i], Err: err, Stats: st}
+			}
+		}()
+	}
+	for i := range pids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return res
+}
