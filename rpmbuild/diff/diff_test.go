@@ -196,6 +196,29 @@ int a3(int x) { LOG(x); return x + 3; }
 		dump:    []string{"line-only functions: a2 a3\n"},
 	},
 	{
+		name: "comdat-FAIL", file: "q.cc",
+		orig: `struct Box { int v; __attribute__((noipa)) int twice() const { return v * 2; } };
+int use(Box *b) { return b->twice() + 1; }
+`,
+		fixed: `struct Box { int v; __attribute__((noipa)) int twice() const { return v * 3; } };
+int use(Box *b) { return b->twice() + 1; }
+`,
+		reason: "COMDAT",
+	},
+	{
+		name: "ifunc-FAIL", file: "i",
+		orig: `static int impl1(int x) { return x + 1; }
+static int (*resolve(void))(int) { return impl1; }
+int fast(int) __attribute__((ifunc("resolve")));
+`,
+		fixed: `static int impl1(int x) { return x + 1; }
+static int impl2(int x) { return x + 2; }
+static int (*resolve(void))(int) { return impl2; }
+int fast(int) __attribute__((ifunc("resolve")));
+`,
+		reason: "ifunc",
+	},
+	{
 		name: "global-initializer-FAIL", file: "g",
 		orig:   "int limit = 10;\nint get(void) { return limit; }\n",
 		fixed:  "int limit = 20;\nint get(void) { return limit; }\n",

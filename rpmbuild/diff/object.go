@@ -166,6 +166,9 @@ func (o *object) load() error {
 		sec := &section{idx: i, name: s.Name, typ: s.Type, flags: s.Flags, align: s.Addralign,
 			entsize: s.Entsize, size: s.Size, link: s.Link, info: s.Info}
 		o.secs[i] = sec
+		if sec.align > 1<<16 || sec.align&(sec.align-1) != 0 {
+			return fmt.Errorf("section %q: alignment %d is not a power of two up to 64 KiB", s.Name, sec.align)
+		}
 		if s.Type == elf.SHT_NOBITS || s.Type == elf.SHT_NULL || strings.HasPrefix(s.Name, ".debug") {
 			continue
 		}
