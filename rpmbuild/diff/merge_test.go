@@ -86,7 +86,9 @@ int %s(void) { counter = step(counter) * 2; return counter; }
 
 type locatorFunc func(name, file string, isFunc bool) (uint64, error)
 
-func (f locatorFunc) Pos(name, file string, isFunc bool) (uint64, error) { return f(name, file, isFunc) }
+func (f locatorFunc) Pos(name, file string, isFunc bool) (uint64, error) {
+	return f(name, file, isFunc)
+}
 
 // A changed static function is replaced at the position the Locator gives.
 func TestLocatorPosition(t *testing.T) {
