@@ -275,7 +275,6 @@ func readTable(f *elf.File, s *elf.Section, versym []byte) (table, error) {
 	}
 	t.syms = make([]Symbol, 0, n)
 	t.hidden = make([]bool, 0, n)
-	orig := make([]int, 0, n) // table index of each kept symbol, for versym
 	for i := 1; i < n; i++ {  // entry 0 is the null symbol
 		b := data[i*elf.Sym64Size : (i+1)*elf.Sym64Size]
 		shndx := elf.SectionIndex(binary.LittleEndian.Uint16(b[6:]))
@@ -306,7 +305,6 @@ func readTable(f *elf.File, s *elf.Section, versym []byte) (table, error) {
 			Section: shndx,
 		})
 		t.hidden = append(t.hidden, hidden)
-		orig = append(orig, i)
 	}
 	t.head = make(map[string]int32, len(t.syms))
 	t.next = make([]int32, len(t.syms))
