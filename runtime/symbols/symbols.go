@@ -275,7 +275,7 @@ func readTable(f *elf.File, s *elf.Section, versym []byte) (table, error) {
 	}
 	t.syms = make([]Symbol, 0, n)
 	t.hidden = make([]bool, 0, n)
-	for i := 1; i < n; i++ {  // entry 0 is the null symbol
+	for i := 1; i < n; i++ { // entry 0 is the null symbol
 		b := data[i*elf.Sym64Size : (i+1)*elf.Sym64Size]
 		shndx := elf.SectionIndex(binary.LittleEndian.Uint16(b[6:]))
 		info := b[4]
