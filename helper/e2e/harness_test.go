@@ -1,0 +1,440 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	godbus "github.com/godbus/dbus/v5"
+
+	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// Fixtures built once per test binary.
+var fx struct {
+	dir     string // world-readable scratch (binaries, rpm, objects)
+	repo    string
+	bin     string
+	rpm     string            // victim-1.0-1 RPM
+	objects map[string][]byte // patch name -> object
+}
+
+const victimC = `#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+__attribute__((noipa)) int greet(void) { return 1; }
+__attribute__((noipa)) int world(void) { return 10; }
+int main(int argc, char **argv) {
+	if (argc > 1 && !strcmp(argv[1], "once")) { printf("%d %d\n", greet(), world()); return 0; }
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (;;) { printf("%d %d\n", greet(), world()); usleep(5000); }
+}
+`
+
+// patchSources are the patches the tests install, written with upatch.h.
+var patchSources = map[string]string{
+	"greet2": "#include <upatch.h>\nint greet_v2(void) { return 2; }\nUPATCH_FUNC(greet, greet_v2);\n",
+	"greet3": "#include <upatch.h>\nint greet_v3(void) { return 3; }\nUPATCH_FUNC(greet, greet_v3);\n",
+	"world20": "#include <upatch.h>\nint world_v2(void) { return 20; }\nUPATCH_FUNC(world, world_v2);\n",
+}
+
+const victimSpec = `Name: victim
+Version: 1.0
+Release: 1
+Summary: hot patch test target
+License: MIT
+AutoReq: no
+%global debug_package %{nil}
+%global __os_install_post %{nil}
+%description
+Test target of the helper's end-to-end tests.
+%install
+mkdir -p %{buildroot}/usr/bin
+cp %{_sourcedir}/victim %{buildroot}/usr/bin/victim
+%files
+/usr/bin/victim
+`
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e setup:", err)
+		code = 1
+	}
+	if fx.dir != "" {
+		os.RemoveAll(fx.dir)
+	}
+	os.Exit(code)
+}
+
+func sh(dir string, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func setup(m *testing.M) (int, error) {
+	var err error
+	if fx.repo, err = filepath.Abs("../.."); err != nil {
+		return 1, err
+	}
+	if fx.dir, err = os.MkdirTemp("", "syscare-e2e"); err != nil {
+		return 1, err
+	}
+	// Unprivileged callers (su nobody) need to reach the binaries and the bus socket.
+	os.Chmod(fx.dir, 0o755)
+	fx.bin = filepath.Join(fx.dir, "bin")
+	if err := sh(fx.repo, "go", "build", "-o", fx.bin+"/", "./helper/cmd/syscare-helper", "./helper/cmd/syscare"); err != nil {
+		return 1, err
+	}
+	top := filepath.Join(fx.dir, "rpm")
+	src := filepath.Join(top, "SOURCES")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "victim.c"), []byte(victimC), 0o644)
+	if err := sh(src, "gcc", "-O2", "-g", "-o", "victim", "victim.c"); err != nil {
+		return 1, err
+	}
+	os.WriteFile(filepath.Join(top, "victim.spec"), []byte(victimSpec), 0o644)
+	if err := sh(top, "rpmbuild", "-bb", "--nodeps", "--define", "_topdir "+top, filepath.Join(top, "victim.spec")); err != nil {
+		return 1, err
+	}
+	rpms, _ := filepath.Glob(filepath.Join(top, "RPMS/*/victim-1.0-1*.rpm"))
+	if len(rpms) != 1 {
+		return 1, fmt.Errorf("victim rpm not built: %v", rpms)
+	}
+	fx.rpm = rpms[0]
+	fx.objects = map[string][]byte{}
+	for name, code := range patchSources {
+		c := filepath.Join(fx.dir, name+".c")
+		os.WriteFile(c, []byte(code), 0o644)
+		if err := sh(fx.dir, "gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections",
+			"-I", filepath.Join(fx.repo, "runtime/include"), "-o", name+".o", c); err != nil {
+			return 1, err
+		}
+		fx.objects[name], _ = os.ReadFile(filepath.Join(fx.dir, name+".o"))
+	}
+	return m.Run(), nil
+}
+
+// sandbox is a scratch root with the victim package installed and a private bus whose
+// activation starts the helper on that root.
+type sandbox struct {
+	t       *testing.T
+	dir     string
+	root    string
+	addr    string
+	daemon  *exec.Cmd
+	log     *syncBuffer
+	victims []*victim
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newSandbox(t *testing.T) *sandbox {
+	dir, err := os.MkdirTemp(fx.dir, "sb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	s := &sandbox{t: t, dir: dir, root: filepath.Join(dir, "root"), log: &syncBuffer{}}
+	os.MkdirAll(filepath.Join(s.root, "usr/lib/syscare/patches"), 0o755)
+	if err := sh(dir, "rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", fx.rpm); err != nil {
+		t.Fatal(err)
+	}
+	services := filepath.Join(dir, "services")
+	os.MkdirAll(services, 0o755)
+	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout 60s --log-level debug\nUser=root\n",
+		scbus.BusName, fx.bin, s.root)
+	os.WriteFile(filepath.Join(services, scbus.BusName+".service"), []byte(svc), 0o644)
+	tmpl, err := os.ReadFile(filepath.Join(fx.repo, "dbus/sandbox-bus.conf.in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.NewReplacer("@DIR@", dir, "@SERVICEDIR@", services,
+		"@POLICY@", filepath.Join(fx.repo, "dbus/org.openeuler.SysCare1.conf")).Replace(string(tmpl))
+	os.WriteFile(filepath.Join(dir, "bus.conf"), []byte(conf), 0o644)
+	s.daemon = exec.Command("dbus-daemon", "--config-file="+filepath.Join(dir, "bus.conf"), "--nofork", "--print-address=1")
+	out, _ := s.daemon.StdoutPipe()
+	s.daemon.Stderr = s.log
+	if err := s.daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("dbus-daemon address: %v\n%s", err, s.log)
+	}
+	s.addr = strings.TrimSpace(line)
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *sandbox) close() {
+	for _, v := range s.victims {
+		v.stop()
+	}
+	pid := s.helperPid()
+	s.daemon.Process.Kill()
+	s.daemon.Wait()
+	if pid > 0 {
+		// The helper exits when its bus goes away; make sure it does.
+		time.Sleep(100 * time.Millisecond)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if s.t.Failed() {
+		s.t.Logf("bus and helper log:\n%s", s.log)
+	}
+}
+
+// helperPid returns the pid of the process owning the bus name, or 0.
+func (s *sandbox) helperPid() int {
+	conn, err := godbus.Connect(s.addr)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close()
+	var pid uint32
+	if conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, scbus.BusName).Store(&pid) != nil {
+		return 0
+	}
+	return int(pid)
+}
+
+// killHelper kills the helper with SIGKILL and waits until its name is gone.
+func (s *sandbox) killHelper() {
+	pid := s.helperPid()
+	if pid == 0 {
+		s.t.Fatal("helper is not running")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 200 && s.helperPid() != 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// syscare runs the CLI and returns its stdout, stderr and exit status.
+func (s *sandbox) syscare(args ...string) (string, string, int) {
+	return s.syscareAs("", args...)
+}
+
+func (s *sandbox) syscareAs(user string, args ...string) (string, string, int) {
+	var cmd *exec.Cmd
+	if user == "" {
+		cmd = exec.Command(filepath.Join(fx.bin, "syscare"), args...)
+		cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.addr)
+	} else {
+		q := []string{"DBUS_SYSTEM_BUS_ADDRESS='" + s.addr + "'", filepath.Join(fx.bin, "syscare")}
+		for _, a := range args {
+			q = append(q, "'"+a+"'")
+		}
+		cmd = exec.Command("su", user, "-s", "/bin/sh", "-c", strings.Join(q, " "))
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		s.t.Fatalf("syscare %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// must runs the CLI and fails the test unless it exits 0.
+func (s *sandbox) must(args ...string) string {
+	s.t.Helper()
+	out, errOut, code := s.syscare(args...)
+	if code != 0 {
+		s.t.Fatalf("syscare %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// fails runs the CLI and fails the test unless it exits non-zero; it returns stderr.
+func (s *sandbox) fails(args ...string) string {
+	s.t.Helper()
+	out, errOut, code := s.syscare(args...)
+	if code == 0 {
+		s.t.Fatalf("syscare %s succeeded, want failure\n%s", strings.Join(args, " "), out)
+	}
+	return errOut
+}
+
+// status returns the status of one entity via the CLI's JSON output.
+func (s *sandbox) status(id string) string {
+	s.t.Helper()
+	var ss []scbus.EntityState
+	if err := json.Unmarshal([]byte(s.must("--json", "status", id)), &ss); err != nil || len(ss) != 1 {
+		s.t.Fatalf("status %s: %v %v", id, ss, err)
+	}
+	return ss[0].Status
+}
+
+type patchSpec struct {
+	uuid, entity string
+	name         string // patch name, e.g. HP001
+	object       string // key of fx.objects
+	funcs        []string
+	version      string // target version (default 1.0)
+	corrupt      bool   // sha256 in patch.json does not match
+}
+
+// install writes a patch directory for the victim into the root.
+func (s *sandbox) install(p patchSpec) {
+	s.t.Helper()
+	obj := fx.objects[p.object]
+	sum := sha256.Sum256(obj)
+	digest := hex.EncodeToString(sum[:])
+	if p.corrupt {
+		digest = strings.Repeat("0", 64)
+	}
+	if p.version == "" {
+		p.version = "1.0"
+	}
+	f, err := elfsafe.Open(filepath.Join(s.root, "usr/bin/victim"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	id, err := elfsafe.BuildID(f.File)
+	f.Close()
+	if err != nil || id == nil {
+		s.t.Fatalf("victim build-id: %v", err)
+	}
+	meta := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: p.uuid, Name: p.name, Version: "1", Release: "1",
+		Arch: "x86_64", Kind: patchmeta.KindUser, Description: "test patch " + p.name,
+		Target: patchmeta.Package{Name: "victim", Version: p.version, Release: "1", Arch: "x86_64", License: "MIT"},
+		Entities: []patchmeta.Entity{{UUID: p.entity, File: "victim.o", TargetPath: "/usr/bin/victim",
+			BuildID: hex.EncodeToString(id), SHA256: digest}}}
+	for _, fn := range p.funcs {
+		meta.Entities[0].Functions = append(meta.Entities[0].Functions, patchmeta.Function{Name: fn})
+	}
+	dir := filepath.Join(s.root, "usr/lib/syscare/patches", p.uuid)
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "victim.o"), obj, 0o644)
+	var b bytes.Buffer
+	if err := meta.Encode(&b); err != nil {
+		s.t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, patchmeta.FileName), b.Bytes(), 0o644)
+}
+
+// victim is a running target process whose latest output line is kept.
+type victim struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	last string
+	n    int
+}
+
+func (s *sandbox) startVictim() *victim {
+	s.t.Helper()
+	v := &victim{cmd: exec.Command(filepath.Join(s.root, "usr/bin/victim"))}
+	out, _ := v.cmd.StdoutPipe()
+	if err := v.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			v.mu.Lock()
+			v.last, v.n = sc.Text(), v.n+1
+			v.mu.Unlock()
+		}
+		io.Copy(io.Discard, out)
+	}()
+	s.victims = append(s.victims, v)
+	s.waitOutput(v, "1 10")
+	return v
+}
+
+func (v *victim) stop() {
+	v.cmd.Process.Kill()
+	v.cmd.Wait()
+}
+
+// waitOutput waits until v prints want (fresh output, after this call).
+func (s *sandbox) waitOutput(v *victim, want string) {
+	s.t.Helper()
+	v.mu.Lock()
+	start := v.n
+	v.mu.Unlock()
+	var last string
+	for i := 0; i < 500; i++ {
+		v.mu.Lock()
+		last, n := v.last, v.n
+		v.mu.Unlock()
+		if n > start+1 && last == want {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	v.mu.Lock()
+	last = v.last
+	v.mu.Unlock()
+	s.t.Fatalf("pid %d prints %q, want %q", v.cmd.Process.Pid, last, want)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 300; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not reached in 3 s")
+}
+
+// startVictimPatched starts a victim whose first line must already be want.
+func (s *sandbox) startVictimPatched(want string) *victim {
+	s.t.Helper()
+	v := &victim{cmd: exec.Command(filepath.Join(s.root, "usr/bin/victim"))}
+	out, _ := v.cmd.StdoutPipe()
+	if err := v.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.victims = append(s.victims, v)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			v.mu.Lock()
+			v.last, v.n = sc.Text(), v.n+1
+			v.mu.Unlock()
+		}
+	}()
+	s.waitOutput(v, want)
+	return v
+}

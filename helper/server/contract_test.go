@@ -1,0 +1,61 @@
+package server
+
+import (
+	"reflect"
+	"slices"
+	"testing"
+
+	godbus "github.com/godbus/dbus/v5"
+
+	scbus "github.com/syscare/syscare/dbus"
+)
+
+// TestContract holds the exported Object against dbus/org.openeuler.SysCare1.xml: the same
+// methods with the same argument signatures, in both directions.
+func TestContract(t *testing.T) {
+	want, err := scbus.Methods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	senderT := reflect.TypeOf(godbus.Sender(""))
+	errT := reflect.TypeOf((*godbus.Error)(nil))
+	got := map[string]scbus.Method{}
+	typ := reflect.TypeOf(&Object{})
+	for i := 0; i < typ.NumMethod(); i++ {
+		m := typ.Method(i)
+		gm := scbus.Method{Name: m.Name}
+		for j := 1; j < m.Type.NumIn(); j++ {
+			if in := m.Type.In(j); in != senderT {
+				gm.In = append(gm.In, godbus.SignatureOfType(in).String())
+			}
+		}
+		for j := 0; j < m.Type.NumOut(); j++ {
+			if out := m.Type.Out(j); out != errT {
+				gm.Out = append(gm.Out, godbus.SignatureOfType(out).String())
+			} else if j != m.Type.NumOut()-1 {
+				t.Errorf("%s: *dbus.Error must be the last result", m.Name)
+			}
+		}
+		got[m.Name] = gm
+	}
+	for _, w := range want {
+		g, ok := got[w.Name]
+		if !ok {
+			t.Errorf("method %s is in the XML but not exported", w.Name)
+			continue
+		}
+		if !slices.Equal(g.In, w.In) || !slices.Equal(g.Out, w.Out) {
+			t.Errorf("method %s: exported (%v) -> (%v), XML (%v) -> (%v)", w.Name, g.In, g.Out, w.In, w.Out)
+		}
+		delete(got, w.Name)
+	}
+	for name := range got {
+		t.Errorf("method %s is exported but not in the XML", name)
+	}
+}
+
+func TestErrorNames(t *testing.T) {
+	if e := busError(ErrAccessDenied); e.Name != scbus.ErrorAccessDenied {
+		t.Errorf("access denied maps to %s", e.Name)
+	}
+}
