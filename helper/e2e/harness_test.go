@@ -47,8 +47,8 @@ int main(int argc, char **argv) {
 
 // patchSources are the patches the tests install, written with upatch.h.
 var patchSources = map[string]string{
-	"greet2": "#include <upatch.h>\nint greet_v2(void) { return 2; }\nUPATCH_FUNC(greet, greet_v2);\n",
-	"greet3": "#include <upatch.h>\nint greet_v3(void) { return 3; }\nUPATCH_FUNC(greet, greet_v3);\n",
+	"greet2":  "#include <upatch.h>\nint greet_v2(void) { return 2; }\nUPATCH_FUNC(greet, greet_v2);\n",
+	"greet3":  "#include <upatch.h>\nint greet_v3(void) { return 3; }\nUPATCH_FUNC(greet, greet_v3);\n",
 	"world20": "#include <upatch.h>\nint world_v2(void) { return 20; }\nUPATCH_FUNC(world, world_v2);\n",
 }
 
