@@ -403,6 +403,24 @@ func TestCache(t *testing.T) {
 	if err != nil || a != b {
 		t.Fatalf("second Open = %p, %v; want the cached %p", b, err, a)
 	}
+	// Concurrent first opens of one file share a single parse.
+	c2 := NewCache(Options{})
+	got := make(chan *ELF, 8)
+	for i := 0; i < 8; i++ {
+		go func() {
+			e, err := c2.Open(path)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- e
+		}()
+	}
+	first := <-got
+	for i := 1; i < 8; i++ {
+		if e := <-got; e != first {
+			t.Errorf("concurrent opens returned different parses")
+		}
+	}
 	// Another name for the same inode hits the cache too.
 	if err := os.Link(path, path+".hard"); err != nil {
 		t.Fatal(err)
