@@ -47,7 +47,10 @@ var versionRe = regexp.MustCompile(`(?m)^Version:\s*(\S+)`)
 
 // Build tars fixture name's src/ as <name>-<version>.tar.gz, builds its spec with
 // rpmbuild -ba into a fresh topdir and returns the packages.
-func Build(t testing.TB, name string) *RPMs {
+func Build(t testing.TB, name string) *RPMs { t.Helper(); return BuildWith(t, name) }
+
+// BuildWith is Build with extra rpmbuild macro definitions ("dist .el9").
+func BuildWith(t testing.TB, name string, defines ...string) *RPMs {
 	t.Helper()
 	fix := Fixture(t, name)
 	spec, err := os.ReadFile(filepath.Join(fix, name+".spec"))
@@ -76,7 +79,11 @@ func Build(t testing.TB, name string) *RPMs {
 	if err := os.WriteFile(specPath, spec, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("rpmbuild", "-ba", "--nodeps", "--define", "_topdir "+top, specPath).CombinedOutput()
+	args := []string{"-ba", "--nodeps", "--define", "_topdir " + top}
+	for _, d := range defines {
+		args = append(args, "--define", d)
+	}
+	out, err := exec.Command("rpmbuild", append(args, specPath)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("rpmbuild %s: %v\n%s", name, err, out)
 	}

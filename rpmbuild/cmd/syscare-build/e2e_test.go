@@ -1,0 +1,381 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
+	"github.com/syscare/syscare/rpmbuild/rpmfile"
+	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// The tests run the real binaries: syscare-build (this command) and the loader,
+// upatch-manage, both built from the tree once per test binary.
+var (
+	binDir       string
+	builderBin   string
+	loader       string
+	loaderMissed string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "syscare-build-test-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	builderBin = filepath.Join(dir, "syscare-build")
+	if out, err := exec.Command(goTool, "build", "-o", builderBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build syscare-build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	loader = filepath.Join(dir, "upatch-manage")
+	if out, err := exec.Command(goTool, "build", "-o", loader, "github.com/syscare/syscare/runtime/cmd/upatch-manage").CombinedOutput(); err != nil {
+		loaderMissed = fmt.Sprintf("upatch-manage does not build: %v\n%s", err, out)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type runResult struct {
+	stdout, stderr string
+	code           int
+}
+
+func runBuilder(t testing.TB, env []string, args ...string) runResult {
+	t.Helper()
+	cmd := exec.Command(builderBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return runResult{o.String(), e.String(), code}
+}
+
+func fixturePatch(t testing.TB, name string) string {
+	return filepath.Join(testpkg.Fixture(t, "scdemo"), name)
+}
+
+// installDebug puts the shipped debug files where the loader looks for them
+// (/usr/lib/debug/.build-id), as installing the -debuginfo RPM does, and removes
+// what it added when the test ends.
+func installDebug(t *testing.T, debugRPM string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := rpmfile.Extract(context.Background(), debugRPM, dir, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	links, _ := filepath.Glob(filepath.Join(dir, "usr/lib/debug/.build-id/*/*.debug"))
+	for _, l := range links {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join("/usr/lib/debug/.build-id", filepath.Base(filepath.Dir(l)), filepath.Base(l))
+		if _, err := os.Stat(dst); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(dst) })
+	}
+}
+
+type lines struct {
+	ch chan string
+}
+
+func (l *lines) waitFor(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	last := ""
+	for {
+		select {
+		case s, ok := <-l.ch:
+			if !ok {
+				t.Fatalf("program ended while waiting for %q (last line %q)", want, last)
+			}
+			if s == want {
+				return
+			}
+			last = s
+		case <-deadline:
+			t.Fatalf("no line %q within %v (last line %q)", want, timeout, last)
+		}
+	}
+}
+
+// End to end: rpmbuild the test package, extract it, run it, build hot patches for a
+// fix in the program and for a fix in its shared library with syscare-build, take the
+// patch objects out of the patch RPMs, apply them to the running process with
+// upatch-manage, see the fixes, and take them out again.
+func TestBuildAndApply(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
+	}
+	pkg := testpkg.Build(t, "scdemo")
+	root := t.TempDir()
+	if err := rpmfile.Extract(context.Background(), pkg.RPM, root, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+
+	type built struct {
+		patch *patchmeta.Patch
+		dir   string
+	}
+	build := func(name, fix string) built {
+		t.Helper()
+		out := t.TempDir()
+		r := runBuilder(t, nil, "--patch-name", name, "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
+			"--patch", fixturePatch(t, fix), "--output", out, "--jobs", "2")
+		if r.code != 0 {
+			t.Fatalf("syscare-build %s: exit %d\n%s\n%s", fix, r.code, r.stdout, r.stderr)
+		}
+		for _, step := range []string{"prepare", "build original", "build patched", "diff", "link", "package"} {
+			if !strings.Contains(r.stdout, step) {
+				t.Errorf("step %q not shown:\n%s", step, r.stdout)
+			}
+		}
+		rpmName := fmt.Sprintf("patch-scdemo-1.0-1-%s-1-1.x86_64.rpm", name)
+		srpm := fmt.Sprintf("patch-scdemo-1.0-1-%s-1-1.src.rpm", name)
+		for _, f := range []string{rpmName, srpm} {
+			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+				t.Fatalf("output %s: %v", f, err)
+			}
+		}
+		req, _ := exec.Command("rpm", "-qp", "--requires", filepath.Join(out, rpmName)).Output()
+		if !strings.Contains(string(req), "scdemo = 1.0-1\n") || !strings.Contains(string(req), "syscare\n") {
+			t.Errorf("requires:\n%s", req)
+		}
+		x := t.TempDir()
+		if err := rpmfile.Extract(context.Background(), filepath.Join(out, rpmName), x, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		dirs, _ := filepath.Glob(filepath.Join(x, "usr/lib/syscare/patches/*"))
+		if len(dirs) != 1 {
+			t.Fatalf("patch directories %q", dirs)
+		}
+		p, err := patchmeta.Load(dirs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.VerifyFiles(dirs[0]); err != nil {
+			t.Fatal(err)
+		}
+		return built{p, dirs[0]}
+	}
+
+	prog := build("HP001", "fix-calc.patch")
+	lib := build("HP002", "fix-msg.patch")
+	checks := []struct {
+		b        built
+		path     string
+		funcName string
+	}{{prog, "/usr/bin/scdemo", "compute"}, {lib, "/usr/lib64/libscmsg.so.1", "message"}}
+	for _, c := range checks {
+		e := c.b.patch.Entities
+		if len(e) != 1 || e[0].TargetPath != c.path || len(e[0].Functions) != 1 || e[0].Functions[0].Name != c.funcName {
+			t.Fatalf("entities %+v, want one for %s replacing %s", e, c.path, c.funcName)
+		}
+		// The build-id is the shipped file's: the rebuild has another one.
+		f, err := elfsafe.Open(filepath.Join(root, c.path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := elfsafe.BuildID(f.File)
+		f.Close()
+		if hex.EncodeToString(id) != e[0].BuildID {
+			t.Errorf("%s: patch.json build-id %s, shipped file %x", c.path, e[0].BuildID, id)
+		}
+	}
+	if c := checks[0].b.patch.Target; c.Name != "scdemo" || c.EVR() != "1.0-1" || c.Arch != "x86_64" {
+		t.Errorf("target %+v", c)
+	}
+
+	if loaderMissed != "" {
+		t.Skip("the patch RPMs are built and checked; applying them needs the loader: " + loaderMissed)
+	}
+	installDebug(t, pkg.Debuginfo)
+	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
+	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	out := &lines{ch: make(chan string, 1024)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case out.ch <- sc.Text():
+			default:
+			}
+		}
+		close(out.ch)
+	}()
+	out.waitFor(t, "hello 22", 5*time.Second)
+	pid := fmt.Sprint(cmd.Process.Pid)
+	manage := func(args ...string) {
+		t.Helper()
+		if o, err := exec.Command(loader, args...).CombinedOutput(); err != nil {
+			t.Fatalf("upatch-manage %q: %v\n%s", args, err, o)
+		}
+	}
+	for _, c := range []struct {
+		b          built
+		want, orig string
+	}{{prog, "hello 220", "hello 22"}, {lib, "patched 22", "hello 22"}} {
+		e := c.b.patch.Entities[0]
+		obj := filepath.Join(c.b.dir, e.File)
+		args := []string{"--pid", pid, "--uuid", e.UUID}
+		if e.TargetPath != "/usr/bin/scdemo" {
+			args = append(args, "--binary", filepath.Join(root, e.TargetPath))
+		}
+		manage(append([]string{"patch", "--patch", obj}, args...)...)
+		out.waitFor(t, c.want, 5*time.Second)
+		manage(append([]string{"unpatch"}, args...)...)
+		out.waitFor(t, c.orig, 5*time.Second)
+	}
+}
+
+// Bad input: each case must fail with its exit status and say why; the work
+// directory goes away, the log stays and its path is printed.
+func TestBadInput(t *testing.T) {
+	pkg := testpkg.Build(t, "scdemo")
+	other := testpkg.BuildWith(t, "scdemo", "dist .other")
+	junk := filepath.Join(t.TempDir(), "junk.src.rpm")
+	os.WriteFile(junk, []byte("this is not an RPM package\n"), 0o644)
+	kernel := kernelSRPM(t)
+	fix := fixturePatch(t, "fix-calc.patch")
+	std := func(src, dbg, patch string) []string {
+		return []string{"--patch-name", "HP9", "--source", src, "--debuginfo", dbg, "--patch", patch}
+	}
+	cases := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		want []string
+	}{
+		{"usage", nil, []string{"--patch-name", "x"}, exitUsage, []string{"missing --debuginfo, --patch, --source"}},
+		{"unknown flag", nil, []string{"--frobnicate"}, exitUsage, []string{"frobnicate"}},
+		{"non-RPM source", nil, std(junk, pkg.Debuginfo, fix), exitError, []string{"not an RPM package"}},
+		{"binary as source", nil, std(pkg.RPM, pkg.Debuginfo, fix), exitError, []string{"is a binary RPM"}},
+		{"binary as debuginfo", nil, std(pkg.SRPM, pkg.RPM, fix), exitError, []string{"not a -debuginfo package"}},
+		{"debuginfo of another release", nil, std(pkg.SRPM, other.Debuginfo, fix), exitError,
+			[]string{"was built from scdemo-1.0-1.other.src.rpm", "scdemo-1.0-1.src.rpm"}},
+		{"kernel", nil, std(kernel, pkg.Debuginfo, fix), exitError, []string{"kernel", "user-space patches only"}},
+		{"missing tool", []string{"PATH=/nonexistent"}, std(pkg.SRPM, pkg.Debuginfo, fix), exitError, []string{"missing tool: rpmbuild"}},
+		{"patch does not apply", nil, std(pkg.SRPM, pkg.Debuginfo, fixturePatch(t, "fix-bad.patch")), exitError,
+			[]string{"patch does not apply: fix-bad.patch", "full log:"}},
+		{"no functional change", nil, std(pkg.SRPM, pkg.Debuginfo, fixturePatch(t, "fix-comment.patch")), exitNoChange,
+			[]string{"no functional change"}},
+		{"unpatchable", nil, std(pkg.SRPM, pkg.Debuginfo, fixturePatch(t, "fix-data-FAIL.patch")), exitUnpatchable,
+			[]string{"cannot be hot patched", "table_lookup", "calls", "table.c"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			work, tmp := t.TempDir(), t.TempDir()
+			env := append([]string{"TMPDIR=" + tmp}, c.env...)
+			r := runBuilder(t, env, append(c.args, "--workdir", work, "--output", t.TempDir())...)
+			if r.code != c.code {
+				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, c.code, r.stdout, r.stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
+				}
+			}
+			if left, _ := os.ReadDir(work); len(left) != 0 {
+				t.Errorf("work directory not cleaned: %v", left)
+			}
+			if c.code != exitUsage {
+				logs, _ := filepath.Glob(filepath.Join(tmp, "syscare-build-*.log"))
+				if len(logs) != 1 || !strings.Contains(r.stderr, logs[0]) {
+					t.Errorf("kept logs %q not named in stderr:\n%s", logs, r.stderr)
+				}
+			}
+		})
+	}
+}
+
+func kernelSRPM(t *testing.T) string {
+	t.Helper()
+	top := t.TempDir()
+	spec := filepath.Join(top, "kernel.spec")
+	os.WriteFile(spec, []byte("Name: kernel\nVersion: 6.1\nRelease: 1\nSummary: k\nLicense: GPL\n%description\nk\n%files\n"), 0o644)
+	if out, err := exec.Command("rpmbuild", "-bs", "--nodeps", "--define", "_topdir "+top, spec).CombinedOutput(); err != nil {
+		t.Fatalf("rpmbuild -bs: %v\n%s", err, out)
+	}
+	return filepath.Join(top, "SRPMS", "kernel-6.1-1.src.rpm")
+}
+
+func TestHelp(t *testing.T) {
+	r := runBuilder(t, nil, "--help")
+	if r.code != 0 {
+		t.Fatalf("--help exit %d", r.code)
+	}
+	for _, w := range []string{"SYNOPSIS", "EXIT STATUS", "--skip-compiler-check", "--patch-description", "3   no functional change", "4   the change cannot be hot patched"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("--help lacks %q", w)
+		}
+	}
+}
+
+// BenchmarkHotPatchVsRpmbuild measures, in one run, the time syscare-build takes for a
+// hot patch of the test package against one plain rpmbuild -bb of the same package.
+func BenchmarkHotPatchVsRpmbuild(b *testing.B) {
+	pkg := testpkg.Build(b, "scdemo")
+	top := b.TempDir()
+	if err := rpmfile.Extract(context.Background(), pkg.SRPM, filepath.Join(top, "SOURCES"), io.Discard); err != nil {
+		b.Fatal(err)
+	}
+	var plain, hot time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		out, err := exec.Command("rpmbuild", "-bb", "--nodeps", "--define", "_topdir "+top,
+			filepath.Join(top, "SOURCES", "scdemo.spec")).CombinedOutput()
+		if err != nil {
+			b.Fatalf("rpmbuild: %v\n%s", err, out)
+		}
+		plain += time.Since(start)
+		start = time.Now()
+		r := runBuilder(b, nil, "--patch-name", "B1", "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
+			"--patch", fixturePatch(b, "fix-calc.patch"), "--output", b.TempDir())
+		if r.code != 0 {
+			b.Fatalf("syscare-build: %d\n%s", r.code, r.stderr)
+		}
+		hot += time.Since(start)
+	}
+	b.ReportMetric(plain.Seconds()/float64(b.N), "rpmbuild-s")
+	b.ReportMetric(hot.Seconds()/float64(b.N), "hotpatch-s")
+	b.ReportMetric(hot.Seconds()/plain.Seconds(), "ratio")
+}
