@@ -2,6 +2,7 @@ package watch
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,8 +96,16 @@ func newEBPF(t testing.TB) *Watcher {
 // proc is a started fixture whose stdout goes to a file, so that the test can tell what the
 // process printed while it was stopped.
 type proc struct {
-	cmd *exec.Cmd
-	out string
+	cmd  *exec.Cmd
+	out  string
+	hold io.WriteCloser // stdin of a victim started with "hold"
+}
+
+// release lets a victim started with the "hold" argument finish main.
+func (p *proc) release() {
+	if p.hold != nil {
+		p.hold.Close()
+	}
 }
 
 func start(t testing.TB, path string, args ...string) *proc {
@@ -108,17 +117,24 @@ func start(t testing.TB, path string, args ...string) *proc {
 	defer f.Close()
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	p := &proc{cmd: cmd, out: f.Name()}
+	if len(args) > 0 && args[0] == "hold" {
+		if p.hold, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		p.release()
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
 		}
 		os.Remove(f.Name())
 	})
-	return &proc{cmd: cmd, out: f.Name()}
+	return p
 }
 
 func (p *proc) output(t testing.TB) string {

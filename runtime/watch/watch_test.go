@@ -1,8 +1,13 @@
 package watch
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestExecutableStopsAtEntry covers the three kinds of executable: each process is stopped
@@ -37,5 +42,305 @@ func TestExecutableStopsAtEntry(t *testing.T) {
 			}
 			noEvent(t, w, 100*time.Millisecond)
 		})
+	}
+}
+
+// TestLibraryStopsBeforeInit: a process linked against the watched library is stopped before
+// the library's constructor and before main; a process that dlopens it is stopped inside
+// dlopen, after its own main started and before the constructor.
+func TestLibraryStopsBeforeInit(t *testing.T) {
+	w := newEBPF(t)
+	if err := w.Add(fix.lib); err != nil {
+		t.Fatal(err)
+	}
+
+	p := start(t, fix.uselib)
+	ev := nextEvent(t, w)
+	if ev.Pid != p.cmd.Process.Pid || ev.Path != fix.lib {
+		t.Fatalf("event %+v, want pid %d path %s", ev, p.cmd.Process.Pid, fix.lib)
+	}
+	assertStopped(t, ev.Pid)
+	if out := p.output(t); out != "" {
+		t.Fatalf("printed %q before it was reported: not stopped before init and main", out)
+	}
+	if err := w.Resume(ev.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if out := p.finish(t); out != "ctor\nmain answer=42\n" {
+		t.Fatalf("output %q", out)
+	}
+
+	p = start(t, fix.dlopener, fix.lib)
+	ev = nextEvent(t, w)
+	if ev.Pid != p.cmd.Process.Pid {
+		t.Fatalf("event %+v, want pid %d", ev, p.cmd.Process.Pid)
+	}
+	assertStopped(t, ev.Pid)
+	if out := p.output(t); out != "before dlopen\n" {
+		t.Fatalf("printed %q when reported, want only the line before dlopen", out)
+	}
+	if err := w.Resume(ev.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if out := p.finish(t); out != "before dlopen\nctor\nanswer=42\n" {
+		t.Fatalf("output %q", out)
+	}
+	noEvent(t, w, 100*time.Millisecond)
+}
+
+// TestFiftyProcesses starts 50 processes at once: each is reported exactly once, stopped
+// before main, and completes after Resume.
+func TestFiftyProcesses(t *testing.T) {
+	w := newEBPF(t)
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	procs := make(map[int]*proc, n)
+	for range n {
+		p := start(t, fix.pie)
+		procs[p.cmd.Process.Pid] = p
+	}
+	seen := make(map[int]bool, n)
+	for range n {
+		ev := nextEvent(t, w)
+		p := procs[ev.Pid]
+		switch {
+		case p == nil:
+			t.Errorf("event for unknown pid %d", ev.Pid)
+			w.Resume(ev.Pid)
+			continue
+		case seen[ev.Pid]:
+			t.Errorf("pid %d reported twice", ev.Pid)
+		}
+		seen[ev.Pid] = true
+		assertStopped(t, ev.Pid)
+		if out := p.output(t); out != "" {
+			t.Errorf("pid %d printed %q before it was reported", ev.Pid, out)
+		}
+		if err := w.Resume(ev.Pid); err != nil {
+			t.Error(err)
+		}
+	}
+	for pid, p := range procs {
+		if out := p.finish(t); out != "main flag=0\ndone\n" {
+			t.Errorf("pid %d: output %q", pid, out)
+		}
+	}
+	noEvent(t, w, 200*time.Millisecond)
+	if m := w.Missed(); m != 0 {
+		t.Errorf("%d processes missed", m)
+	}
+}
+
+// TestKilledWhileStopped: a reported process killed before Resume makes Resume fail with
+// ESRCH and does not disturb the next ones.
+func TestKilledWhileStopped(t *testing.T) {
+	w := newEBPF(t)
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, fix.pie)
+	ev := nextEvent(t, w)
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Wait(); err == nil {
+		t.Fatal("killed process exited cleanly")
+	}
+	if err := w.Resume(ev.Pid); !errors.Is(err, unix.ESRCH) {
+		t.Fatalf("Resume of a dead process: %v, want ESRCH", err)
+	}
+	// Killed before the watcher even reported it: nothing is reported for it.
+	for range 3 {
+		p := start(t, fix.pie)
+		ev := nextEvent(t, w)
+		if ev.Pid != p.cmd.Process.Pid {
+			t.Fatalf("event %+v, want pid %d", ev, p.cmd.Process.Pid)
+		}
+		if err := w.Resume(ev.Pid); err != nil {
+			t.Fatal(err)
+		}
+		if out := p.finish(t); out != "main flag=0\ndone\n" {
+			t.Fatalf("output %q", out)
+		}
+	}
+}
+
+// TestOnlyThatFile: a copy of the watched executable (another inode) and other programs run
+// unstopped; a hard link (same inode) is caught and reported under the watched path.
+func TestOnlyThatFile(t *testing.T) {
+	w := newEBPF(t)
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "copy")
+	data, err := os.ReadFile(fix.pie)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cp, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{cp, fix.noPIE, "/bin/true"} {
+		if out := start(t, path).finish(t); path != "/bin/true" && out != "main flag=0\ndone\n" {
+			t.Errorf("%s: output %q", path, out)
+		}
+	}
+	noEvent(t, w, 100*time.Millisecond)
+
+	hl := filepath.Join(fix.dir, "hardlink")
+	if err := os.Link(fix.pie, hl); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(hl)
+	p := start(t, hl)
+	ev := nextEvent(t, w)
+	if ev.Pid != p.cmd.Process.Pid || ev.Path != fix.pie {
+		t.Fatalf("event %+v, want pid %d path %s", ev, p.cmd.Process.Pid, fix.pie)
+	}
+	w.Resume(ev.Pid)
+	p.finish(t)
+	if err := w.Add(hl); !errors.Is(err, os.ErrExist) {
+		t.Errorf("Add of a hard link of a watched file: %v, want ErrExist", err)
+	}
+}
+
+// TestRemove: after Remove the file's processes run unstopped; the other watch stays.
+func TestRemove(t *testing.T) {
+	w := newEBPF(t)
+	for _, p := range []string{fix.pie, fix.noPIE} {
+		if err := w.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatalf("second Add of the same file: %v", err)
+	}
+	if err := w.Remove(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Remove(fix.pie); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("second Remove: %v, want ErrNotExist", err)
+	}
+	if out := start(t, fix.pie).finish(t); out != "main flag=0\ndone\n" {
+		t.Errorf("output %q", out)
+	}
+	noEvent(t, w, 100*time.Millisecond)
+	p := start(t, fix.noPIE)
+	ev := nextEvent(t, w)
+	if ev.Pid != p.cmd.Process.Pid {
+		t.Fatalf("event %+v, want pid %d", ev, p.cmd.Process.Pid)
+	}
+	w.Resume(ev.Pid)
+	p.finish(t)
+}
+
+// TestCloseResumesAndReleases: Close lets a reported, unresumed process continue, closes the
+// channel, and a loop of New/Add/Remove/Close leaks no file descriptor (maps, programs, links and the
+// ring buffer are all descriptors).
+func TestCloseResumesAndReleases(t *testing.T) {
+	needRoot(t)
+	w, err := newWatcher(options{mode: ModeEBPF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, fix.pie)
+	nextEvent(t, w)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := p.finish(t); out != "main flag=0\ndone\n" {
+		t.Errorf("output %q", out)
+	}
+	if _, ok := <-w.Events(); ok {
+		t.Error("events channel still open after Close")
+	}
+	if err := w.Add(fix.pie); !errors.Is(err, ErrClosed) {
+		t.Errorf("Add after Close: %v", err)
+	}
+	if out := start(t, fix.pie).finish(t); out != "main flag=0\ndone\n" {
+		t.Errorf("after Close: output %q", out)
+	}
+
+	before := countFDs(t)
+	// Each detach costs about 100 ms in the kernel, hence only 8 rounds.
+	const rounds = 8
+	for range rounds {
+		w, err := newWatcher(options{mode: ModeEBPF})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{fix.noPIE, fix.lib} {
+			if err := w.Add(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Remove(fix.noPIE); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := countFDs(t); after != before {
+		t.Errorf("%d file descriptors before %d rounds of New/Add/Remove/Close, %d after", before, rounds, after)
+	}
+}
+
+func countFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestProcConnectorFallback: the fallback stops and reports a process of the watched file
+// (late: the victim waits in main for EOF on stdin so that the late stop still finds it
+// alive), ignores other programs, and also resumes on Close.
+func TestProcConnectorFallback(t *testing.T) {
+	needRoot(t)
+	t.Setenv(ModeEnv, ModeProcConnector)
+	w, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if w.Mode() != ModeProcConnector || w.FallbackReason() == nil {
+		t.Fatalf("mode %s, reason %v", w.Mode(), w.FallbackReason())
+	}
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	start(t, fix.noPIE).finish(t)
+	p := start(t, fix.pie, "hold")
+	ev := nextEvent(t, w)
+	if ev.Pid != p.cmd.Process.Pid || ev.Path != fix.pie {
+		t.Fatalf("event %+v, want pid %d path %s", ev, p.cmd.Process.Pid, fix.pie)
+	}
+	assertStopped(t, ev.Pid)
+	t.Logf("proc connector: output when stopped %q (may be non-empty: this mode races)", p.output(t))
+	if err := w.Resume(ev.Pid); err != nil {
+		t.Fatal(err)
+	}
+	p.release()
+	if out := p.finish(t); out != "main flag=0\ndone\n" {
+		t.Fatalf("output %q", out)
+	}
+	noEvent(t, w, 100*time.Millisecond)
+
+	p = start(t, fix.pie, "hold")
+	nextEvent(t, w)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p.release()
+	if out := p.finish(t); out != "main flag=0\ndone\n" {
+		t.Fatalf("after Close: output %q", out)
 	}
 }

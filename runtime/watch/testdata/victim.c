@@ -2,7 +2,6 @@
  * It prints one line from main; "flag" is the word a tracer overwrites while the process is
  * stopped at its entry point, to show that the write lands before main reads it. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 volatile long flag = 0;
@@ -10,8 +9,11 @@ volatile long flag = 0;
 int main(int argc, char **argv)
 {
 	printf("main flag=%ld\n", flag);
-	if (argc > 1) /* optional pause, so that a late stop still finds the process alive */
-		usleep(atoi(argv[1]) * 1000);
+	if (argc > 1) { /* "hold": wait for EOF on stdin, so that a late stop still finds it alive */
+		char c;
+		while (read(0, &c, 1) > 0)
+			;
+	}
 	printf("done\n");
 	return 0;
 }
