@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +35,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binDir = dir
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = "/usr/local/go/bin/go"
+	}
 	builderBin = filepath.Join(dir, "syscare-build")
 	if out, err := exec.Command(goTool, "build", "-o", builderBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build syscare-build: %v\n%s", err, out)
