@@ -60,6 +60,11 @@ func (b *build) buildOriginal(ctx context.Context) (string, error) {
 		if r.Kind != capture.KindCompile || last[r.Object] != i {
 			continue
 		}
+		// configure-style probes compile a file and delete it again: nothing to patch.
+		if !exists(r.Source) || !exists(r.Object) {
+			fmt.Fprintf(b.logw, "%s: gone after the build (a probe); not tracked\n", r.Source)
+			continue
+		}
 		t := &tu{idx: len(b.tus), rec: r, hashes: map[string]string{}}
 		t.orig = filepath.Join(origDir, fmt.Sprintf("%d-%s", t.idx, filepath.Base(r.Object)))
 		if err := copyFile(r.Object, t.orig); err != nil {
@@ -178,4 +183,9 @@ func (b *build) recompile(ctx context.Context, t *tu) ([]byte, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.Bytes(), err
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
