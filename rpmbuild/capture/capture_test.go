@@ -181,6 +181,24 @@ func TestWrapperRecordsAndRewrites(t *testing.T) {
 	}
 }
 
+// C++ goes to the real g++ and is recorded as such.
+func TestWrapperCXX(t *testing.T) {
+	c := newCapture(t, false)
+	if c.RealCXX == "" {
+		t.Skip("no g++ on this machine")
+	}
+	d := t.TempDir()
+	os.WriteFile(filepath.Join(d, "k.cc"), []byte("struct K { int f(int x); };\nint K::f(int x) { return x + 1; }\n"), 0o644)
+	runIn(t, c, d, `$CXX -O2 -c k.cc`)
+	recs, err := c.Records()
+	if err != nil || len(recs) != 1 || recs[0].Lang != "c++" || recs[0].Object != filepath.Join(d, "k.o") {
+		t.Fatalf("records %+v %v", recs, err)
+	}
+	if !hasSection(t, recs[0].Object, ".text._ZN1K1fEi") {
+		t.Error("k.o lacks the member function's own section")
+	}
+}
+
 // A compiler called by absolute path escapes PATH shims; the mount namespace catches it
 // and leaves the host's /usr/bin/gcc untouched.
 func TestNamespaceBindCatchesAbsolutePath(t *testing.T) {
