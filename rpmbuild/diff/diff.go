@@ -123,6 +123,7 @@ type Result struct {
 	Warnings []string
 
 	changed, added []string
+	inlines        map[string][]string // function -> functions inlined into it (DWARF)
 	orig, patched  *object
 	opts           Options
 }
@@ -158,6 +159,9 @@ func Diff(orig, patched io.ReaderAt, opts Options) (*Result, error) {
 		return r, ErrNoChange
 	}
 	if err := include(r); err != nil {
+		return nil, err
+	}
+	if err := safety(r); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -237,60 +237,65 @@ func TestDiffCases(t *testing.T) {
 		for _, c := range cases {
 			t.Run(c.name+pic, func(t *testing.T) {
 				t.Parallel()
-				ob, pb := pair(t, c.file, c.orig, c.fixed, pic)
-				r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{AliasPrefix: "__p_"})
-				switch {
-				case strings.HasSuffix(c.name, "-NOCHANGE"):
-					if !errors.Is(err, ErrNoChange) {
-						t.Fatalf("Diff: %v, want ErrNoChange", err)
-					}
-					return
-				case strings.HasSuffix(c.name, "-FAIL"):
-					var ue *UnpatchableError
-					if !errors.As(err, &ue) {
-						t.Fatalf("Diff: %v, want UnpatchableError", err)
-					}
-					if !strings.Contains(ue.Error(), c.reason) || ue.Section == "" {
-						t.Fatalf("refusal %q does not say %q", ue, c.reason)
-					}
-					return
-				}
-				if err != nil {
-					t.Fatalf("Diff: %v", err)
-				}
-				dump := r.String()
-				if !reflect.DeepEqual(r.Changed(), c.changed) {
-					t.Errorf("changed %q, want %q\n%s", r.Changed(), c.changed, dump)
-				}
-				if !reflect.DeepEqual(r.New(), c.added) {
-					t.Errorf("new %q, want %q\n%s", r.New(), c.added, dump)
-				}
-				for _, w := range c.dump {
-					if !strings.Contains(dump, w) {
-						t.Errorf("dump lacks %q:\n%s", w, dump)
-					}
-				}
-				b, err := r.Object()
-				if err != nil {
-					t.Fatalf("Object: %v", err)
-				}
-				po, err := patchobj.ParseBytes(b)
-				if err != nil {
-					t.Fatalf("patchobj.Parse: %v", err)
-				}
-				var got []string
-				for _, f := range po.Funcs {
-					got = append(got, f.OldName)
-				}
-				sort.Strings(got)
-				if !reflect.DeepEqual(got, c.changed) {
-					t.Errorf("patch object replaces %q, want %q", got, c.changed)
-				}
-				if t.Failed() {
-					t.Log(dump)
-				}
+				runCase(t, c, pic)
 			})
 		}
+	}
+}
+
+func runCase(t *testing.T, c diffCase, pic string) {
+	t.Helper()
+	ob, pb := pair(t, c.file, c.orig, c.fixed, pic)
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{AliasPrefix: "__p_"})
+	switch {
+	case strings.HasSuffix(c.name, "-NOCHANGE"):
+		if !errors.Is(err, ErrNoChange) {
+			t.Fatalf("Diff: %v, want ErrNoChange", err)
+		}
+		return
+	case strings.HasSuffix(c.name, "-FAIL"):
+		var ue *UnpatchableError
+		if !errors.As(err, &ue) {
+			t.Fatalf("Diff: %v, want UnpatchableError", err)
+		}
+		if !strings.Contains(ue.Error(), c.reason) || ue.Section == "" {
+			t.Fatalf("refusal %q does not say %q", ue, c.reason)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Diff: %v", err)
+	}
+	dump := r.String()
+	if !reflect.DeepEqual(r.Changed(), c.changed) {
+		t.Errorf("changed %q, want %q\n%s", r.Changed(), c.changed, dump)
+	}
+	if !reflect.DeepEqual(r.New(), c.added) {
+		t.Errorf("new %q, want %q\n%s", r.New(), c.added, dump)
+	}
+	for _, w := range c.dump {
+		if !strings.Contains(dump, w) {
+			t.Errorf("dump lacks %q:\n%s", w, dump)
+		}
+	}
+	b, err := r.Object()
+	if err != nil {
+		t.Fatalf("Object: %v", err)
+	}
+	po, err := patchobj.ParseBytes(b)
+	if err != nil {
+		t.Fatalf("patchobj.Parse: %v", err)
+	}
+	var got []string
+	for _, f := range po.Funcs {
+		got = append(got, f.OldName)
+	}
+	sort.Strings(got)
+	if !reflect.DeepEqual(got, c.changed) {
+		t.Errorf("patch object replaces %q, want %q", got, c.changed)
+	}
+	if t.Failed() {
+		t.Log(dump)
 	}
 }
 

@@ -1,0 +1,197 @@
+package diff
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// Safety cases (issue 6) run through the same table runner as the differ cases.
+var safetyCases = []diffCase{
+	{
+		name: "padding-hole-member-FAIL", file: "s1",
+		orig: `struct conf { int limit; char mode; long total; };
+struct conf cfg;
+int get_mode(void) { return cfg.mode; }
+`,
+		fixed: `struct conf { int limit; char verbose; char mode; long total; };
+struct conf cfg;
+int get_mode(void) { return cfg.mode + cfg.verbose; }
+`,
+		reason: "member verbose added at offset 4; struct conf: member mode moved from offset 4 to 5",
+	},
+	{
+		name: "padding-hole-same-offsets-FAIL", file: "s2",
+		orig: `struct rec { char a; int b; long c; };
+int use(struct rec *r) { return r->a + r->b; }
+`,
+		fixed: `struct rec { char a; char flag; int b; long c; };
+int use(struct rec *r) { return r->a + r->b + r->flag; }
+`,
+		reason: "member flag added at offset 1",
+	},
+	{
+		name: "enum-renumbered-FAIL", file: "s3",
+		orig: `enum color { RED, GREEN, BLUE };
+enum color cur;
+int is_blue(void) { return cur == BLUE; }
+`,
+		fixed: `enum color { RED, YELLOW, GREEN, BLUE };
+enum color cur;
+int is_blue(void) { return cur == BLUE; }
+`,
+		reason: "constant BLUE changed from 2 to 3",
+	},
+	{
+		name: "static-const-table-changed", file: "s4",
+		orig: `static const int tbl[4] = { 10, 20, 30, 40 };
+int look(int i) { return tbl[i & 3]; }
+int other(int i) { return i * 5; }
+`,
+		fixed: `static const int tbl[4] = { 10, 20, 30, 41 };
+int look(int i) { return tbl[i & 3]; }
+int other(int i) { return i * 5; }
+`,
+		changed: []string{"look"},
+		dump:    []string{"CHANGED func    look\n"},
+	},
+	{
+		name: "global-const-table-FAIL", file: "s5",
+		orig:   "const int gtbl[4] = { 1, 2, 3, 4 };\nint look(int i) { return gtbl[i & 3]; }\n",
+		fixed:  "const int gtbl[4] = { 1, 2, 3, 5 };\nint look(int i) { return gtbl[i & 3]; }\n",
+		reason: "global read-only data",
+	},
+	{
+		name: "static-gains-parameter", file: "s6",
+		orig: `static __attribute__((noipa)) int calc(int a) { return a * 2; }
+int c1(int x) { return calc(x) + 1; }
+int c2(int x) { return calc(x) + 2; }
+`,
+		fixed: `static __attribute__((noipa)) int calc(int a, int b) { return a * 2 + b; }
+int c1(int x) { return calc(x, 1) + 1; }
+int c2(int x) { return calc(x, 2) + 2; }
+`,
+		changed: []string{"c1", "c2", "calc"},
+	},
+	{
+		name: "static-gains-parameter-address-taken-FAIL", file: "s7",
+		orig: `static __attribute__((noipa)) int calc(int a) { return a * 2; }
+static __attribute__((noipa)) int twice(int a) { return a + a; }
+static int (*const ops[])() = { calc, twice };
+int c1(int x) { return calc(x) + 1; }
+int run(int i, int x) { return ops[i & 1](x); }
+`,
+		fixed: `static __attribute__((noipa)) int calc(int a, int b) { return a * 2 + b; }
+static __attribute__((noipa)) int twice(int a) { return a + a; }
+static int (*const ops[])() = { calc, twice };
+int c1(int x) { return calc(x, 1) + 1; }
+int run(int i, int x) { return ops[i & 1](x); }
+`,
+		reason: "its address is stored in .data.rel.ro",
+	},
+	{
+		name: "signature-caller-left-out-FAIL", file: "s8",
+		orig: `static __attribute__((noipa)) int calc(int a) { return a * 2; }
+long c1(int x) { return calc(x) + 1; }
+void c2(int x) { calc(x); }
+`,
+		fixed: `static __attribute__((noipa)) long calc(int a) { return a * 2L; }
+long c1(int x) { return calc(x) + 1; }
+void c2(int x) { calc(x); }
+`,
+		reason: "caller c2 is not in the patch",
+	},
+	{
+		name: "constructor-warning", file: "s9",
+		orig: `int base;
+__attribute__((constructor)) static void init(void) { base = 5; }
+int get(void) { return base; }
+`,
+		fixed: `int base;
+__attribute__((constructor)) static void init(void) { base = 6; }
+int get(void) { return base; }
+`,
+		changed: []string{"init"},
+		dump:    []string{"warning: constructor init CHANGED"},
+	},
+	{
+		name: "main-warning", file: "s10",
+		orig:    "#include <stdio.h>\nint main(void) { puts(\"a\"); return 0; }\n",
+		fixed:   "#include <stdio.h>\nint main(void) { puts(\"b\"); return 0; }\n",
+		changed: []string{"main"},
+		dump:    []string{"warning: function main changed"},
+	},
+	{
+		name: "twenty-line-macros", file: "s11",
+		orig:    twentyLines(false),
+		fixed:   twentyLines(true),
+		changed: []string{"f0"},
+		dump:    []string{"line-only functions: f1 f10 f11 f12 f13 f14 f15 f16 f17 f18 f19 f2 f20 f3 f4 f5 f6 f7 f8 f9\n"},
+	},
+}
+
+// twentyLines is a file of 21 functions that log __LINE__; the fix changes f0 and
+// inserts a line after it, moving the other twenty.
+func twentyLines(fixed bool) string {
+	var b strings.Builder
+	b.WriteString("#include <stdio.h>\n#define LOG(x) fprintf(stderr, \"line %d: %d\\n\", __LINE__, (x))\n")
+	if fixed {
+		b.WriteString("int f0(int x) { LOG(x); return x + 1; }\n/* fixed: off by one */\n")
+	} else {
+		b.WriteString("int f0(int x) { LOG(x); return x; }\n")
+	}
+	for i := 1; i <= 20; i++ {
+		b.WriteString("int f")
+		b.WriteString(strings.Repeat("", 0))
+		b.WriteString(itoa(i))
+		b.WriteString("(int x) {\n\tLOG(x);\n\treturn x * ")
+		b.WriteString(itoa(i + 3))
+		b.WriteString(";\n}\n")
+	}
+	return b.String()
+}
+
+func itoa(i int) string {
+	const d = "0123456789"
+	if i < 10 {
+		return d[i : i+1]
+	}
+	return itoa(i/10) + d[i%10:i%10+1]
+}
+
+func TestSafetyCases(t *testing.T) {
+	for _, pic := range []string{"-fPIE", "-fPIC"} {
+		for _, c := range safetyCases {
+			t.Run(c.name+pic, func(t *testing.T) {
+				t.Parallel()
+				runCase(t, c, pic)
+			})
+		}
+	}
+}
+
+// The changed read-only table ships as a new copy with the new values.
+func TestChangedTableShipsNewValues(t *testing.T) {
+	c := safetyCases[3]
+	ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, s := range r.Included {
+		if s == ".rodata.tbl" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("included %q, want .rodata.tbl", r.Included)
+	}
+	b, err := r.Object()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte{10, 0, 0, 0, 20, 0, 0, 0, 30, 0, 0, 0, 41, 0, 0, 0}) {
+		t.Error("the patch object lacks the new table values")
+	}
+}
