@@ -137,7 +137,7 @@ func setup(m *testing.M) (int, error) {
 // sandbox is a scratch root with the victim package installed and a private bus whose
 // activation starts the helper on that root.
 type sandbox struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	root    string
 	addr    string
@@ -163,7 +163,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newSandbox(t *testing.T) *sandbox {
+func newSandbox(t testing.TB) *sandbox {
 	dir, err := os.MkdirTemp(fx.dir, "sb")
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +213,7 @@ func (s *sandbox) close() {
 		time.Sleep(100 * time.Millisecond)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	if s.t.Failed() {
+	if s.t.Failed() || os.Getenv("SYSCARE_E2E_LOG") != "" {
 		s.t.Logf("bus and helper log:\n%s", s.log)
 	}
 }

@@ -43,6 +43,13 @@ type Driver interface {
 	Presence(ctx context.Context, es []*Entity) (map[*Entity]Presence, error)
 }
 
+// Batcher is a Driver that can reuse what it learns (which processes map a target)
+// between Begin and End: the manager brackets each transaction with them.
+type Batcher interface {
+	Begin()
+	End()
+}
+
 // ProcessState is the state of a user patch in one process.
 type ProcessState struct {
 	Pid    int

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/syscare/syscare/helper/state"
 	"github.com/syscare/syscare/runtime/patchmeta"
@@ -22,6 +23,7 @@ func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force boo
 	if err != nil {
 		return nil, err
 	}
+	defer m.batch()()
 	targets := make([]State, len(es))
 	for i, e := range es {
 		t, err := op.target(e.State)
@@ -112,6 +114,7 @@ func (m *Manager) walk(ctx context.Context, e *Entity, target State, force bool)
 
 func (m *Manager) up(ctx context.Context, e *Entity, force bool) error {
 	d, _ := m.driver(e)
+	defer m.timed(e, "up from "+e.State.String())()
 	switch e.State {
 	case NotApplied:
 		if err := m.verify(ctx, e); err != nil {
@@ -150,6 +153,7 @@ func (m *Manager) up(ctx context.Context, e *Entity, force bool) error {
 
 func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
 	d, _ := m.driver(e)
+	defer m.timed(e, "down from "+e.State.String())()
 	switch e.State {
 	case Accepted:
 		m.set(e, Actived)
@@ -175,6 +179,31 @@ func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
 		m.set(e, NotApplied)
 	}
 	return nil
+}
+
+// batch tells every Batcher driver that a transaction starts, and returns the function
+// that ends it.
+func (m *Manager) batch() func() {
+	var bs []Batcher
+	for _, d := range m.cfg.Drivers {
+		if b, ok := d.(Batcher); ok {
+			b.Begin()
+			bs = append(bs, b)
+		}
+	}
+	return func() {
+		for _, b := range bs {
+			b.End()
+		}
+	}
+}
+
+// timed logs how long a step took, at debug level.
+func (m *Manager) timed(e *Entity, step string) func() {
+	start := time.Now()
+	return func() {
+		m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "step": step, "took": time.Since(start).String()}).Debug("step")
+	}
 }
 
 // recheck reads the real state after a transition and fails if it does not match.
@@ -311,6 +340,7 @@ func (m *Manager) Restore(ctx context.Context, acceptedOnly bool) ([]Status, err
 	if err != nil {
 		return nil, err
 	}
+	defer m.batch()()
 	return m.replay(ctx, snap, acceptedOnly)
 }
 
@@ -375,6 +405,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.scan()
+	defer m.batch()()
 	snap, err := m.store.Load(state.CurrentFile)
 	lost := false
 	if err != nil {

@@ -49,6 +49,28 @@ type UserDriver struct {
 	Watch Watcher
 	// watched counts active entities per host target.
 	watched map[string]int
+	// pids caches Engine.Processes per host target during a transaction: scanning every
+	// process's maps costs milliseconds, and a transaction on many patches of one target
+	// would otherwise repeat it for every step. A process that starts meanwhile is
+	// caught by Watch; one that exits is skipped.
+	pids map[string][]int
+}
+
+// Begin starts caching process lists.
+func (u *UserDriver) Begin() { u.pids = map[string][]int{} }
+
+// End drops the cached process lists.
+func (u *UserDriver) End() { u.pids = nil }
+
+func (u *UserDriver) processes(host string) ([]int, error) {
+	if pids, ok := u.pids[host]; ok {
+		return pids, nil
+	}
+	pids, err := u.Engine.Processes(host)
+	if err == nil && u.pids != nil {
+		u.pids[host] = pids
+	}
+	return pids, err
 }
 
 // Check compares the target ELF's build-id with patch.json.
@@ -109,7 +131,7 @@ func (u *UserDriver) Activate(ctx context.Context, e *Entity, force bool) error 
 	if err := u.watch(host); err != nil {
 		return err
 	}
-	pids, err := u.Engine.Processes(host)
+	pids, err := u.processes(host)
 	if err != nil {
 		u.unwatch(host)
 		return fmt.Errorf("find processes of %s: %w", host, err)
@@ -158,7 +180,7 @@ func split(pids []int, errs []error) (done []int, fails []string, first error) {
 // processes it came out of.
 func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) error {
 	host := u.Host(e.Meta.TargetPath)
-	pids, err := u.Engine.Processes(host)
+	pids, err := u.processes(host)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("find processes of %s: %w", host, err)
 	}
@@ -216,7 +238,7 @@ func (u *UserDriver) Presence(_ context.Context, es []*Entity) (map[*Entity]Pres
 		pids, ok := pidsOf[host]
 		if !ok {
 			var err error
-			pids, err = u.Engine.Processes(host)
+			pids, err = u.processes(host)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("find processes of %s: %w", host, err))
 			}
@@ -265,7 +287,7 @@ func (u *UserDriver) Presence(_ context.Context, es []*Entity) (map[*Entity]Pres
 // Processes reports the state of e in every process that maps its target.
 func (u *UserDriver) Processes(_ context.Context, e *Entity) ([]ProcessState, error) {
 	host := u.Host(e.Meta.TargetPath)
-	pids, err := u.Engine.Processes(host)
+	pids, err := u.processes(host)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("find processes of %s: %w", host, err)
 	}

@@ -53,27 +53,18 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	defer conn.Close()
 
-	var w *watch.Watcher
-	if !*noWatch {
-		w, err = watch.New()
-		if err != nil {
-			log.WithError(err).Warn("new processes will not be patched")
-		} else {
-			defer w.Close()
-			if r := w.FallbackReason(); r != nil {
-				log.WithError(r).WithField("mode", w.Mode()).Warn("eBPF unavailable: new processes are caught by exec notifications, which race with the process")
-			}
-		}
-	}
-
+	// The watcher (eBPF programs) costs up to 0.2 s to set up: it is created when the
+	// first user patch goes active, so that activation for a read stays fast.
+	lw := &lazyWatcher{ctx: ctx, log: log}
+	defer lw.Close()
 	var srv *server.Server
 	var m *manager.Manager
 	user := &manager.UserDriver{
 		Engine: manager.NewUpatchEngine(rootDir),
 		Host:   func(p string) string { return m.HostPath(p) },
 	}
-	if w != nil {
-		user.Watch = w
+	if !*noWatch {
+		user.Watch = lw
 	}
 	m = manager.New(manager.Config{
 		Root: rootDir,
@@ -90,9 +81,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	})
 	srv = server.New(server.Config{Conn: conn, Manager: m, Log: log, Resolve: repoResolver(rootDir)})
 
-	if w != nil {
-		go patchNew(ctx, w, m, log)
-	}
+	lw.m = m
 	if err := m.Start(ctx); err != nil {
 		log.WithError(err).Error("restore at start incomplete")
 	}
@@ -135,6 +124,63 @@ func patchNew(ctx context.Context, w *watch.Watcher, m *manager.Manager, log log
 		if err := w.Resume(ev.Pid); err != nil {
 			l.WithError(err).Warn("resume new process")
 		}
+	}
+}
+
+// lazyWatcher creates the runtime/watch watcher on first use and feeds its events to the
+// manager.
+type lazyWatcher struct {
+	ctx context.Context
+	log logrus.FieldLogger
+	m   *manager.Manager
+	w   *watch.Watcher
+	err error
+}
+
+func (l *lazyWatcher) get() (*watch.Watcher, error) {
+	if l.w != nil || l.err != nil {
+		return l.w, l.err
+	}
+	l.w, l.err = watch.New()
+	if l.err != nil {
+		l.log.WithError(l.err).Warn("new processes will not be patched")
+		return nil, l.err
+	}
+	if r := l.w.FallbackReason(); r != nil {
+		l.log.WithError(r).WithField("mode", l.w.Mode()).Warn("eBPF unavailable: new processes are caught by exec notifications, which race with the process")
+	} else {
+		l.log.WithField("mode", l.w.Mode()).Info("watching for new processes")
+	}
+	go patchNew(l.ctx, l.w, l.m, l.log)
+	return l.w, nil
+}
+
+// Add watches path (manager.Watcher). A failure is logged, not returned: the patch still
+// goes into every running process, only processes started later miss it, and the log
+// says so.
+func (l *lazyWatcher) Add(path string) error {
+	w, err := l.get()
+	if err == nil {
+		err = w.Add(path)
+	}
+	if err != nil {
+		l.log.WithError(err).WithField("target", path).Error("new processes of this target will not be patched")
+	}
+	return nil
+}
+
+// Remove stops watching path.
+func (l *lazyWatcher) Remove(path string) error {
+	if l.w == nil {
+		return nil
+	}
+	return l.w.Remove(path)
+}
+
+// Close releases the watcher; stopped processes are resumed by watch.Close.
+func (l *lazyWatcher) Close() {
+	if l.w != nil {
+		l.w.Close()
 	}
 }
 
