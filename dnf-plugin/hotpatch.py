@@ -504,7 +504,6 @@ class HotpatchCommand(dnf.cli.Command):
             self.plan.append(c)
         if not self.plan:
             logger.info('No hot patch to install: every offered hot patch is already active.')
-            self.cli.demands.resolving = False
             return
         # The state to come back to if anything below fails.
         helper.save()
@@ -607,10 +606,14 @@ class HotpatchCommand(dnf.cli.Command):
         if self.sub == 'remove':
             q = self.base.sack.query().installed()
             for t in targets:
+                # "patch" is name-version-release of the patch, as in the RPM's NVR.
+                parts = t.get('patch', '').rsplit('-', 2)
+                if len(parts) != 3:
+                    continue
                 tg = t.get('target', {})
                 name = 'patch-%s-%s-%s-%s' % (tg.get('name'), tg.get('version'),
-                                              tg.get('release'), t.get('patch'))
-                for pkg in q.filter(name=name).run():
+                                              tg.get('release'), parts[0])
+                for pkg in q.filter(name=name, version=parts[1], release=parts[2]).run():
                     self.base.package_remove(pkg)
 
     run_apply = run_activate = run_deactivate = run_accept = run_remove = run_transition

@@ -30,6 +30,10 @@ func Installed(ctx context.Context, root string) ([]Package, error) {
 	if root == "" {
 		root = "/"
 	}
+	root, err := filepath.Abs(root) // rpm refuses a relative --root
+	if err != nil {
+		return nil, err
+	}
 	db, err := rpmDBPath(ctx)
 	if err != nil {
 		return nil, err
