@@ -4,6 +4,8 @@ import (
 	"debug/elf"
 	"fmt"
 	"sort"
+
+	"github.com/syscare/syscare/runtime/patchobj"
 )
 
 // include marks the sections the patch object carries: changed and new functions,
@@ -31,6 +33,11 @@ func include(r *Result) error {
 		s := work[len(work)-1]
 		work = work[:len(work)-1]
 		for _, rl := range s.relas {
+			if !patchobj.Supported[rl.typ] {
+				// e.g. R_X86_64_TLSGD: -fPIC code reaching a thread-local variable
+				return &UnpatchableError{Function: funcName(s), Section: s.name,
+					Reason: fmt.Sprintf("relocation %v at %#x (symbol %s) is not supported by the patch loader", rl.typ, rl.off, rl.sym.name)}
+			}
 			t := rl.sym
 			if t.sec == nil {
 				continue

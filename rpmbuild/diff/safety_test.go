@@ -2,8 +2,11 @@ package diff
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/syscare/syscare/runtime/patchobj"
 )
 
 // Safety cases (issue 6) run through the same table runner as the differ cases.
@@ -193,5 +196,31 @@ func TestChangedTableShipsNewValues(t *testing.T) {
 	}
 	if !bytes.Contains(b, []byte{10, 0, 0, 0, 20, 0, 0, 0, 30, 0, 0, 0, 41, 0, 0, 0}) {
 		t.Error("the patch object lacks the new table values")
+	}
+}
+
+// Thread-local access from -fPIC code goes through __tls_get_addr relocations the
+// loader does not take: refused by name rather than left for the loader to reject.
+func TestTLSAccessFromPIC(t *testing.T) {
+	orig := "__thread int tv;\nint bump(void) { return ++tv; }\n"
+	fixed := "__thread int tv;\nint bump(void) { tv += 2; return tv; }\n"
+	ob, pb := pair(t, "tls", orig, fixed, "-fPIC")
+	_, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	var ue *UnpatchableError
+	if !errors.As(err, &ue) || !strings.Contains(ue.Reason, "R_X86_64_TLSGD") || ue.Function != "bump" {
+		t.Fatalf("Diff: %v, want a refusal naming bump and R_X86_64_TLSGD", err)
+	}
+	// The same source as an executable (-fPIE) uses TPOFF/GOTTPOFF, which load.
+	ob, pb = pair(t, "tls", orig, fixed, "-fPIE")
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Object()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := patchobj.ParseBytes(b); err != nil {
+		t.Fatalf("patchobj.Parse: %v", err)
 	}
 }
