@@ -125,6 +125,23 @@ int get(void) { return base; }
 		dump:    []string{"warning: function main changed"},
 	},
 	{
+		name: "assert-line-shift", file: "s12",
+		orig: `#include <assert.h>
+int first(int x) { return x * 2; }
+int checked(int x) { assert(x > 0); return x - 1; }
+int other(int x) { assert(x != 3); return x + 7; }
+`,
+		fixed: `#include <assert.h>
+int first(int x) {
+	return x * 3;
+}
+int checked(int x) { assert(x > 0); return x - 1; }
+int other(int x) { assert(x != 3); return x + 7; }
+`,
+		changed: []string{"first"},
+		dump:    []string{"line-only functions: checked other\n"},
+	},
+	{
 		name: "twenty-line-macros", file: "s11",
 		orig:    twentyLines(false),
 		fixed:   twentyLines(true),
