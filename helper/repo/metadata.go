@@ -235,9 +235,12 @@ func parsePrimary(r io.Reader) ([]*patchPackage, error) {
 			}
 			continue
 		}
-		var p primaryPackage
-		if err := dec.DecodeElement(&p, &se); err != nil {
+		p, err := decodePackage(dec)
+		if err != nil {
 			return nil, metaErr("primary: %v", err)
+		}
+		if p == nil {
+			continue // not a hot patch: skipped without decoding
 		}
 		pp, ok, err := p.asPatch()
 		if err != nil {
@@ -251,6 +254,51 @@ func parsePrimary(r io.Reader) ([]*patchPackage, error) {
 		return nil, metaErr("primary: no <metadata> element")
 	}
 	return out, nil
+}
+
+// decodePackage reads one <package> whose start tag was just consumed. Hot patches are a
+// small part of a distribution's primary, so a package whose <name> (its first child)
+// does not start with "patch-" is skipped without being unmarshalled; nil means skipped.
+func decodePackage(dec *xml.Decoder) (*primaryPackage, error) {
+	var p primaryPackage
+	sawName := false
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		switch t := tok.(type) {
+		case xml.EndElement:
+			if !sawName {
+				return nil, errors.New("package without <name>")
+			}
+			return &p, nil
+		case xml.StartElement:
+			var err error
+			switch t.Name.Local {
+			case "name":
+				if err = dec.DecodeElement(&p.Name, &t); err == nil {
+					sawName = true
+					if !strings.HasPrefix(p.Name, "patch-") {
+						return nil, dec.Skip()
+					}
+				}
+			case "arch":
+				err = dec.DecodeElement(&p.Arch, &t)
+			case "version":
+				err = dec.DecodeElement(&p.Version, &t)
+			case "location":
+				err = dec.DecodeElement(&p.Location, &t)
+			case "format":
+				err = dec.DecodeElement(&p.Format, &t)
+			default:
+				err = dec.Skip()
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
 }
 
 // Advisory is one <update> of updateinfo.xml, reduced to what resolution and

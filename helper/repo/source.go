@@ -144,29 +144,34 @@ func (s *source) load(ctx context.Context) (*repoData, error) {
 	if err != nil {
 		return nil, err
 	}
-	rd := &repoData{src: s}
-	rc, err := s.readMeta(ctx, md, "primary")
-	if err != nil {
-		return nil, err
-	}
-	if rc == nil {
+	if md.find("primary") == nil {
 		return nil, metaErr("repomd.xml lists no primary")
 	}
-	rd.patches, err = parsePrimary(rc)
-	rc.Close()
-	if err != nil {
-		return nil, err
-	}
-	rc, err = s.readMeta(ctx, md, "updateinfo")
-	if err != nil {
-		return nil, err
-	}
-	if rc != nil {
-		rd.advisories, err = parseUpdateinfo(rc)
-		rc.Close()
-		if err != nil {
-			return nil, err
+	// primary and updateinfo are independent: parse them side by side.
+	rd := &repoData{src: s}
+	var uiErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rc, err := s.readMeta(ctx, md, "updateinfo")
+		if err != nil || rc == nil {
+			uiErr = err
+			return
 		}
+		defer rc.Close()
+		rd.advisories, uiErr = parseUpdateinfo(rc)
+	}()
+	rc, err := s.readMeta(ctx, md, "primary")
+	if err == nil {
+		rd.patches, err = parsePrimary(rc)
+		rc.Close()
+	}
+	<-done
+	if err != nil {
+		return nil, err
+	}
+	if uiErr != nil {
+		return nil, uiErr
 	}
 	return rd, nil
 }
