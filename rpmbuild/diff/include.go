@@ -177,8 +177,12 @@ func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
 	}
 	add := int64(t.value) + rl.addend - int64(y.value)
 	old := y.twin
+	typ := elf.STT_NOTYPE
+	if old.typ == elf.STT_TLS {
+		typ = elf.STT_TLS // ld refuses TLS relocations against a non-TLS symbol
+	}
 	if old.bind != elf.STB_LOCAL {
-		return e.undefined(old.name, old.bind, elf.STT_NOTYPE), add, nil
+		return e.undefined(old.name, old.bind, typ), add, nil
 	}
 	alias := e.r.aliasPrefix() + old.name
 	if !e.aliases[alias] {
@@ -189,7 +193,7 @@ func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
 		}
 		e.addSymsEntry(alias, old.name, pos)
 	}
-	return e.undefined(alias, elf.STB_GLOBAL, elf.STT_NOTYPE), add, nil
+	return e.undefined(alias, elf.STB_GLOBAL, typ), add, nil
 }
 
 func (e *emitter) undefined(name string, bind elf.SymBind, typ elf.SymType) *osym {

@@ -151,6 +151,13 @@ func TestRunDiff(t *testing.T) {
 	if !errors.Is(err, ErrNoChange) {
 		t.Errorf("RunDiff of identical objects: %v, want ErrNoChange", err)
 	}
+	stdout.Reset()
+	if err := RunDiff([]string{"-json", op, pp}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if rp, err := ParseReport(stdout.Bytes()); err != nil || len(rp.Changed) != 1 || rp.Changed[0].Name != "add" {
+		t.Errorf("-json report %+v, %v:\n%s", rp, err, stdout.String())
+	}
 	if err := RunDiff([]string{op}, &stdout, &stderr); err == nil {
 		t.Error("RunDiff with one argument succeeded")
 	}

@@ -3,6 +3,9 @@ package diff
 import (
 	"bytes"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -239,5 +242,14 @@ func TestTLSAccessFromPIC(t *testing.T) {
 	}
 	if _, err := patchobj.ParseBytes(b); err != nil {
 		t.Fatalf("patchobj.Parse: %v", err)
+	}
+	// ld takes the TLS relocations only against a TLS symbol.
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "p.o"), filepath.Join(dir, "m.o")
+	if err := os.WriteFile(in, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := exec.Command("ld", "-r", "-o", out, in).CombinedOutput(); err != nil {
+		t.Fatalf("ld -r: %v\n%s", err, msg)
 	}
 }
