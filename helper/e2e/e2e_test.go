@@ -251,3 +251,21 @@ func TestNewProcesses(t *testing.T) {
 		t.Fatalf("after remove: %q", out)
 	}
 }
+
+// TestPolkitConsulted: with polkitd on the bus, a non-root caller is asked about through
+// CheckAuthorization (and denied: this machine has no rule granting the action to nobody).
+func TestPolkitConsulted(t *testing.T) {
+	if _, err := os.Stat("/usr/lib/polkit-1/polkitd"); err != nil {
+		t.Skip("polkitd is not installed")
+	}
+	s := newSandbox(t, "polkit")
+	s.install(hp1)
+	_, errOut, code := s.syscareAs("nobody", "apply", hp1.uuid)
+	if code == 0 || !strings.Contains(errOut, "access denied") || !strings.Contains(errOut, "polkit") ||
+		strings.Contains(errOut, "polkit is not available") {
+		t.Fatalf("apply as nobody with polkit: exit %d: %s", code, errOut)
+	}
+	if st := s.status(hp1.uuid); st != "NOT-APPLIED" {
+		t.Fatalf("state changed by a denied caller: %s", st)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -163,7 +164,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newSandbox(t testing.TB) *sandbox {
+// newSandbox starts a sandbox; options: "polkit" also makes polkitd activatable on the
+// private bus.
+func newSandbox(t testing.TB, opts ...string) *sandbox {
 	dir, err := os.MkdirTemp(fx.dir, "sb")
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +182,10 @@ func newSandbox(t testing.TB) *sandbox {
 	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout 60s --log-level debug\nUser=root\n",
 		scbus.BusName, fx.bin, s.root)
 	os.WriteFile(filepath.Join(services, scbus.BusName+".service"), []byte(svc), 0o644)
+	if slices.Contains(opts, "polkit") {
+		pk := "[D-BUS Service]\nName=org.freedesktop.PolicyKit1\nExec=/usr/lib/polkit-1/polkitd --no-debug\nUser=root\n"
+		os.WriteFile(filepath.Join(services, "org.freedesktop.PolicyKit1.service"), []byte(pk), 0o644)
+	}
 	tmpl, err := os.ReadFile(filepath.Join(fx.repo, "dbus/sandbox-bus.conf.in"))
 	if err != nil {
 		t.Fatal(err)
@@ -189,6 +196,8 @@ func newSandbox(t testing.TB) *sandbox {
 	s.daemon = exec.Command("dbus-daemon", "--config-file="+filepath.Join(dir, "bus.conf"), "--nofork", "--print-address=1")
 	out, _ := s.daemon.StdoutPipe()
 	s.daemon.Stderr = s.log
+	// Activated services (polkitd) find "the system bus" through this.
+	s.daemon.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+filepath.Join(dir, "bus.sock"))
 	if err := s.daemon.Start(); err != nil {
 		t.Fatal(err)
 	}
