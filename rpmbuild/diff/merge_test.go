@@ -128,7 +128,7 @@ func TestLocatorPosition(t *testing.T) {
 }
 
 func TestRunDiff(t *testing.T) {
-	ob, pb := pair(t, "a", cases[0].orig, cases[0].fixed, "-fPIE")
+	ob, pb := pair(t, "a", caseNamed("changed-function").orig, caseNamed("changed-function").fixed, "-fPIE")
 	dir := t.TempDir()
 	op, pp, out := filepath.Join(dir, "o.o"), filepath.Join(dir, "p.o"), filepath.Join(dir, "patch.o")
 	os.WriteFile(op, ob, 0o644)
@@ -165,7 +165,7 @@ func TestRunDiff(t *testing.T) {
 
 // The dump is stable: diffing twice gives the same text.
 func TestDumpStable(t *testing.T) {
-	c := cases[1]
+	c := caseNamed("new-static-helper")
 	ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
 	r1, err1 := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
 	r2, err2 := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
@@ -183,7 +183,7 @@ func TestDumpStable(t *testing.T) {
 }
 
 func FuzzDiff(f *testing.F) {
-	c := cases[6] // cold split: strings, cold part, several relocation kinds
+	c := caseNamed("cold-split") //: strings, cold part, several relocation kinds
 	ob, pb := pair(f, c.file, c.orig, c.fixed, "-fPIE")
 	f.Add(pb, 0, byte(0))
 	f.Add(pb, 0x40, byte(0xff))
@@ -204,7 +204,7 @@ func FuzzDiff(f *testing.F) {
 
 // Deterministic corruption of every header field region: Diff must return, not panic.
 func TestCorruptObjectsDoNotPanic(t *testing.T) {
-	c := cases[6]
+	c := caseNamed("cold-split")
 	ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
 	for i := 0; i < len(pb); i += 7 {
 		for _, v := range []byte{0xff, 0x80, 0x01} {

@@ -54,7 +54,7 @@ int plain(int a) { return a + 2; }
 
 func TestMergeReports(t *testing.T) {
 	var parts []*Report
-	for _, c := range []diffCase{safetyCases[8], cases[1]} { // constructor warning; new helper
+	for _, c := range []diffCase{caseNamed("constructor-warning"), caseNamed("new-static-helper")} { // constructor warning; new helper
 		ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
 		r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
 		if err != nil {
@@ -62,7 +62,7 @@ func TestMergeReports(t *testing.T) {
 		}
 		parts = append(parts, r.Report())
 	}
-	c := cases[len(cases)-1] // new TLS: refused
+	c := caseNamed("new-tls-FAIL")
 	ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
 	_, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
 	parts = append(parts, ReportError("h.c", err))

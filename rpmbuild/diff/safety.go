@@ -278,6 +278,21 @@ func checkVars(r *Result, s *section, f *symbol, od, pd *dwarfIndex, cmp *typeCm
 	}
 	done := map[*symbol]bool{}
 	for _, rl := range s.relas {
+		if t := rl.sym; t != nil && t.sec == nil && t.name != "" && !done[t] {
+			// a variable of another file, declared extern here: its declared type
+			// is all this file knows, and the new code was compiled against it
+			done[t] = true
+			ot, ok1 := od.vars[t.name]
+			pt, ok2 := pd.vars[t.name]
+			if ok1 && ok2 {
+				var diffs []string
+				cmp.diff(od.typ(ot), pd.typ(pt), &diffs)
+				if len(diffs) > 0 {
+					return &UnpatchableError{Function: f.name, Section: s.name,
+						Reason: fmt.Sprintf("type of variable %s changed: %s", t.name, strings.Join(diffs, "; "))}
+				}
+			}
+		}
 		for _, y := range refTargets(p, s, rl) {
 			if done[y] || y.twin == nil || (y.typ != elf.STT_OBJECT && y.typ != elf.STT_TLS) {
 				continue

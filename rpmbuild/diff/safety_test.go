@@ -37,6 +37,18 @@ int use(struct rec *r) { return r->a + r->b + r->flag; }
 		reason: "member flag added at offset 1",
 	},
 	{
+		name: "extern-struct-layout-FAIL", file: "s13",
+		orig: `struct stats { long hits; int misses; };
+extern struct stats st;
+int count(void) { return st.misses; }
+`,
+		fixed: `struct stats { long hits; long lookups; int misses; };
+extern struct stats st;
+int count(void) { return st.misses; }
+`,
+		reason: "type of variable st changed: struct stats: member lookups added at offset 8; struct stats: member misses moved from offset 8 to 16",
+	},
+	{
 		name: "enum-renumbered-FAIL", file: "s3",
 		orig: `enum color { RED, GREEN, BLUE };
 enum color cur;
@@ -195,7 +207,7 @@ func TestSafetyCases(t *testing.T) {
 
 // The changed read-only table ships as a new copy with the new values.
 func TestChangedTableShipsNewValues(t *testing.T) {
-	c := safetyCases[3]
+	c := caseNamed("static-const-table-changed")
 	ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
 	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
 	if err != nil {
@@ -252,4 +264,14 @@ func TestTLSAccessFromPIC(t *testing.T) {
 	if msg, err := exec.Command("ld", "-r", "-o", out, in).CombinedOutput(); err != nil {
 		t.Fatalf("ld -r: %v\n%s", err, msg)
 	}
+}
+
+// caseNamed finds a case of either table by name.
+func caseNamed(name string) diffCase {
+	for _, c := range append(append([]diffCase(nil), cases...), safetyCases...) {
+		if c.name == name {
+			return c
+		}
+	}
+	panic("no test case " + name)
 }
