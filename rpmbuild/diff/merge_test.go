@@ -183,7 +183,7 @@ func TestDumpStable(t *testing.T) {
 }
 
 func FuzzDiff(f *testing.F) {
-	c := caseNamed("cold-split") //: strings, cold part, several relocation kinds
+	c := caseNamed("cold-split") // strings, a cold part, several relocation kinds
 	ob, pb := pair(f, c.file, c.orig, c.fixed, "-fPIE")
 	f.Add(pb, 0, byte(0))
 	f.Add(pb, 0x40, byte(0xff))
