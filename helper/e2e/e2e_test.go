@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	godbus "github.com/godbus/dbus/v5"
 
 	scbus "github.com/syscare/syscare/dbus"
 )
@@ -268,4 +271,61 @@ func TestPolkitConsulted(t *testing.T) {
 	if st := s.status(hp1.uuid); st != "NOT-APPLIED" {
 		t.Fatalf("state changed by a denied caller: %s", st)
 	}
+}
+
+func TestSaveRestoreSignalIdle(t *testing.T) {
+	s := newSandbox(t, "idle=1s")
+	s.install(hp1)
+	s.install(hp2)
+	v := s.startVictim()
+
+	conn, err := godbus.Connect(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.AddMatchSignal(godbus.WithMatchInterface(scbus.Interface), godbus.WithMatchMember(scbus.SignalStateChanged))
+	sigs := make(chan *godbus.Signal, 64)
+	conn.Signal(sigs)
+
+	s.must("apply", hp1.uuid, hp2.uuid)
+	s.must("accept", hp1.uuid)
+	s.must("save")
+	s.must("remove", hp1.uuid, hp2.uuid)
+	s.waitOutput(v, "1 10")
+	if out := s.must("restore", "--accepted"); !strings.Contains(out, "HP001-1-1/victim: ACCEPTED") || strings.Contains(out, "HP002") {
+		t.Fatalf("restore --accepted: %q", out)
+	}
+	s.waitOutput(v, "2 10")
+	s.must("restore")
+	s.waitOutput(v, "2 20")
+
+	// Every transition was signalled: apply (2 steps x 2), accept, remove (3 + 2 steps)...
+	seen := map[string]bool{}
+collect:
+	for {
+		select {
+		case sg := <-sigs:
+			if len(sg.Body) == 4 {
+				seen[fmt.Sprint(sg.Body[0], " ", sg.Body[2], ">", sg.Body[3])] = true
+			}
+		case <-time.After(500 * time.Millisecond):
+			break collect
+		}
+	}
+	for _, want := range []string{hp1.entity + " ACTIVED>ACCEPTED", hp1.entity + " DEACTIVED>NOT-APPLIED", hp2.entity + " DEACTIVED>ACTIVED"} {
+		if !seen[want] {
+			t.Errorf("no StateChanged %s; got %v", want, seen)
+		}
+	}
+
+	// With a user patch active the helper stays (it watches for new processes) past its
+	// idle timeout; without one it exits.
+	time.Sleep(2500 * time.Millisecond)
+	if s.helperPid() == 0 {
+		t.Fatal("helper exited while a user patch is active")
+	}
+	s.must("remove", hp1.uuid, hp2.uuid)
+	waitForD(t, 5*time.Second, func() bool { return s.helperPid() == 0 })
+	s.waitOutput(v, "1 10")
 }

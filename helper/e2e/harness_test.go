@@ -179,8 +179,14 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 	}
 	services := filepath.Join(dir, "services")
 	os.MkdirAll(services, 0o755)
-	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout 60s --log-level debug\nUser=root\n",
-		scbus.BusName, fx.bin, s.root)
+	idle := "60s"
+	for _, o := range opts {
+		if v, ok := strings.CutPrefix(o, "idle="); ok {
+			idle = v
+		}
+	}
+	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout %s --log-level debug\nUser=root\n",
+		scbus.BusName, fx.bin, s.root, idle)
 	os.WriteFile(filepath.Join(services, scbus.BusName+".service"), []byte(svc), 0o644)
 	if slices.Contains(opts, "polkit") {
 		pk := "[D-BUS Service]\nName=org.freedesktop.PolicyKit1\nExec=/usr/lib/polkit-1/polkitd --no-debug\nUser=root\n"
@@ -418,13 +424,17 @@ func (s *sandbox) waitOutput(v *victim, want string) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	for i := 0; i < 300; i++ {
+	waitForD(t, 3*time.Second, cond)
+}
+
+func waitForD(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		if cond() {
 			return
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatal("condition not reached in 3 s")
+	t.Fatalf("condition not reached in %s", d)
 }
 
 // startVictimPatched starts a victim whose first line must already be want.
