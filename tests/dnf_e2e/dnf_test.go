@@ -86,7 +86,7 @@ var patchSources = map[string]string{
 }
 
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	repoDir string // source tree
 	dir     string
 	bin     string
@@ -117,7 +117,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func run(t *testing.T, dir string, extraEnv []string, name string, args ...string) string {
+func run(t testing.TB, dir string, extraEnv []string, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
@@ -138,7 +138,7 @@ func newUUID() string {
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
-func setup(t *testing.T) *env {
+func setup(t testing.TB) *env {
 	for _, tool := range []string{"dnf", "rpmbuild", "createrepo_c", "modifyrepo_c", "dbus-daemon", "gcc", "/usr/bin/python3", "/bin/busybox"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is a test dependency (tests/deps.sh): %v", tool, err)
