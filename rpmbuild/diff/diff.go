@@ -12,8 +12,16 @@
 //   - include takes the changed and new functions and what they need (strings,
 //     anonymous read-only data, new variables, cold parts) and leaves everything else
 //     as undefined symbols resolved in the target;
-//   - verify refuses what a running process cannot take (see UnpatchableError);
+//   - verify refuses what a running process cannot take (see UnpatchableError): changed
+//     initial values of writable data, new or changed thread-local variables, changed
+//     ifuncs and COMDAT groups, relocations the loader does not take; then a DWARF
+//     safety analysis (safety.go) refuses layout changes of the types and variables
+//     the new code touches and signature changes whose callers are left out;
 //   - emit writes the patch object with a small ELF writer.
+//
+// Result.String is the classification dump; Result.Report is the patch report
+// (reasons each function is in, line-only functions left out, warnings about
+// constructors and main), which MergeReports joins per target ELF.
 //
 // # Line numbers
 //
