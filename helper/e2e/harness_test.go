@@ -436,24 +436,3 @@ func waitForD(t *testing.T, d time.Duration, cond func() bool) {
 	}
 	t.Fatalf("condition not reached in %s", d)
 }
-
-// startVictimPatched starts a victim whose first line must already be want.
-func (s *sandbox) startVictimPatched(want string) *victim {
-	s.t.Helper()
-	v := &victim{cmd: exec.Command(filepath.Join(s.root, "usr/bin/victim"))}
-	out, _ := v.cmd.StdoutPipe()
-	if err := v.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.victims = append(s.victims, v)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			v.mu.Lock()
-			v.last, v.n = sc.Text(), v.n+1
-			v.mu.Unlock()
-		}
-	}()
-	s.waitOutput(v, want)
-	return v
-}

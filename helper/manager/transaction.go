@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/syscare/syscare/helper/state"
@@ -498,9 +497,4 @@ func (m *Manager) Broken() []Broken {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]Broken(nil), m.broken...)
-}
-
-// describe joins per-target failures into one message.
-func describe(prefix string, fails []string) string {
-	return prefix + ": " + strings.Join(fails, "; ")
 }
