@@ -109,9 +109,35 @@ __attribute__((noipa)) int path2(int x) { return fee(x) * 100; }
 `,
 		changed: []string{"path1", "path2"},
 		before:  "20 200", after: "60 600"}
+	// A switch compiled to a jump table (anonymous read-only data with relocations into
+	// the function) and a new string literal.
+	table := e2eCase{main: `#include <stdio.h>
+#include <unistd.h>
+const char *name(int);
+int main(void) {
+	for (int i = 0;; i++) { printf("%s\n", name(i % 8 == 3 ? 3 : 9)); fflush(stdout); usleep(5000); }
+}
+`,
+		orig: `__attribute__((noipa)) const char *name(int k) {
+	switch (k) {
+	case 0: return "zero"; case 1: return "one"; case 2: return "two"; case 3: return "three";
+	case 4: return "four"; case 5: return "five"; case 6: return "six"; default: return "many";
+	}
+}
+`,
+		fixed: `__attribute__((noipa)) const char *name(int k) {
+	switch (k) {
+	case 0: return "zero"; case 1: return "one"; case 2: return "two"; case 3: return "THREE!";
+	case 4: return "four"; case 5: return "five"; case 6: return "six"; case 7: return "seven";
+	default: return "many";
+	}
+}
+`,
+		changed: []string{"name"},
+		before:  "three", after: "THREE!"}
 	shared := statics
 	shared.shared = true
-	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared} {
+	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}
 }
