@@ -114,11 +114,13 @@ func sameSection(o, p *object, a, b *section, lm *lineMap) bool {
 		return false
 	}
 	if a.typ == elf.SHT_GROUP {
-		if len(a.members) != len(b.members) {
+		// Relocation and debug sections are members too; they follow their section.
+		am, bm := interestingOnly(a.members), interestingOnly(b.members)
+		if len(am) != len(bm) {
 			return false
 		}
-		for i := range a.members {
-			if a.members[i].twin != b.members[i] {
+		for i := range am {
+			if am[i].twin != bm[i] {
 				return false
 			}
 		}
@@ -382,5 +384,15 @@ func ctorWarnings(p *object) []string {
 		}
 	}
 	sort.Strings(out)
+	return out
+}
+
+func interestingOnly(ss []*section) []*section {
+	var out []*section
+	for _, s := range ss {
+		if s.interesting() {
+			out = append(out, s)
+		}
+	}
 	return out
 }
