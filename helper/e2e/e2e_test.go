@@ -329,3 +329,22 @@ collect:
 	waitForD(t, 5*time.Second, func() bool { return s.helperPid() == 0 })
 	s.waitOutput(v, "1 10")
 }
+
+// TestPartialFailure: a process the helper cannot attach to (another tracer holds it)
+// makes the activation fail as a whole: the error names the pid, the process that was
+// patched is restored, the state stays NOT-APPLIED.
+func TestPartialFailure(t *testing.T) {
+	s := newSandbox(t)
+	s.install(hp1)
+	v := s.startVictim()
+	traced := s.startTracedVictim()
+
+	e := s.fails("apply", hp1.uuid)
+	if !strings.Contains(e, fmt.Sprintf("pid %d", traced)) || !strings.Contains(e, "1 of 2 processes failed") {
+		t.Fatalf("apply with one untraceable process: %s", e)
+	}
+	if st := s.status(hp1.uuid); st != "NOT-APPLIED" {
+		t.Fatalf("state after partial failure: %s", st)
+	}
+	s.waitOutput(v, "1 10")
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -435,4 +436,36 @@ func waitForD(t *testing.T, d time.Duration, cond func() bool) {
 		}
 	}
 	t.Fatalf("condition not reached in %s", d)
+}
+
+// startTracedVictim starts a victim traced by this test (so that the helper cannot attach
+// to it) and returns its pid; it is killed when the test ends.
+func (s *sandbox) startTracedVictim() int {
+	s.t.Helper()
+	pidc := make(chan int)
+	done := make(chan struct{})
+	go func() {
+		// ptrace belongs to the thread that attached: keep this one until the end.
+		runtime.LockOSThread()
+		cmd := exec.Command(filepath.Join(s.root, "usr/bin/victim"))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Ptrace: true}
+		if err := cmd.Start(); err != nil {
+			pidc <- -1
+			return
+		}
+		pid := cmd.Process.Pid
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil) // the stop at exec
+		syscall.PtraceCont(pid, 0)
+		pidc <- pid
+		<-done
+		syscall.Kill(pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	pid := <-pidc
+	if pid < 0 {
+		s.t.Fatal("start traced victim")
+	}
+	s.t.Cleanup(func() { close(done) })
+	return pid
 }

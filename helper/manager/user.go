@@ -151,8 +151,18 @@ func (u *UserDriver) Activate(ctx context.Context, e *Entity, force bool) error 
 		}
 	}
 	u.unwatch(host)
-	return fmt.Errorf("%w: %d of %d processes failed: %s", firstErr, nfail, len(pids), strings.Join(fails, "; "))
+	return &processesError{msg: fmt.Sprintf("%d of %d processes failed: %s", nfail, len(pids), strings.Join(fails, "; ")), cause: firstErr}
 }
+
+// processesError names every failed process; it unwraps to the first failure so that
+// its kind (busy, build-id, ...) stays visible to errors.Is.
+type processesError struct {
+	msg   string
+	cause error
+}
+
+func (e *processesError) Error() string { return e.msg }
+func (e *processesError) Unwrap() error { return e.cause }
 
 // split sorts per-pid results into the pids done and the failures; exited processes
 // count as neither.
@@ -197,7 +207,7 @@ func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) erro
 			}
 		}
 	}
-	return fmt.Errorf("%w: %d of %d processes failed: %s", firstErr, nfail, len(pids), strings.Join(fails, "; "))
+	return &processesError{msg: fmt.Sprintf("%d of %d processes failed: %s", nfail, len(pids), strings.Join(fails, "; ")), cause: firstErr}
 }
 
 func (u *UserDriver) watch(host string) error {
