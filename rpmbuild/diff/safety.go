@@ -360,7 +360,9 @@ func checkSignatures(r *Result, od, pd *dwarfIndex, cmp *typeCmp) error {
 		}
 		sig := strings.Join(diffs, "; ")
 		for _, u := range users(p, s) {
-			if u.include || isCold(funcName(u)) && coldParent(funcName(u)) == f.name {
+			if u.include || isCold(funcName(u)) && coldParent(funcName(u)) == f.name ||
+				strings.HasPrefix(u.name, ".gcc_except_table") {
+				// the function's own cold part and landing-pad table go with it
 				continue
 			}
 			if u.exec() {
