@@ -17,8 +17,13 @@ var fix struct {
 	pie      string // victim.c, default (PIE on Debian)
 	noPIE    string // victim.c, -no-pie
 	static   string // victim.c, -static ("" when no static libc is installed)
-	lib      string // libvictim.so
+	lib      string // libvictim.so (has DT_INIT from crti.o)
 	uselib   string // uselib.c linked against libvictim.so
+	libIA    string // libvictim.c with -nostartfiles: DT_INIT_ARRAY only, symbolic relocation
+	uselibIA string // uselib.c linked against libIA
+	libRel   string // DT_INIT_ARRAY only, RELATIVE relocation (addend stored in place)
+	libRELR  string // DT_INIT_ARRAY only, packed in DT_RELR ("" if ld lacks -z pack-relative-relocs)
+	libBare  string // -nostartfiles, no constructor: no initializer at all
 	dlopener string // dlopener.c
 	buildErr error
 }
@@ -49,17 +54,29 @@ func buildFixtures(dir string) error {
 	fix.lib = filepath.Join(dir, "libvictim.so")
 	fix.uselib = filepath.Join(dir, "uselib")
 	fix.dlopener = filepath.Join(dir, "dlopener")
+	fix.libIA = filepath.Join(dir, "libvictim-ia.so")
+	fix.uselibIA = filepath.Join(dir, "uselib-ia")
+	fix.libBare = filepath.Join(dir, "libbare.so")
+	fix.libRel = filepath.Join(dir, "libvictim-rel.so")
 	steps := [][]string{
 		{"-O2", "-g", "-fPIE", "-pie", "-o", fix.pie, "testdata/victim.c"},
 		{"-O2", "-g", "-fno-pie", "-no-pie", "-o", fix.noPIE, "testdata/victim.c"},
 		{"-O2", "-g", "-shared", "-fPIC", "-o", fix.lib, "testdata/libvictim.c"},
 		{"-O2", "-g", "-o", fix.uselib, "testdata/uselib.c", "-L" + dir, "-lvictim", "-Wl,-rpath," + dir},
 		{"-O2", "-g", "-o", fix.dlopener, "testdata/dlopener.c", "-ldl"},
+		{"-O2", "-g", "-shared", "-fPIC", "-nostartfiles", "-o", fix.libIA, "testdata/libvictim.c"},
+		{"-O2", "-g", "-o", fix.uselibIA, "testdata/uselib.c", "-L" + dir, "-l:libvictim-ia.so", "-Wl,-rpath," + dir},
+		{"-O2", "-g", "-shared", "-fPIC", "-nostartfiles", "-DNO_CTOR", "-o", fix.libBare, "testdata/libvictim.c"},
+		{"-O2", "-g", "-shared", "-fPIC", "-nostartfiles", "-DSTATIC_CTOR", "-o", fix.libRel, "testdata/libvictim.c"},
 	}
 	for _, s := range steps {
 		if err := cc(s...); err != nil {
 			return err
 		}
+	}
+	relr := filepath.Join(dir, "libvictim-relr.so")
+	if cc("-O2", "-g", "-shared", "-fPIC", "-nostartfiles", "-DSTATIC_CTOR", "-Wl,-z,pack-relative-relocs", "-o", relr, "testdata/libvictim.c") == nil {
+		fix.libRELR = relr
 	}
 	static := filepath.Join(dir, "victim-static")
 	if cc("-O2", "-static", "-o", static, "testdata/victim.c") == nil {

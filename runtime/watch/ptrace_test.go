@@ -46,8 +46,12 @@ func TestPtraceWhileGroupStopped(t *testing.T) {
 			if r.rip < entry+bias || r.rip >= entry+bias+16 {
 				t.Errorf("stopped at %#x, want the entry point %#x (+ at most one instruction)", r.rip, entry+bias)
 			}
-			// Detached from a group-stop, the process must go back to group-stop, not run.
-			time.Sleep(20 * time.Millisecond)
+			// Detached from a group-stop, the process must go back to group-stop, not run
+			// main. The kernel wakes it on detach so that it re-enters the stop by itself:
+			// it is briefly runnable (state R), for milliseconds on a loaded machine.
+			if err := waitStopped(ev.Pid); err != nil {
+				t.Fatal(err)
+			}
 			assertStopped(t, ev.Pid)
 			if out := sh.output(t); out != "" {
 				t.Fatalf("printed %q before Resume", out)

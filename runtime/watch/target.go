@@ -155,21 +155,25 @@ func libraryInit(f *elf.File, dyn map[elf.DynTag]uint64) (uint64, error) {
 	if err := readVaddr(f, arr, slot[:]); err != nil {
 		return 0, fmt.Errorf("DT_INIT_ARRAY: %w", err)
 	}
-	if v := binary.LittleEndian.Uint64(slot[:]); v != 0 && v != ^uint64(0) {
-		// GNU ld stores the addend of the R_X86_64_RELATIVE relocation in place, and with
+	if v := binary.LittleEndian.Uint64(slot[:]); v != 0 {
+		// GNU ld stores the addend of an R_X86_64_RELATIVE relocation in place, and with
 		// DT_RELR the stored word is the addend by definition.
 		return v, nil
 	}
-	// Linkers that do not store addends in place (lld without --apply-dynamic-relocs) leave
-	// the slot zero: the address is the addend of the RELATIVE relocation for that slot.
-	v, err := relativeAddend(f, dyn, arr)
+	// The slot is zero when its relocation is symbolic (an exported constructor gets
+	// R_X86_64_64 against its own symbol) or when the linker does not store addends in place
+	// (lld without --apply-dynamic-relocs).
+	v, err := relocatedSlot(f, dyn, arr)
 	if err != nil {
 		return 0, fmt.Errorf("DT_INIT_ARRAY[0]: %w", err)
 	}
 	return v, nil
 }
 
-func relativeAddend(f *elf.File, dyn map[elf.DynTag]uint64, where uint64) (uint64, error) {
+// relocatedSlot returns the value the DT_RELA relocation for address where gives it. A
+// symbolic relocation is resolved against the library's own definition: another object could
+// interpose the symbol, but a constructor's symbol is not something programs define.
+func relocatedSlot(f *elf.File, dyn map[elf.DynTag]uint64, where uint64) (uint64, error) {
 	rela, size := dyn[elf.DT_RELA], dyn[elf.DT_RELASZ]
 	if rela == 0 || size == 0 {
 		return 0, ErrNoInit
@@ -182,13 +186,36 @@ func relativeAddend(f *elf.File, dyn map[elf.DynTag]uint64, where uint64) (uint6
 		return 0, fmt.Errorf("DT_RELA: %w", err)
 	}
 	for i := 0; i+24 <= len(b); i += 24 {
-		off := binary.LittleEndian.Uint64(b[i:])
+		if binary.LittleEndian.Uint64(b[i:]) != where {
+			continue
+		}
 		info := binary.LittleEndian.Uint64(b[i+8:])
-		if off == where && elf.R_X86_64(info&0xffffffff) == elf.R_X86_64_RELATIVE {
-			return binary.LittleEndian.Uint64(b[i+16:]), nil
+		addend := binary.LittleEndian.Uint64(b[i+16:])
+		switch elf.R_X86_64(info & 0xffffffff) {
+		case elf.R_X86_64_RELATIVE:
+			return addend, nil
+		case elf.R_X86_64_64, elf.R_X86_64_GLOB_DAT:
+			return definedSymbol(f, info>>32, addend)
 		}
 	}
 	return 0, ErrNoInit
+}
+
+// definedSymbol returns the value of dynamic symbol number idx plus addend.
+func definedSymbol(f *elf.File, idx, addend uint64) (uint64, error) {
+	syms, err := elfsafe.DynamicSymbols(f)
+	if err != nil {
+		return 0, err
+	}
+	// debug/elf drops the null symbol 0 from the list.
+	if idx == 0 || idx > uint64(len(syms)) {
+		return 0, fmt.Errorf("relocation against symbol %d of %d: %w", idx, len(syms), elfsafe.ErrMalformed)
+	}
+	s := syms[idx-1]
+	if s.Section == elf.SHN_UNDEF {
+		return 0, fmt.Errorf("initializer %s is not defined in the library: %w", s.Name, ErrNoInit)
+	}
+	return s.Value + addend, nil
 }
 
 // readVaddr reads len(b) bytes at link-time address v from the file.

@@ -46,31 +46,34 @@ func TestExecutableStopsAtEntry(t *testing.T) {
 }
 
 // TestLibraryStopsBeforeInit: a process linked against the watched library is stopped before
-// the library's constructor and before main; a process that dlopens it is stopped inside
-// dlopen, after its own main started and before the constructor.
+// the library's constructor and before main (for a library with DT_INIT and for one with only
+// DT_INIT_ARRAY); a process that dlopens it is stopped inside dlopen, after its own main
+// started and before the constructor.
 func TestLibraryStopsBeforeInit(t *testing.T) {
 	w := newEBPF(t)
-	if err := w.Add(fix.lib); err != nil {
-		t.Fatal(err)
+	for _, c := range []struct{ lib, exe string }{{fix.lib, fix.uselib}, {fix.libIA, fix.uselibIA}} {
+		if err := w.Add(c.lib); err != nil {
+			t.Fatal(err)
+		}
+		p := start(t, c.exe)
+		ev := nextEvent(t, w)
+		if ev.Pid != p.cmd.Process.Pid || ev.Path != c.lib {
+			t.Fatalf("event %+v, want pid %d path %s", ev, p.cmd.Process.Pid, c.lib)
+		}
+		assertStopped(t, ev.Pid)
+		if out := p.output(t); out != "" {
+			t.Fatalf("%s: printed %q before it was reported: not stopped before init and main", c.lib, out)
+		}
+		if err := w.Resume(ev.Pid); err != nil {
+			t.Fatal(err)
+		}
+		if out := p.finish(t); out != "ctor\nmain answer=42\n" {
+			t.Fatalf("%s: output %q", c.lib, out)
+		}
 	}
 
-	p := start(t, fix.uselib)
-	ev := nextEvent(t, w)
-	if ev.Pid != p.cmd.Process.Pid || ev.Path != fix.lib {
-		t.Fatalf("event %+v, want pid %d path %s", ev, p.cmd.Process.Pid, fix.lib)
-	}
-	assertStopped(t, ev.Pid)
-	if out := p.output(t); out != "" {
-		t.Fatalf("printed %q before it was reported: not stopped before init and main", out)
-	}
-	if err := w.Resume(ev.Pid); err != nil {
-		t.Fatal(err)
-	}
-	if out := p.finish(t); out != "ctor\nmain answer=42\n" {
-		t.Fatalf("output %q", out)
-	}
-
-	p = start(t, fix.dlopener, fix.lib)
+	var ev Event
+	p := start(t, fix.dlopener, fix.lib)
 	ev = nextEvent(t, w)
 	if ev.Pid != p.cmd.Process.Pid {
 		t.Fatalf("event %+v, want pid %d", ev, p.cmd.Process.Pid)
