@@ -17,6 +17,13 @@
 //	  writable sections        (.data.*, .bss.*, .data.rel.ro.*)
 //	  COMMON symbols
 //
+// # Thread-local storage
+//
+// A patch cannot add TLS variables, but it may read and write the executable's:
+// R_X86_64_TPOFF32 receives the variable's %fs-relative offset and GOTTPOFF a GOT
+// slot holding it, both from Resolver.TLSOffset (symbols.ELF.TPOffset computes it
+// from PT_TLS with glibc's variant-II rule, see symbols.TLSInfo.BlockOffset).
+//
 // # Reach
 //
 // The loader allocates the image near the target ELF, but the libraries the patch
@@ -247,6 +254,10 @@ type Image struct {
 	Text []byte
 	// Data is mapped rw- at Base+len(Text): .data, .bss, COMMON.
 	Data []byte
+	// DataInit is the length of the prefix of Data that holds initialised
+	// bytes; the rest is .bss/COMMON, already zero in a fresh anonymous mapping,
+	// so a loader may write only Data[:DataInit].
+	DataInit int
 	// Funcs has one entry per patchobj.Object.Funcs entry, in the same order.
 	Funcs []FuncAddr
 	// Sections lists where each loaded section went.

@@ -356,6 +356,14 @@ func TestLink(t *testing.T) {
 			if uint64(len(img.Text)) != p.TextSize || uint64(len(img.Data)) != p.DataSize {
 				t.Fatalf("image %d+%d bytes, plan %d+%d", len(img.Text), len(img.Data), p.TextSize, p.DataSize)
 			}
+			if img.DataInit <= 0 || img.DataInit > len(img.Data) {
+				t.Errorf("DataInit = %d of %d", img.DataInit, len(img.Data))
+			}
+			for _, b := range img.Data[img.DataInit:] {
+				if b != 0 {
+					t.Fatalf("non-zero byte after DataInit")
+				}
+			}
 			seen := checkRelocs(t, o, img, r)
 			for _, typ := range tc.want {
 				if seen[typ] == 0 {

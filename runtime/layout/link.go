@@ -69,6 +69,9 @@ func (p *Plan) Link(base uint64, r Resolver) (*Image, error) {
 		img.Sections = append(img.Sections, PlacedSection{Index: i, Name: s.Name, Addr: l.secAddr(i), Size: s.Size})
 		if s.Type != elf.SHT_NOBITS {
 			copy(l.regionBytes(i)[p.secOff[i]:], s.Data)
+			if end := int(p.secOff[i] + s.Size); p.secRegion[i] == regionData && end > img.DataInit {
+				img.DataInit = end
+			}
 		}
 	}
 	for i, s := range o.Sections {
