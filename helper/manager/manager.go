@@ -95,6 +95,8 @@ type Manager struct {
 	patches  map[string]*Patch
 	entities map[string]*Entity
 	broken   []Broken
+	// pkgChecked caches target package checks during one transaction.
+	pkgChecked map[string]error
 }
 
 // New returns a manager; call Start before using it.

@@ -84,6 +84,7 @@ func (m *Manager) Check(ctx context.Context, ids []string) ([]Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer m.batch()()
 	var errs []error
 	out := make([]Status, len(es))
 	for i, e := range es {
@@ -183,6 +184,7 @@ func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
 // batch tells every Batcher driver that a transaction starts, and returns the function
 // that ends it.
 func (m *Manager) batch() func() {
+	m.pkgChecked = map[string]error{}
 	var bs []Batcher
 	for _, d := range m.cfg.Drivers {
 		if b, ok := d.(Batcher); ok {
@@ -191,6 +193,7 @@ func (m *Manager) batch() func() {
 		}
 	}
 	return func() {
+		m.pkgChecked = nil
 		for _, b := range bs {
 			b.End()
 		}
@@ -309,7 +312,16 @@ func (m *Manager) verify(ctx context.Context, e *Entity) error {
 		return fmt.Errorf("%w: %s: sha256 %s does not match patch.json (%s)", ErrVerify, e.Meta.File, sum, e.Meta.SHA256)
 	}
 	if e.Kind() == patchmeta.KindUser || e.Kind() == patchmeta.KindKernel {
-		if err := m.cfg.VerifyPackage(ctx, m.cfg.Root, e.Patch.Meta.Target); err != nil {
+		// One rpm query per target package and transaction: many patches share a target.
+		nevra := e.Patch.Meta.Target.NEVRA()
+		err, ok := m.pkgChecked[nevra]
+		if !ok {
+			err = m.cfg.VerifyPackage(ctx, m.cfg.Root, e.Patch.Meta.Target)
+			if m.pkgChecked != nil {
+				m.pkgChecked[nevra] = err
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("%w: %w", ErrVerify, err)
 		}
 	}
