@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkNewProcess measures, per process of a small C program, the time from just before
@@ -15,7 +17,7 @@ func BenchmarkNewProcess(b *testing.B) {
 	needRoot(b)
 	const procsPerOp = 30
 	run := func(b *testing.B, w *Watcher, path string) {
-		var toEvent, toExit []time.Duration
+		var toEvent, toExit, noticedToEvent []time.Duration
 		for range b.N {
 			for range procsPerOp {
 				t0 := time.Now()
@@ -23,6 +25,7 @@ func BenchmarkNewProcess(b *testing.B) {
 				if w != nil {
 					ev := nextEvent(b, w)
 					toEvent = append(toEvent, time.Since(t0))
+					noticedToEvent = append(noticedToEvent, time.Duration(monotonicNow()-ev.noticed))
 					if err := w.Resume(ev.Pid); err != nil {
 						b.Fatal(err)
 					}
@@ -36,6 +39,7 @@ func BenchmarkNewProcess(b *testing.B) {
 		}
 		if toEvent != nil {
 			b.ReportMetric(median(toEvent), "µs-exec-to-event")
+			b.ReportMetric(median(noticedToEvent), "µs-kernel-to-event")
 		}
 		b.ReportMetric(median(toExit), "µs-exec-to-exit")
 	}
@@ -89,6 +93,12 @@ func BenchmarkAddRemove(b *testing.B) {
 	}
 	b.ReportMetric(median(add), "µs-add")
 	b.ReportMetric(median(remove), "µs-remove")
+}
+
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 func median(d []time.Duration) float64 {

@@ -18,10 +18,11 @@ const (
 	recPidTgid = 0  // u64: bpf_get_current_pid_tgid (tgid in the high half)
 	recCookie  = 8  // u64: attach cookie = target id
 	recSigret  = 16 // s64: return of bpf_send_signal
-	recSize    = 24
+	recKtime   = 24 // u64: bpf_ktime_get_ns (CLOCK_MONOTONIC) at the probe hit
+	recSize    = 32
 )
 
-// ringSize holds about 10000 records; a burst larger than that while the caller is not reading
+// ringSize holds about 6500 records (with their 8-byte headers); a burst larger than that while the caller is not reading
 // is counted as missed and those processes run unstopped (see the package doc).
 const ringSize = 256 << 10
 
@@ -91,6 +92,8 @@ func stopProgram(ringFD, missedFD int) asm.Instructions {
 		asm.Mov.Imm(asm.R1, int32(unix.SIGSTOP)),
 		asm.FnSendSignal.Call(),
 		asm.StoreMem(asm.R7, recSigret, asm.R0, asm.DWord),
+		asm.FnKtimeGetNs.Call(),
+		asm.StoreMem(asm.R7, recKtime, asm.R0, asm.DWord),
 
 		asm.Mov.Reg(asm.R1, asm.R7),
 		asm.Mov.Imm(asm.R2, 0),
@@ -180,7 +183,8 @@ func (b *bpfBackend) run(w *Watcher) {
 		pid := int(binary.LittleEndian.Uint64(raw[recPidTgid:]) >> 32)
 		id := binary.LittleEndian.Uint64(raw[recCookie:])
 		sigret := int64(binary.LittleEndian.Uint64(raw[recSigret:]))
-		w.deliver(pid, id, sigret == 0)
+		hit := int64(binary.LittleEndian.Uint64(raw[recKtime:]))
+		w.deliver(pid, id, sigret == 0, hit)
 	}
 }
 

@@ -104,7 +104,8 @@ func (p *procConnBackend) run(w *Watcher) {
 			}
 			pid := int(binary.LittleEndian.Uint32(d[cnMsgLen+20:])) // exec_proc_event.process_tgid
 			if id, ok := p.match(pid); ok {
-				w.deliver(pid, id, false)
+				// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
+				w.deliver(pid, id, false, int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:])))
 			}
 		}
 	}

@@ -26,6 +26,10 @@ var ErrClosed = errors.New("watcher closed")
 type Event struct {
 	Pid  int
 	Path string // the path given to Add
+
+	// noticed is the CLOCK_MONOTONIC time in ns when the kernel noticed the process (probe
+	// hit or exec notification); the benchmarks use it to time the watcher itself.
+	noticed int64
 }
 
 // target is one watched file.
@@ -244,9 +248,9 @@ func (w *Watcher) Close() error {
 	return errors.Join(stopErr, closeErr)
 }
 
-// deliver handles a process noticed by the backend for target id. signalled says the backend
-// already sent SIGSTOP.
-func (w *Watcher) deliver(pid int, id uint64, signalled bool) {
+// deliver handles a process noticed by the backend for target id at CLOCK_MONOTONIC time
+// noticed. signalled says the backend already sent SIGSTOP.
+func (w *Watcher) deliver(pid int, id uint64, signalled bool, noticed int64) {
 	if !signalled {
 		// eBPF could not signal it, or the proc connector noticed it: stop it now, late.
 		if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
@@ -281,7 +285,7 @@ func (w *Watcher) deliver(pid int, id uint64, signalled bool) {
 		return // Close resumes it
 	}
 	select {
-	case w.events <- Event{Pid: pid, Path: t.path}:
+	case w.events <- Event{Pid: pid, Path: t.path, noticed: noticed}:
 	case <-w.done:
 	}
 }
