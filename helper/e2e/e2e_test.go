@@ -348,3 +348,23 @@ func TestPartialFailure(t *testing.T) {
 	}
 	s.waitOutput(v, "1 10")
 }
+
+// TestSandboxScript runs tests/sandbox: the command sees the scratch root, the private bus
+// and the built binaries, the helper is activated, and everything is gone afterwards.
+func TestSandboxScript(t *testing.T) {
+	cmd := exec.Command(filepath.Join(fx.repo, "tests/sandbox"), "--", "sh", "-c",
+		`echo "SANDBOX=$SANDBOX"; test -d "$SYSCARE_ROOT/usr/lib/syscare/patches" && test -n "$DBUS_SYSTEM_BUS_ADDRESS" && [ "$(command -v syscare)" = "$SANDBOX/bin/syscare" ] && syscare list`)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Uuid") {
+		t.Fatalf("tests/sandbox: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if dir, ok := strings.CutPrefix(line, "SANDBOX="); ok {
+			if _, err := os.Stat(dir); err == nil {
+				t.Errorf("sandbox %s left behind", dir)
+			}
+			return
+		}
+	}
+	t.Errorf("no SANDBOX in output:\n%s", out)
+}
