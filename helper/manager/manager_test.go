@@ -448,3 +448,40 @@ func TestBrokenAndRefused(t *testing.T) {
 		t.Fatalf("apply without target package: %v", err)
 	}
 }
+
+func TestCorruptStateAndGoneDirectory(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	// A corrupt state file is moved aside; the process headers still tell the truth.
+	sf := filepath.Join(e.root, StateDir, state.CurrentFile)
+	os.WriteFile(sf, []byte("{garbage"), 0o600)
+	e.restart()
+	if e.state(eA) != Actived {
+		t.Fatalf("after corrupt state file: %s", e.state(eA))
+	}
+	if _, err := os.Stat(sf + ".bad"); err != nil {
+		t.Fatalf("corrupt state file not kept aside: %v", err)
+	}
+	// The patch directory vanishes while applied (RPM erased without %preun): the patch
+	// stays listed with the problem and can still be removed.
+	os.RemoveAll(filepath.Join(e.root, PatchesDir, pA))
+	e.m.Rescan()
+	list, _ := e.m.List()
+	if len(list) != 1 || list[0].Problem == "" {
+		t.Fatalf("list after directory removal: %+v", list)
+	}
+	if err := e.do(OpRemove, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	if e.eng.has(100, eA) {
+		t.Fatal("patch still in the process")
+	}
+	if list, _ := e.m.List(); len(list) != 0 {
+		t.Fatalf("removed patch still listed: %+v", list)
+	}
+}

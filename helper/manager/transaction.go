@@ -23,6 +23,7 @@ func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force boo
 		return nil, err
 	}
 	defer m.batch()()
+	defer m.dropGone()
 	targets := make([]State, len(es))
 	for i, e := range es {
 		t, err := op.target(e.State)
@@ -179,6 +180,15 @@ func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
 		m.set(e, NotApplied)
 	}
 	return nil
+}
+
+// dropGone forgets patches whose directory is gone once nothing of them is applied.
+func (m *Manager) dropGone() {
+	for _, p := range m.patches {
+		if p.Gone && !m.applied(p) {
+			m.drop(p)
+		}
+	}
 }
 
 // batch tells every Batcher driver that a transaction starts, and returns the function
