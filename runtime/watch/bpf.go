@@ -22,9 +22,10 @@ const (
 	recSize    = 32
 )
 
-// ringSize holds about 6500 records (with their 8-byte headers); a burst larger than that while the caller is not reading
-// is counted as missed and those processes run unstopped (see the package doc).
-const ringSize = 256 << 10
+// defaultRingSize holds about 6500 records (with their 8-byte headers); a burst larger than
+// that while the caller is not reading is counted as missed and those processes run
+// unstopped (see the package doc).
+const defaultRingSize = 256 << 10
 
 // bpfBackend catches processes with one uprobe per watched file, all running the same program;
 // the attach cookie tells the reader which file a record is about.
@@ -37,7 +38,9 @@ type bpfBackend struct {
 	self   link.Link            // the self-test probe, kept until close (see selfTest)
 }
 
-func newBPFBackend() (_ *bpfBackend, err error) {
+// newBPFBackend loads the program; ringSize is the ring buffer's size in bytes (a power of
+// two, at least a page).
+func newBPFBackend(ringSize uint32) (_ *bpfBackend, err error) {
 	b := &bpfBackend{links: make(map[uint64]link.Link)}
 	defer func() {
 		if err != nil {

@@ -26,8 +26,22 @@
 //
 // # Contract with the caller
 //
-// Every [Event] names a process in group-stop. The caller patches it (for example PTRACE_SEIZE,
-// PTRACE_INTERRUPT, write memory, PTRACE_DETACH: the process stays in group-stop after the
-// detach) and then must call [Watcher.Resume], also when patching failed, so that the process
-// continues. Close resumes every process that was reported and not resumed yet.
+// Every [Event] names a process in group-stop (state T), held there by a pending stop rather
+// than by a tracer; the pid is the thread-group id. The caller patches it and then must call
+// [Watcher.Resume], also when patching failed, so that the process continues. Close resumes
+// every process that was reported and not resumed yet.
+//
+// Attaching to such a process with ptrace, as measured on 6.18 (see ptrace_test.go):
+//   - PTRACE_SEIZE of a group-stopped task makes it re-trap at once: one wait4(__WALL) report,
+//     a PTRACE_EVENT_STOP with SIGSTOP, is pending right after the SEIZE. A PTRACE_INTERRUPT
+//     after that adds no second report, so SEIZE + INTERRUPT + one wait4 is right, and a
+//     second blocking wait4 would hang.
+//   - The registers show rip just past the first instruction of the entry point (the kernel
+//     single-stepped it) and orig_rax -1 (not inside a system call).
+//   - After PTRACE_DETACH (signal 0) the task goes back to group-stop by itself: it is woken
+//     and briefly runnable (state R, milliseconds on a loaded machine) but runs no user code,
+//     and stays stopped until SIGCONT.
+//   - Waiting for state T before reporting matters: a tracer that seized a task whose SIGSTOP
+//     is still pending would get it as a signal-delivery-stop, and detaching with signal 0
+//     would discard the stop and let the process run before Resume.
 package watch

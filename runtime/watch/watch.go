@@ -71,7 +71,8 @@ type Watcher struct {
 }
 
 type options struct {
-	mode string // "" picks eBPF when it works
+	mode     string // "" picks eBPF when it works
+	ringSize uint32 // bytes; 0 means defaultRingSize (tests make it small to overflow it)
 }
 
 // New returns a Watcher that uses eBPF uprobes when the kernel allows it and the proc
@@ -91,7 +92,10 @@ func newWatcher(o options) (*Watcher, error) {
 	}
 	switch o.mode {
 	case "", ModeEBPF:
-		b, err := newBPFBackend()
+		if o.ringSize == 0 {
+			o.ringSize = defaultRingSize
+		}
+		b, err := newBPFBackend(o.ringSize)
 		if err == nil {
 			w.be, w.mode = b, ModeEBPF
 			break

@@ -347,3 +347,63 @@ func TestProcConnectorFallback(t *testing.T) {
 		t.Fatalf("after Close: output %q", out)
 	}
 }
+
+// TestRingFullNeverStopsUnreported: while the caller does not read events and the ring
+// buffer is full, further processes run unstopped and are counted as missed; none is left
+// stopped without an event. Every reported process is then resumed and all complete.
+func TestRingFullNeverStopsUnreported(t *testing.T) {
+	needRoot(t)
+	// One page: 4096 bytes hold 102 records of 40 bytes; with the 64 events the channel
+	// buffers and one in hand, about 167 processes can be held.
+	w, err := newWatcher(options{mode: ModeEBPF, ringSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	const n = 220
+	procs := make([]*proc, n)
+	for i := range procs {
+		procs[i] = start(t, fix.pie)
+	}
+	// Wait until every process either stopped or finished, without reading events.
+	deadline := time.Now().Add(30 * time.Second)
+	var stopped, exited int
+	for {
+		stopped, exited = 0, 0
+		for _, p := range procs {
+			switch st, err := procState(p.cmd.Process.Pid); {
+			case err != nil || st == 'Z':
+				exited++
+			case st == 'T':
+				stopped++
+			}
+		}
+		if stopped+exited == n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	missed := w.Missed()
+	t.Logf("%d stopped, %d ran through, %d missed", stopped, exited, missed)
+	if missed == 0 || exited == 0 {
+		t.Fatalf("the ring did not overflow (%d stopped, %d exited, %d missed): test does not test", stopped, exited, missed)
+	}
+	if uint64(exited) != missed {
+		t.Errorf("%d processes ran through but %d were counted missed", exited, missed)
+	}
+	for range stopped {
+		ev := nextEvent(t, w)
+		if err := w.Resume(ev.Pid); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, p := range procs {
+		if out := p.finish(t); out != "main flag=0\ndone\n" {
+			t.Errorf("pid %d: output %q", p.cmd.Process.Pid, out)
+		}
+	}
+	noEvent(t, w, 100*time.Millisecond)
+}
