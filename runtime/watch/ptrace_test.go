@@ -77,8 +77,8 @@ func TestPtraceWhileGroupStopped(t *testing.T) {
 type ptraceResult struct {
 	seizeReport, interruptReport bool // a wait4 report was pending after SEIZE / after INTERRUPT
 	rip                          uint64
-	log []string
-	err error
+	log                          []string
+	err                          error
 }
 
 // patchStopped is the helper's sequence, on one locked OS thread as ptrace requires.
