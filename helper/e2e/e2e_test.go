@@ -368,3 +368,22 @@ func TestSandboxScript(t *testing.T) {
 	}
 	t.Errorf("no SANDBOX in output:\n%s", out)
 }
+
+// TestSharedLibrary: a patch of a shared library goes into the running process that loaded
+// it and into a process that loads it later, before its first call.
+func TestSharedLibrary(t *testing.T) {
+	s := newSandbox(t)
+	lib := patchSpec{uuid: "77777777-0000-4000-8000-000000000007", entity: "77777777-0000-4000-8000-0000000000e7",
+		name: "HP007", object: "lgreet6", funcs: []string{"lgreet"}, target: "/usr/lib/libgreet.so"}
+	s.install(lib)
+	v := s.startProgram("usr/bin/victimlib", "5")
+	s.must("apply", lib.uuid)
+	s.waitOutput(v, "6")
+	once := exec.Command(filepath.Join(s.root, "usr/bin/victimlib"), "once")
+	once.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(s.root, "usr/lib"))
+	if out, err := once.Output(); err != nil || string(out) != "6\n" {
+		t.Fatalf("new process loading the library: %q %v", out, err)
+	}
+	s.must("remove", lib.uuid)
+	s.waitOutput(v, "5")
+}

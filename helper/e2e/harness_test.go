@@ -47,11 +47,27 @@ int main(int argc, char **argv) {
 }
 `
 
+// libC and libVictimC: a shared library target and a program using it.
+const libC = `__attribute__((noipa)) int lgreet(void) { return 5; }
+`
+
+const libVictimC = `#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int lgreet(void);
+int main(int argc, char **argv) {
+	if (argc > 1 && !strcmp(argv[1], "once")) { printf("%d\n", lgreet()); return 0; }
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (;;) { printf("%d\n", lgreet()); usleep(5000); }
+}
+`
+
 // patchSources are the patches the tests install, written with upatch.h.
 var patchSources = map[string]string{
 	"greet2":  "#include <upatch.h>\nint greet_v2(void) { return 2; }\nUPATCH_FUNC(greet, greet_v2);\n",
 	"greet3":  "#include <upatch.h>\nint greet_v3(void) { return 3; }\nUPATCH_FUNC(greet, greet_v3);\n",
 	"world20": "#include <upatch.h>\nint world_v2(void) { return 20; }\nUPATCH_FUNC(world, world_v2);\n",
+	"lgreet6": "#include <upatch.h>\nint lgreet_v2(void) { return 6; }\nUPATCH_FUNC(lgreet, lgreet_v2);\n",
 }
 
 const victimSpec = `Name: victim
@@ -65,10 +81,13 @@ AutoReq: no
 %description
 Test target of the helper's end-to-end tests.
 %install
-mkdir -p %{buildroot}/usr/bin
-cp %{_sourcedir}/victim %{buildroot}/usr/bin/victim
+mkdir -p %{buildroot}/usr/bin %{buildroot}/usr/lib
+cp %{_sourcedir}/victim %{_sourcedir}/victimlib %{buildroot}/usr/bin/
+cp %{_sourcedir}/libgreet.so %{buildroot}/usr/lib/
 %files
 /usr/bin/victim
+/usr/bin/victimlib
+/usr/lib/libgreet.so
 `
 
 func TestMain(m *testing.M) {
@@ -111,8 +130,16 @@ func setup(m *testing.M) (int, error) {
 	src := filepath.Join(top, "SOURCES")
 	os.MkdirAll(src, 0o755)
 	os.WriteFile(filepath.Join(src, "victim.c"), []byte(victimC), 0o644)
-	if err := sh(src, "gcc", "-O2", "-g", "-o", "victim", "victim.c"); err != nil {
-		return 1, err
+	os.WriteFile(filepath.Join(src, "libgreet.c"), []byte(libC), 0o644)
+	os.WriteFile(filepath.Join(src, "victimlib.c"), []byte(libVictimC), 0o644)
+	for _, args := range [][]string{
+		{"-O2", "-g", "-o", "victim", "victim.c"},
+		{"-O2", "-g", "-shared", "-fPIC", "-o", "libgreet.so", "libgreet.c"},
+		{"-O2", "-g", "-o", "victimlib", "victimlib.c", "-L.", "-lgreet"},
+	} {
+		if err := sh(src, "gcc", args...); err != nil {
+			return 1, err
+		}
 	}
 	os.WriteFile(filepath.Join(top, "victim.spec"), []byte(victimSpec), 0o644)
 	if err := sh(top, "rpmbuild", "-bb", "--nodeps", "--define", "_topdir "+top, filepath.Join(top, "victim.spec")); err != nil {
@@ -325,6 +352,7 @@ type patchSpec struct {
 	object       string // key of fx.objects
 	funcs        []string
 	version      string // target version (default 1.0)
+	target       string // target ELF (default /usr/bin/victim)
 	corrupt      bool   // sha256 in patch.json does not match
 }
 
@@ -340,7 +368,10 @@ func (s *sandbox) install(p patchSpec) {
 	if p.version == "" {
 		p.version = "1.0"
 	}
-	f, err := elfsafe.Open(filepath.Join(s.root, "usr/bin/victim"))
+	if p.target == "" {
+		p.target = "/usr/bin/victim"
+	}
+	f, err := elfsafe.Open(filepath.Join(s.root, p.target))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -352,7 +383,7 @@ func (s *sandbox) install(p patchSpec) {
 	meta := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: p.uuid, Name: p.name, Version: "1", Release: "1",
 		Arch: "x86_64", Kind: patchmeta.KindUser, Description: "test patch " + p.name,
 		Target: patchmeta.Package{Name: "victim", Version: p.version, Release: "1", Arch: "x86_64", License: "MIT"},
-		Entities: []patchmeta.Entity{{UUID: p.entity, File: "victim.o", TargetPath: "/usr/bin/victim",
+		Entities: []patchmeta.Entity{{UUID: p.entity, File: "victim.o", TargetPath: p.target,
 			BuildID: hex.EncodeToString(id), SHA256: digest}}}
 	for _, fn := range p.funcs {
 		meta.Entities[0].Functions = append(meta.Entities[0].Functions, patchmeta.Function{Name: fn})
@@ -377,7 +408,14 @@ type victim struct {
 
 func (s *sandbox) startVictim() *victim {
 	s.t.Helper()
-	v := &victim{cmd: exec.Command(filepath.Join(s.root, "usr/bin/victim"))}
+	return s.startProgram("usr/bin/victim", "1 10")
+}
+
+// startProgram starts a looping program of the root and waits until it prints first.
+func (s *sandbox) startProgram(rel, first string) *victim {
+	s.t.Helper()
+	v := &victim{cmd: exec.Command(filepath.Join(s.root, rel))}
+	v.cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(s.root, "usr/lib"))
 	out, _ := v.cmd.StdoutPipe()
 	if err := v.cmd.Start(); err != nil {
 		s.t.Fatal(err)
@@ -392,7 +430,7 @@ func (s *sandbox) startVictim() *victim {
 		io.Copy(io.Discard, out)
 	}()
 	s.victims = append(s.victims, v)
-	s.waitOutput(v, "1 10")
+	s.waitOutput(v, first)
 	return v
 }
 
