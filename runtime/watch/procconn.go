@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +31,8 @@ const (
 type procConnBackend struct {
 	fd   int
 	file *os.File // fd wrapped for the runtime poller, so that stop interrupts a blocked read
+
+	overflows atomic.Uint64
 
 	mu      sync.Mutex
 	targets map[uint64]*target
@@ -80,7 +83,7 @@ func (p *procConnBackend) detach(t *target) error {
 	return nil
 }
 
-func (p *procConnBackend) missedCount() uint64 { return 0 }
+func (p *procConnBackend) missedCount() uint64 { return p.overflows.Load() }
 
 func (p *procConnBackend) run(w *Watcher) {
 	buf := make([]byte, 64<<10)
@@ -89,6 +92,7 @@ func (p *procConnBackend) run(w *Watcher) {
 		if err != nil {
 			if errors.Is(err, unix.ENOBUFS) {
 				// The socket overflowed: some execs were not seen. Nothing to stop for them.
+				p.overflows.Add(1)
 				continue
 			}
 			return

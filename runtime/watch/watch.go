@@ -67,7 +67,7 @@ type Watcher struct {
 	nextID  uint64
 	byPath  map[string]*target
 	byID    map[uint64]*target
-	pending map[int]int // pid -> pidfd of processes reported and not resumed
+	pending map[int]int // pid -> pidfd (or -1) of processes reported and not resumed
 }
 
 type options struct {
@@ -131,7 +131,9 @@ func (w *Watcher) Mode() string { return w.mode }
 // The proc-connector mode races with the process: callers should log this.
 func (w *Watcher) FallbackReason() error { return w.fallback }
 
-// Missed returns how many processes ran unstopped because events could not be queued.
+// Missed returns how many processes ran unstopped because events could not be queued. In
+// proc-connector mode it counts socket overflows instead, each of which lost an unknown
+// number of exec notifications.
 func (w *Watcher) Missed() uint64 { return w.be.missedCount() }
 
 // Events returns the channel of stopped processes; it is closed by Close. Every event must be
@@ -210,7 +212,7 @@ func (w *Watcher) Resume(pid int) error {
 	fd, ok := w.pending[pid]
 	delete(w.pending, pid)
 	w.mu.Unlock()
-	if !ok {
+	if !ok || fd < 0 {
 		if err := unix.Kill(pid, unix.SIGCONT); err != nil {
 			return fmt.Errorf("resume pid %d: %w", pid, err)
 		}
@@ -243,8 +245,12 @@ func (w *Watcher) Close() error {
 	w.mu.Lock()
 	for pid, fd := range w.pending {
 		// Best effort: the process may be gone, which is fine.
-		_ = unix.PidfdSendSignal(fd, unix.SIGCONT, nil, 0)
-		unix.Close(fd)
+		if fd < 0 {
+			_ = unix.Kill(pid, unix.SIGCONT)
+		} else {
+			_ = unix.PidfdSendSignal(fd, unix.SIGCONT, nil, 0)
+			unix.Close(fd)
+		}
 		delete(w.pending, pid)
 	}
 	w.mu.Unlock()
@@ -265,19 +271,21 @@ func (w *Watcher) deliver(pid int, id uint64, signalled bool, noticed int64) {
 	t := w.byID[id]
 	w.mu.Unlock()
 	if t == nil {
-		// Removed meanwhile (or a stale record after Close): nobody wants it stopped.
+		// Removed meanwhile: nobody wants it stopped.
 		_ = unix.Kill(pid, unix.SIGCONT)
 		return
 	}
-	if err := waitStopped(pid); err != nil {
+	if err := waitStopped(pid); errors.Is(err, errGone) {
 		return // died before it stopped: nothing to patch, nothing to resume
 	}
+	// Without a pidfd (descriptor limit reached) the process is still reported, and Resume
+	// falls back to kill(2): dropping it would leave it stopped for good.
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return
+		fd = -1
 	}
 	w.mu.Lock()
-	if old, ok := w.pending[pid]; ok {
+	if old, ok := w.pending[pid]; ok && old >= 0 {
 		// The pid was reported before and never resumed, and now runs a watched file again
 		// (it died and the pid was reused, or it was resumed by someone else and re-executed).
 		unix.Close(old)
