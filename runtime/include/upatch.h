@@ -35,9 +35,6 @@ struct upatch_sym {
 	unsigned long pos;      /* 0: unique; N: the N-th symbol of that name in .symtab */
 };
 
-#define UPATCH_CAT_(a, b) a##b
-#define UPATCH_CAT(a, b) UPATCH_CAT_(a, b)
-
 /* Replace the target function OLD with NEW. */
 #define UPATCH_FUNC(old, new) UPATCH_FUNC_POS(old, new, 0)
 
@@ -46,11 +43,11 @@ struct upatch_sym {
  * function whose name occurs in several source files of the target.
  */
 #define UPATCH_FUNC_POS(old, new, pos)                                           \
-	static const char UPATCH_CAT(__upatch_name_, __LINE__)[]                 \
+	static const char __upatch_name_##new[]                 \
 		__attribute__((section(".upatch.strings"), used)) = #old;        \
-	static const struct upatch_func UPATCH_CAT(__upatch_func_, __LINE__)     \
+	static const struct upatch_func __upatch_func_##new     \
 		__attribute__((section(".upatch.funcs"), used, aligned(8))) = {  \
-		(const void *)&new, UPATCH_CAT(__upatch_name_, __LINE__), (pos), 0 \
+		(const void *)&new, __upatch_name_##new, (pos), 0 \
 	}
 
 /*
@@ -58,12 +55,12 @@ struct upatch_sym {
  * symbol of that name in the target's .symtab: for duplicated static variables.
  */
 #define UPATCH_SYMBOL_POS(name, pos)                                             \
-	static const char UPATCH_CAT(__upatch_sname_, __LINE__)[]                \
+	static const char __upatch_sname_##name[]                \
 		__attribute__((section(".upatch.strings"), used)) = #name;       \
-	static const struct upatch_sym UPATCH_CAT(__upatch_sym_, __LINE__)       \
+	static const struct upatch_sym __upatch_sym_##name       \
 		__attribute__((section(".upatch.syms"), used, aligned(8))) = {   \
-		UPATCH_CAT(__upatch_sname_, __LINE__),                           \
-		UPATCH_CAT(__upatch_sname_, __LINE__), (pos)                     \
+		__upatch_sname_##name,                           \
+		__upatch_sname_##name, (pos)                     \
 	}
 
 /* Record the GNU build-id (hex) of the only target ELF this patch fits. */

@@ -283,6 +283,9 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 		p.funcs = append(p.funcs, oldFunc{name: f.OldName, pos: f.OldPos, addr: tgt.bias + s.Value, size: s.Size, room: room})
 	}
 	p.res = &resolver{e: e, pid: pid, tgt: tgt, maps: maps}
+	if err := p.res.resolveAll(obj); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -412,7 +415,9 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		return err
 	}
 	undo := func() { _, _ = pr.Syscall(unix.SYS_MUNMAP, base, total) }
+	p.res.pr = pr
 	img, err := p.plan.Link(base+hdrPages, p.res)
+	p.res.pr = nil
 	if err != nil {
 		undo()
 		return fmt.Errorf("link patch: %w", err)
@@ -677,13 +682,25 @@ func readHeaders(pr interface {
 	return out, nil
 }
 
-// resolver binds the patch's undefined symbols for one process.
+// resolver binds the patch's undefined symbols for one process. Everything is looked
+// up before the process is stopped (prepare); only IFUNC symbols need the stopped
+// process, whose resolver function is called in it to learn the implementation.
 type resolver struct {
-	e    *Engine
-	pid  int
-	tgt  *target
-	maps []proc.Mapping
-	libs []*lib
+	e     *Engine
+	pid   int
+	tgt   *target
+	maps  []proc.Mapping
+	libs  []*lib
+	syms  map[patchobj.TargetSym]resolved
+	pr    *ptrace.Process // set while the process is stopped
+	ifunc map[uint64]uint64
+}
+
+type resolved struct {
+	addr   uint64
+	isFunc bool
+	ifunc  bool
+	err    error
 }
 
 type lib struct {
@@ -691,34 +708,79 @@ type lib struct {
 	bias uint64
 }
 
-// Resolve looks in the target ELF (symtab, then its PLT for functions, so that calls
-// keep the process's own symbol binding), then in every other mapped ELF's dynsym.
+// resolveAll looks up every undefined symbol of obj; a missing strong symbol is an
+// error now, before the process is touched.
+func (r *resolver) resolveAll(obj *patchobj.Object) error {
+	r.syms = map[patchobj.TargetSym]resolved{}
+	for _, s := range obj.Symbols {
+		if s.Defined() || s.Name == "" || s.Type == elf.STT_TLS {
+			continue
+		}
+		ts := obj.Target(s.Name)
+		if _, ok := r.syms[ts]; ok {
+			continue
+		}
+		res := r.lookup(ts.Name, ts.Pos)
+		if res.err != nil && s.Bind != elf.STB_WEAK {
+			return res.err
+		}
+		r.syms[ts] = res
+	}
+	return nil
+}
+
+// Resolve is layout.Resolver.
 func (r *resolver) Resolve(name string, pos uint64) (uint64, bool, error) {
+	res, ok := r.syms[patchobj.TargetSym{Name: name, Pos: pos}]
+	if !ok {
+		res = r.lookup(name, pos)
+	}
+	if res.err != nil || !res.ifunc {
+		return res.addr, res.isFunc, res.err
+	}
+	if a, ok := r.ifunc[res.addr]; ok {
+		return a, true, nil
+	}
+	if r.pr == nil {
+		return 0, false, fmt.Errorf("symbol %q is an IFUNC and the process is not stopped", name)
+	}
+	impl, err := r.pr.Call(res.addr)
+	if err != nil {
+		return 0, false, fmt.Errorf("resolve IFUNC %q: %w", name, err)
+	}
+	if r.ifunc == nil {
+		r.ifunc = map[uint64]uint64{}
+	}
+	r.ifunc[res.addr] = impl
+	return impl, true, nil
+}
+
+// lookup searches the target ELF (symtab, then its PLT for functions, so that calls
+// keep the process's own symbol binding), then every other mapped ELF's dynsym.
+func (r *resolver) lookup(name string, pos uint64) resolved {
 	s, err := r.tgt.elf.Lookup(name, pos)
 	if err == nil && s.Section != elf.SHN_UNDEF && s.Type != elf.STT_TLS {
 		if s.Section == elf.SHN_ABS {
-			return s.Value, false, nil
+			return resolved{addr: s.Value}
 		}
-		return r.tgt.bias + s.Value, isFuncType(s.Type), nil
+		return resolved{addr: r.tgt.bias + s.Value, isFunc: isFuncType(s.Type), ifunc: s.Type == elf.STT_GNU_IFUNC}
 	}
 	if err != nil && !errors.Is(err, symbols.ErrNotFound) {
-		return 0, false, err
+		return resolved{err: err}
 	}
 	if pos != 0 {
-		return 0, false, fmt.Errorf("symbol %q (position %d) not found in %s", name, pos, r.tgt.path)
+		return resolved{err: fmt.Errorf("symbol %q (position %d): %w in %s", name, pos, symbols.ErrNotFound, r.tgt.path)}
 	}
 	if plt, ok := r.tgt.elf.PLT(name); ok {
-		return r.tgt.bias + plt, true, nil
+		return resolved{addr: r.tgt.bias + plt, isFunc: true}
 	}
-	if err := r.loadLibs(); err != nil {
-		return 0, false, err
-	}
+	r.loadLibs()
 	for _, l := range r.libs {
 		if s, ok := l.elf.Dynamic(name); ok {
-			return l.bias + s.Value, isFuncType(s.Type), nil
+			return resolved{addr: l.bias + s.Value, isFunc: isFuncType(s.Type), ifunc: s.Type == elf.STT_GNU_IFUNC}
 		}
 	}
-	return 0, false, fmt.Errorf("symbol %q not found in %s or the libraries it maps", name, r.tgt.path)
+	return resolved{err: fmt.Errorf("symbol %q: %w in %s or the libraries it maps", name, symbols.ErrNotFound, r.tgt.path)}
 }
 
 func isFuncType(t elf.SymType) bool { return t == elf.STT_FUNC || t == elf.STT_GNU_IFUNC }
@@ -740,9 +802,9 @@ func (r *resolver) isMainExe() bool {
 	return err == nil && strings.TrimSuffix(exe, " (deleted)") == r.tgt.path
 }
 
-func (r *resolver) loadLibs() error {
+func (r *resolver) loadLibs() {
 	if r.libs != nil {
-		return nil
+		return
 	}
 	r.libs = []*lib{}
 	seen := map[[2]uint64]bool{{r.tgt.dev, r.tgt.inode}: true}
@@ -757,5 +819,4 @@ func (r *resolver) loadLibs() error {
 		}
 		r.libs = append(r.libs, &lib{elf: ef, bias: m.Start - ef.MinVaddr})
 	}
-	return nil
 }
