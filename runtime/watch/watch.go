@@ -61,6 +61,7 @@ type Watcher struct {
 	events   chan Event
 	done     chan struct{}
 	runDone  chan struct{}
+	adopting sync.WaitGroup // deliveries of orphans found by Add
 
 	mu      sync.Mutex
 	closed  bool
@@ -141,7 +142,8 @@ func (w *Watcher) Missed() uint64 { return w.be.missedCount() }
 func (w *Watcher) Events() <-chan Event { return w.events }
 
 // Add watches the executable or shared library at path: from now on every process that
-// starts running it, or loads it, is stopped and reported. Only that file (its inode) is
+// starts running it, or loads it, is stopped and reported. Processes that an earlier watcher
+// (of a crashed helper) stopped at the same point and never resumed are reported too. Only that file (its inode) is
 // watched: a copy elsewhere is not, a hard link is. Adding a path again is a no-op while it
 // names the same file, and moves the watch to the new file after the path was replaced (as
 // a package update does).
@@ -175,6 +177,15 @@ func (w *Watcher) Add(path string) error {
 		return fmt.Errorf("watch %s: %w", path, err)
 	}
 	w.byPath[path], w.byID[t.id] = t, t
+	// Processes a crashed predecessor left stopped at this probe are reported like new ones.
+	// Scanned after the attach, so that none can fall between the scan and the probe.
+	for _, pid := range findOrphans(t) {
+		w.adopting.Add(1)
+		go func() {
+			defer w.adopting.Done()
+			w.deliver(pid, t.id, true, 0)
+		}()
+	}
 	if old != nil {
 		delete(w.byID, old.id)
 		if err := w.be.detach(old); err != nil {
@@ -240,6 +251,7 @@ func (w *Watcher) Close() error {
 	w.mu.Unlock()
 
 	<-w.runDone
+	w.adopting.Wait()
 	closeErr := w.be.close()
 
 	w.mu.Lock()

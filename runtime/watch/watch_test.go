@@ -2,6 +2,7 @@ package watch
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -406,4 +407,65 @@ func TestRingFullNeverStopsUnreported(t *testing.T) {
 		}
 	}
 	noEvent(t, w, 100*time.Millisecond)
+}
+
+// TestAdoptsOrphans: a process stopped by a watcher whose owner died before Resume (simulated
+// by forgetting it before Close) is reported by the next watcher's Add; a process stopped by
+// job control elsewhere is not.
+func TestAdoptsOrphans(t *testing.T) {
+	w := newEBPF(t)
+	if err := w.Add(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, fix.pie)
+	ev := nextEvent(t, w)
+	w.mu.Lock()
+	unix.Close(w.pending[ev.Pid])
+	delete(w.pending, ev.Pid) // as if the owner crashed: nobody will resume it
+	w.mu.Unlock()
+	w.Close()
+
+	// A job-control stop in the middle of main, not at the entry point.
+	held := start(t, fix.noPIE, "hold")
+	if err := waitPrinted(held, "main flag=0\n"); err != nil {
+		t.Fatal(err)
+	}
+	unix.Kill(held.cmd.Process.Pid, unix.SIGSTOP)
+	if err := waitStopped(held.cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+
+	time.Sleep(50 * time.Millisecond)
+	assertStopped(t, ev.Pid)
+	w2 := newEBPF(t)
+	for _, path := range []string{fix.pie, fix.noPIE} {
+		if err := w2.Add(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev2 := nextEvent(t, w2)
+	if ev2.Pid != ev.Pid || ev2.Path != fix.pie {
+		t.Fatalf("event %+v, want the orphan %d", ev2, ev.Pid)
+	}
+	if err := w2.Resume(ev2.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if out := p.finish(t); out != "main flag=0\ndone\n" {
+		t.Fatalf("output %q", out)
+	}
+	noEvent(t, w2, 100*time.Millisecond)
+	unix.Kill(held.cmd.Process.Pid, unix.SIGCONT)
+	held.release()
+	held.finish(t)
+}
+
+func waitPrinted(p *proc, want string) error {
+	for range 500 {
+		if b, _ := os.ReadFile(p.out); string(b) == want {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(p.out)
+	return fmt.Errorf("pid %d printed %q, want %q", p.cmd.Process.Pid, b, want)
 }

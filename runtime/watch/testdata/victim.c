@@ -8,6 +8,8 @@ volatile long flag = 0;
 
 int main(int argc, char **argv)
 {
+	/* Unbuffered: the tests read the output file while the process is stopped. */
+	setvbuf(stdout, NULL, _IONBF, 0);
 	printf("main flag=%ld\n", flag);
 	if (argc > 1) { /* "hold": wait for EOF on stdin, so that a late stop still finds it alive */
 		char c;
