@@ -2,6 +2,7 @@ package builder
 
 import (
 	"bytes"
+	"debug/elf"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
+	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
 // linkGraph knows, from the recorded links, which files each object went into.
@@ -19,12 +21,18 @@ type linkGraph struct {
 	into map[string][]string
 	// final marks link outputs that are executables or shared libraries.
 	final map[string]bool
+	// archive marks static archives: the linker takes a member only if the link needs
+	// one of its symbols.
+	archive map[string]bool
+	// defs caches the defined global symbols of a file (nil: unreadable).
+	defs map[string]map[string]bool
 }
 
 // newLinkGraph builds the graph from the records; archives (whose creation is not
 // recorded) are read to learn which objects they hold.
 func newLinkGraph(recs []capture.Record) *linkGraph {
-	g := &linkGraph{into: map[string][]string{}, final: map[string]bool{}}
+	g := &linkGraph{into: map[string][]string{}, final: map[string]bool{},
+		archive: map[string]bool{}, defs: map[string]map[string]bool{}}
 	objects := map[string][]string{} // base name -> compiled objects
 	for _, r := range recs {
 		if r.Kind == capture.KindCompile && !slices.Contains(objects[filepath.Base(r.Object)], r.Object) {
@@ -45,6 +53,7 @@ func newLinkGraph(recs []capture.Record) *linkGraph {
 		}
 	}
 	for a := range archives {
+		g.archive[a] = true
 		members, err := archiveMembers(a)
 		if err != nil {
 			continue
@@ -85,27 +94,79 @@ func relocatableLink(r capture.Record) bool {
 
 // Finals returns the executables and shared libraries obj ends up in, following
 // archives and relocatable links but never through a shared library into the programs
-// that link against it (its code is not copied there).
+// that link against it (its code is not copied there). An object reached through an
+// archive counts only if the linked file defines one of the object's global symbols:
+// otherwise the linker left that member out (Lua's luac links liblua.a without its
+// lutf8lib.o). When either file cannot be read the object counts.
 func (g *linkGraph) Finals(obj string) []string {
+	type node struct {
+		path       string
+		viaArchive bool
+	}
 	var out []string
 	seen := map[string]bool{obj: true}
-	queue := []string{obj}
+	queue := []node{{obj, false}}
 	for len(queue) > 0 {
 		n := queue[0]
 		queue = queue[1:]
-		for _, next := range g.into[n] {
+		for _, next := range g.into[n.path] {
 			if seen[next] {
 				continue
 			}
 			seen[next] = true
+			via := n.viaArchive || g.archive[n.path]
 			if g.final[next] {
-				out = append(out, next)
+				if !via || g.linkedFrom(next, obj) {
+					out = append(out, next)
+				}
 				continue
 			}
-			queue = append(queue, next)
+			queue = append(queue, node{next, via})
 		}
 	}
 	return out
+}
+
+// linkedFrom reports whether the linked file final defines a global symbol that obj
+// defines.
+func (g *linkGraph) linkedFrom(final, obj string) bool {
+	have, want := g.globalDefs(final), g.globalDefs(obj)
+	if have == nil || want == nil {
+		return true
+	}
+	for s := range want {
+		if have[s] {
+			return true
+		}
+	}
+	return false
+}
+
+// globalDefs returns the names of the global and weak symbols path defines, from its
+// symbol table or else its dynamic one; nil if it has neither or cannot be read.
+func (g *linkGraph) globalDefs(path string) map[string]bool {
+	if d, ok := g.defs[path]; ok {
+		return d
+	}
+	var defs map[string]bool
+	if f, err := elfsafe.Open(path); err == nil {
+		syms, err := elfsafe.Symbols(f.File)
+		if err != nil || len(syms) == 0 {
+			syms, err = elfsafe.DynamicSymbols(f.File)
+		}
+		if err == nil && len(syms) > 0 {
+			defs = map[string]bool{}
+			for _, s := range syms {
+				bind := elf.ST_BIND(s.Info)
+				if s.Section != elf.SHN_UNDEF && s.Name != "" && (bind == elf.STB_GLOBAL || bind == elf.STB_WEAK) {
+					defs[s.Name] = true
+				}
+			}
+		}
+		f.Close()
+	}
+	g.defs[path] = defs
+	return defs
 }
 
 // archiveMembers lists the member names of a System V / GNU ar archive.
