@@ -16,6 +16,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/capture"
 	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/rpmbuild/diff"
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/patchmeta"
 )
@@ -54,6 +55,8 @@ type Options struct {
 	Progress io.Writer
 	// NoBind turns the mount-namespace binding off (PATH shims and CC/CXX only).
 	NoBind bool
+	// DryRun stops after the report and the link: no RPM is written.
+	DryRun bool
 }
 
 // Result describes a finished build.
@@ -66,6 +69,11 @@ type Result struct {
 	Steps []Step
 	// Rebuilt counts the translation units compiled again, of Total recorded.
 	Rebuilt, Total int
+	// Reports are the patch reports, one per patched ELF (of every ELF a refused or
+	// unchanged build diffed).
+	Reports []*diff.Report
+	// DryRun: the build stopped before writing RPMs (RPM and SRPM are empty).
+	DryRun bool
 }
 
 // Step is one timed step.
@@ -79,6 +87,9 @@ type Failure struct {
 	Err     error
 	LogPath string
 	Tail    []string
+	// Reports are the patch reports made before the failure (a refusal has one
+	// naming the function, the section and the reason).
+	Reports []*diff.Report
 }
 
 func (f *Failure) Error() string { return f.Err.Error() }
@@ -165,7 +176,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			}
 			os.RemoveAll(work)
 		}
-		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail}
+		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports}
 	}
 	if opts.SkipCleanup {
 		b.res.WorkDir = work
@@ -188,6 +199,11 @@ func (b *build) run(ctx context.Context) error {
 		{"package", b.pack},
 	}
 	for _, s := range steps {
+		if s.name == "package" && b.opts.DryRun {
+			fmt.Fprintf(b.opts.Progress, "%-60s skipped\n", "package (dry run)")
+			b.res.DryRun = true
+			break
+		}
 		fmt.Fprintf(b.logw, "==> %s\n", s.name)
 		start := time.Now()
 		what, err := s.fn(ctx)

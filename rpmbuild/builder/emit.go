@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/rpmbuild/diff"
 	"github.com/syscare/syscare/rpmbuild/patchrpm"
 	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/runtime/patchobj"
@@ -20,8 +22,10 @@ import (
 type ObjectDiff struct {
 	// Fragment is the ET_REL patch object fragment (without .upatch.build_id).
 	Fragment []byte
-	// Report is the text classification.
-	Report string
+	// Classification is the differ's text dump (SAME/CHANGED/NEW), for the log.
+	Classification string
+	// Report is the object's part of the patch report.
+	Report *diff.Report
 	// Changed and New name the replaced and the added functions.
 	Changed, New []string
 }
@@ -31,7 +35,8 @@ var errObjectUnchanged = errors.New("object unchanged")
 
 // DiffFunc diffs one original object against its rebuild. It returns
 // errObjectUnchanged-wrapping (see NoChange) for no functional change and an error
-// wrapping ErrUnpatchable for a change that cannot be hot patched.
+// wrapping ErrUnpatchable and the differ's *diff.UnpatchableError for a change that
+// cannot be hot patched.
 type DiffFunc func(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error)
 
 // NoChange is the error a DiffFunc returns for an object without functional change.
@@ -46,6 +51,8 @@ type targetPatch struct {
 	loc     *debuginfo.Locator
 	frags   []string
 	changed []string
+	parts   []*diff.Report
+	report  *diff.Report
 	object  string
 	file    string
 	funcs   []patchmeta.Function
@@ -66,7 +73,9 @@ func (b *build) targetFor(t *debuginfo.Target) (*targetPatch, error) {
 	return tp, nil
 }
 
-// diff runs the differ on each rebuilt object, once per shipped ELF it is part of.
+// diff runs the differ on each rebuilt object, once per shipped ELF it is part of, and
+// makes the patch report of each ELF. A refusal does not stop it: every object is
+// diffed, so that the report is complete, and the first refusal is the error.
 func (b *build) diff(ctx context.Context) (string, error) {
 	if Differ == nil {
 		return "", errors.New("no object differ linked into this program")
@@ -81,39 +90,60 @@ func (b *build) diff(ctx context.Context) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
+	var notes []string
+	var refusal error
 	for _, t := range b.tus {
 		if t.patched == "" {
 			continue
 		}
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		file := relTo(b.buildDir, t.rec.Source)
 		finals := g.Finals(t.rec.Object)
 		if len(finals) == 0 {
-			fmt.Fprintf(b.logw, "%s: linked into no executable or library; skipped\n", t.rec.Source)
+			notes = append(notes, fmt.Sprintf("%s: linked into no executable or library; ignored", file))
 			continue
 		}
+		var unshipped []string
+		diffed := false
 		for _, out := range finals {
 			tg, err := b.index.Match(out)
 			if errors.Is(err, debuginfo.ErrNotFound) {
-				fmt.Fprintf(b.logw, "%s: %s is not shipped (not in the debuginfo); skipped\n", t.rec.Source, out)
+				unshipped = append(unshipped, relTo(b.buildDir, out))
 				continue
 			}
 			if err != nil {
 				return "", err
 			}
+			diffed = true
 			tp, err := b.targetFor(tg)
 			if err != nil {
 				return "", err
 			}
 			n++
-			fmt.Fprintf(b.logw, "==> diff %s (%s) for %s\n", t.rec.Source, filepath.Base(t.rec.Object), tg.Path)
+			fmt.Fprintf(b.logw, "==> diff %s (%s) for %s\n", file, filepath.Base(t.rec.Object), tg.Path)
 			d, err := Differ(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
-			if errors.Is(err, errObjectUnchanged) {
-				fmt.Fprintf(b.logw, "no functional change\n")
+			if err != nil {
+				part := diff.ReportError(file, err)
+				if part == nil {
+					return "", fmt.Errorf("%s (%s): %w", file, tg.Path, err)
+				}
+				tp.parts = append(tp.parts, part)
+				if errors.Is(err, errObjectUnchanged) {
+					fmt.Fprintf(b.logw, "no functional change\n")
+					continue
+				}
+				fmt.Fprintf(b.logw, "refused: %v\n", err)
+				if refusal == nil {
+					refusal = fmt.Errorf("%s (%s): %w", file, tg.Path, err)
+				}
 				continue
 			}
-			if err != nil {
-				return "", fmt.Errorf("%s (%s): %w", relTo(b.buildDir, t.rec.Source), tg.Path, err)
+			fmt.Fprintln(b.logw, d.Classification)
+			if d.Report != nil {
+				tp.parts = append(tp.parts, withFile(d.Report, file))
 			}
-			fmt.Fprintln(b.logw, d.Report)
 			frag := filepath.Join(dir, fmt.Sprintf("%d-%d.o", len(tp.frags), t.idx))
 			if err := os.WriteFile(frag, d.Fragment, 0o644); err != nil {
 				return "", err
@@ -122,18 +152,53 @@ func (b *build) diff(ctx context.Context) (string, error) {
 			tp.changed = append(tp.changed, d.Changed...)
 			fns += len(d.Changed)
 		}
+		if !diffed {
+			// Tests and test modules: built and linked, but into nothing the package ships.
+			notes = append(notes, fmt.Sprintf("%s: goes into no shipped binary (only into %s); ignored", file, strings.Join(unshipped, ", ")))
+		} else if len(unshipped) > 0 {
+			fmt.Fprintf(b.logw, "%s: also linked into %s, which is not shipped\n", file, strings.Join(unshipped, ", "))
+		}
+	}
+	for _, note := range notes {
+		fmt.Fprintf(b.logw, "note: %s\n", note)
 	}
 	var kept []*targetPatch
 	for _, tp := range b.targets {
+		tp.report = diff.MergeReports(tp.target.Path, tp.parts...)
+		tp.report.Notes = append(tp.report.Notes, notes...)
+		b.res.Reports = append(b.res.Reports, tp.report)
 		if len(tp.frags) > 0 {
 			kept = append(kept, tp)
 		}
 	}
+	if refusal != nil {
+		return "", refusal
+	}
 	b.targets = kept
 	if len(kept) == 0 {
+		if len(notes) > 0 {
+			return "", fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF (%s)", ErrNoChange, strings.Join(notes, "; "))
+		}
 		return "", fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", ErrNoChange)
 	}
+	// A target whose objects all compiled the same has no patch; its report goes too.
+	b.res.Reports = nil
+	for _, tp := range kept {
+		b.res.Reports = append(b.res.Reports, tp.report)
+	}
 	return fmt.Sprintf("%d objects, %d changed functions", n, fns), nil
+}
+
+// withFile names the translation unit as the build directory sees it (the differ
+// names it as DWARF does), so that every part of a report agrees.
+func withFile(rp *diff.Report, file string) *diff.Report {
+	c := *rp
+	c.Files = []string{file}
+	c.Changed = append([]diff.FuncChange(nil), rp.Changed...)
+	for i := range c.Changed {
+		c.Changed[i].File = file
+	}
+	return &c
 }
 
 func relTo(base, p string) string {
@@ -209,6 +274,14 @@ func (b *build) pack(ctx context.Context) (string, error) {
 		p.Sources = append(p.Sources, patchmeta.Source{File: filepath.Base(f), SHA256: sum})
 	}
 	var payload []string
+	if len(b.res.Reports) > 0 {
+		rf := filepath.Join(b.work, "out", ReportFile)
+		if err := writeReports(rf, b.res.Reports); err != nil {
+			return "", err
+		}
+		payload = append(payload, rf)
+		p.Report = ReportFile
+	}
 	for _, tp := range b.targets {
 		if tp.target.Package != pkg {
 			return "", fmt.Errorf("the fix changes files of two packages (%s and %s): build one patch per package", pkg, tp.target.Package)
@@ -260,4 +333,35 @@ func newUUID() string {
 	u[6] = u[6]&0x0f | 0x40
 	u[8] = u[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}
+
+// ReportFile is the name of the patch report in the patch directory (patch.json's
+// "report"): a JSON array with the report of each patched ELF, each element
+// diff.Report's JSON form plus "summary", its Summary line, so that a reader needs
+// nothing of the differ to show it.
+const ReportFile = "report.json"
+
+func writeReports(path string, reports []*diff.Report) error {
+	var all []json.RawMessage
+	for _, rp := range reports {
+		js, err := rp.JSON()
+		if err != nil {
+			return fmt.Errorf("patch report: %w", err)
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(js, &m); err != nil {
+			return fmt.Errorf("patch report: %w", err)
+		}
+		m["summary"], _ = json.Marshal(rp.Summary())
+		one, err := json.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("patch report: %w", err)
+		}
+		all = append(all, one)
+	}
+	out, err := json.MarshalIndent(all, "", "  ")
+	if err != nil {
+		return fmt.Errorf("patch report: %w", err)
+	}
+	return os.WriteFile(path, append(out, '\n'), 0o644)
 }

@@ -38,7 +38,7 @@ func diffObject(orig, patched string, loc *debuginfo.Locator, prefix string) (*b
 	}
 	var u *diff.UnpatchableError
 	if errors.As(err, &u) {
-		return nil, fmt.Errorf("%w: %w", builder.ErrUnpatchable, err)
+		return nil, refusal{err}
 	}
 	if err != nil {
 		return nil, err
@@ -47,5 +47,13 @@ func diffObject(orig, patched string, loc *debuginfo.Locator, prefix string) (*b
 	if err != nil {
 		return nil, fmt.Errorf("emit patch object: %w", err)
 	}
-	return &builder.ObjectDiff{Fragment: frag, Report: r.String(), Changed: r.Changed(), New: r.New()}, nil
+	return &builder.ObjectDiff{Fragment: frag, Classification: r.String(), Report: r.Report(), Changed: r.Changed(), New: r.New()}, nil
 }
+
+// refusal is the differ's refusal as the builder sees it: ErrUnpatchable, with the
+// differ's own message (which already says "cannot be hot patched").
+type refusal struct{ err error }
+
+func (r refusal) Error() string        { return r.err.Error() }
+func (r refusal) Unwrap() error        { return r.err }
+func (r refusal) Is(target error) bool { return target == builder.ErrUnpatchable }

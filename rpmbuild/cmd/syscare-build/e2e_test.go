@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syscare/syscare/rpmbuild/diff"
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
@@ -146,8 +148,9 @@ func TestBuildAndApply(t *testing.T) {
 	}
 
 	type built struct {
-		patch *patchmeta.Patch
-		dir   string
+		patch  *patchmeta.Patch
+		dir    string
+		stdout string
 	}
 	build := func(name, fix, rebuilt string) built {
 		t.Helper()
@@ -191,19 +194,23 @@ func TestBuildAndApply(t *testing.T) {
 		if err := p.VerifyFiles(dirs[0]); err != nil {
 			t.Fatal(err)
 		}
-		return built{p, dirs[0]}
+		return built{p, dirs[0], r.stdout}
 	}
 
-	// calc.h is included by main.c, calc.c and table.c: three units rebuilt, one
-	// function changed. msg.c is compiled inside the library's link command.
-	prog := build("HP001", "fix-calc.patch", "3 of 4 objects rebuilt")
-	lib := build("HP002", "fix-msg.patch", "1 of 4 objects rebuilt")
+	// calc.h is included by main.c, calc.c, table.c and the unit test: four units
+	// rebuilt, one function changed. msg.c is compiled inside the library's link
+	// command. vec.c is in a static library linked into the program.
+	prog := build("HP001", "fix-calc.patch", "4 of 6 objects rebuilt")
+	lib := build("HP002", "fix-msg.patch", "1 of 6 objects rebuilt")
+	vendored := build("HP003", "fix-vendor.patch", "1 of 6 objects rebuilt")
 	checks := []struct {
 		b        built
 		path     string
 		funcName string
-	}{{prog, "/usr/bin/scdemo", "compute"}, {lib, "/usr/lib64/libscmsg.so.1", "message"}}
+	}{{prog, "/usr/bin/scdemo", "compute"}, {lib, "/usr/lib64/libscmsg.so.1", "message"},
+		{vendored, "/usr/bin/scdemo", "vec_bias"}}
 	for _, c := range checks {
+		checkReport(t, c.b.dir, c.b.patch, c.b.stdout, c.path, c.funcName)
 		e := c.b.patch.Entities
 		if len(e) != 1 || e[0].TargetPath != c.path || len(e[0].Functions) != 1 || e[0].Functions[0].Name != c.funcName {
 			t.Fatalf("entities %+v, want one for %s replacing %s", e, c.path, c.funcName)
@@ -259,7 +266,7 @@ func TestBuildAndApply(t *testing.T) {
 	for _, c := range []struct {
 		b          built
 		want, orig string
-	}{{prog, "hello 220", "hello 22"}, {lib, "patched 22", "hello 22"}} {
+	}{{prog, "hello 220", "hello 22"}, {lib, "patched 22", "hello 22"}, {vendored, "hello 1022", "hello 22"}} {
 		e := c.b.patch.Entities[0]
 		obj := filepath.Join(c.b.dir, e.File)
 		args := []string{"--pid", pid, "--uuid", e.UUID}
@@ -270,6 +277,38 @@ func TestBuildAndApply(t *testing.T) {
 		out.waitFor(t, c.want, 5*time.Second)
 		manage(append([]string{"unpatch"}, args...)...)
 		out.waitFor(t, c.orig, 5*time.Second)
+	}
+}
+
+// checkReport checks the patch report of a one-ELF patch: printed at the end of the
+// build, and stored as report.json next to patch.json, naming fn as changed code.
+func checkReport(t *testing.T, dir string, p *patchmeta.Patch, stdout, target, fn string) {
+	t.Helper()
+	if !strings.Contains(stdout, "Patch report for "+target) || !strings.Contains(stdout, "    "+fn+" (") {
+		t.Errorf("the printed report lacks %s in %s:\n%s", fn, target, stdout)
+	}
+	if p.Report != "report.json" {
+		t.Fatalf("patch.json report = %q", p.Report)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, p.Report))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(data, &elems); err != nil || len(elems) != 1 {
+		t.Fatalf("report.json: %v, %d reports\n%s", err, len(elems), data)
+	}
+	rp, err := diff.ParseReport(elems[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		Summary string `json:"summary"`
+	}
+	json.Unmarshal(elems[0], &sum)
+	if rp.Target != target || len(rp.Changed) != 1 || rp.Changed[0].Name != fn || rp.Changed[0].Why != diff.WhyCode ||
+		rp.Refused != nil || sum.Summary != rp.Summary() {
+		t.Errorf("report.json of %s: %+v, summary %q", target, rp, sum.Summary)
 	}
 }
 
@@ -308,6 +347,10 @@ func TestBadInput(t *testing.T) {
 		{"unpatchable", nil, std(pkg.SRPM, pkg.Debuginfo, fixturePatch(t, "fix-data-FAIL.patch")), exitUnpatchable,
 			[]string{"cannot be hot patched", "table_lookup", "calls", "table.c"}},
 	}
+	// Looked for in standard output: the printed report.
+	wantOut := map[string][]string{
+		"unpatchable": {"Patch report for /usr/bin/scdemo", "REFUSED: function table_lookup, section .data.calls:", "in table.c"},
+	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			work, tmp := t.TempDir(), t.TempDir()
@@ -321,6 +364,11 @@ func TestBadInput(t *testing.T) {
 					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
 				}
 			}
+			for _, w := range wantOut[c.name] {
+				if !strings.Contains(r.stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, r.stdout)
+				}
+			}
 			if left, _ := os.ReadDir(work); len(left) != 0 {
 				t.Errorf("work directory not cleaned: %v", left)
 			}
@@ -331,6 +379,43 @@ func TestBadInput(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// --dry-run stops after the report: exit 0, no RPM. The vendored static library's fix
+// is in the report for the program; the unit test's change goes into no shipped
+// binary and is only noted.
+func TestDryRun(t *testing.T) {
+	pkg := testpkg.Build(t, "scdemo")
+	out, work := t.TempDir(), t.TempDir()
+	r := runBuilder(t, nil, "--patch-name", "DRY1", "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
+		"--patch", fixturePatch(t, "fix-vendor.patch"), "--patch", fixturePatch(t, "fix-test-only.patch"),
+		"--output", out, "--workdir", work, "--dry-run")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	t.Log(r.stdout)
+	for _, w := range []string{"2 of 6 objects rebuilt", "Patch report for /usr/bin/scdemo", "    vec_bias (vendor/vec/vec.c): code changed",
+		"note: tests/test_table.c: goes into no shipped binary", "package (dry run)", "dry run: the patch would build"} {
+		if !strings.Contains(r.stdout, w) {
+			t.Errorf("stdout lacks %q", w)
+		}
+	}
+	if strings.Contains(r.stdout, "test_table.c: code changed") || strings.Contains(r.stdout, "patch RPM:") {
+		t.Error("the unit test's change is in the report, or an RPM was named")
+	}
+	if left, _ := os.ReadDir(out); len(left) != 0 {
+		t.Errorf("a dry run wrote %v", left)
+	}
+	if left, _ := os.ReadDir(work); len(left) != 0 {
+		t.Errorf("work directory not cleaned: %v", left)
+	}
+
+	// The unit test alone is no hot patch.
+	r = runBuilder(t, nil, "--patch-name", "DRY2", "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
+		"--patch", fixturePatch(t, "fix-test-only.patch"), "--output", out, "--dry-run")
+	if r.code != exitNoChange || !strings.Contains(r.stderr, "tests/test_table.c: goes into no shipped binary (only into tests/test_table)") {
+		t.Errorf("test-only fix: exit %d, want %d\n%s\n%s", r.code, exitNoChange, r.stdout, r.stderr)
 	}
 }
 
@@ -350,7 +435,7 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("--help exit %d", r.code)
 	}
-	for _, w := range []string{"SYNOPSIS", "EXIT STATUS", "--skip-compiler-check", "--patch-description", "3   no functional change", "4   the change cannot be hot patched"} {
+	for _, w := range []string{"SYNOPSIS", "EXIT STATUS", "--dry-run", "PATCH REPORT", "--skip-compiler-check", "--patch-description", "3   no functional change", "4   the change cannot be hot patched"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("--help lacks %q", w)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/capture"
+	"github.com/syscare/syscare/rpmbuild/diff"
 )
 
 // Exit statuses (documented in the help text).
@@ -35,7 +36,8 @@ SYNOPSIS
     syscare-build --patch-name NAME [--patch-version V] [--patch-release R]
         [--patch-description TEXT] --source PKG.src.rpm --debuginfo PKG-debuginfo.rpm
         [--debuginfo ...] --patch FIX.patch [--patch ...] [--output DIR] [--jobs N]
-        [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--verbose]
+        [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--dry-run]
+        [--verbose]
     syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
 
 DESCRIPTION
@@ -49,6 +51,20 @@ DESCRIPTION
     changed; diffs each rebuilt object against its original; links one patch object per
     patched executable or library, bound to the build-id of the shipped file; and writes
     the patch RPM and the patch's source RPM.
+
+    A changed source file that goes into no shipped binary (a test program, a test
+    module, an object linked into nothing) is ignored with a note in the report.
+    Objects of static libraries the package builds and links in (vendored code) are
+    diffed like the others, for the binaries they are linked into.
+
+PATCH REPORT
+    At the end of the build, and when the change is refused, a report per patched
+    executable or library is printed: the changed functions with why each is in the
+    patch (code changed, inlining, compiler clone, cold part, read-only data), new
+    functions, functions left out because only line numbers moved, warnings (changed
+    constructors or main, which do not run again in running processes), notes, and for
+    a refusal the function, the section and the reason. The patch RPM carries it as
+    report.json next to patch.json; "syscare info" shows its summary.
 
     Output: patch-<target name>-<target version>-<target release>-NAME-V-R.<arch>.rpm,
     which requires the exact target package and syscare and installs into
@@ -79,17 +95,20 @@ OPTIONS
     --skip-cleanup           keep the work directory (its path is printed)
     --skip-compiler-check    build even if the debuginfo's DW_AT_producer names another
                              GCC version than the gcc on PATH
+    --dry-run                stop after the report (and the link of the patch objects):
+                             write no RPM; exit 0 when the patch would build, 3 or 4
+                             as below when it would not
     --verbose                copy the full build log to standard error
     -h, --help               show this text
 
 STEPS
     prepare, build original, build patched, diff, link, package: each is printed with
-    its duration. The full log is build.log in the work directory; when the build fails
+    its duration (package is skipped with --dry-run). The full log is build.log in the work directory; when the build fails
     its last lines and its path are printed (with the work directory removed, the log is
     kept as $TMPDIR/syscare-build-NAME-<time>.log).
 
 EXIT STATUS
-    0   the patch RPMs were written
+    0   the patch RPMs were written (with --dry-run: the patch would build)
     1   any other error: bad or mismatched input file (corrupt or non-RPM file, debuginfo
         of another version-release), a patch that does not apply, a missing tool, a
         compiler mismatch, a failing package build, a kernel source RPM
@@ -145,6 +164,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.SkipCleanup, "skip-cleanup", false, "")
 	fs.BoolVar(&o.SkipCompilerCheck, "skip-compiler-check", false, "")
 	fs.BoolVar(&o.Verbose, "verbose", false, "")
+	fs.BoolVar(&o.DryRun, "dry-run", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			io.WriteString(stdout, usage)
@@ -180,6 +200,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		var f *builder.Failure
 		if errors.As(err, &f) {
+			printReports(stdout, f.Reports)
 			fmt.Fprintf(stderr, "syscare-build: %v\n", f.Err)
 			if len(f.Tail) > 0 {
 				fmt.Fprintf(stderr, "last lines of the log:\n    %s\n", strings.Join(f.Tail, "\n    "))
@@ -188,11 +209,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	}
-	fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPM, res.SRPM)
+	printReports(stdout, res.Reports)
+	if res.DryRun {
+		fmt.Fprintln(stdout, "dry run: the patch would build; no RPM written")
+	} else {
+		fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPM, res.SRPM)
+	}
 	if res.WorkDir != "" {
 		fmt.Fprintf(stdout, "work directory: %s\n", res.WorkDir)
 	}
 	return nil
+}
+
+func printReports(w io.Writer, reports []*diff.Report) {
+	for _, rp := range reports {
+		fmt.Fprint(w, "\n"+rp.Text())
+	}
+	if len(reports) > 0 {
+		fmt.Fprintln(w)
+	}
 }
 
 func exitCode(err error) int {
