@@ -12,7 +12,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SYSCARE_BIN:-$ROOT/bin}
 export PATH=$BIN:/usr/local/go/bin:$PATH
 PORT=${DEMO_PORT:-$((20000 + RANDOM % 20000))}
-W=$(mktemp -d /tmp/syscare-demo.XXXXXX)
+W=$(mktemp -d "${TMPDIR:-/tmp}/syscare-demo.XXXXXX")
 TOP=$W/rpmbuild REPO=$W/repo INSTROOT=$W/root
 ADDR=unix:abstract=/syscare-demo-$(basename "$W")-$$
 SERVER_PID= DBUS_PID= HELPER_PID=
@@ -25,7 +25,7 @@ helper_pid() {
 }
 cleanup() {
 	local rc=$?
-	trap - EXIT INT TERM
+	trap "" INT TERM; trap - EXIT
 	set +e
 	[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
 	if [ -n "$DBUS_PID" ]; then
