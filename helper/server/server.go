@@ -8,6 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -209,6 +212,9 @@ type EntityInfo struct {
 	patchmeta.Entity
 	Name   string `json:"name"`
 	Status string `json:"status"`
+	// ReportSummary is the summary line of the builder's patch report for this
+	// entity's target ELF, when the patch carries one.
+	ReportSummary string `json:"report_summary,omitempty"`
 }
 
 // Info returns the patches as JSON.
@@ -223,13 +229,51 @@ func (o *Object) Info(ids []string) (string, *godbus.Error) {
 	for _, p := range ps {
 		st := states(o.s.cfg.Manager.Snapshot(p))
 		pi := PatchInfo{Patch: p.Meta, Dir: p.Dir, Status: st, RPMName: p.Meta.RPMName(), Removed: p.Gone}
+		var sums map[string]string
+		if !p.Gone {
+			sums = reportSummaries(p.Dir, p.Meta.Report)
+		}
 		for i, e := range p.Meta.Entities {
-			pi.Entities = append(pi.Entities, EntityInfo{Entity: e, Name: st[i].Name, Status: st[i].Status})
+			pi.Entities = append(pi.Entities, EntityInfo{Entity: e, Name: st[i].Name, Status: st[i].Status,
+				ReportSummary: sums[e.TargetPath]})
 		}
 		out = append(out, pi)
 	}
 	b, _ := json.Marshal(out)
 	return string(b), nil
+}
+
+// maxReport bounds what Info reads of a patch report.
+const maxReport = 4 << 20
+
+// reportSummaries reads the summary line of each target ELF from the patch report
+// (rpmbuild/builder.ReportFile: a JSON array of reports, each with "target" and
+// "summary"). A missing or malformed report gives none: info shows the rest.
+func reportSummaries(dir, file string) map[string]string {
+	if file == "" || file != filepath.Base(file) || file == "." || file == ".." {
+		return nil
+	}
+	f, err := os.Open(filepath.Join(dir, file))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxReport))
+	if err != nil {
+		return nil
+	}
+	var reports []struct {
+		Target  string `json:"target"`
+		Summary string `json:"summary"`
+	}
+	if json.Unmarshal(data, &reports) != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, r := range reports {
+		out[r.Target] = r.Summary
+	}
+	return out
 }
 
 // TargetInfo is one element of Target's JSON reply.

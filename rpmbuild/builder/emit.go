@@ -276,7 +276,7 @@ func (b *build) pack(ctx context.Context) (string, error) {
 	var payload []string
 	if len(b.res.Reports) > 0 {
 		rf := filepath.Join(b.work, "out", ReportFile)
-		if err := writeReports(rf, b.res.Reports); err != nil {
+		if err := WriteReportFile(rf, b.res.Reports); err != nil {
 			return "", err
 		}
 		payload = append(payload, rf)
@@ -341,7 +341,8 @@ func newUUID() string {
 // nothing of the differ to show it.
 const ReportFile = "report.json"
 
-func writeReports(path string, reports []*diff.Report) error {
+// WriteReportFile writes reports in the ReportFile format to path.
+func WriteReportFile(path string, reports []*diff.Report) error {
 	var all []json.RawMessage
 	for _, rp := range reports {
 		js, err := rp.JSON()

@@ -292,8 +292,9 @@ type infoJSON struct {
 		Functions  []struct {
 			Name string `json:"name"`
 		} `json:"functions"`
-		Name   string `json:"name"`
-		Status string `json:"status"`
+		Name          string `json:"name"`
+		Status        string `json:"status"`
+		ReportSummary string `json:"report_summary"`
 	} `json:"entities"`
 }
 
@@ -334,6 +335,9 @@ func printInfo(w io.Writer, js string) error {
 				fs = append(fs, f.Name)
 			}
 			fmt.Fprintf(w, "      functions: %s\n", strings.Join(fs, ", "))
+			if e.ReportSummary != "" {
+				fmt.Fprintf(w, "      report: %s\n", e.ReportSummary)
+			}
 		}
 		fmt.Fprintln(w, "patch:")
 		for _, s := range p.Sources {
