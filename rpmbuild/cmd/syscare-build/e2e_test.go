@@ -419,6 +419,49 @@ func TestDryRun(t *testing.T) {
 	}
 }
 
+// A fix of the program and of its library makes one report per ELF, each naming only
+// its own translation units, both in report.json.
+func TestReportPerTarget(t *testing.T) {
+	pkg := testpkg.Build(t, "scdemo")
+	out := t.TempDir()
+	r := runBuilder(t, nil, "--patch-name", "TWO", "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
+		"--patch", fixturePatch(t, "fix-vendor.patch"), "--patch", fixturePatch(t, "fix-msg.patch"), "--output", out)
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	x := t.TempDir()
+	if err := rpmfile.Extract(context.Background(), filepath.Join(out, "patch-scdemo-1.0-1-TWO-1-1.x86_64.rpm"), x, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(x, "usr/lib/syscare/patches/*/report.json"))
+	if len(files) != 1 {
+		t.Fatalf("report.json in the RPM: %q", files)
+	}
+	data, _ := os.ReadFile(files[0])
+	var elems []json.RawMessage
+	if err := json.Unmarshal(data, &elems); err != nil || len(elems) != 2 {
+		t.Fatalf("report.json: %v, %d reports\n%s", err, len(elems), data)
+	}
+	want := map[string][2]string{"/usr/bin/scdemo": {"vendor/vec/vec.c", "vec_bias"}, "/usr/lib64/libscmsg.so.1": {"msg.c", "message"}}
+	for _, e := range elems {
+		rp, err := diff.ParseReport(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, ok := want[rp.Target]
+		if !ok || len(rp.Files) != 1 || rp.Files[0] != w[0] || len(rp.Changed) != 1 || rp.Changed[0].Name != w[1] {
+			t.Errorf("report %+v, want files [%s] changing %s", rp, w[0], w[1])
+		}
+		delete(want, rp.Target)
+		if !strings.Contains(r.stdout, "Patch report for "+rp.Target) {
+			t.Errorf("report of %s not printed", rp.Target)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("no report for %v", want)
+	}
+}
+
 func kernelSRPM(t *testing.T) string {
 	t.Helper()
 	top := t.TempDir()
