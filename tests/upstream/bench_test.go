@@ -18,7 +18,9 @@ import (
 
 // BenchmarkUpstreamLuaHotPatch measures, in one run, syscare-build making the hot patch
 // of the Lua fix against one plain rpmbuild -bb of the same spec and sources, both with
-// two jobs; and the size of the patch object and of the patch RPM.
+// two jobs; and the size of the patch object and of the patch RPM. Each iteration runs
+// both twice, alternated, and keeps the faster of each: on a shared machine another
+// build's burst otherwise decides the ratio.
 func BenchmarkUpstreamLuaHotPatch(b *testing.B) {
 	needRoot(b)
 	needBinaries(b)
@@ -26,14 +28,23 @@ func BenchmarkUpstreamLuaHotPatch(b *testing.B) {
 	var plain, hot time.Duration
 	var hp builderRun
 	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		out, err := exec.Command("rpmbuild", "-bb", "--nodeps", "--define", "_topdir "+pkgs.top, pkgs.spec).CombinedOutput()
-		if err != nil {
-			b.Fatalf("rpmbuild -bb: %v\n%s", err, out)
+		var bestPlain, bestHot time.Duration
+		for round := 0; round < 2; round++ {
+			start := time.Now()
+			out, err := exec.Command("rpmbuild", "-bb", "--nodeps", "--define", "_topdir "+pkgs.top, pkgs.spec).CombinedOutput()
+			if err != nil {
+				b.Fatalf("rpmbuild -bb: %v\n%s", err, out)
+			}
+			if d := time.Since(start); round == 0 || d < bestPlain {
+				bestPlain = d
+			}
+			hp = hotPatch(b, pkgs)
+			if round == 0 || hp.elapsed < bestHot {
+				bestHot = hp.elapsed
+			}
 		}
-		plain += time.Since(start)
-		hp = hotPatch(b, pkgs)
-		hot += hp.elapsed
+		plain += bestPlain
+		hot += bestHot
 	}
 	dir, meta := patchDir(b, hp.rpm)
 	obj, err := os.Stat(filepath.Join(dir, meta.Entities[0].File))
