@@ -27,7 +27,7 @@ const usage = `usage: syscare [--bus ADDR] [--json] COMMAND [-f|--force] [ID...]
 Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or patch RPM name):
   list                 every installed patch entity and its status
   status ID...         status of patches
-  info ID...           patch details
+  info ID...           patch details, with the build report's summary per entity
   target ID...         target package of patches
   apply ID...          NOT-APPLIED -> ACTIVED
   active ID...         DEACTIVED -> ACTIVED
