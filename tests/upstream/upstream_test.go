@@ -217,7 +217,7 @@ func copyFile(t testing.TB, from, to string) {
 type builderRun struct {
 	stdout, stderr string
 	elapsed        time.Duration
-	rpm            string
+	rpm, srpm      string
 }
 
 // hotPatch runs syscare-build for the fix and returns the patch RPM's path.
@@ -235,8 +235,11 @@ func hotPatch(t testing.TB, pkgs *luaRPMs) builderRun {
 		t.Fatalf("syscare-build: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
 	}
 	r.rpm = filepath.Join(out, fmt.Sprintf("patch-lua-%s-1-%s-1-1.x86_64.rpm", luaVersion, patchName))
-	if _, err := os.Stat(r.rpm); err != nil {
-		t.Fatalf("patch RPM: %v\n%s", err, r.stdout)
+	r.srpm = strings.TrimSuffix(r.rpm, ".x86_64.rpm") + ".src.rpm"
+	for _, f := range []string{r.rpm, r.srpm} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("syscare-build output: %v\n%s", err, r.stdout)
+		}
 	}
 	return r
 }
@@ -398,6 +401,18 @@ func TestUpstreamLuaE2E(t *testing.T) {
 	req, _ := exec.Command("rpm", "-qp", "--requires", hp.rpm).Output()
 	if !strings.Contains(string(req), "lua = "+luaVersion+"-1\n") {
 		t.Errorf("patch RPM requires:\n%s", req)
+	}
+
+	// The patch's source RPM carries the target's sources and the fix, so that a later
+	// cumulative patch can be built from it.
+	list, err := exec.Command("rpm", "-qpl", hp.srpm).Output()
+	if err != nil {
+		t.Fatalf("rpm -qpl %s: %v", hp.srpm, err)
+	}
+	for _, f := range []string{"lua-" + luaVersion + ".tar.gz", "lua.spec", fixPatch} {
+		if !slices.Contains(strings.Fields(string(list)), f) {
+			t.Errorf("patch source RPM lacks %s:\n%s", f, list)
+		}
 	}
 
 	root := t.TempDir()
