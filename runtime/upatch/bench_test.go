@@ -2,9 +2,11 @@ package upatch
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +31,7 @@ func BenchmarkFreeze(b *testing.B) {
 	v := start(b, bin, nil, "8")
 	_, obj := buildPatch(b, "bench_fix.c", bin, "")
 	e := NewEngine("/")
-	var patch, unpatch []time.Duration
+	var patch, unpatch, stop, work []time.Duration
 	for n := 0; n < b.N; n++ {
 		for i := 0; i < 200; i++ {
 			st, err := e.PatchStats(v.pid(), obj, opts(uuid1))
@@ -37,6 +39,7 @@ func BenchmarkFreeze(b *testing.B) {
 				b.Fatal(err)
 			}
 			patch = append(patch, st.Freeze)
+			stop, work = append(stop, st.Stop), append(work, st.Work)
 			st, err = e.UnpatchStats(v.pid(), uuid1, opts(uuid1))
 			if err != nil {
 				b.Fatal(err)
@@ -46,13 +49,15 @@ func BenchmarkFreeze(b *testing.B) {
 	}
 	b.ReportMetric(float64(percentile(patch, 0.5).Microseconds()), "patch-median-µs")
 	b.ReportMetric(float64(percentile(patch, 0.99).Microseconds()), "patch-p99-µs")
+	b.ReportMetric(float64(percentile(stop, 0.5).Microseconds()), "patch-stop-median-µs")
+	b.ReportMetric(float64(percentile(work, 0.5).Microseconds()), "patch-work-median-µs")
 	b.ReportMetric(float64(percentile(unpatch, 0.5).Microseconds()), "unpatch-median-µs")
 	b.ReportMetric(float64(percentile(unpatch, 0.99).Microseconds()), "unpatch-p99-µs")
 }
 
 // BenchmarkPatchManyProcesses patches 1000 running instances of one binary in one batch.
 func BenchmarkPatchManyProcesses(b *testing.B) {
-	const n = 1000
+	n := benchProcesses()
 	bin := buildBenchTarget(b)
 	_, obj := buildPatch(b, "bench_fix.c", bin, "")
 	var pids []int
@@ -128,4 +133,13 @@ func BenchmarkCallOverhead(b *testing.B) {
 	}
 	b.ReportMetric(before, "ns/call-unpatched")
 	b.ReportMetric(after, "ns/call-patched")
+}
+
+// benchProcesses is the number of processes BenchmarkPatchManyProcesses starts
+// (SYSCARE_BENCH_PROCS, default 1000).
+func benchProcesses() int {
+	if n, err := strconv.Atoi(os.Getenv("SYSCARE_BENCH_PROCS")); err == nil && n > 0 {
+		return n
+	}
+	return 1000
 }

@@ -74,6 +74,9 @@ func (o Options) delay() time.Duration {
 type Stats struct {
 	// Freeze is the time from stopping the first thread to detaching the last.
 	Freeze time.Duration
+	// Stop is the part of Freeze spent stopping the threads, Work the part spent
+	// with all of them stopped; the rest is resuming them.
+	Stop, Work time.Duration
 	// Tries is the number of attempts (more than 1 when threads were busy).
 	Tries int
 }
@@ -347,11 +350,15 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 			if testHookStopped != nil {
 				testHookStopped(pid)
 			}
+			stopped := time.Now()
 			err = p.apply(pr)
+			applied := time.Now()
 			if derr := pr.Detach(); derr != nil && err == nil {
 				err = fmt.Errorf("resume pid %d: %w", pid, derr)
 			}
 			st.Freeze += time.Since(start)
+			st.Stop += stopped.Sub(start)
+			st.Work += applied.Sub(stopped)
 			if errors.Is(err, ErrBusy) {
 				busy, err = err, nil
 			}
