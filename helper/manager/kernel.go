@@ -24,11 +24,26 @@ type KernelDriver struct {
 }
 
 // NewKernelDriver returns the driver of the running kernel; sysfs and procfs are read
-// under root, as every other path of the helper.
+// under root, as every other path of the helper. Under a root prefix (a sandbox) module
+// loading is refused: the kernel is the host's, and its sysfs is not under the prefix.
 func NewKernelDriver(root string) *KernelDriver {
 	k := kpatch.New()
-	k.Root = root
+	if root != "" && filepath.Clean(root) != "/" {
+		k.Root = root
+		k.Sys = prefixedKernel{}
+	}
 	return &KernelDriver{K: k}
+}
+
+// prefixedKernel refuses module syscalls under a root prefix.
+type prefixedKernel struct{}
+
+func (prefixedKernel) FinitModule(*os.File, string) error {
+	return fmt.Errorf("%w: loading kernel modules under a root prefix", ErrNotSupported)
+}
+
+func (prefixedKernel) DeleteModule(string) error {
+	return fmt.Errorf("%w: unloading kernel modules under a root prefix", ErrNotSupported)
 }
 
 // moduleName is the entity's module name: from the module read by Load, from the file

@@ -282,3 +282,14 @@ func TestKernelDriverStalledTransition(t *testing.T) {
 		t.Fatalf("sysfs %v after a stalled apply", st.State)
 	}
 }
+
+func TestKernelDriverUnderRootPrefix(t *testing.T) {
+	// A sandbox's root prefix never reaches the host kernel's module syscalls.
+	d := NewKernelDriver(t.TempDir())
+	if err := d.K.Sys.FinitModule(nil, ""); !errors.Is(err, ErrNotSupported) {
+		t.Fatalf("finit_module under a prefix: %v", err)
+	}
+	if _, ok := NewKernelDriver("/").K.Sys.(kpatch.Kernel); !ok {
+		t.Fatal("root / does not use the real kernel")
+	}
+}

@@ -71,7 +71,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 		Log:  log,
 		Drivers: map[string]manager.Driver{
 			patchmeta.KindUser:   user,
-			patchmeta.KindKernel: manager.Unsupported(patchmeta.KindKernel),
+			patchmeta.KindKernel: manager.NewKernelDriver(rootDir),
 		},
 		OnChange: func(e *manager.Entity, old, new manager.State) {
 			if srv != nil {
