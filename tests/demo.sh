@@ -61,9 +61,9 @@ fail() {
 }
 # ask sends NAME to the server and prints its one-line reply (kept in REPLY_LINE).
 ask() {
-	exec 3<>"/dev/tcp/127.0.0.1/$PORT"
+	exec 3<>"/dev/tcp/127.0.0.1/$PORT" || fail "the server does not accept connections"
 	printf '%s\n' "$1" >&3
-	IFS= read -r REPLY_LINE <&3 || true
+	IFS= read -r -t 10 REPLY_LINE <&3 || REPLY_LINE="(no reply)"
 	exec 3>&-
 	printf '    send %-10s -> %s\n' "\"$1\"" "$REPLY_LINE"
 }
