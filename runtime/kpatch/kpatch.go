@@ -150,6 +150,10 @@ type Patcher struct {
 	Release string
 	// Timeout bounds each transition wait (default 30 s).
 	Timeout time.Duration
+	// RevertTimeout bounds the wait for a stalled transition's reversal (default
+	// Timeout). The reversal only has to move back the tasks that did switch, which
+	// are not stuck, so it may be given longer than a short Timeout.
+	RevertTimeout time.Duration
 	// Poll is the interval between two looks at sysfs (default 20 ms).
 	Poll time.Duration
 }
@@ -230,6 +234,12 @@ func writeAttr(path, v string) error {
 	return err
 }
 
+// vanished reports whether err means a sysfs attribute is gone or going: a read racing
+// with the kernel's removal of the patch's kobject gets ENODEV rather than ENOENT.
+func vanished(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV)
+}
+
 func exists(path string) (bool, error) {
 	_, err := os.Stat(path)
 	if err == nil {
@@ -250,7 +260,7 @@ func (p *Patcher) Status(name string) (Status, error) {
 	dir := p.klpDir(name)
 	enabled, err := readAttr(filepath.Join(dir, "enabled"))
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case vanished(err):
 		// initstate exists only for loadable modules, not for built-in ones.
 		loaded, err := exists(p.path("sys/module", name, "initstate"))
 		if err != nil {
@@ -265,7 +275,7 @@ func (p *Patcher) Status(name string) (Status, error) {
 	}
 	transition, err := readAttr(filepath.Join(dir, "transition"))
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if vanished(err) {
 			// Freed between the two reads: the disable just finished.
 			return p.Status(name)
 		}
@@ -409,8 +419,11 @@ func (p *Patcher) set(ctx context.Context, name string, enable bool) error {
 		v = "1"
 	}
 	if err := writeAttr(filepath.Join(p.klpDir(name), "enabled"), v); err != nil {
-		if enable && errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("livepatch %s: %w", name, ErrNeedsReload)
+		if vanished(err) {
+			if enable {
+				return fmt.Errorf("livepatch %s: %w", name, ErrNeedsReload)
+			}
+			return nil // freed meanwhile: disabled
 		}
 		return fmt.Errorf("livepatch %s: set enabled=%s: %w", name, v, err)
 	}
@@ -527,13 +540,17 @@ func (p *Patcher) wait(ctx context.Context, name string, enable bool) error {
 		v = "0"
 	}
 	if err := writeAttr(filepath.Join(p.klpDir(name), "enabled"), v); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			// The transition ended just now after all.
+		if vanished(err) && !enable {
+			// The disable ended just now after all and the patch was freed.
 			return nil
 		}
 		return errors.Join(te, fmt.Errorf("livepatch %s: reverse transition: %w", name, err))
 	}
-	ok, err = p.waitFor(ctx, name, !enable, p.timeout())
+	revert := p.RevertTimeout
+	if revert <= 0 {
+		revert = p.timeout()
+	}
+	ok, err = p.waitFor(ctx, name, !enable, revert)
 	te.Reverted = ok
 	return errors.Join(te, err)
 }

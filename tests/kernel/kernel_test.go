@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
 // cacheRoot keeps the extracted kernel image between runs.
@@ -155,8 +158,8 @@ func initramfs(t *testing.T, work, guest string, modules map[string]string) stri
 	if err != nil {
 		t.Fatal("kernel test: busybox not found; tests/deps.sh installs busybox-static")
 	}
-	if out, _ := exec.Command("file", "-L", busybox).CombinedOutput(); bytes.Contains(out, []byte("dynamically linked")) {
-		t.Fatalf("kernel test: %s is dynamically linked; the initramfs needs busybox-static", busybox)
+	if static, err := isStatic(busybox); err != nil || !static {
+		t.Fatalf("kernel test: %s is not a static executable (%v); the initramfs needs busybox-static", busybox, err)
 	}
 	copyFile(t, busybox, filepath.Join(root, "bin/busybox"), 0o755)
 	for _, applet := range []string{"sh", "mount", "poweroff", "cat", "echo"} {
@@ -183,6 +186,21 @@ poweroff -f
 	cpio := filepath.Join(work, "initramfs.cpio")
 	run(t, root, nil, "sh", "-c", "find . | busybox cpio -o -H newc > "+cpio)
 	return cpio
+}
+
+// isStatic reports whether the ELF at path has no program interpreter.
+func isStatic(path string) (bool, error) {
+	f, err := elfsafe.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func copyFile(t *testing.T, src, dst string, mode os.FileMode) {

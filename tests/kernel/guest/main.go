@@ -145,7 +145,7 @@ func stallSteps(ctx context.Context, r *reporter, p *kpatch.Patcher, dir string)
 	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
 	// Wait until a thread of the sleeper is inside pause (x86-64 syscall 34).
 	inPause := false
-	for i := 0; i < 500 && !inPause; i++ {
+	for i := 0; i < 3000 && !inPause; i++ {
 		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/syscall", pid))
 		for _, f := range tasks {
 			if b, _ := os.ReadFile(f); strings.HasPrefix(string(b), "34 ") {
@@ -158,7 +158,11 @@ func stallSteps(ctx context.Context, r *reporter, p *kpatch.Patcher, dir string)
 		return
 	}
 
+	// Short enough to stay below the kernel's own fake-signal nudge (after 15 s), which
+	// would wake the sleeper and let the transition finish; the reversal gets longer
+	// because TCG on a loaded machine is slow.
 	p.Timeout = 3 * time.Second
+	p.RevertTimeout = 30 * time.Second
 	t := time.Now()
 	_, err = p.Load(ctx, filepath.Join(dir, "livepatch-pause.ko"))
 	var te *kpatch.TransitionError
