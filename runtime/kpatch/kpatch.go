@@ -1,7 +1,9 @@
 package kpatch
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
 // ErrTransitionTimeout is wrapped by a *TransitionError when tasks did not switch in time.
@@ -23,6 +27,10 @@ var ErrNotLoaded = errors.New("module not loaded")
 // ErrNeedsReload is wrapped by Enable when the patch was disabled and freed: only
 // unloading and loading its module enables it again.
 var ErrNeedsReload = errors.New("patch was disabled; its module must be reloaded")
+
+// ErrOtherModule is wrapped by Load when a module of the same name but another build
+// is loaded: it is left alone rather than taken for the requested one.
+var ErrOtherModule = errors.New("another build of the module is loaded")
 
 // Syscalls loads and removes kernel modules. The real one is Kernel; tests give a fake
 // that edits a temporary sysfs tree.
@@ -321,7 +329,8 @@ func (p *Patcher) List() ([]Status, error) {
 // Load checks and loads the livepatch module at path, which enables its patch, and
 // waits for the transition. If the transition stalls it is reversed and the module
 // unloaded, and the *TransitionError names the stalled tasks. A module already
-// enabled is left as it is; one loaded but disabled is reloaded.
+// enabled is left as it is; one loaded but disabled is reloaded; one of the same
+// name but another build (build-id) is refused with ErrOtherModule.
 func (p *Patcher) Load(ctx context.Context, path string) (*ModInfo, error) {
 	mi, err := p.Check(path)
 	if err != nil {
@@ -330,6 +339,11 @@ func (p *Patcher) Load(ctx context.Context, path string) (*ModInfo, error) {
 	st, err := p.Status(mi.Name)
 	if err != nil {
 		return nil, err
+	}
+	if st.State != Unloaded {
+		if err := p.sameBuild(mi); err != nil {
+			return nil, err
+		}
 	}
 	switch st.State {
 	case Enabled:
@@ -374,6 +388,22 @@ func (p *Patcher) Load(ctx context.Context, path string) (*ModInfo, error) {
 		return nil, err
 	}
 	return mi, nil
+}
+
+// sameBuild compares the loaded module's build-id with the file's, when both have one.
+func (p *Patcher) sameBuild(mi *ModInfo) error {
+	if len(mi.BuildID) == 0 {
+		return nil
+	}
+	notes, err := os.ReadFile(p.path("sys/module", mi.Name, "notes", ".note.gnu.build-id"))
+	if err != nil {
+		return nil // no notes: the kernel does not tell, so trust the name
+	}
+	loaded := elfsafe.FindBuildIDNote(notes, binary.LittleEndian)
+	if loaded == nil || bytes.Equal(loaded, mi.BuildID) {
+		return nil
+	}
+	return fmt.Errorf("module %s: %w (loaded build-id %x, file has %x)", mi.Name, ErrOtherModule, loaded, mi.BuildID)
 }
 
 // Enable enables a registered patch: a no-op if it is enabled, a reversal of a

@@ -2,6 +2,7 @@ package kpatch
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -76,6 +77,13 @@ func (k *fakeKernel) FinitModule(f *os.File, params string) error {
 		return unix.EEXIST
 	}
 	writeTree(mod, map[string]string{"initstate": "live\n"})
+	if mi.BuildID != nil {
+		note := binary.LittleEndian.AppendUint32(nil, 4)
+		note = binary.LittleEndian.AppendUint32(note, uint32(len(mi.BuildID)))
+		note = binary.LittleEndian.AppendUint32(note, 3)
+		note = append(append(note, "GNU\x00"...), mi.BuildID...)
+		writeTree(filepath.Join(mod, "notes"), map[string]string{".note.gnu.build-id": string(note)})
+	}
 	if !k.noPatch {
 		tr := k.transition
 		if tr == "" {
@@ -387,5 +395,39 @@ func TestUnloadRetriesBusyModule(t *testing.T) {
 	k.busy = 1 << 30
 	if err := p.Unload(ctx, "lp_a"); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("unload busy: %v", err)
+	}
+}
+
+// linkBuildID links obj into a relocatable object with a GNU build-id, as kernel
+// modules are.
+func linkBuildID(t *testing.T, obj string) string {
+	t.Helper()
+	out := obj + ".id.ko"
+	if b, err := exec.Command("ld", "-r", "--build-id", "-o", out, obj).CombinedOutput(); err != nil {
+		t.Fatalf("ld: %v\n%s", err, b)
+	}
+	return out
+}
+
+func TestLoadRefusesAnotherBuild(t *testing.T) {
+	ctx := context.Background()
+	p, k := newTestPatcher(t)
+	a := linkBuildID(t, livepatchModule(t, "lp_a"))
+	b := linkBuildID(t, buildModule(t, "lp_a.ko", "name=lp_a", "vermagic="+testRelease+" SMP ", "livepatch=Y", "description=v2"))
+	ma, err := p.Load(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ma.BuildID) != 20 {
+		t.Fatalf("build-id %x", ma.BuildID)
+	}
+	if _, err := p.Load(ctx, b); !errors.Is(err, ErrOtherModule) {
+		t.Fatalf("load another build: %v", err)
+	}
+	if _, err := p.Load(ctx, a); err != nil {
+		t.Fatalf("load same build again: %v", err)
+	}
+	if got := k.Calls(); got != "load:lp_a" {
+		t.Fatalf("calls %q", got)
 	}
 }

@@ -29,6 +29,9 @@ type ModInfo struct {
 	Livepatch bool
 	// Fields holds every key=value pair; a repeated key keeps its first value.
 	Fields map[string]string
+	// BuildID is the module's GNU build-id (nil when it has none), which the kernel
+	// shows for a loaded module in /sys/module/<name>/notes/.note.gnu.build-id.
+	BuildID []byte
 }
 
 // Release is the kernel release the module was built for: vermagic's first word.
@@ -96,6 +99,9 @@ func ReadModInfo(path string) (*ModInfo, error) {
 	m, err := ParseModInfo(data, base)
 	if err != nil {
 		return nil, fmt.Errorf("module %s: %w", path, err)
+	}
+	if m.BuildID, err = elfsafe.BuildID(f.File); err != nil {
+		return nil, fmt.Errorf("module %s: build-id: %w", path, err)
 	}
 	return m, nil
 }

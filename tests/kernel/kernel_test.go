@@ -243,6 +243,19 @@ func TestLivepatchUnderQemu(t *testing.T) {
 		copyFile(t, filepath.Join("testdata", f), filepath.Join(mods, f), 0o644)
 	}
 	run(t, mods, nil, "make", "-s", "-C", build, "M="+mods, "modules")
+	// Another build of the same module (same name, other text): Load must not take the
+	// loaded one for it.
+	v2 := filepath.Join(work, "v2")
+	if err := os.MkdirAll(v2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join("testdata", "livepatch-cmdline.c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(v2, "livepatch-cmdline.c"), bytes.Replace(src, []byte("live patched"), []byte("live patched v2"), 1), 0o644)
+	os.WriteFile(filepath.Join(v2, "Makefile"), []byte("obj-m := livepatch-cmdline.o\n"), 0o644)
+	run(t, v2, nil, "make", "-s", "-C", build, "M="+v2, "modules")
 	cmdline := filepath.Join(mods, "livepatch-cmdline.ko")
 	ko, err := os.ReadFile(cmdline)
 	if err != nil {
@@ -263,9 +276,10 @@ func TestLivepatchUnderQemu(t *testing.T) {
 	run(t, ".", []string{"CGO_ENABLED=0"}, "go", "build", "-o", guest, "./guest")
 
 	cpio := initramfs(t, work, guest, map[string]string{
-		"livepatch-cmdline.ko": cmdline,
-		"livepatch-pause.ko":   filepath.Join(mods, "livepatch-pause.ko"),
-		"other-release.ko":     otherKo,
+		"livepatch-cmdline.ko":    cmdline,
+		"livepatch-pause.ko":      filepath.Join(mods, "livepatch-pause.ko"),
+		"other-release.ko":        otherKo,
+		"livepatch-cmdline-v2.ko": filepath.Join(v2, "livepatch-cmdline.ko"),
 	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -313,6 +327,7 @@ func TestLivepatchUnderQemu(t *testing.T) {
 		"load-state":       "enabled",
 		"cmdline-patched":  "syscare kpatch: live patched",
 		"list":             "livepatch_cmdline",
+		"other-build":      "another build of the module is loaded",
 		"disable":          "<nil>",
 		"disable-state":    "loaded (disabled)",
 		"cmdline-disabled": "syscare_marker=1",

@@ -70,7 +70,8 @@ func state(p *kpatch.Patcher, name string) kpatch.State {
 }
 
 // run expects the module directory as its argument: livepatch-cmdline.ko,
-// livepatch-pause.ko and other-release.ko (the first built for another release).
+// livepatch-cmdline-v2.ko (another build of it), livepatch-pause.ko and
+// other-release.ko (the first built for another release).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) != 1 {
 		return errors.New("usage: guest <module dir>")
@@ -95,6 +96,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		r.report("cmdline-patched", got == patched, "%s", got)
 		list, err := kpatch.New().List()
 		r.report("list", err == nil && len(list) == 1 && list[0] == kpatch.Status{Name: cmd, State: kpatch.Enabled}, "%v %v", list, err)
+		_, err = p.Load(ctx, filepath.Join(dir, "livepatch-cmdline-v2.ko"))
+		got = cmdline()
+		r.report("other-build", errors.Is(err, kpatch.ErrOtherModule) && got == patched, "%v: %s", err, got)
 	}
 
 	t = time.Now()
