@@ -151,6 +151,8 @@ func classifyKernel(err error) error {
 		return nil
 	case errors.Is(err, kpatch.ErrTransitionTimeout):
 		return fmt.Errorf("%w: %w", ErrBusy, err)
+	case errors.Is(err, kpatch.ErrOtherModule):
+		return fmt.Errorf("%w: %w", ErrConflict, err)
 	case errors.Is(err, kpatch.ErrReleaseMismatch), errors.Is(err, kpatch.ErrNotLivepatch):
 		return fmt.Errorf("%w: %w", ErrVerify, err)
 	}
