@@ -347,7 +347,7 @@ func (o *Object) readFuncs() error {
 	if sec == nil {
 		return invalid("no %s section: the object replaces no function (use UPATCH_FUNC)", FuncsSection)
 	}
-	if sec.Data == nil || len(sec.Data) == 0 || len(sec.Data)%FuncEntrySize != 0 {
+	if len(sec.Data) == 0 || len(sec.Data)%FuncEntrySize != 0 {
 		return invalid("section %s: size %d is not a positive multiple of %d", FuncsSection, len(sec.Data), FuncEntrySize)
 	}
 	seen := map[string]bool{}

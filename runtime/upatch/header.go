@@ -108,9 +108,6 @@ func (h *Header) Encode() ([]byte, error) {
 	return b, nil
 }
 
-// headerPrefix is how many bytes to read to learn a header's full size.
-const headerPrefix = headerFixedSize
-
 // decodeHeader parses a header; b must hold at least the whole header. It never
 // trusts the process: every offset is bounds-checked.
 func decodeHeader(b []byte) (*Header, error) {
@@ -152,18 +149,4 @@ func decodeHeader(b []byte) (*Header, error) {
 	}
 	h.EncodedSz = uint64(h.encodedSize())
 	return h, nil
-}
-
-// headerSizeHint returns how many bytes the header that starts with prefix occupies,
-// an upper bound read from the fixed part.
-func headerSizeHint(prefix []byte) (int, bool) {
-	if len(prefix) < headerFixedSize || !bytes.Equal(prefix[:8], []byte(headerMagic)) {
-		return 0, false
-	}
-	n := int(binary.LittleEndian.Uint32(prefix[12:]))
-	if n <= 0 || n > 1<<16 {
-		return 0, false
-	}
-	// function names are bounded by the symbol names we write; 4 KiB per function is generous
-	return headerFixedSize + n*(headerFuncSize+4096) + 4096, true
 }
