@@ -1,0 +1,152 @@
+// Package ptrace is the only package that issues ptrace, wait4, process_vm_* and /proc/pid/mem requests.
+//
+// A Tracer owns one goroutine locked to one OS thread: Linux binds a tracee to
+// the thread that attached it, so every ptrace and wait4 request of a Tracer
+// runs there. Methods called from another goroutine hand their work over to
+// that thread (a few microseconds each); Tracer.Do runs a whole closure there,
+// so a caller can do a complete freeze (attach, inspect, inject, write,
+// detach) without any handoff. Several Tracers may run in parallel.
+//
+// The package is written for x86-64 (the injected syscall and register layout).
+package ptrace
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrExited is wrapped whenever the tracee died during an operation.
+var ErrExited = errors.New("process exited")
+
+// ErrExec is wrapped when the tracee replaced its image (execve by one of its
+// threads) during an operation; it also wraps ErrExited, since the process
+// image that was being worked on is gone.
+var ErrExec = fmt.Errorf("process image replaced by execve: %w", ErrExited)
+
+// ErrClosed is returned by requests made after Close.
+var ErrClosed = errors.New("tracer closed")
+
+// ErrDetached is returned by requests on a Process after Detach.
+var ErrDetached = errors.New("process detached")
+
+// Tracer runs ptrace requests on one locked OS thread.
+type Tracer struct {
+	tid  int // OS thread id of the tracer goroutine
+	reqs chan request
+	quit chan struct{}
+	done chan struct{}
+
+	// Owned by the tracer thread.
+	procs   map[int]*Process // attached processes, by pid
+	zombies []int            // traced zombie leaders whose death report is due
+}
+
+type request struct {
+	fn   func() error
+	done chan error
+}
+
+// NewTracer starts a tracer thread. Close it when done.
+func NewTracer() *Tracer {
+	t := &Tracer{
+		reqs:  make(chan request),
+		quit:  make(chan struct{}),
+		done:  make(chan struct{}),
+		procs: map[int]*Process{},
+	}
+	ready := make(chan struct{})
+	go t.loop(ready)
+	<-ready
+	return t
+}
+
+func (t *Tracer) loop(ready chan<- struct{}) {
+	// The goroutine never unlocks: when it returns, the Go runtime ends the
+	// thread, and the kernel detaches anything still traced by it, so even a
+	// forgotten Process is never left stopped.
+	runtime.LockOSThread()
+	t.tid = unix.Gettid()
+	close(ready)
+	defer close(t.done)
+	for {
+		select {
+		case r := <-t.reqs:
+			r.done <- r.fn()
+		case <-t.quit:
+			for _, p := range t.procs {
+				_ = p.detach()
+			}
+			t.reapZombies()
+			return
+		}
+	}
+}
+
+// Close detaches every process still attached and ends the tracer thread.
+// It is idempotent.
+func (t *Tracer) Close() {
+	select {
+	case <-t.quit:
+	default:
+		close(t.quit)
+	}
+	<-t.done
+}
+
+// Do runs fn on the tracer thread. Process methods called inside fn run
+// directly, without a handoff; this is how a caller keeps a freeze short.
+func (t *Tracer) Do(fn func() error) error { return t.run(fn) }
+
+// run executes fn on the tracer thread: directly when already there (the
+// locked goroutine is the only one that ever runs on that thread, so the
+// thread id identifies it), else by handing it over.
+func (t *Tracer) run(fn func() error) error {
+	if unix.Gettid() == t.tid {
+		return fn()
+	}
+	done := make(chan error, 1)
+	select {
+	case t.reqs <- request{fn: fn, done: done}:
+		return <-done
+	case <-t.done:
+		return ErrClosed
+	}
+}
+
+// reapZombies collects the death reports of traced zombie leaders that are
+// ready, so their parents can reap them. The rest are collected later, or by
+// the kernel when the tracer thread ends.
+func (t *Tracer) reapZombies() {
+	rest := t.zombies[:0]
+	for _, tid := range t.zombies {
+		var ws unix.WaitStatus
+		if r, err := waitTid(tid, &ws, unix.WNOHANG); err == nil && r == 0 {
+			rest = append(rest, tid)
+		}
+	}
+	t.zombies = rest
+}
+
+// Attach stops every thread of process pid: PTRACE_SEIZE (with clone, exec
+// and exit events) and PTRACE_INTERRUPT on each, then waits for each stop and
+// re-reads /proc/PID/task until no new thread shows up. Threads that exit
+// meanwhile are dropped; a zombie group leader is left alone. On any error
+// everything attached so far is detached again.
+func (t *Tracer) Attach(pid int) (*Process, error) {
+	var p *Process
+	err := t.run(func() error {
+		if len(t.zombies) > 0 {
+			t.reapZombies()
+		}
+		var err error
+		p, err = t.attach(pid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
