@@ -57,6 +57,10 @@ type Process struct {
 	detached bool
 	exited   bool // the group leader's death was reported
 	execed   bool
+	// disturbed: a thread died or vanished while attached, so the final
+	// detach double-checks the leader's tid (an execve may have moved one of
+	// our tracees there).
+	disturbed bool
 }
 
 // stopTimeout bounds the wait for a thread to reach its stop (a thread in an
@@ -230,13 +234,16 @@ func (p *Process) poll(th *thread) bool {
 		// Not our tracee any more, with no report: the old tid of a thread
 		// that called execve, or the old leader, which execve releases
 		// silently.
+		// A death would have been reported; a thread that vanishes without
+		// a report was taken by an execve (the caller's old tid, the old
+		// leader) or reaped by the exec watchdog. Either way the process
+		// image we were stopping is gone.
 		th.state = stGone
-		if th.tid == p.Pid {
-			if _, err := proc.ThreadState(p.Pid, p.Pid); err == nil {
-				p.execed = true
-			} else {
-				p.exited = true
-			}
+		p.disturbed = true
+		if st, err := proc.ThreadState(p.Pid, p.Pid); err == nil && st != 'Z' && st != 'X' {
+			p.execed = true
+		} else {
+			p.exited = true
 		}
 		return true
 	case err != nil || r == 0:
@@ -305,7 +312,8 @@ func (p *Process) waitPending() error {
 }
 
 // zombies marks pending threads that became zombies (a leader that called
-// pthread_exit, whose death is not reported while other threads live).
+// pthread_exit, whose death is not reported while other threads live), or
+// whose tid no longer names our tracee.
 func (p *Process) zombies() bool {
 	found := false
 	for _, th := range p.threads {
@@ -315,6 +323,16 @@ func (p *Process) zombies() bool {
 		if st, err := proc.ThreadState(p.Pid, th.tid); err == nil && (st == 'Z' || st == 'X') {
 			th.state = stZombie
 			p.t.zombies = append(p.t.zombies, th.tid)
+			found = true
+			continue
+		}
+		if tp, err := proc.TracerPid(th.tid); err != nil || tp != p.t.tid {
+			// The tid now names a thread we never seized (an execve gave
+			// the leader's tid to another thread): what we seized is gone.
+			th.state = stGone
+			p.disturbed = true
+			p.execed = err == nil
+			p.exited = err != nil
 			found = true
 		}
 	}
@@ -330,6 +348,7 @@ func (p *Process) apply(th *thread, ws unix.WaitStatus) {
 	th.sigStop = false
 	if ws.Exited() || ws.Signaled() {
 		th.state = stGone
+		p.disturbed = true
 		if tid == p.Pid {
 			// A group leader's death is reported only once it is the last thread.
 			p.exited = true
@@ -352,6 +371,7 @@ func (p *Process) apply(th *thread, ws unix.WaitStatus) {
 		// The thread that called execve now has the leader's tid; every
 		// other thread is dead or dying.
 		p.execed = true
+		p.disturbed = true
 		th.state = stStopped
 		for _, o := range p.threads {
 			if o != th && o.state != stGone {
@@ -504,6 +524,15 @@ func (p *Process) detach() error {
 			_ = unix.Tgkill(p.Pid, th.tid, unix.Signal(d.sig))
 		}
 	}
+	if p.disturbed {
+		// The thread that now holds the leader's tid may be ours (seized
+		// under its old tid, or by a seize that waited for the execve).
+		if lt := p.byTid[p.Pid]; lt == nil || lt.state == stGone {
+			if tp, err := proc.TracerPid(p.Pid); err == nil && tp == p.t.tid {
+				reap = append(reap, &thread{tid: p.Pid, proc: p})
+			}
+		}
+	}
 	p.reap(reap)
 	return firstErr
 }
@@ -548,9 +577,12 @@ func (p *Process) reap(ths []*thread) {
 			switch {
 			case err != nil: // ECHILD: no longer ours
 			case r == 0 || ws.Stopped():
-				// Not there yet, or just reported a stop: detach next round.
-				rest = append(rest, th)
-				continue
+				// Not there yet, or just reported a stop: detach next round,
+				// unless it is no longer ours at all.
+				if tp, err := proc.TracerPid(th.tid); err == nil && tp == p.t.tid {
+					rest = append(rest, th)
+					continue
+				}
 			}
 			th.state = stGone
 		}

@@ -178,15 +178,20 @@ func (p *Process) syscall(th *thread, nr uint64, args []uint64) (uint64, error) 
 	if th.state != stStopped {
 		return 0, fmt.Errorf("syscall %d in thread %d: %w", nr, th.tid, ErrExited)
 	}
-	site, err := p.syscallSite()
-	if err != nil {
-		return 0, err
-	}
 	if !th.haveRegs {
 		if err := getRegs(th.tid, &th.regs); err != nil {
 			return 0, threadErr(th, "registers of", err)
 		}
 		th.haveRegs = true
+	}
+	site, err := p.syscallSite()
+	if err != nil {
+		// A killed thread leaves its stop, and then answers ESRCH.
+		var probe unix.PtraceRegs
+		if perr := getRegs(th.tid, &probe); perr != nil {
+			return 0, threadErr(th, "registers of", perr)
+		}
+		return 0, err
 	}
 	saved := th.regs
 	var a [6]uint64
