@@ -2,6 +2,7 @@
 package proc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -79,13 +80,7 @@ func readMaps(pid int, buf *[]byte) ([]byte, error) {
 // ParseMaps parses the text of a /proc/PID/maps file. Perms strings of the
 // usual four letters share storage, so parsing allocates little beyond the paths.
 func ParseMaps(data []byte) ([]Mapping, error) {
-	n := 0
-	for _, c := range data {
-		if c == '\n' {
-			n++
-		}
-	}
-	out := make([]Mapping, 0, n+1)
+	out := make([]Mapping, 0, bytes.Count(data, []byte{'\n'})+1)
 	lineNo := 0
 	for len(data) > 0 {
 		lineNo++
@@ -115,14 +110,7 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
+func indexByte(b []byte, c byte) int { return bytes.IndexByte(b, c) }
 
 // hexField parses lowercase or uppercase hex digits up to a terminator byte.
 // It returns the value, the rest after the terminator, and whether it parsed.
@@ -169,21 +157,53 @@ func decField(b []byte) (uint64, []byte, bool) {
 	return v, b[i:], true
 }
 
-// perms interns the common permission strings.
-var permsTable = func() map[string]string {
-	t := map[string]string{}
-	for _, r := range []string{"r", "-"} {
-		for _, w := range []string{"w", "-"} {
-			for _, x := range []string{"x", "-"} {
-				for _, p := range []string{"p", "s"} {
-					s := r + w + x + p
-					t[s] = s
-				}
-			}
+// permsTable interns the sixteen usual permission strings, indexed by
+// permsIndex, so parsing does not allocate them.
+var permsTable = func() (t [16]string) {
+	for i := range t {
+		b := []byte("----")
+		if i&8 != 0 {
+			b[0] = 'r'
 		}
+		if i&4 != 0 {
+			b[1] = 'w'
+		}
+		if i&2 != 0 {
+			b[2] = 'x'
+		}
+		if i&1 != 0 {
+			b[3] = 's'
+		} else {
+			b[3] = 'p'
+		}
+		t[i] = string(b)
 	}
 	return t
 }()
+
+func permsIndex(b []byte) int {
+	if len(b) != 4 {
+		return -1
+	}
+	i := 0
+	for k, set := range [3]byte{'r', 'w', 'x'} {
+		switch b[k] {
+		case set:
+			i |= 8 >> k
+		case '-':
+		default:
+			return -1
+		}
+	}
+	switch b[3] {
+	case 's':
+		i |= 1
+	case 'p':
+	default:
+		return -1
+	}
+	return i
+}
 
 // parseMapsLine parses "start-end perms offset major:minor inode   path".
 func parseMapsLine(line []byte) (Mapping, bool) {
@@ -199,8 +219,8 @@ func parseMapsLine(line []byte) (Mapping, bool) {
 	if sp <= 0 {
 		return m, false
 	}
-	if s, found := permsTable[string(line[:sp])]; found { // no allocation for map lookups of converted bytes
-		m.Perms = s
+	if i := permsIndex(line[:sp]); i >= 0 {
+		m.Perms = permsTable[i]
 	} else {
 		m.Perms = string(line[:sp])
 	}

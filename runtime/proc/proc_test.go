@@ -271,3 +271,80 @@ func FuzzParseMaps(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkMaps(b *testing.B) {
+	file := filepath.Join(b.TempDir(), "f")
+	os.WriteFile(file, []byte("x"), 0o644)
+	cmd := exec.Command(mapperBin, file)
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	bufio.NewReader(out).ReadString('\n')
+	ms, err := Maps(cmd.Process.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := Maps(cmd.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(ms)), "mappings")
+}
+
+// BenchmarkProcessesMapping scans every process of the machine for the C
+// library, the worst case (nearly every process maps it).
+func BenchmarkProcessesMapping(b *testing.B) {
+	target := "/bin/sh"
+	for _, c := range []string{"/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib64/libc.so.6", "/lib64/libc.so.6"} {
+		if _, err := os.Stat(c); err == nil {
+			target = c
+			break
+		}
+	}
+	dev, ino, err := FileID(target)
+	if err != nil {
+		b.Fatal(err)
+	}
+	all, _ := Pids()
+	found, _ := ProcessesMapping(dev, ino)
+	for b.Loop() {
+		if _, err := ProcessesMapping(dev, ino); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(all)), "processes")
+	b.ReportMetric(float64(len(found)), "matches")
+}
+
+func BenchmarkThreads(b *testing.B) {
+	for b.Loop() {
+		if _, err := Threads(os.Getpid()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkFileID(b *testing.B) {
+	for b.Loop() {
+		if _, _, err := FileID(mapperBin); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkParseMaps is the parser alone, on this process's maps text.
+func BenchmarkParseMaps(b *testing.B) {
+	data, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := ParseMaps(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

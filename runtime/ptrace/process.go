@@ -287,6 +287,21 @@ func (p *Process) waitPending() error {
 		if p.execed {
 			return nil
 		}
+		if th := p.pendingNonLeader(); th != nil {
+			// Block on one thread rather than spin: spinning holds a CPU the
+			// tracees need to reach their stops. A thread other than the
+			// leader reports its stop or its death without waiting on any
+			// other thread, and the exec watchdog unblocks an execve.
+			var ws unix.WaitStatus
+			r, err := waitTid(th.tid, &ws, 0)
+			switch {
+			case errors.Is(err, unix.ECHILD):
+				p.poll(th)
+			case err == nil && r == th.tid:
+				p.apply(th, ws)
+			}
+			continue
+		}
 		el := time.Since(start)
 		switch {
 		case el < 500*time.Microsecond:
@@ -306,6 +321,15 @@ func (p *Process) waitPending() error {
 			if sleep < time.Millisecond {
 				sleep *= 2
 			}
+		}
+	}
+	return nil
+}
+
+func (p *Process) pendingNonLeader() *thread {
+	for _, th := range p.threads {
+		if th.state == stRunning && th.tid != p.Pid {
+			return th
 		}
 	}
 	return nil
@@ -605,13 +629,13 @@ func (p *Process) deadErr(err error) error {
 	return err
 }
 
-// alive reports whether any thread of p still exists and is not a zombie.
+// alive reports whether any thread of p is still in its stop: a stopped
+// tracee answers PTRACE_GETREGS unless it was killed. It runs on the tracer
+// thread.
 func (p *Process) alive() bool {
+	var r unix.PtraceRegs
 	for _, th := range p.threads {
-		if th.state == stGone || th.state == stDead {
-			continue
-		}
-		if st, err := proc.ThreadState(p.Pid, th.tid); err == nil && st != 'Z' && st != 'X' {
+		if th.state == stStopped && getRegs(th.tid, &r) == nil {
 			return true
 		}
 	}

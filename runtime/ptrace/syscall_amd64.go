@@ -143,8 +143,11 @@ func (p *Process) Syscall(nr uint64, args ...uint64) (uint64, error) {
 		if len(ths) == 0 {
 			return fmt.Errorf("syscall %d in pid %d: %w", nr, p.Pid, ErrExited)
 		}
+		// Prefer a thread other than the leader: its end is reported at once
+		// if the process is killed meanwhile, so waiting for it can block.
+		tid := ths[len(ths)-1]
 		var err error
-		ret, err = p.syscall(p.byTid[ths[0]], nr, args)
+		ret, err = p.syscall(p.byTid[tid], nr, args)
 		return err
 	})
 	return ret, err
@@ -281,6 +284,21 @@ func (th *thread) hold(sig int) {
 // their exit stops, are let go). It spins with sched_yield first, since a
 // step takes microseconds, then polls the other threads too and backs off.
 func (p *Process) waitThread(th *thread) (unix.WaitStatus, error) {
+	if th.tid != p.Pid {
+		// A thread other than the leader ends in a step trap, a signal
+		// stop, or a death reported at once: blocking is safe, and leaves
+		// the CPU to the tracee.
+		var ws unix.WaitStatus
+		_, err := waitTid(th.tid, &ws, 0)
+		if err != nil {
+			th.state = stDead
+			return 0, fmt.Errorf("wait for thread %d: %w: %w", th.tid, ErrExited, err)
+		}
+		if ws.Exited() || ws.Signaled() {
+			p.apply(th, ws)
+		}
+		return ws, nil
+	}
 	start := time.Now()
 	sleep := 20 * time.Microsecond
 	for {
