@@ -332,14 +332,36 @@ func (e *Engine) PatchStats(pid int, obj *patchobj.Object, o Options) (Stats, er
 }
 
 func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Options) (Stats, error) {
-	var st Stats
 	p, err := e.prepare(pid, obj, o)
 	if err != nil {
-		return st, err
+		return Stats{}, err
 	}
+	refresh := func(try int) error {
+		if try == 1 {
+			return nil // prepare just read the mappings
+		}
+		maps, err := proc.Maps(pid)
+		if err != nil {
+			return exited(pid, err)
+		}
+		p.maps, p.res.maps = maps, maps
+		return nil
+	}
+	return e.frozen(t, pid, o, refresh, p.apply)
+}
+
+// frozen stops every thread of pid, runs op and resumes the process. While op
+// reports a busy function it lets the process run, waits (doubling the wait each
+// time) and tries again, up to o.retries() times. before runs ahead of each try,
+// with the process running.
+func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try int) error, op func(*ptrace.Process) error) (Stats, error) {
+	var st Stats
 	delay := o.delay()
 	for try := 1; ; try++ {
 		st.Tries = try
+		if err := before(try); err != nil {
+			return st, err
+		}
 		var busy error
 		err := t.Do(func() error {
 			start := time.Now()
@@ -351,14 +373,14 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 				testHookStopped(pid)
 			}
 			stopped := time.Now()
-			err = p.apply(pr)
-			applied := time.Now()
+			err = op(pr)
+			done := time.Now()
 			if derr := pr.Detach(); derr != nil && err == nil {
 				err = fmt.Errorf("resume pid %d: %w", pid, derr)
 			}
 			st.Freeze += time.Since(start)
 			st.Stop += stopped.Sub(start)
-			st.Work += applied.Sub(stopped)
+			st.Work += done.Sub(stopped)
 			if errors.Is(err, ErrBusy) {
 				busy, err = err, nil
 			}

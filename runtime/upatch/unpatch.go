@@ -2,11 +2,9 @@ package upatch
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"runtime"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -32,43 +30,15 @@ func (e *Engine) UnpatchStats(pid int, uuid string, o Options) (Stats, error) {
 }
 
 func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Stats, error) {
-	var st Stats
-	delay := o.delay()
-	for try := 1; ; try++ {
-		st.Tries = try
-		maps, err := proc.Maps(pid)
-		if err != nil {
-			return st, exited(pid, err)
+	var maps []proc.Mapping
+	readMaps := func(int) error {
+		var err error
+		if maps, err = proc.Maps(pid); err != nil {
+			return exited(pid, err)
 		}
-		var busy error
-		err = t.Do(func() error {
-			start := time.Now()
-			pr, err := t.Attach(pid)
-			if err != nil {
-				return fmt.Errorf("stop pid %d: %w", pid, err)
-			}
-			err = removePatch(pr, maps, uuid)
-			if derr := pr.Detach(); derr != nil && err == nil {
-				err = fmt.Errorf("resume pid %d: %w", pid, derr)
-			}
-			st.Freeze += time.Since(start)
-			if errors.Is(err, ErrBusy) {
-				busy, err = err, nil
-			}
-			return err
-		})
-		if err != nil {
-			return st, err
-		}
-		if busy == nil {
-			return st, nil
-		}
-		if try >= o.retries() {
-			return st, fmt.Errorf("%w after %d tries", busy, try)
-		}
-		time.Sleep(delay)
-		delay *= 2
+		return nil
 	}
+	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, uuid) })
 }
 
 func removePatch(pr *ptrace.Process, maps []proc.Mapping, uuid string) error {
