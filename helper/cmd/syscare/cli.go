@@ -22,6 +22,12 @@ func (u usageError) Error() string { return u.msg }
 // errReported means the failure was already printed.
 var errReported = errors.New("failed")
 
+// exitStatus is a failure already printed by a child program whose exit status
+// syscare passes on (syscare-build's 3 and 4 mean something to scripts).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 const usage = `usage: syscare [--bus ADDR] [--json] COMMAND [-f|--force] [ID...]
 
 Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or patch RPM name):
@@ -389,8 +395,8 @@ func runBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return errReported
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
+			return exitStatus(ee.ExitCode())
 		}
 		return fmt.Errorf("run %s: %w", bin, err)
 	}

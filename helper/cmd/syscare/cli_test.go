@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -38,5 +41,30 @@ func TestParse(t *testing.T) {
 		if !errors.As(err, &ue) {
 			t.Errorf("%v: %v, want usage error", bad, err)
 		}
+	}
+}
+
+// TestBuildExitStatus: scripts tell "no functional change" (3) and "cannot be hot
+// patched" (4) apart by syscare-build's exit status, so "syscare build" must pass it on.
+func TestBuildExitStatus(t *testing.T) {
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho \"building $*\"\nexit $1\n"
+	if err := os.WriteFile(filepath.Join(dir, "syscare-build"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	for _, code := range []int{3, 4, 1} {
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"build", strconv.Itoa(code)}, &out, &bytes.Buffer{})
+		var es exitStatus
+		if !errors.As(err, &es) || int(es) != code {
+			t.Errorf("exit %d: got %v, want exit status %d", code, err, code)
+		}
+		if !strings.Contains(out.String(), "building "+strconv.Itoa(code)) {
+			t.Errorf("exit %d: child output not passed through: %q", code, out.String())
+		}
+	}
+	if err := run(context.Background(), []string{"build", "0"}, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+		t.Errorf("exit 0: %v", err)
 	}
 }

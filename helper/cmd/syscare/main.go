@@ -16,8 +16,11 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	var ue usageError
+	var es exitStatus
 	switch {
 	case err == nil:
+	case errors.As(err, &es):
+		os.Exit(int(es))
 	case errors.As(err, &ue):
 		fmt.Fprintln(os.Stderr, "syscare:", err)
 		os.Exit(2)
