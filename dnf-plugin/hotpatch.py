@@ -241,10 +241,14 @@ class HotpatchCommand(dnf.cli.Command):
         # alone (with install/upgrade) accepts the activated patches.
         parser.add_argument('--list', nargs='?', const='installed', metavar='cves',
                             help='list installed hot patches (openEuler spelling)')
-        parser.add_argument('--apply', action='append', default=[], metavar='ID')
-        parser.add_argument('--remove', action='append', default=[], metavar='ID')
-        parser.add_argument('--active', action='append', default=[], metavar='ID')
-        parser.add_argument('--deactive', action='append', default=[], metavar='ID')
+        parser.add_argument('--apply', action='append', default=[], metavar='ID',
+                            help='switch an installed patch on (= apply ID)')
+        parser.add_argument('--remove', action='append', default=[], metavar='ID',
+                            help='switch a patch off and erase its RPM (= remove ID)')
+        parser.add_argument('--active', action='append', default=[], metavar='ID',
+                            help='switch a deactivated patch on again (= activate ID)')
+        parser.add_argument('--deactive', action='append', default=[], metavar='ID',
+                            help='switch a patch off, keeping it installed (= deactivate ID)')
         parser.add_argument('--accept', nargs='?', action='append', metavar='ID',
                             help='accept activated patches (kept across reboots)')
 

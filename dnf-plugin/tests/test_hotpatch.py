@@ -211,6 +211,13 @@ def test_subcommands_and_openeuler_spellings(argv, sub, ids, accept):
     assert (cmd.sub, cmd.ids, cmd.accept_flag) == (sub, ids, accept)
 
 
+def test_every_option_has_help():
+    parser = argparse.ArgumentParser()
+    hotpatch.HotpatchCommand.set_argparser(parser)
+    for action in parser._actions:
+        assert action.help, 'hotpatch %s has no help text' % '/'.join(action.option_strings or [action.dest])
+
+
 def test_hotupgrade_is_hotpatch_upgrade():
     cmd = command(['--accept'], FakeProxy([]), cls=hotpatch.HotupgradeCommand)
     assert (cmd.sub, cmd.accept_flag) == ('upgrade', True)
