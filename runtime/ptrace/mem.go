@@ -192,3 +192,41 @@ func preadAt(fd int, b []byte, off uint64) (int, error) {
 	r, _, e := unix.Syscall6(unix.SYS_PREAD64, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(off), 0, 0)
 	return int(r), errnoErr(e)
 }
+
+// ReadMemv fills each bufs[i] from the tracee's memory at addrs[i] with one
+// process_vm_readv; when that cannot read everything (a PROT_NONE page, a read
+// that crosses into an unmapped one) it falls back to ReadMem per buffer.
+func (p *Process) ReadMemv(addrs []uint64, bufs [][]byte) error {
+	if len(addrs) != len(bufs) {
+		return fmt.Errorf("read memory: %d addresses for %d buffers", len(addrs), len(bufs))
+	}
+	local := make([]unix.Iovec, 0, len(bufs))
+	remote := make([]unix.RemoteIovec, 0, len(bufs))
+	total := 0
+	for i, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		local = append(local, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+		remote = append(remote, unix.RemoteIovec{Base: uintptr(addrs[i]), Len: len(b)})
+		total += len(b)
+	}
+	if total == 0 {
+		return nil
+	}
+	if len(local) <= 1024 { // IOV_MAX
+		n, err := unix.ProcessVMReadv(p.memTid, local, remote, 0)
+		if err == nil && n == total {
+			return nil
+		}
+		if err == unix.ESRCH {
+			return fmt.Errorf("read memory of pid %d: %w: %w", p.Pid, ErrExited, err)
+		}
+	}
+	for i, b := range bufs {
+		if err := p.ReadMem(addrs[i], b); err != nil {
+			return err
+		}
+	}
+	return nil
+}

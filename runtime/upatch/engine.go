@@ -178,6 +178,13 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 		dev, ino = uint64(st.Dev), st.Ino
 	} else {
 		name = filepath.Clean(binary)
+		// The caller's spelling may differ from the kernel's (a symlinked directory such
+		// as /lib64 on merged-/usr systems, a relative path): fall back to the file's
+		// identity, as Processes does, and then name the target as maps does.
+		var st unix.Stat_t
+		if err := unix.Stat(name, &st); err == nil {
+			dev, ino = uint64(st.Dev), st.Ino
+		}
 	}
 	t := &target{path: name}
 	for _, m := range maps {
@@ -185,8 +192,13 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 		if binary == "" {
 			d, i, err := devIno(pid, m)
 			match = err == nil && d == dev && i == ino
-		} else {
-			match = m.Path == name
+		} else if m.Path == name {
+			match = true
+		} else if ino != 0 && m.Inode == ino {
+			d, i, err := devIno(pid, m)
+			if match = err == nil && d == dev && i == ino; match {
+				t.path = m.Path
+			}
 		}
 		if !match {
 			continue
@@ -423,14 +435,16 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		return err
 	}
 
-	// Read the bytes the jumps will overwrite.
+	// One read for every function: the bytes a jump will overwrite, and the
+	// padding after a function shorter than the jump.
 	hdr := Header{UUID: p.uuid, Seq: seq, Bias: p.tgt.bias, Target: p.tgt.path}
-	for _, f := range p.funcs {
-		orig := make([]byte, jmpRel32)
-		if err := pr.ReadMem(f.addr, orig); err != nil {
-			return exited(p.pid, fmt.Errorf("read function %q: %w", f.name, err))
-		}
-		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr, Orig: orig})
+	addrs, heads := make([]uint64, len(p.funcs)), make([][]byte, len(p.funcs))
+	for i, f := range p.funcs {
+		addrs[i], heads[i] = f.addr, make([]byte, min(f.room, maxJumpLen))
+		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr})
+	}
+	if err := pr.ReadMemv(addrs, heads); err != nil {
+		return exited(p.pid, fmt.Errorf("read replaced functions: %w", err))
 	}
 	hdrSize := uint64(hdr.encodedSize())
 	hdrPages := roundUp(hdrSize, pageSize)
@@ -465,18 +479,11 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		}
 		hdr.Funcs[i].New, hdr.Funcs[i].NewSize = f.New, f.NewSize
 		jumps[i] = ptrace.Write{Addr: old.addr, Data: jumpBytes(old.addr, f.New)}
-		if err := p.checkRoom(pr, old, len(jumps[i].Data)); err != nil {
+		if err := checkRoom(old, heads[i], len(jumps[i].Data)); err != nil {
 			undo()
 			return err
 		}
-		if len(jumps[i].Data) > len(hdr.Funcs[i].Orig) {
-			orig := make([]byte, len(jumps[i].Data))
-			if err := pr.ReadMem(old.addr, orig); err != nil {
-				undo()
-				return exited(p.pid, err)
-			}
-			hdr.Funcs[i].Orig = orig
-		}
+		hdr.Funcs[i].Orig = heads[i][:len(jumps[i].Data)]
 	}
 	hdr.Size, hdr.TextSize = total, textSize
 	hb, err := hdr.Encode()
@@ -514,20 +521,17 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 }
 
 // checkRoom makes sure a jump of n bytes fits at old: inside the function, or
-// spilling only into the alignment padding that follows it.
-func (p *prepared) checkRoom(pr *ptrace.Process, old oldFunc, n int) error {
+// spilling only into the alignment padding that follows it. head holds the bytes
+// at the function's address, up to the next symbol.
+func checkRoom(old oldFunc, head []byte, n int) error {
 	if uint64(n) <= old.size {
 		return nil
 	}
 	short := fmt.Errorf("function %q is %d bytes, shorter than a %d-byte jump", old.name, old.size, n)
-	if uint64(n) > old.room {
+	if n > len(head) {
 		return short
 	}
-	gap := make([]byte, old.room-old.size)
-	if err := pr.ReadMem(old.addr+old.size, gap); err != nil {
-		return exited(p.pid, err)
-	}
-	if err := isPadding(gap, n-int(old.size)); err != nil {
+	if err := isPadding(head[old.size:], n-int(old.size)); err != nil {
 		return fmt.Errorf("%w (%v)", short, err)
 	}
 	return nil
@@ -635,8 +639,11 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) e
 		}
 		return nil
 	}
-	var buf []byte
-	for _, tid := range pr.Threads() {
+	tids := pr.Threads()
+	addrs, stacks := make([]uint64, 0, len(tids)), make([][]byte, 0, len(tids))
+	owners := make([]int, 0, len(tids))
+	reread := false
+	for _, tid := range tids {
 		regs, err := pr.Regs(tid)
 		if err != nil {
 			return fmt.Errorf("registers of thread %d: %w", tid, err)
@@ -645,20 +652,28 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) e
 			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, r.name, tid)
 		}
 		lo, hi := stackBounds(maps, regs.Rsp)
+		if hi <= lo && !reread {
+			// A thread created after the mappings were read: its stack is new.
+			fresh, err := proc.Maps(pr.Pid)
+			if err != nil {
+				return exited(pr.Pid, err)
+			}
+			maps, reread = fresh, true
+			lo, hi = stackBounds(maps, regs.Rsp)
+		}
 		if hi <= lo {
-			continue // sp in no known mapping (fresh thread stack): nothing to scan but the PC
+			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, regs.Rsp)
 		}
-		n := hi - lo
-		if uint64(cap(buf)) < n {
-			buf = make([]byte, n)
-		}
-		b := buf[:n]
-		if err := pr.ReadMem(lo, b); err != nil {
-			return fmt.Errorf("stack of thread %d: %w", tid, err)
-		}
-		for off := uint64(0); off+8 <= n; off += 8 {
+		addrs, stacks, owners = append(addrs, lo), append(stacks, make([]byte, hi-lo)), append(owners, tid)
+	}
+	// One read for every thread's live stack.
+	if err := pr.ReadMemv(addrs, stacks); err != nil {
+		return fmt.Errorf("thread stacks: %w", err)
+	}
+	for i, b := range stacks {
+		for off := 0; off+8 <= len(b); off += 8 {
 			if r := find(binary.LittleEndian.Uint64(b[off:])); r != nil {
-				return fmt.Errorf("%w: function %q is busy in thread %d (on its stack)", ErrBusy, r.name, tid)
+				return fmt.Errorf("%w: function %q is busy in thread %d (on its stack)", ErrBusy, r.name, owners[i])
 			}
 		}
 	}

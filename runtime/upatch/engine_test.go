@@ -155,6 +155,37 @@ func TestPatchSharedLibrary(t *testing.T) {
 	b.expect(t, "lib=100")
 }
 
+// A library named through a symlinked directory (as /lib64 on merged-/usr systems) is
+// the library the process maps: found by file identity, reported under the maps name.
+func TestPatchSharedLibraryOtherSpelling(t *testing.T) {
+	dir := t.TempDir()
+	lib := filepath.Join(dir, "libshared.so")
+	gcc(t, "-O2", "-g", "-fPIC", "-shared", testdata("libshared.c"), "-o", lib)
+	user := filepath.Join(dir, "libuser")
+	gcc(t, "-O2", testdata("libuser.c"), "-L", dir, "-lshared", "-Wl,-rpath,"+dir, "-o", user)
+	a := start(t, user, nil)
+	link := filepath.Join(t.TempDir(), "lib64")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	_, obj := buildPatch(t, "fix_lib.c", lib, "", "-fPIC")
+	e := NewEngine("/")
+	o := opts(uuid1)
+	o.Binary = filepath.Join(link, "libshared.so")
+	if err := e.Patch(a.pid(), obj, o); err != nil {
+		t.Fatalf("patch through %s: %v", o.Binary, err)
+	}
+	a.expect(t, "lib=200")
+	applied, err := e.Info(a.pid())
+	if err != nil || len(applied) != 1 || applied[0].Target != lib {
+		t.Fatalf("info: %+v %v, want one patch on %s", applied, err, lib)
+	}
+	if err := e.Unpatch(a.pid(), uuid1, o); err != nil {
+		t.Fatal(err)
+	}
+	a.expect(t, "lib=100")
+}
+
 // 8. A thread parked inside the target function: refused with EBUSY, the process
 // unharmed; once the thread leaves, the patch succeeds.
 func TestBusyFunctionRefused(t *testing.T) {
