@@ -250,7 +250,7 @@ func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int
 	var failed []error
 	for _, r := range res {
 		if r.Err != nil {
-			failed = append(failed, fmt.Errorf("pid %d: %w", r.Pid, r.Err))
+			failed = append(failed, withPid(r.Pid, r.Err))
 			continue
 		}
 		if nfuncs > 0 {
@@ -271,10 +271,18 @@ func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int
 	return fmt.Errorf("%d of %d processes failed; first: %w", len(failed), len(res), failed[0])
 }
 
+// withPid names the process in err unless the engine already did.
+func withPid(pid int, err error) error {
+	if strings.HasPrefix(err.Error(), fmt.Sprintf("pid %d:", pid)) {
+		return err
+	}
+	return fmt.Errorf("pid %d: %w", pid, err)
+}
+
 func info(stdout io.Writer, eng *upatch.Engine, pid int, asJSON bool) error {
 	applied, err := eng.Info(pid)
 	if err != nil {
-		return fmt.Errorf("pid %d: %w", pid, err)
+		return withPid(pid, err)
 	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)

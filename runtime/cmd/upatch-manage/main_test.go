@@ -148,6 +148,11 @@ func TestCommandLine(t *testing.T) {
 	if r := invoke(t, bin, "info", "--pid", "999999999"); r.code == 0 {
 		t.Errorf("info of a missing process: %+v", r)
 	}
+	// The process is named once, not by both the engine and the tool.
+	if r := invoke(t, bin, "patch", "--pid", "999999999", "--patch", obj, "--force"); r.code != 6 ||
+		strings.Count(r.stderr, "pid 999999999") != 1 {
+		t.Errorf("patch of a missing process: %+v, want exit 6 naming the pid once", r)
+	}
 	if _, err := os.Stat("/proc/" + pid); err != nil {
 		t.Fatal("victim died")
 	}
