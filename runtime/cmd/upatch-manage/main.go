@@ -25,7 +25,7 @@ import (
 )
 
 const usage = `Usage:
-  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N]
+  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N] [--debug-root DIR]
   upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--retries N]
   upatch-manage info    --pid PID [--json]
 
@@ -52,6 +52,8 @@ Options:
                       printed on success)
   --force             patch even though the object records no target build-id
   --retries N         tries when a thread is busy in a replaced function (default 3)
+  --debug-root DIR    look for the target's separate debuginfo (by build-id) under
+                      DIR/usr/lib/debug instead of /usr/lib/debug
   --json              machine-readable output (info)
 
 Exit status:
@@ -125,6 +127,7 @@ type options struct {
 	force   bool
 	retries int
 	json    bool
+	debug   string
 }
 
 func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
@@ -139,6 +142,7 @@ func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.force, "force", false, "")
 	fs.IntVar(&o.retries, "retries", 3, "")
 	fs.BoolVar(&o.json, "json", false, "")
+	fs.StringVar(&o.debug, "debug-root", "/", "")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{fmt.Sprintf("%s: %v", cmd, err)}
 	}
@@ -202,7 +206,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(o.pids) == 0 {
 		return usageError{cmd + ": --pid is required"}
 	}
-	eng := upatch.NewEngine("/")
+	eng := upatch.NewEngine(o.debug)
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
 	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn}
 	switch cmd {
