@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -169,8 +170,7 @@ func dispatch(ctx context.Context, c *scbus.Client, o options, stdout, stderr io
 			return err
 		}
 		if o.json {
-			_, err := fmt.Fprintln(stdout, js)
-			return err
+			return printRawJSON(stdout, js)
 		}
 		return printInfo(stdout, js)
 	case "target":
@@ -179,8 +179,7 @@ func dispatch(ctx context.Context, c *scbus.Client, o options, stdout, stderr io
 			return err
 		}
 		if o.json {
-			_, err := fmt.Fprintln(stdout, js)
-			return err
+			return printRawJSON(stdout, js)
 		}
 		return printTarget(stdout, js)
 	case "apply", "active", "deactive", "remove", "accept", "check":
@@ -218,6 +217,18 @@ func dispatch(ctx context.Context, c *scbus.Client, o options, stdout, stderr io
 		return c.Rescan(ctx)
 	}
 	return usageError{"unknown command " + o.cmd}
+}
+
+// printRawJSON prints the helper's JSON reply indented like every other --json output.
+func printRawJSON(w io.Writer, js string) error {
+	var b bytes.Buffer
+	if err := json.Indent(&b, []byte(js), "", "  "); err != nil {
+		_, err := fmt.Fprintln(w, js)
+		return err
+	}
+	b.WriteByte('\n')
+	_, err := w.Write(b.Bytes())
+	return err
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -68,3 +68,20 @@ func TestBuildExitStatus(t *testing.T) {
 		t.Errorf("exit 0: %v", err)
 	}
 }
+
+// TestRawJSONIndented: info and target pass the helper's JSON through; it is indented
+// like list and status, and still the same document.
+func TestRawJSONIndented(t *testing.T) {
+	var b bytes.Buffer
+	if err := printRawJSON(&b, `[{"uuid":"u","files":["/a"]}]`); err != nil {
+		t.Fatal(err)
+	}
+	want := "[\n  {\n    \"uuid\": \"u\",\n    \"files\": [\n      \"/a\"\n    ]\n  }\n]\n"
+	if b.String() != want {
+		t.Errorf("got %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	if err := printRawJSON(&b, "not json"); err != nil || b.String() != "not json\n" {
+		t.Errorf("invalid JSON: %q %v, want it printed as is", b.String(), err)
+	}
+}
