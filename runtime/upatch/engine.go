@@ -479,7 +479,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		}
 		hdr.Funcs[i].New, hdr.Funcs[i].NewSize = f.New, f.NewSize
 		jumps[i] = ptrace.Write{Addr: old.addr, Data: jumpBytes(old.addr, f.New)}
-		if err := checkRoom(old, heads[i], len(jumps[i].Data)); err != nil {
+		if err := checkRoom(old, originalHead(applied, old.addr, heads[i]), len(jumps[i].Data)); err != nil {
 			undo()
 			return err
 		}
@@ -518,6 +518,27 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		return exited(p.pid, fmt.Errorf("write jumps: %w", err))
 	}
 	return nil
+}
+
+// originalHead returns the bytes at addr as they were before any applied patch: a
+// function already replaced starts with that patch's jump, which may have spilled into
+// the padding the room check looks at; the first patch's saved bytes say what was there.
+func originalHead(applied []*Header, addr uint64, head []byte) []byte {
+	var first []byte
+	firstSeq := uint64(0)
+	for _, h := range applied {
+		for _, f := range h.Funcs {
+			if f.Old == addr && (first == nil || h.Seq < firstSeq) {
+				first, firstSeq = f.Orig, h.Seq
+			}
+		}
+	}
+	if first == nil {
+		return head
+	}
+	out := append([]byte(nil), head...)
+	copy(out, first)
+	return out
 }
 
 // checkRoom makes sure a jump of n bytes fits at old: inside the function, or

@@ -2,6 +2,7 @@ package upatch
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -184,6 +185,62 @@ func TestPatchSharedLibraryOtherSpelling(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.expect(t, "lib=100")
+}
+
+// A function shorter than the jump (4 bytes: lea; ret) is patched through the padding
+// after it; a second patch stacked on it must see that padding as it was, not the
+// first patch's jump, and each unpatch restores the bytes below it.
+func TestStackOnShortFunction(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "short.c")
+	prog := `#include <stdio.h>
+#include <unistd.h>
+__attribute__((noipa)) int tiny(int x) { return x + 1; }
+__attribute__((noipa)) int other(int x) { return x * 3; }
+int main(void) { for (;;) { printf("tiny=%d other=%d\n", tiny(0), other(1)); fflush(stdout); usleep(10000); } }
+`
+	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "short")
+	gcc(t, "-O2", src, "-o", bin)
+	v := start(t, bin, nil)
+	patch := func(ret int) *patchobj.Object {
+		fix := filepath.Join(dir, fmt.Sprintf("fix%d.c", ret))
+		code := fmt.Sprintf("#include <upatch.h>\nint tiny_v%d(int x) { return %d; }\nUPATCH_FUNC(tiny, tiny_v%d);\n"+
+			"UPATCH_TARGET_BUILD_ID(%q);\n", ret, ret, ret, buildIDHex(t, bin))
+		if err := os.WriteFile(fix, []byte(code), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		obj := filepath.Join(dir, fmt.Sprintf("fix%d.o", ret))
+		gcc(t, "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-I", includeDir(), fix, "-o", obj)
+		b, err := os.ReadFile(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := patchobj.ParseBytes(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	e := NewEngine("/")
+	if err := e.Patch(v.pid(), patch(2), opts(uuid1)); err != nil {
+		t.Fatalf("first patch: %v", err)
+	}
+	v.expect(t, "tiny=2")
+	if err := e.Patch(v.pid(), patch(3), opts(uuid2)); err != nil {
+		t.Fatalf("patch stacked on a short function: %v", err)
+	}
+	v.expect(t, "tiny=3")
+	if err := e.Unpatch(v.pid(), uuid2, opts(uuid2)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "tiny=2")
+	if err := e.Unpatch(v.pid(), uuid1, opts(uuid1)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "tiny=1")
 }
 
 // 8. A thread parked inside the target function: refused with EBUSY, the process
