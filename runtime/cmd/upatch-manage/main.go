@@ -88,6 +88,9 @@ func main() {
 		if errors.As(err, new(usageError)) {
 			fmt.Fprint(os.Stderr, "Run 'upatch-manage --help' for usage.\n")
 		}
+		if hint := permissionHint(err, os.Geteuid()); hint != "" {
+			fmt.Fprintf(os.Stderr, "upatch-manage: %s\n", hint)
+		}
 	}
 	select {
 	case s := <-sigs:
@@ -98,6 +101,15 @@ func main() {
 	default:
 	}
 	os.Exit(code)
+}
+
+// permissionHint says why a process could not be read when the cause is likely
+// the caller: patching needs root (ptrace and other users' /proc files).
+func permissionHint(err error, euid int) string {
+	if euid != 0 && errors.Is(err, os.ErrPermission) {
+		return "hint: reading and patching other processes needs root"
+	}
+	return ""
 }
 
 func exitCode(err error) int {

@@ -157,3 +157,13 @@ func TestCommandLine(t *testing.T) {
 		t.Fatal("victim died")
 	}
 }
+
+func TestPermissionHint(t *testing.T) {
+	denied := fmt.Errorf("pid 1: maps of pid 1: %w", os.ErrPermission)
+	if permissionHint(denied, 65534) == "" {
+		t.Error("no hint for a non-root caller denied access")
+	}
+	if permissionHint(denied, 0) != "" || permissionHint(fmt.Errorf("other"), 65534) != "" {
+		t.Error("hint given for root, or for an error that is not a permission error")
+	}
+}
