@@ -1,0 +1,123 @@
+package upstream
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/syscare/syscare/rpmbuild/rpmfile"
+	"github.com/syscare/syscare/runtime/elfsafe"
+)
+
+// TinyXML-2 9.0.0 as Debian 12 ships its source, built with CMake (which calls the
+// compiler by absolute path, /usr/bin/c++) into the shared library libtinyxml2.so.9.
+var tinyxml2Orig = &debOrig{source: "tinyxml2", file: "tinyxml2_9.0.0+dfsg.orig.tar.xz",
+	sha256: "96510f47a5db537f70dff3e83dd71fd2180cbba4aa76c589a549467e7f34bc9b", env: "SYSCARE_TINYXML2_ORIG"}
+
+const (
+	tinyxml2Version = "9.0.0"
+	tinyxml2SO      = "libtinyxml2.so.9.0.0"
+	tinyxml2Fix     = "charref-overflow.patch"
+	// The fixed function: a static member function of class tinyxml2::XMLUtil.
+	charRefSym = "_ZN8tinyxml27XMLUtil15GetCharacterRefEPKcPcPi"
+)
+
+// One document per probe line; refprobe prints the root element's text.
+var charRefProbes = []struct{ doc, broken, fixed string }{
+	{"<r>&#x100000041;</r>", "text A", "text &#x100000041;"},
+	{"<r>&#4294967361;</r>", "text ", "text &#4294967361;"},
+	{"<r>&#x41;&#955;</r>", "text A\u03bb", "text A\u03bb"},
+}
+
+// TestUpstreamTinyxml2E2E: TinyXML-2 9.0.0 from Debian's source package, a CMake C++
+// build, is built into RPMs; a C++ program linked against the shipped library runs;
+// syscare-build turns the upstream character-reference overflow fix (CVE-2024-50615)
+// into a patch RPM replacing the member function XMLUtil::GetCharacterRef; upatch-manage
+// applies it to the library in the running program and removes it again.
+func TestUpstreamTinyxml2E2E(t *testing.T) {
+	needRoot(t)
+	needBinaries(t)
+	needTools(t, "cmake", "g++")
+	pkgs := rpmbuildSpec(t, "tinyxml2", "tinyxml2.spec", tinyxml2Orig.get(t), "tinyxml2-"+tinyxml2Version+".tar.xz", "tinyxml2", tinyxml2Version)
+
+	out, rpm := syscareBuild(t, pkgs, "TXML001", filepath.Join("tinyxml2", tinyxml2Fix),
+		fmt.Sprintf("patch-tinyxml2-%s-1-TXML001-1-1.x86_64.rpm", tinyxml2Version))
+	for _, want := range []string{"build patched (1 of ", charRefSym + " (tinyxml2.cpp)", "Patch report for /usr/lib64/" + tinyxml2SO} {
+		if !strings.Contains(out, want) {
+			t.Errorf("syscare-build output lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("syscare-build:\n%s", out)
+	dir, meta := patchDir(t, rpm)
+	if len(meta.Entities) != 1 {
+		t.Fatalf("entities %+v, want one for the library", meta.Entities)
+	}
+	e := meta.Entities[0]
+	if e.TargetPath != "/usr/lib64/"+tinyxml2SO || len(e.Functions) != 1 || e.Functions[0].Name != charRefSym {
+		t.Fatalf("entity %s replaces %+v, want %s", e.TargetPath, e.Functions, charRefSym)
+	}
+
+	root := t.TempDir()
+	if err := rpmfile.Extract(context.Background(), pkgs.rpm, root, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	libdir := filepath.Join(root, "usr/lib64")
+	lib := filepath.Join(libdir, tinyxml2SO)
+	f, err := elfsafe.Open(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := elfsafe.BuildID(f.File)
+	f.Close()
+	if hex.EncodeToString(id) != e.BuildID {
+		t.Errorf("patch.json build-id %s, shipped library %x", e.BuildID, id)
+	}
+	// XMLUtil is an exported class, so the function is in .dynsym; the debug file is
+	// installed all the same, as a machine that takes patches has it.
+	installDebug(t, pkgs.debuginfo)
+	prog := filepath.Join(t.TempDir(), "refprobe")
+	if out, err := exec.Command("g++", "-O2", "-o", prog, filepath.Join("tinyxml2", "refprobe.cpp"),
+		"-I"+filepath.Join(root, "usr/include"), "-L"+libdir, "-ltinyxml2", "-Wl,-rpath,"+libdir).CombinedOutput(); err != nil {
+		t.Fatalf("g++ refprobe.cpp: %v\n%s", err, out)
+	}
+
+	r := startLines(t, nil, prog)
+	if banner := r.next(t, "the banner"); banner != "tinyxml2 "+tinyxml2Version {
+		t.Fatalf("banner %q", banner)
+	}
+	maps, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", r.cmd.Process.Pid))
+	if !strings.Contains(string(maps), lib) {
+		t.Fatalf("refprobe does not map %s:\n%s", lib, maps)
+	}
+	check := func(when string, fixed bool) {
+		t.Helper()
+		for _, p := range charRefProbes {
+			want := p.broken
+			if fixed {
+				want = p.fixed
+			}
+			r.expect(t, when, p.doc, want)
+		}
+	}
+	check("before the patch", false)
+
+	pid := fmt.Sprint(r.cmd.Process.Pid)
+	manage := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(loaderBin, args...).CombinedOutput(); err != nil {
+			t.Fatalf("upatch-manage %q: %v\n%s", args, err, out)
+		} else {
+			t.Logf("upatch-manage %s: %s", args[0], strings.TrimSpace(string(out)))
+		}
+	}
+	manage("patch", "--pid", pid, "--binary", lib, "--uuid", e.UUID, "--patch", filepath.Join(dir, e.File))
+	check("patched", true)
+	manage("unpatch", "--pid", pid, "--binary", lib, "--uuid", e.UUID)
+	check("unpatched", false)
+}
