@@ -50,7 +50,7 @@ type Options struct {
 	Force bool
 	// Retries is how many times a busy process is tried (default 3).
 	Retries int
-	// RetryDelay is the first wait between tries; it doubles each time (default 20ms).
+	// RetryDelay is the first wait between tries; it doubles each time (default 100ms).
 	RetryDelay time.Duration
 	// Warn receives warnings (no build-id recorded, ...); may be nil.
 	Warn func(string)
@@ -65,7 +65,7 @@ func (o Options) retries() int {
 
 func (o Options) delay() time.Duration {
 	if o.RetryDelay <= 0 {
-		return 20 * time.Millisecond
+		return 100 * time.Millisecond
 	}
 	return o.RetryDelay
 }
