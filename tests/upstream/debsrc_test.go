@@ -42,25 +42,36 @@ func (o *debOrig) fetch() (string, error) {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		return "", fmt.Errorf("apt-get not found: set %s to a copy of %s (sha256 %s)", o.env, o.file, o.sha256)
 	}
-	dir := filepath.Join(binDir, "apt-"+o.source)
-	for _, d := range []string{"lists/partial", "cache/archives/partial", "src"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return "", err
-		}
-	}
-	list := filepath.Join(dir, "sources.list")
-	if err := os.WriteFile(list, []byte(debianSource), 0o644); err != nil {
-		return "", err
-	}
-	opts := []string{"-q", "-o", "Dir::Etc::SourceList=" + list, "-o", "Dir::Etc::SourceParts=" + filepath.Join(dir, "none"),
+	dir := filepath.Join(binDir, "apt-debsrc")
+	opts := []string{"-q", "-o", "Dir::Etc::SourceList=" + filepath.Join(dir, "sources.list"),
+		"-o", "Dir::Etc::SourceParts=" + filepath.Join(dir, "none"),
 		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"), "-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
 		"-o", "APT::Sandbox::User=root"}
-	for _, args := range [][]string{{"update"}, {"source", "--download-only", o.source}} {
+	run := func(args ...string) error {
 		cmd := exec.Command("apt-get", append(slices.Clone(opts), args...)...)
 		cmd.Dir = filepath.Join(dir, "src")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
 		}
+		return nil
+	}
+	// One index download serves every package the tests fetch.
+	aptUpdate.Do(func() {
+		for _, d := range []string{"lists/partial", "cache/archives/partial", "src"} {
+			if aptUpdateErr = os.MkdirAll(filepath.Join(dir, d), 0o755); aptUpdateErr != nil {
+				return
+			}
+		}
+		if aptUpdateErr = os.WriteFile(filepath.Join(dir, "sources.list"), []byte(debianSource), 0o644); aptUpdateErr != nil {
+			return
+		}
+		aptUpdateErr = run("update")
+	})
+	if aptUpdateErr != nil {
+		return "", aptUpdateErr
+	}
+	if err := run("source", "--download-only", o.source); err != nil {
+		return "", err
 	}
 	p := filepath.Join(dir, "src", o.file)
 	return p, o.check(p)
@@ -76,6 +87,11 @@ func (o *debOrig) check(path string) error {
 	}
 	return nil
 }
+
+var (
+	aptUpdate    sync.Once
+	aptUpdateErr error
+)
 
 // needTools fails the test when a build tool the spec's build system runs is missing
 // (tests/deps.sh installs them).
