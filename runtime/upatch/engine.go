@@ -286,7 +286,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	for _, f := range obj.Funcs {
 		s, err := ef.LookupFunc(f.OldName, f.OldPos)
 		if err != nil {
-			return nil, fmt.Errorf("function %q in %s: %w", f.OldName, tgt.path, err)
+			return nil, fmt.Errorf("function %q in %s: %w%s", f.OldName, tgt.path, err, debugHint(ef, tgt.path, err))
 		}
 		room := s.Size
 		if s.Size < jmpAbs {
@@ -302,6 +302,15 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 		return nil, err
 	}
 	return p, nil
+}
+
+// debugHint says what to install when a lookup failed because the target is stripped
+// and its separate debuginfo was not found.
+func debugHint(ef *symbols.ELF, path string, err error) string {
+	if !errors.Is(err, symbols.ErrNotFound) || ef.HasSymtab() {
+		return ""
+	}
+	return fmt.Sprintf(" (%s is stripped and no debuginfo with build-id %x was found: install its -debuginfo package)", path, ef.BuildID)
 }
 
 func checkBuildID(obj *patchobj.Object, ef *symbols.ELF, path string, o Options) error {
@@ -845,7 +854,8 @@ func (r *resolver) lookup(name string, pos uint64) resolved {
 			return resolved{addr: l.bias + s.Value, isFunc: isFuncType(s.Type), ifunc: s.Type == elf.STT_GNU_IFUNC}
 		}
 	}
-	return resolved{err: fmt.Errorf("symbol %q: %w in %s or the libraries it maps", name, symbols.ErrNotFound, r.tgt.path)}
+	notFound := fmt.Errorf("symbol %q: %w in %s or the libraries it maps", name, symbols.ErrNotFound, r.tgt.path)
+	return resolved{err: fmt.Errorf("%w%s", notFound, debugHint(r.tgt.elf, r.tgt.path, notFound))}
 }
 
 func isFuncType(t elf.SymType) bool { return t == elf.STT_FUNC || t == elf.STT_GNU_IFUNC }

@@ -44,7 +44,7 @@ func TestStrippedTargetWithDebugRoot(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	time.Sleep(100 * time.Millisecond)
 	pid := strconv.Itoa(cmd.Process.Pid)
-	if r := invoke(t, bin, "patch", "--pid", pid, "--patch", obj); r.code == 0 || !strings.Contains(r.stderr, "symbol not found") {
+	if r := invoke(t, bin, "patch", "--pid", pid, "--patch", obj); r.code == 0 || !strings.Contains(r.stderr, "symbol not found") || !strings.Contains(r.stderr, "install its -debuginfo package") {
 		t.Fatalf("stripped target without its debuginfo: %+v", r)
 	}
 	if r := invoke(t, bin, "patch", "--pid", pid, "--patch", obj, "--debug-root", root, "--uuid", "44444444-4444-4444-8444-444444444444"); r.code != 0 {
