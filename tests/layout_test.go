@@ -1,8 +1,6 @@
 package tests
 
 import (
-	"go/parser"
-	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,31 +20,16 @@ func repoRoot(t *testing.T) string {
 
 // TestEveryPackageHasADoc fails when a Go package has no package doc comment.
 func TestEveryPackageHasADoc(t *testing.T) {
-	root := repoRoot(t)
-	cmd := exec.Command("go", "list", "-f", "{{.Dir}}", "./...")
-	cmd.Dir = root
+	cmd := exec.Command("go", "list", "-f", "{{if .GoFiles}}{{.ImportPath}}\t{{.Doc}}{{end}}", "./...")
+	cmd.Dir = repoRoot(t)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
-	for _, dir := range strings.Fields(string(out)) {
-		pkgs, err := parser.ParseDir(token.NewFileSet(), dir, func(fi os.FileInfo) bool {
-			return !strings.HasSuffix(fi.Name(), "_test.go")
-		}, parser.PackageClauseOnly|parser.ParseComments)
-		if err != nil {
-			t.Fatalf("%s: %v", dir, err)
-		}
-		for name, pkg := range pkgs {
-			documented := false
-			for _, f := range pkg.Files {
-				if f.Doc != nil && strings.TrimSpace(f.Doc.Text()) != "" {
-					documented = true
-				}
-			}
-			if !documented {
-				rel, _ := filepath.Rel(root, dir)
-				t.Errorf("package %s (%s) has no package doc comment", name, rel)
-			}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		pkg, doc, _ := strings.Cut(line, "\t")
+		if pkg != "" && strings.TrimSpace(doc) == "" {
+			t.Errorf("package %s has no package doc comment", pkg)
 		}
 	}
 }
