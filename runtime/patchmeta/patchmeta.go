@@ -44,7 +44,10 @@ type Patch struct {
 	Description string   `json:"description,omitempty"`
 	Sources     []Source `json:"sources"`
 	Entities    []Entity `json:"entities"`
-	// Report is the file name of the builder's patch report in the patch directory, if any.
+	// Report is the file name of the builder's patch report in the patch directory, if
+	// any: a JSON array with one report per patched ELF (its "target", the changed, new
+	// and included functions, line-only changes left out, warnings, notes) and a one-line
+	// "summary" that syscare info shows.
 	Report string `json:"report,omitempty"`
 }
 
