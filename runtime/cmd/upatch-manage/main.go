@@ -25,8 +25,8 @@ import (
 )
 
 const usage = `Usage:
-  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N] [--debug-root DIR]
-  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--retries N]
+  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N] [--debug-root DIR] [--json]
+  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--retries N] [--json]
   upatch-manage info    --pid PID [--json]
 
 Apply a user-space hot patch to running processes, remove it, or list the patches a
@@ -54,7 +54,9 @@ Options:
   --retries N         tries when a thread is busy in a replaced function (default 3)
   --debug-root DIR    look for the target's separate debuginfo (by build-id) under
                       DIR/usr/lib/debug instead of /usr/lib/debug
-  --json              machine-readable output (info)
+  --json              machine-readable output: info's patches, or for patch and unpatch
+                      one object per process (pid, uuid, ok, error, freeze_us, tries);
+                      the exit status is the same as without it
 
 Exit status:
   0 success; 1 error; 2 usage; 3 a function is busy (retry later); 4 build-id mismatch
@@ -233,12 +235,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if opts.UUID == "" {
 			opts.UUID = newUUID()
 		}
-		return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs))
+		return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs), o.json)
 	case "unpatch":
 		if o.uuid == "" {
 			return usageError{"unpatch: --uuid is required"}
 		}
-		return report(stdout, eng.UnpatchAll(o.pids, o.uuid, opts), "unpatched", o.uuid, 0)
+		return report(stdout, eng.UnpatchAll(o.pids, o.uuid, opts), "unpatched", o.uuid, 0, o.json)
 	default:
 		if len(o.pids) != 1 {
 			return usageError{"info: give exactly one --pid"}
@@ -262,17 +264,38 @@ func loadObject(path string) (*patchobj.Object, error) {
 
 // report prints one line per process and returns the first failure (the others
 // are printed too, so that a batch names every process that failed).
-func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int) error {
+func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int, asJSON bool) error {
 	var failed []error
+	type row struct {
+		Pid      int    `json:"pid"`
+		UUID     string `json:"uuid"`
+		OK       bool   `json:"ok"`
+		Error    string `json:"error,omitempty"`
+		FreezeUS int64  `json:"freeze_us"`
+		Tries    int    `json:"tries"`
+	}
+	var rows []row
 	for _, r := range res {
+		rows = append(rows, row{Pid: r.Pid, UUID: uuid, OK: r.Err == nil, FreezeUS: r.Stats.Freeze.Microseconds(), Tries: r.Stats.Tries})
 		if r.Err != nil {
 			failed = append(failed, withPid(r.Pid, r.Err))
+			rows[len(rows)-1].Error = failed[len(failed)-1].Error()
+			continue
+		}
+		if asJSON {
 			continue
 		}
 		if nfuncs > 0 {
 			fmt.Fprintf(stdout, "pid %d: %s %s (%d functions, frozen %v)\n", r.Pid, verb, uuid, nfuncs, r.Stats.Freeze.Round(time.Microsecond))
 		} else {
 			fmt.Fprintf(stdout, "pid %d: %s %s (frozen %v)\n", r.Pid, verb, uuid, r.Stats.Freeze.Round(time.Microsecond))
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rows); err != nil {
+			return err
 		}
 	}
 	switch len(failed) {

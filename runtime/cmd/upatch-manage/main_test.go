@@ -138,8 +138,16 @@ func TestCommandLine(t *testing.T) {
 	if len(info.Patches) != 1 || info.Patches[0].UUID != uuid || info.Patches[0].Functions[0].Name != "greet" {
 		t.Errorf("info = %+v", info)
 	}
-	if r := invoke(t, bin, "unpatch", "--pid", pid, "--uuid", uuid); r.code != 0 {
-		t.Fatalf("unpatch: %+v", r)
+	r = invoke(t, bin, "unpatch", "--pid", pid, "--uuid", uuid, "--json")
+	var rows []struct {
+		Pid   int    `json:"pid"`
+		UUID  string `json:"uuid"`
+		OK    bool   `json:"ok"`
+		Tries int    `json:"tries"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil || r.code != 0 || len(rows) != 1 || !rows[0].OK ||
+		fmt.Sprint(rows[0].Pid) != pid || rows[0].UUID != uuid || rows[0].Tries != 1 {
+		t.Fatalf("unpatch --json: %v %+v", err, r)
 	}
 	waitFor("greet=1")
 	if r := invoke(t, bin, "unpatch", "--pid", pid, "--uuid", uuid); r.code != 5 || !strings.HasPrefix(r.stderr, "upatch-manage: ") {
