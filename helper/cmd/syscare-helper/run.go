@@ -20,16 +20,41 @@ import (
 	"github.com/syscare/syscare/runtime/watch"
 )
 
-func run(ctx context.Context, args []string, _, stderr io.Writer) error {
+const usage = `Usage: syscare-helper [--bus system|session|ADDRESS] [--root DIR] [--idle-timeout D]
+                      [--log-level LEVEL] [--no-watch]
+
+SysCare's D-Bus service. It owns org.openeuler.SysCare1 on the bus (the contract is
+dbus/org.openeuler.SysCare1.xml) and manages the hot patches installed under
+ROOT/usr/lib/syscare/patches: it verifies and applies them to every running process
+that maps their target (and to processes started later), loads kernel livepatch
+modules, keeps their state in ROOT/var/lib/syscare, and restores accepted patches
+when it starts. Normally the bus starts it on demand (activation) and it exits after
+the idle timeout while no user patch is active. Clients: the syscare command and
+dnf hotpatch. Logs go to stderr.
+
+Options:
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("syscare-helper", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are returned; --help prints below
+	fs.Usage = func() {}
 	bus := fs.String("bus", "", "bus to serve on: system, session or an address (default: the activating bus, else the system bus)")
 	root := fs.String("root", envOr("SYSCARE_ROOT", "/"), "root prefix of every path (patches, state, rpmdb, targets)")
 	idle := fs.Duration("idle-timeout", 30*time.Second, "exit after this long without calls while no user patch is active (0: never)")
 	level := fs.String("log-level", "info", "log level (debug, info, warn, error)")
 	noWatch := fs.Bool("no-watch", false, "do not patch processes that start after activation")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil
+		}
+		return fmt.Errorf("%w (see --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	log := logrus.New()
 	log.SetOutput(stderr)
