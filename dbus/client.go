@@ -38,7 +38,7 @@ func Connect(bus string) (*Client, error) {
 	}
 	conn, err := godbus.Connect(addr)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+		return nil, fmt.Errorf("connect to %s: %w (is the D-Bus system bus running? syscare reaches syscare-helper through it)", addr, err)
 	}
 	return &Client{conn: conn, obj: conn.Object(BusName, ObjectPath)}, nil
 }
