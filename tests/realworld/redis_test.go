@@ -1,0 +1,274 @@
+package realworld
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var redisOrig = &debOrig{source: "redis", file: "redis_7.0.15.orig.tar.gz",
+	sha256: "4b1dc4ee6d622a09fff9c6777191209750fb5e5a725ef78ea012d6eef4c22982", env: "SYSCARE_REDIS_ORIG"}
+
+// buildRedis builds redis-server with its own Makefile (-O2 -g); libc malloc instead
+// of the bundled jemalloc only saves build time.
+func buildRedis(t *testing.T) string {
+	t.Helper()
+	tarball := redisOrig.get(t)
+	dir := t.TempDir()
+	sh(t, dir, "tar xzf "+tarball)
+	src := filepath.Join(dir, "redis-7.0.15")
+	sh(t, src, "make -j2 MALLOC=libc BUILD_TLS=no USE_SYSTEMD=no redis-server")
+	return filepath.Join(src, "src", "redis-server")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// redisConn is one client connection speaking inline commands.
+type redisConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialRedis(addr string) (*redisConn, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &redisConn{c: c, r: bufio.NewReader(c)}, nil
+}
+
+// do sends one inline command and returns the first reply line.
+func (rc *redisConn) do(cmd string, timeout time.Duration) (string, error) {
+	rc.c.SetDeadline(time.Now().Add(timeout))
+	if _, err := fmt.Fprintf(rc.c, "%s\r\n", cmd); err != nil {
+		return "", err
+	}
+	line, err := rc.r.ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), err
+}
+
+func redisDo(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	rc, err := dialRedis(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.c.Close()
+	reply, err := rc.do(cmd, 10*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	return reply
+}
+
+// hammer keeps n connections sending PING and counts the replies.
+type hammer struct {
+	stop                   atomic.Bool
+	pong, patched, other   atomic.Int64
+	firstOther, firstError atomic.Value
+	errs                   atomic.Int64
+	wg                     sync.WaitGroup
+}
+
+func startHammer(t *testing.T, addr string, n int) *hammer {
+	h := &hammer{}
+	for i := 0; i < n; i++ {
+		rc, err := dialRedis(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			defer rc.c.Close()
+			for !h.stop.Load() {
+				reply, err := rc.do("PING", 10*time.Second)
+				switch {
+				case err != nil:
+					h.errs.Add(1)
+					h.firstError.CompareAndSwap(nil, err.Error())
+					return
+				case reply == "+PONG":
+					h.pong.Add(1)
+				case reply == "+HOTPATCHED":
+					h.patched.Add(1)
+				default:
+					h.other.Add(1)
+					h.firstOther.CompareAndSwap(nil, reply)
+				}
+			}
+		}()
+	}
+	return h
+}
+
+func (h *hammer) finish() { h.stop.Store(true); h.wg.Wait() }
+
+const redisPingPatch = `#include <upatch.h>
+typedef struct client client;
+void addReplyStatus(client *c, const char *status);	/* networking.c */
+static void pingCommand_v2(client *c) { addReplyStatus(c, "HOTPATCHED"); }
+UPATCH_FUNC(pingCommand, pingCommand_v2);
+`
+
+const redisDebugPatch = `#include <upatch.h>
+typedef struct client client;
+void addReplyStatus(client *c, const char *status);
+static void debugCommand_v2(client *c) { addReplyStatus(c, "DEBUG-PATCHED"); }
+UPATCH_FUNC(debugCommand, debugCommand_v2);
+`
+
+// bioProcessBackgroundJobs is the body of every bio thread, which always sits in it.
+const redisBioPatch = `#include <upatch.h>
+static void *bio_v2(void *arg) { return arg; }
+UPATCH_FUNC(bioProcessBackgroundJobs, bio_v2);
+`
+
+// TestRedis replaces the function behind PING in a running redis-server with its bio
+// and I/O threads while clients hammer it, then removes the patch; a patch of a
+// function the main thread is sleeping in, or the bio threads live in, is refused as
+// busy and the server keeps running unharmed.
+func TestRedis(t *testing.T) {
+	needRoot(t)
+	t.Parallel()
+	server := buildRedis(t)
+	bid := buildID(t, server)
+	pingObj := compilePatch(t, "ping", redisPingPatch, bid)
+	debugObj := compilePatch(t, "debug", redisDebugPatch, bid)
+	bioObj := compilePatch(t, "bio", redisBioPatch, bid)
+
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--io-threads", "2", "--io-threads-do-reads", "yes", "--enable-debug-command", "yes", "--daemonize", "no",
+		"--dir", t.TempDir())
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("redis-server log:\n%s", tail(log.String(), 4000))
+		}
+	})
+	alive := func() {
+		t.Helper()
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("redis-server exited: %v", err)
+		default:
+		}
+	}
+	for i := 0; ; i++ {
+		if rc, err := dialRedis(addr); err == nil {
+			reply, err := rc.do("PING", 2*time.Second)
+			rc.c.Close()
+			if err == nil && reply == "+PONG" {
+				break
+			}
+		}
+		if i > 100 {
+			t.Fatalf("redis-server does not answer on %s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	// main thread, three bio threads, one I/O thread
+	if len(tasks) < 5 {
+		t.Fatalf("redis-server has %d threads, want at least 5", len(tasks))
+	}
+	t.Logf("redis-server pid %d, %d threads, build-id %s", pid, len(tasks), bid)
+
+	pid_ := fmt.Sprint(pid)
+	h := startHammer(t, addr, 4)
+	time.Sleep(200 * time.Millisecond)
+	mustManage(t, "patch", "--pid", pid_, "--patch", pingObj, "--uuid", "redis-ping")
+	if got := redisDo(t, addr, "PING"); got != "+HOTPATCHED" {
+		t.Errorf("PING after patch: %q, want +HOTPATCHED", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if info := mustManage(t, "info", "--pid", pid_); !strings.Contains(info, "redis-ping") || !strings.Contains(info, "pingCommand") {
+		t.Errorf("info lacks the patch:\n%s", info)
+	}
+	mustManage(t, "unpatch", "--pid", pid_, "--uuid", "redis-ping")
+	if got := redisDo(t, addr, "PING"); got != "+PONG" {
+		t.Errorf("PING after unpatch: %q, want +PONG", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	h.finish()
+	alive()
+	t.Logf("hammer: %d PONG, %d HOTPATCHED, %d other, %d errors", h.pong.Load(), h.patched.Load(), h.other.Load(), h.errs.Load())
+	if h.errs.Load() != 0 || h.other.Load() != 0 {
+		t.Errorf("hammer: %d errors (first %v), %d unexpected replies (first %v)", h.errs.Load(), h.firstError.Load(), h.other.Load(), h.firstOther.Load())
+	}
+	if h.pong.Load() == 0 || h.patched.Load() == 0 {
+		t.Errorf("hammer saw %d PONG and %d HOTPATCHED: want both", h.pong.Load(), h.patched.Load())
+	}
+
+	// Busy: the main thread sleeps inside debugCommand (DEBUG SLEEP).
+	sleeper, err := dialRedis(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper.c.Close()
+	slept := make(chan string, 1)
+	go func() {
+		reply, err := sleeper.do("DEBUG SLEEP 3", 20*time.Second)
+		if err != nil {
+			reply = err.Error()
+		}
+		slept <- reply
+	}()
+	time.Sleep(500 * time.Millisecond)
+	out, code := manage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug", "--retries", "2")
+	if code != 3 || !strings.Contains(out, "debugCommand") {
+		t.Errorf("patch of debugCommand during DEBUG SLEEP: exit %d, want 3 (busy) naming debugCommand\n%s", code, out)
+	}
+	if reply := <-slept; reply != "+OK" {
+		t.Errorf("DEBUG SLEEP: %q", reply)
+	}
+	mustManage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug")
+	if got := redisDo(t, addr, "DEBUG SLEEP 0"); got != "+DEBUG-PATCHED" {
+		t.Errorf("DEBUG after patch: %q", got)
+	}
+	mustManage(t, "unpatch", "--pid", pid_, "--uuid", "redis-debug")
+	if got := redisDo(t, addr, "DEBUG SLEEP 0"); got != "+OK" {
+		t.Errorf("DEBUG after unpatch: %q", got)
+	}
+
+	// Busy for good: every bio thread lives in bioProcessBackgroundJobs.
+	out, code = manage(t, "patch", "--pid", pid_, "--patch", bioObj, "--uuid", "redis-bio", "--retries", "2")
+	if code != 3 || !strings.Contains(out, "bioProcessBackgroundJobs") {
+		t.Errorf("patch of bioProcessBackgroundJobs: exit %d, want 3 (busy)\n%s", code, out)
+	}
+	if info := mustManage(t, "info", "--pid", pid_); strings.Contains(info, "redis-") {
+		t.Errorf("info after everything was removed or refused:\n%s", info)
+	}
+	if got := redisDo(t, addr, "PING"); got != "+PONG" {
+		t.Errorf("final PING: %q", got)
+	}
+	alive()
+}
