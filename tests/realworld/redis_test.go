@@ -19,14 +19,14 @@ var redisOrig = &debOrig{source: "redis", file: "redis_7.0.15.orig.tar.gz",
 
 // buildRedis builds redis-server with its own Makefile (-O2 -g); libc malloc instead
 // of the bundled jemalloc only saves build time.
-func buildRedis(t *testing.T) string {
+func buildRedis(t *testing.T) (bin, src string) {
 	t.Helper()
 	tarball := redisOrig.get(t)
 	dir := t.TempDir()
 	sh(t, dir, "tar xzf "+tarball)
-	src := filepath.Join(dir, "redis-7.0.15")
+	src = filepath.Join(dir, "redis-7.0.15")
 	sh(t, src, "make -j2 MALLOC=libc BUILD_TLS=no USE_SYSTEMD=no redis-server")
-	return filepath.Join(src, "src", "redis-server")
+	return filepath.Join(src, "src", "redis-server"), src
 }
 
 func freePort(t *testing.T) int {
@@ -86,7 +86,7 @@ type hammer struct {
 	wg                     sync.WaitGroup
 }
 
-func startHammer(t *testing.T, addr string, n int) *hammer {
+func startHammer(t *testing.T, addr, hotpatched string, n int) *hammer {
 	h := &hammer{}
 	for i := 0; i < n; i++ {
 		rc, err := dialRedis(addr)
@@ -106,7 +106,7 @@ func startHammer(t *testing.T, addr string, n int) *hammer {
 					return
 				case reply == "+PONG":
 					h.pong.Add(1)
-				case reply == "+HOTPATCHED":
+				case reply == hotpatched:
 					h.patched.Add(1)
 				default:
 					h.other.Add(1)
@@ -120,10 +120,20 @@ func startHammer(t *testing.T, addr string, n int) *hammer {
 
 func (h *hammer) finish() { h.stop.Store(true); h.wg.Wait() }
 
-const redisPingPatch = `#include <upatch.h>
-typedef struct client client;
-void addReplyStatus(client *c, const char *status);	/* networking.c */
-static void pingCommand_v2(client *c) { addReplyStatus(c, "HOTPATCHED"); }
+// The replacement of pingCommand is written against Redis's own server.h, as a real
+// fix would be: it reads fields of the client and of the globals server and shared.
+const redisPingPatch = `#include "server.h"
+#include <upatch.h>
+static void pingCommand_v2(client *c) {
+	if (c->argc > 2) {
+		addReplyErrorArity(c);
+		return;
+	}
+	if (c->argc == 1)
+		addReplyStatusFormat(c, "HOTPATCHED port=%d", server.port);
+	else
+		addReplyBulk(c, c->argv[1]);
+}
 UPATCH_FUNC(pingCommand, pingCommand_v2);
 `
 
@@ -147,13 +157,18 @@ UPATCH_FUNC(bioProcessBackgroundJobs, bio_v2);
 func TestRedis(t *testing.T) {
 	needRoot(t)
 	t.Parallel()
-	server := buildRedis(t)
+	server, src := buildRedis(t)
 	bid := buildID(t, server)
-	pingObj := compilePatch(t, "ping", redisPingPatch, bid)
+	port := freePort(t)
+	var incs []string
+	for _, d := range []string{"src", "deps/hiredis", "deps/lua/src", "deps/hdr_histogram"} {
+		incs = append(incs, "-I", filepath.Join(src, d))
+	}
+	pingObj := compilePatch(t, "ping", redisPingPatch, bid, incs...)
+	hotpatched := fmt.Sprintf("+HOTPATCHED port=%d", port)
 	debugObj := compilePatch(t, "debug", redisDebugPatch, bid)
 	bioObj := compilePatch(t, "bio", redisBioPatch, bid)
 
-	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--io-threads", "2", "--io-threads-do-reads", "yes", "--enable-debug-command", "yes", "--daemonize", "no",
@@ -203,11 +218,17 @@ func TestRedis(t *testing.T) {
 	t.Logf("redis-server pid %d, %d threads, build-id %s", pid, len(tasks), bid)
 
 	pid_ := fmt.Sprint(pid)
-	h := startHammer(t, addr, 4)
+	h := startHammer(t, addr, hotpatched, 4)
 	time.Sleep(200 * time.Millisecond)
 	mustManage(t, "patch", "--pid", pid_, "--patch", pingObj, "--uuid", "redis-ping")
-	if got := redisDo(t, addr, "PING"); got != "+HOTPATCHED" {
-		t.Errorf("PING after patch: %q, want +HOTPATCHED", got)
+	if got := redisDo(t, addr, "PING"); got != hotpatched {
+		t.Errorf("PING after patch: %q, want %q", got, hotpatched)
+	}
+	if got := redisDo(t, addr, "PING hello"); got != "$5" {
+		t.Errorf("PING hello after patch: %q, want the bulk reply $5", got)
+	}
+	if got := redisDo(t, addr, "PING a b"); !strings.HasPrefix(got, "-ERR wrong number of arguments") {
+		t.Errorf("PING a b after patch: %q, want the arity error", got)
 	}
 	time.Sleep(200 * time.Millisecond)
 	if info := mustManage(t, "info", "--pid", pid_); !strings.Contains(info, "redis-ping") || !strings.Contains(info, "pingCommand") {
