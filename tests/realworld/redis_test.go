@@ -249,6 +249,36 @@ func TestRedis(t *testing.T) {
 		t.Errorf("hammer saw %d PONG and %d HOTPATCHED: want both", h.pong.Load(), h.patched.Load())
 	}
 
+	// Not busy, but asleep: the main thread sits in nanosleep under debugCommand while
+	// pingCommand is patched, so the engine's injected system calls run in a thread
+	// whose sleep must be restarted afterwards, not cut short.
+	sleeper0, err := dialRedis(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sleeper0.c.Close()
+	slept0 := make(chan string, 1)
+	start := time.Now()
+	go func() {
+		reply, err := sleeper0.do("DEBUG SLEEP 2", 20*time.Second)
+		if err != nil {
+			reply = err.Error()
+		}
+		slept0 <- reply
+	}()
+	time.Sleep(500 * time.Millisecond)
+	mustManage(t, "patch", "--pid", pid_, "--patch", pingObj, "--uuid", "redis-ping-asleep")
+	if reply := <-slept0; reply != "+OK" {
+		t.Errorf("DEBUG SLEEP 2 across the patch: %q", reply)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("DEBUG SLEEP 2 across the patch returned after %v: the sleep was cut short", d)
+	}
+	if got := redisDo(t, addr, "PING"); got != hotpatched {
+		t.Errorf("PING after patching a sleeping server: %q", got)
+	}
+	mustManage(t, "unpatch", "--pid", pid_, "--uuid", "redis-ping-asleep")
+
 	// Busy: the main thread sleeps inside debugCommand (DEBUG SLEEP).
 	sleeper, err := dialRedis(addr)
 	if err != nil {
