@@ -250,8 +250,9 @@ func TestRedis(t *testing.T) {
 	}
 
 	// Not busy, but asleep: the main thread sits in nanosleep under debugCommand while
-	// pingCommand is patched, so the engine's injected system calls run in a thread
-	// whose sleep must be restarted afterwards, not cut short.
+	// pingCommand is patched; stopping every thread interrupts the sleep, which must be
+	// restarted when the process resumes, not cut short. (The engine injects its system
+	// calls in the last thread, an I/O thread blocked on its mutex.)
 	sleeper0, err := dialRedis(addr)
 	if err != nil {
 		t.Fatal(err)
