@@ -2,6 +2,7 @@ package realworld
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -213,6 +216,8 @@ http {
 		t.Fatalf("answers before the patch: %v, want no X-Hotpatch", seen)
 	}
 
+	// Clients keep requesting through the patch and the unpatch; none may fail.
+	load := startLoad(url, 4)
 	out := mustManage(t, "patch", "--all", "--binary", nginx, "--patch", obj, "--uuid", "nginx-hdr")
 	for _, p := range append([]int{master}, workers...) {
 		if !strings.Contains(out, fmt.Sprintf("pid %d: patched nginx-hdr", p)) {
@@ -220,6 +225,10 @@ http {
 		}
 	}
 	wantPatchedBy(t, "after patch --all", probe(t, url, 60), workers)
+
+	// The load stops before the reload: with reuseport, connections still queued on an
+	// old worker's socket are reset when it closes, patched or not.
+	checkLoad(t, "load through patch --all", load)
 
 	// Reload: the master re-reads its configuration and forks new workers.
 	sh(t, prefix, fmt.Sprintf("%s -p %s -c %s -s reload", nginx, prefix, conf))
@@ -236,6 +245,7 @@ http {
 		}
 	}
 
+	load = startLoad(url, 4)
 	out = mustManage(t, "unpatch", "--all", "--binary", nginx, "--uuid", "nginx-hdr")
 	for _, p := range append([]int{master}, fresh...) {
 		if !strings.Contains(out, fmt.Sprintf("pid %d: unpatched nginx-hdr", p)) {
@@ -245,6 +255,7 @@ http {
 	if seen := probe(t, url, 40); seen[""] != 40 {
 		t.Errorf("answers after unpatch --all: %v, want no X-Hotpatch", seen)
 	}
+	checkLoad(t, "load through unpatch --all", load)
 	for _, p := range append([]int{master}, fresh...) {
 		if info := mustManage(t, "info", "--pid", strconv.Itoa(p)); !strings.Contains(info, "no patches") {
 			t.Errorf("info of pid %d after unpatch --all:\n%s", p, info)
@@ -277,5 +288,56 @@ func waitWorkers(t *testing.T, master int, old []int, exited chan error) []int {
 			t.Fatalf("nginx workers: %v (old %v)", kids, old)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// load keeps n clients requesting url, each on new connections.
+type load struct {
+	stop     atomic.Bool
+	ok, fail atomic.Int64
+	firstErr atomic.Value
+	wg       sync.WaitGroup
+}
+
+func startLoad(url string, n int) *load {
+	l := &load{}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := 0; i < n; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for !l.stop.Load() {
+				resp, err := client.Get(url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if err == nil && resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %s", resp.Status)
+					}
+				}
+				if err != nil {
+					l.fail.Add(1)
+					l.firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish() (ok, failed int64, firstErr any) {
+	l.stop.Store(true)
+	l.wg.Wait()
+	return l.ok.Load(), l.fail.Load(), l.firstErr.Load()
+}
+
+func checkLoad(t *testing.T, what string, l *load) {
+	t.Helper()
+	ok, failed, firstErr := l.finish()
+	t.Logf("%s: %d answers, %d failures", what, ok, failed)
+	if failed > 0 || ok == 0 {
+		t.Errorf("%s: %d answers, %d failures (first: %v)", what, ok, failed, firstErr)
 	}
 }
