@@ -17,15 +17,14 @@ import (
 var redisOrig = &debOrig{source: "redis", file: "redis_7.0.15.orig.tar.gz",
 	sha256: "4b1dc4ee6d622a09fff9c6777191209750fb5e5a725ef78ea012d6eef4c22982", env: "SYSCARE_REDIS_ORIG"}
 
-// buildRedis builds redis-server with its own Makefile (-O2 -g); libc malloc instead
-// of the bundled jemalloc only saves build time.
+// buildRedis builds redis-server with its own Makefile: -O2 -g, the bundled jemalloc.
 func buildRedis(t *testing.T) (bin, src string) {
 	t.Helper()
 	tarball := redisOrig.get(t)
 	dir := t.TempDir()
 	sh(t, dir, "tar xzf "+tarball)
 	src = filepath.Join(dir, "redis-7.0.15")
-	sh(t, src, "make -j2 MALLOC=libc BUILD_TLS=no USE_SYSTEMD=no redis-server")
+	sh(t, src, "make -j2 BUILD_TLS=no USE_SYSTEMD=no redis-server")
 	return filepath.Join(src, "src", "redis-server"), src
 }
 
@@ -160,8 +159,9 @@ func TestRedis(t *testing.T) {
 	server, src := buildRedis(t)
 	bid := buildID(t, server)
 	port := freePort(t)
-	var incs []string
-	for _, d := range []string{"src", "deps/hiredis", "deps/lua/src", "deps/hdr_histogram"} {
+	// The flags Redis's Makefile compiles server.c with that matter to server.h.
+	incs := []string{"-DUSE_JEMALLOC"}
+	for _, d := range []string{"src", "deps/hiredis", "deps/lua/src", "deps/hdr_histogram", "deps/jemalloc/include"} {
 		incs = append(incs, "-I", filepath.Join(src, d))
 	}
 	pingObj := compilePatch(t, "ping", redisPingPatch, bid, incs...)
