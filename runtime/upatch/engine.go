@@ -271,6 +271,11 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	}
 	tgt, err := findTarget(pid, maps, o.Binary)
 	if err != nil {
+		// A process that has exited but is not reaped yet (a zombie) has no mappings
+		// and no executable: say that it exited, not that the target is missing.
+		if gone(pid) {
+			return nil, fmt.Errorf("pid %d: %w", pid, ptrace.ErrExited)
+		}
 		return nil, err
 	}
 	ef, err := e.elfs.Open(tgt.file)
@@ -327,6 +332,21 @@ func checkBuildID(obj *patchobj.Object, ef *symbols.ELF, path string, o Options)
 		return fmt.Errorf("%w: %s has build-id %x, the patch was built for %x", ErrBuildID, path, ef.BuildID, obj.TargetBuildID)
 	}
 	return nil
+}
+
+// gone reports whether pid has exited: it no longer exists, or only zombie threads
+// are left to reap. (A zombie group leader whose other threads run is alive.)
+func gone(pid int) bool {
+	tids, err := proc.Threads(pid)
+	if err != nil {
+		return proc.IsGone(err)
+	}
+	for _, tid := range tids {
+		if st, err := proc.ThreadState(pid, tid); err == nil && st != 'Z' && st != 'X' {
+			return false
+		}
+	}
+	return true
 }
 
 func exited(pid int, err error) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 )
 
@@ -352,6 +354,43 @@ func TestProcessKilledMidPatch(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("patch of a killed process hangs")
+	}
+}
+
+// A process that exited but is not reaped yet (as a worker killed while an operator
+// runs patch --all, before its parent waits for it) is reported as exited, for both
+// an explicit --binary and the main executable, not as a missing target.
+func TestZombieIsExited(t *testing.T) {
+	bin := buildVictim(t)
+	_, obj := buildPatch(t, "fix_rich.c", bin, "")
+	cmd := exec.Command(bin, "4")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	defer cmd.Wait()
+	cmd.Process.Kill()
+	// Not waited for: the child stays a zombie until the deferred Wait.
+	for i := 0; ; i++ {
+		st, err := proc.ThreadState(pid, pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st == 'Z' {
+			break
+		}
+		if i > 200 {
+			t.Fatalf("pid %d: state %c, want a zombie", pid, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e := NewEngine("/")
+	for _, binary := range []string{bin, ""} {
+		o := opts(uuid1)
+		o.Binary = binary
+		if err := e.Patch(pid, obj, o); !errors.Is(err, ptrace.ErrExited) {
+			t.Errorf("patch of a zombie (binary %q): %v, want ErrExited", binary, err)
+		}
 	}
 }
 
