@@ -271,16 +271,11 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	}
 	tgt, err := findTarget(pid, maps, o.Binary)
 	if err != nil {
-		// A process that has exited but is not reaped yet (a zombie) has no mappings
-		// and no executable: say that it exited, not that the target is missing.
-		if gone(pid) {
-			return nil, fmt.Errorf("pid %d: %w", pid, ptrace.ErrExited)
-		}
-		return nil, err
+		return nil, exitedOr(pid, len(maps) == 0, err)
 	}
 	ef, err := e.elfs.Open(tgt.file)
 	if err != nil {
-		return nil, fmt.Errorf("target %s: %w", tgt.path, err)
+		return nil, exitedOr(pid, proc.IsGone(err), fmt.Errorf("target %s: %w", tgt.path, err))
 	}
 	tgt.elf = ef
 	tgt.bias -= ef.MinVaddr
@@ -347,6 +342,23 @@ func gone(pid int) bool {
 		}
 	}
 	return true
+}
+
+// exitedOr returns ErrExited when pid has exited, else err. A process that has
+// exited but is not reaped yet (a zombie) has no mappings and no executable, so the
+// target looks missing; one still exiting has lost its mappings but is not a zombie
+// yet: when dying says the error looks like that, it waits a moment for the end.
+func exitedOr(pid int, dying bool, err error) error {
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for {
+		if gone(pid) {
+			return fmt.Errorf("pid %d: %w", pid, ptrace.ErrExited)
+		}
+		if !dying || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func exited(pid int, err error) error {
