@@ -168,7 +168,7 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 	if binary == "" {
 		exe, err := proc.Exe(pid)
 		if err != nil {
-			return nil, fmt.Errorf("executable of pid %d: %w", pid, err)
+			return nil, err // proc names the process and what it read
 		}
 		name = strings.TrimSuffix(exe, " (deleted)")
 		var st unix.Stat_t

@@ -44,7 +44,10 @@ info      lists the patches present in the process, read from the process itself
 
 Options:
   --pid PID[,PID...]  the target processes
-  --all               every process that maps --binary (required with --all)
+  --all               every process that maps --binary (required with --all); the
+                      processes are listed again after each batch, so workers forked
+                      meanwhile are caught; a process that exits before its turn is
+                      skipped, and unpatch skips processes that never held the patch
   --patch FILE        the patch object
   --binary PATH       the mapped ELF to patch: a shared library or executable path as it
                       appears in /proc/PID/maps (default: the main executable)
@@ -215,10 +218,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(pids) == 0 {
 			return fmt.Errorf("no process maps %s", o.binary)
 		}
-		o.pids = pids
 	}
-	if len(o.pids) == 0 {
-		return usageError{cmd + ": --pid is required"}
+	if len(o.pids) == 0 && !o.all {
+		return usageError{cmd + ": --pid or --all is required"}
 	}
 	eng := upatch.NewEngine(o.debug)
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
@@ -235,12 +237,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if opts.UUID == "" {
 			opts.UUID = newUUID()
 		}
-		return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs), o.json)
+		if !o.all {
+			return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs), o.json)
+		}
+		// PatchBinary lists the processes again after each batch, so a worker forked
+		// meanwhile from a process not yet patched does not keep the old code.
+		res, err := eng.PatchBinary(o.binary, obj, opts)
+		if err != nil {
+			return err
+		}
+		res, err = skipGone(stderr, res, nil, opts.UUID, o.binary)
+		if err != nil {
+			return err
+		}
+		return report(stdout, res, "patched", opts.UUID, len(obj.Funcs), o.json)
 	case "unpatch":
 		if o.uuid == "" {
 			return usageError{"unpatch: --uuid is required"}
 		}
-		return report(stdout, eng.UnpatchAll(o.pids, o.uuid, opts), "unpatched", o.uuid, 0, o.json)
+		if !o.all {
+			return report(stdout, eng.UnpatchAll(o.pids, o.uuid, opts), "unpatched", o.uuid, 0, o.json)
+		}
+		res, err := eng.UnpatchBinary(o.binary, o.uuid, opts)
+		if err != nil {
+			return err
+		}
+		res, err = skipGone(stderr, res, upatch.ErrNotApplied, o.uuid, o.binary)
+		if err != nil {
+			return err
+		}
+		return report(stdout, res, "unpatched", o.uuid, 0, o.json)
 	default:
 		if len(o.pids) != 1 {
 			return usageError{"info: give exactly one --pid"}
@@ -308,6 +334,32 @@ func report(stdout io.Writer, res []upatch.Result, verb, uuid string, nfuncs int
 		fmt.Fprintf(os.Stderr, "upatch-manage: %v\n", e)
 	}
 	return fmt.Errorf("%d of %d processes failed; first: %w", len(failed), len(res), failed[0])
+}
+
+// skipGone drops, from the results of an --all run, the processes that exited
+// before their turn (they run no old code any more) and, for unpatch, those that
+// never held the patch (started after it was applied elsewhere, say). It fails when
+// nothing is left that the command changed.
+func skipGone(stderr io.Writer, res []upatch.Result, notHeld error, uuid, binary string) ([]upatch.Result, error) {
+	var kept []upatch.Result
+	notHeldCount := 0
+	for _, r := range res {
+		switch {
+		case errors.Is(r.Err, ptrace.ErrExited):
+			fmt.Fprintf(stderr, "upatch-manage: pid %d exited before its turn; skipped\n", r.Pid)
+		case notHeld != nil && errors.Is(r.Err, notHeld):
+			notHeldCount++
+		default:
+			kept = append(kept, r)
+		}
+	}
+	if len(kept) == 0 {
+		if notHeldCount > 0 {
+			return nil, fmt.Errorf("%w: %s is in no process that maps %s", upatch.ErrNotApplied, uuid, binary)
+		}
+		return nil, fmt.Errorf("%w: every process that mapped %s exited", ptrace.ErrExited, binary)
+	}
+	return kept, nil
 }
 
 // withPid names the process in err unless the engine already did.
