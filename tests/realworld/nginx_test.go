@@ -14,16 +14,18 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
-var nginxOrig = &debOrig{source: "nginx", file: "nginx_1.22.1.orig.tar.gz",
-	sha256: "9ebb333a9e82b952acd3e2b4aeb1d4ff6406f72491bab6cd9fe69f0dea737f31", env: "SYSCARE_NGINX_ORIG"}
+var nginxOrig = &debsrc.Orig{Source: "nginx", File: "nginx_1.22.1.orig.tar.gz",
+	SHA256: "9ebb333a9e82b952acd3e2b4aeb1d4ff6406f72491bab6cd9fe69f0dea737f31", Env: "SYSCARE_NGINX_ORIG"}
 
 // buildNginx builds nginx with its own configure and make at -O2 -g; the rewrite and
 // gzip modules are left out so that PCRE and zlib headers are not needed.
 func buildNginx(t *testing.T) (bin, src string) {
 	t.Helper()
-	tarball := nginxOrig.get(t)
+	tarball := nginxOrig.Get(t, aptDir())
 	dir := t.TempDir()
 	sh(t, dir, "tar xzf "+tarball)
 	src = filepath.Join(dir, "nginx-1.22.1")

@@ -12,15 +12,17 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
-var redisOrig = &debOrig{source: "redis", file: "redis_7.0.15.orig.tar.gz",
-	sha256: "4b1dc4ee6d622a09fff9c6777191209750fb5e5a725ef78ea012d6eef4c22982", env: "SYSCARE_REDIS_ORIG"}
+var redisOrig = &debsrc.Orig{Source: "redis", File: "redis_7.0.15.orig.tar.gz",
+	SHA256: "4b1dc4ee6d622a09fff9c6777191209750fb5e5a725ef78ea012d6eef4c22982", Env: "SYSCARE_REDIS_ORIG"}
 
 // buildRedis builds redis-server with its own Makefile: -O2 -g, the bundled jemalloc.
 func buildRedis(t *testing.T) (bin, src string) {
 	t.Helper()
-	tarball := redisOrig.get(t)
+	tarball := redisOrig.Get(t, aptDir())
 	dir := t.TempDir()
 	sh(t, dir, "tar xzf "+tarball)
 	src = filepath.Join(dir, "redis-7.0.15")

@@ -2,96 +2,15 @@ package upstream
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 )
 
-// debOrig is the orig tarball of a Debian 12 source package, fetched at test time with
-// apt-get source through a private apt configuration (the Lua test's way), never
-// committed; env names a variable that points at a local copy instead.
-type debOrig struct {
-	source, file, sha256, env string
-
-	once sync.Once
-	path string
-	err  error
-}
-
-// get returns the path of the verified tarball, fetched once per test binary.
-func (o *debOrig) get(t testing.TB) string {
-	t.Helper()
-	o.once.Do(func() { o.path, o.err = o.fetch() })
-	if o.err != nil {
-		t.Fatal(o.err)
-	}
-	return o.path
-}
-
-func (o *debOrig) fetch() (string, error) {
-	if p := os.Getenv(o.env); p != "" {
-		return p, o.check(p)
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", fmt.Errorf("apt-get not found: set %s to a copy of %s (sha256 %s)", o.env, o.file, o.sha256)
-	}
-	dir := filepath.Join(binDir, "apt-debsrc")
-	opts := []string{"-q", "-o", "Dir::Etc::SourceList=" + filepath.Join(dir, "sources.list"),
-		"-o", "Dir::Etc::SourceParts=" + filepath.Join(dir, "none"),
-		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"), "-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
-		"-o", "APT::Sandbox::User=root"}
-	run := func(args ...string) error {
-		cmd := exec.Command("apt-get", append(slices.Clone(opts), args...)...)
-		cmd.Dir = filepath.Join(dir, "src")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	// One index download serves every package the tests fetch.
-	aptUpdate.Do(func() {
-		for _, d := range []string{"lists/partial", "cache/archives/partial", "src"} {
-			if aptUpdateErr = os.MkdirAll(filepath.Join(dir, d), 0o755); aptUpdateErr != nil {
-				return
-			}
-		}
-		if aptUpdateErr = os.WriteFile(filepath.Join(dir, "sources.list"), []byte(debianSource), 0o644); aptUpdateErr != nil {
-			return
-		}
-		aptUpdateErr = run("update")
-	})
-	if aptUpdateErr != nil {
-		return "", aptUpdateErr
-	}
-	if err := run("source", "--download-only", o.source); err != nil {
-		return "", err
-	}
-	p := filepath.Join(dir, "src", o.file)
-	return p, o.check(p)
-}
-
-func (o *debOrig) check(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != o.sha256 {
-		return fmt.Errorf("%s: sha256 %x, want %s", path, sum, o.sha256)
-	}
-	return nil
-}
-
-var (
-	aptUpdate    sync.Once
-	aptUpdateErr error
-)
+// aptDir holds the private apt configuration that fetches the source packages.
+func aptDir() string { return filepath.Join(binDir, "apt-debsrc") }
 
 // needTools fails the test when a build tool the spec's build system runs is missing
 // (tests/deps.sh installs them).

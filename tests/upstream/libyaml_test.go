@@ -14,13 +14,14 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
 // libyaml 0.2.5 as Debian 12 ships its source: a git export without configure, so the
 // spec runs autoreconf, configure and make, which compiles through libtool (.lo, .libs/*.o)
 // and links the shared library libyaml-0.so.2 with gcc -shared.
-var libyamlOrig = &debOrig{source: "libyaml", file: "libyaml_0.2.5.orig.tar.gz",
-	sha256: "fa240dbf262be053f3898006d502d514936c818e422afdcf33921c63bed9bf2e", env: "SYSCARE_LIBYAML_ORIG"}
+var libyamlOrig = &debsrc.Orig{Source: "libyaml", File: "libyaml_0.2.5.orig.tar.gz",
+	SHA256: "fa240dbf262be053f3898006d502d514936c818e422afdcf33921c63bed9bf2e", Env: "SYSCARE_LIBYAML_ORIG"}
 
 const (
 	libyamlVersion = "0.2.5"
@@ -47,7 +48,7 @@ func TestUpstreamLibyamlE2E(t *testing.T) {
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "autoreconf", "automake", "libtoolize")
-	pkgs := rpmbuildSpec(t, "libyaml", "libyaml.spec", libyamlOrig.get(t), "libyaml-"+libyamlVersion+".tar.gz", "libyaml", libyamlVersion)
+	pkgs := rpmbuildSpec(t, "libyaml", "libyaml.spec", libyamlOrig.Get(t, aptDir()), "libyaml-"+libyamlVersion+".tar.gz", "libyaml", libyamlVersion)
 
 	out, rpm := syscareBuild(t, pkgs, "YAML001", filepath.Join("libyaml", libyamlFix),
 		fmt.Sprintf("patch-libyaml-%s-1-YAML001-1-1.x86_64.rpm", libyamlVersion))

@@ -13,12 +13,13 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
 // TinyXML-2 9.0.0 as Debian 12 ships its source, built with CMake (which calls the
 // compiler by absolute path, /usr/bin/c++) into the shared library libtinyxml2.so.9.
-var tinyxml2Orig = &debOrig{source: "tinyxml2", file: "tinyxml2_9.0.0+dfsg.orig.tar.xz",
-	sha256: "96510f47a5db537f70dff3e83dd71fd2180cbba4aa76c589a549467e7f34bc9b", env: "SYSCARE_TINYXML2_ORIG"}
+var tinyxml2Orig = &debsrc.Orig{Source: "tinyxml2", File: "tinyxml2_9.0.0+dfsg.orig.tar.xz",
+	SHA256: "96510f47a5db537f70dff3e83dd71fd2180cbba4aa76c589a549467e7f34bc9b", Env: "SYSCARE_TINYXML2_ORIG"}
 
 const (
 	tinyxml2Version = "9.0.0"
@@ -44,7 +45,7 @@ func TestUpstreamTinyxml2E2E(t *testing.T) {
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")
-	pkgs := rpmbuildSpec(t, "tinyxml2", "tinyxml2.spec", tinyxml2Orig.get(t), "tinyxml2-"+tinyxml2Version+".tar.xz", "tinyxml2", tinyxml2Version)
+	pkgs := rpmbuildSpec(t, "tinyxml2", "tinyxml2.spec", tinyxml2Orig.Get(t, aptDir()), "tinyxml2-"+tinyxml2Version+".tar.xz", "tinyxml2", tinyxml2Version)
 
 	out, rpm := syscareBuild(t, pkgs, "TXML001", filepath.Join("tinyxml2", tinyxml2Fix),
 		fmt.Sprintf("patch-tinyxml2-%s-1-TXML001-1-1.x86_64.rpm", tinyxml2Version))

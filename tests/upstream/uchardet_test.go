@@ -13,12 +13,13 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
 // uchardet 0.0.7 as Debian 12 ships its source: CMake builds the C++ library as a static
 // archive and links it into the tool /usr/bin/uchardet.
-var uchardetOrig = &debOrig{source: "uchardet", file: "uchardet_0.0.7.orig.tar.xz",
-	sha256: "3fc79408ae1d84b406922fa9319ce005631c95ca0f34b205fad867e8b30e45b1", env: "SYSCARE_UCHARDET_ORIG"}
+var uchardetOrig = &debsrc.Orig{Source: "uchardet", File: "uchardet_0.0.7.orig.tar.xz",
+	SHA256: "3fc79408ae1d84b406922fa9319ce005631c95ca0f34b205fad867e8b30e45b1", Env: "SYSCARE_UCHARDET_ORIG"}
 
 const uchardetVersion = "0.0.7"
 
@@ -34,7 +35,7 @@ func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")
-	pkgs := rpmbuildSpec(t, "uchardet", "uchardet.spec", uchardetOrig.get(t), "uchardet-"+uchardetVersion+".tar.xz", "uchardet", uchardetVersion)
+	pkgs := rpmbuildSpec(t, "uchardet", "uchardet.spec", uchardetOrig.Get(t, aptDir()), "uchardet-"+uchardetVersion+".tar.xz", "uchardet", uchardetVersion)
 
 	t.Run("inline member refused", func(t *testing.T) {
 		out := t.TempDir()

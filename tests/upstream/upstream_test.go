@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -13,25 +12,24 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
 // The upstream tarball: the orig tarball of Debian 12's lua5.4 source package, which
 // is lua.org's lua-5.4.4.tar.gz byte for byte. It is fetched at test time, never
 // committed; SYSCARE_LUA_ORIG names a copy to use instead of the network.
 const (
-	luaVersion   = "5.4.4"
-	luaOrigName  = "lua5.4_5.4.4.orig.tar.gz"
-	luaOrigSHA   = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
-	debianSource = "deb-src http://deb.debian.org/debian bookworm main\n"
-	fixPatch     = "utf8-codes-continuation.patch"
-	patchName    = "LUA001"
+	luaVersion  = "5.4.4"
+	luaOrigName = "lua5.4_5.4.4.orig.tar.gz"
+	luaOrigSHA  = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
+	fixPatch    = "utf8-codes-continuation.patch"
+	patchName   = "LUA001"
 )
 
 // One Lua statement per probe; the interpreter prints one line for each. The fix makes
@@ -97,74 +95,13 @@ func needRoot(t testing.TB) {
 	}
 }
 
-var (
-	origOnce sync.Once
-	origPath string
-	origErr  error
-)
+var luaOrigTarball = &debsrc.Orig{Source: "lua5.4", File: luaOrigName, SHA256: luaOrigSHA, Env: "SYSCARE_LUA_ORIG"}
 
 // luaOrig returns the path of the verified upstream tarball, fetched once per test
 // binary.
 func luaOrig(t testing.TB) string {
 	t.Helper()
-	origOnce.Do(func() { origPath, origErr = fetchOrig() })
-	if origErr != nil {
-		t.Fatal(origErr)
-	}
-	return origPath
-}
-
-// fetchOrig downloads the lua5.4 source package with apt-get source, through a
-// private apt configuration holding one deb-src line (the system's sources and package
-// caches are left alone; apt checks the files against the signed Sources index), and
-// returns its orig tarball after checking its sha256.
-func fetchOrig() (string, error) {
-	if p := os.Getenv("SYSCARE_LUA_ORIG"); p != "" {
-		return p, checkSHA(p)
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", fmt.Errorf("apt-get not found: set SYSCARE_LUA_ORIG to a copy of %s (sha256 %s)", luaOrigName, luaOrigSHA)
-	}
-	dir := filepath.Join(binDir, "apt")
-	for _, d := range []string{"lists/partial", "cache/archives/partial", "src"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			return "", err
-		}
-	}
-	list := filepath.Join(dir, "sources.list")
-	if err := os.WriteFile(list, []byte(debianSource), 0o644); err != nil {
-		return "", err
-	}
-	opts := []string{"-q", "-o", "Dir::Etc::SourceList=" + list, "-o", "Dir::Etc::SourceParts=" + filepath.Join(dir, "none"),
-		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"), "-o", "Dir::Cache=" + filepath.Join(dir, "cache"),
-		"-o", "APT::Sandbox::User=root"}
-	run := func(args ...string) error {
-		cmd := exec.Command("apt-get", append(slices.Clone(opts), args...)...)
-		cmd.Dir = filepath.Join(dir, "src")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run("update"); err != nil {
-		return "", err
-	}
-	if err := run("source", "--download-only", "lua5.4"); err != nil {
-		return "", err
-	}
-	p := filepath.Join(dir, "src", luaOrigName)
-	return p, checkSHA(p)
-}
-
-func checkSHA(path string) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != luaOrigSHA {
-		return fmt.Errorf("%s: sha256 %x, want %s (lua %s)", path, sum, luaOrigSHA, luaVersion)
-	}
-	return nil
+	return luaOrigTarball.Get(t, aptDir())
 }
 
 // luaRPMs are the packages rpmbuild makes from lua/lua.spec.
