@@ -135,13 +135,18 @@ func (p *Process) memFile() (int, error) {
 	return fd, nil
 }
 
-func (p *Process) pwrite(addr uint64, data []byte) error {
+func (p *Process) pwrite(addr uint64, data []byte) error { return p.memIO(pwriteAt, addr, data) }
+
+func (p *Process) pread(addr uint64, buf []byte) error { return p.memIO(preadAt, addr, buf) }
+
+// memIO runs a pread or pwrite on /proc/PID/mem until all of b is done.
+func (p *Process) memIO(op func(fd int, b []byte, off uint64) (int, error), addr uint64, b []byte) error {
 	fd, err := p.memFile()
 	if err != nil {
 		return err
 	}
-	for len(data) > 0 {
-		n, err := pwriteAt(fd, data, addr)
+	for len(b) > 0 {
+		n, err := op(fd, b, addr)
 		if err == unix.EINTR {
 			continue
 		}
@@ -152,29 +157,7 @@ func (p *Process) pwrite(addr uint64, data []byte) error {
 			// The mm is gone (the process exited) or the range is unmapped.
 			return p.deadErr(unix.EIO)
 		}
-		data = data[n:]
-		addr += uint64(n)
-	}
-	return nil
-}
-
-func (p *Process) pread(addr uint64, buf []byte) error {
-	fd, err := p.memFile()
-	if err != nil {
-		return err
-	}
-	for len(buf) > 0 {
-		n, err := preadAt(fd, buf, addr)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return p.deadErr(err)
-		}
-		if n == 0 {
-			return p.deadErr(unix.EIO)
-		}
-		buf = buf[n:]
+		b = b[n:]
 		addr += uint64(n)
 	}
 	return nil
