@@ -1,9 +1,9 @@
 package upatch
 
 import (
+	"bytes"
 	"debug/elf"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -189,35 +189,28 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 	t := &target{path: name}
 	for _, m := range maps {
 		match := false
-		if binary == "" {
-			d, i, err := devIno(pid, m)
-			match = err == nil && d == dev && i == ino
-		} else if m.Path == name {
+		if m.Path == name && binary != "" {
 			match = true
 		} else if ino != 0 && m.Inode == ino {
+			// Same inode number: confirm the device too (and learn the kernel's spelling).
 			d, i, err := devIno(pid, m)
-			if match = err == nil && d == dev && i == ino; match {
+			if match = err == nil && d == dev && i == ino; match && binary != "" {
 				t.path = m.Path
 			}
 		}
 		if !match {
 			continue
 		}
-		if t.file == "" || m.Start < t.lo {
-			if m.Offset == 0 {
-				t.file = proc.MappedFile(pid, m)
-			}
+		// The mapping of file offset 0 with the lowest address gives the load bias.
+		if m.Offset == 0 && (t.file == "" || m.Start < t.bias) {
+			t.file = proc.MappedFile(pid, m)
+			t.bias = m.Start
+			t.dev, t.inode = m.Dev, m.Inode
 		}
 		if t.lo == 0 || m.Start < t.lo {
 			t.lo = m.Start
 		}
-		if m.End > t.hi {
-			t.hi = m.End
-		}
-		if m.Offset == 0 && (t.dev == 0 || m.Start <= t.lo) {
-			t.bias = m.Start
-			t.dev, t.inode = m.Dev, m.Inode
-		}
+		t.hi = max(t.hi, m.End)
 	}
 	if t.file == "" {
 		return nil, fmt.Errorf("pid %d: %w: %s", pid, ErrNoTarget, name)
@@ -323,7 +316,7 @@ func checkBuildID(obj *patchobj.Object, ef *symbols.ELF, path string, o Options)
 		}
 		return nil
 	}
-	if !strings.EqualFold(hex.EncodeToString(obj.TargetBuildID), hex.EncodeToString(ef.BuildID)) {
+	if !bytes.Equal(obj.TargetBuildID, ef.BuildID) {
 		return fmt.Errorf("%w: %s has build-id %x, the patch was built for %x", ErrBuildID, path, ef.BuildID, obj.TargetBuildID)
 	}
 	return nil
