@@ -213,3 +213,28 @@ func (p *Process) ReadMemv(addrs []uint64, bufs [][]byte) error {
 	}
 	return nil
 }
+
+// Remote reads the memory of a process this package has not stopped:
+// process_vm_readv needs ptrace-read permission, not a tracer, so a process can
+// be looked at (for instance for the patches it holds) without stopping it.
+type Remote struct{ Pid int }
+
+// ReadMem fills buf from the process's memory at addr.
+func (r Remote) ReadMem(addr uint64, buf []byte) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	local := [1]unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
+	remote := [1]unix.RemoteIovec{{Base: uintptr(addr), Len: len(buf)}}
+	n, err := unix.ProcessVMReadv(r.Pid, local[:], remote[:], 0)
+	if err == unix.ESRCH {
+		return fmt.Errorf("read memory of pid %d at %#x: %w: %w", r.Pid, addr, ErrExited, err)
+	}
+	if err != nil {
+		return fmt.Errorf("read memory of pid %d at %#x: %w", r.Pid, addr, err)
+	}
+	if n != len(buf) {
+		return fmt.Errorf("read memory of pid %d at %#x: %d of %d bytes", r.Pid, addr, n, len(buf))
+	}
+	return nil
+}

@@ -746,11 +746,15 @@ func stackBounds(maps []proc.Mapping, sp uint64) (uint64, uint64) {
 	return 0, 0
 }
 
+// memReader reads a process's memory: a stopped *ptrace.Process, or ptrace.Remote
+// for a running one.
+type memReader interface {
+	ReadMem(addr uint64, buf []byte) error
+}
+
 // readHeaders finds the patch headers in the process: anonymous r-x mappings that
 // start with the header magic.
-func readHeaders(pr interface {
-	ReadMem(uint64, []byte) error
-}, maps []proc.Mapping) ([]*Header, error) {
+func readHeaders(pr memReader, maps []proc.Mapping) ([]*Header, error) {
 	var out []*Header
 	prefix := make([]byte, headerFixedSize)
 	for _, m := range maps {

@@ -107,7 +107,7 @@ func (e *Engine) Info(pid int) ([]Applied, error) {
 	if err != nil {
 		return nil, exited(pid, err)
 	}
-	headers, err := readHeaders(remoteReader{pid}, maps)
+	headers, err := readHeaders(ptrace.Remote{Pid: pid}, maps)
 	if err != nil {
 		return nil, err
 	}
@@ -120,23 +120,6 @@ func (e *Engine) Info(pid int) ([]Applied, error) {
 		out = append(out, a)
 	}
 	return out, nil
-}
-
-// remoteReader reads another process's memory without stopping it.
-type remoteReader struct{ pid int }
-
-func (r remoteReader) ReadMem(addr uint64, b []byte) error {
-	local := []unix.Iovec{{Base: &b[0]}}
-	local[0].SetLen(len(b))
-	remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
-	n, err := unix.ProcessVMReadv(r.pid, local, remote, 0)
-	if err != nil {
-		return err
-	}
-	if n != len(b) {
-		return fmt.Errorf("short read at %#x", addr)
-	}
-	return nil
 }
 
 // PatchAll applies obj to every process in pids, several at a time.
