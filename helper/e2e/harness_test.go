@@ -19,9 +19,8 @@ import (
 	"testing"
 	"time"
 
-	godbus "github.com/godbus/dbus/v5"
-
 	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
 )
@@ -170,26 +169,9 @@ type sandbox struct {
 	dir     string
 	root    string
 	addr    string
-	daemon  *exec.Cmd
-	log     *syncBuffer
+	bus     *testbus.Bus
+	log     *testbus.Log
 	victims []*victim
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // newSandbox starts a sandbox; options: "polkit" also makes polkitd activatable on the
@@ -200,46 +182,29 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
-	s := &sandbox{t: t, dir: dir, root: filepath.Join(dir, "root"), log: &syncBuffer{}}
+	s := &sandbox{t: t, dir: dir, root: filepath.Join(dir, "root")}
 	os.MkdirAll(filepath.Join(s.root, "usr/lib/syscare/patches"), 0o755)
 	if err := sh(dir, "rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", fx.rpm); err != nil {
 		t.Fatal(err)
 	}
-	services := filepath.Join(dir, "services")
-	os.MkdirAll(services, 0o755)
 	idle := "60s"
 	for _, o := range opts {
 		if v, ok := strings.CutPrefix(o, "idle="); ok {
 			idle = v
 		}
 	}
-	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout %s --log-level debug\nUser=root\n",
-		scbus.BusName, fx.bin, s.root, idle)
-	os.WriteFile(filepath.Join(services, scbus.BusName+".service"), []byte(svc), 0o644)
+	bo := testbus.Options{RepoDir: fx.repo, Dir: dir,
+		HelperExec: fmt.Sprintf("%s/syscare-helper --root %s --idle-timeout %s --log-level debug", fx.bin, s.root, idle),
+		// Activated services (polkitd) find "the system bus" through this.
+		Env: []string{"DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(dir, "bus.sock")}}
 	if slices.Contains(opts, "polkit") {
-		pk := "[D-BUS Service]\nName=org.freedesktop.PolicyKit1\nExec=/usr/lib/polkit-1/polkitd --no-debug\nUser=root\n"
-		os.WriteFile(filepath.Join(services, "org.freedesktop.PolicyKit1.service"), []byte(pk), 0o644)
+		bo.Services = map[string]string{"org.freedesktop.PolicyKit1": "/usr/lib/polkit-1/polkitd --no-debug"}
 	}
-	tmpl, err := os.ReadFile(filepath.Join(fx.repo, "dbus/sandbox-bus.conf.in"))
+	bus, err := testbus.Start(bo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.NewReplacer("@DIR@", dir, "@SERVICEDIR@", services,
-		"@POLICY@", filepath.Join(fx.repo, "dbus/org.openeuler.SysCare1.conf")).Replace(string(tmpl))
-	os.WriteFile(filepath.Join(dir, "bus.conf"), []byte(conf), 0o644)
-	s.daemon = exec.Command("dbus-daemon", "--config-file="+filepath.Join(dir, "bus.conf"), "--nofork", "--print-address=1")
-	out, _ := s.daemon.StdoutPipe()
-	s.daemon.Stderr = s.log
-	// Activated services (polkitd) find "the system bus" through this.
-	s.daemon.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS=unix:path="+filepath.Join(dir, "bus.sock"))
-	if err := s.daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon address: %v\n%s", err, s.log)
-	}
-	s.addr = strings.TrimSpace(line)
+	s.bus, s.addr, s.log = bus, bus.Addr, bus.Log
 	t.Cleanup(s.close)
 	return s
 }
@@ -248,32 +213,14 @@ func (s *sandbox) close() {
 	for _, v := range s.victims {
 		v.stop()
 	}
-	pid := s.helperPid()
-	s.daemon.Process.Kill()
-	s.daemon.Wait()
-	if pid > 0 {
-		// The helper exits when its bus goes away; make sure it does.
-		time.Sleep(100 * time.Millisecond)
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	s.bus.Close()
 	if s.t.Failed() || os.Getenv("SYSCARE_E2E_LOG") != "" {
 		s.t.Logf("bus and helper log:\n%s", s.log)
 	}
 }
 
 // helperPid returns the pid of the process owning the bus name, or 0.
-func (s *sandbox) helperPid() int {
-	conn, err := godbus.Connect(s.addr)
-	if err != nil {
-		return 0
-	}
-	defer conn.Close()
-	var pid uint32
-	if conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, scbus.BusName).Store(&pid) != nil {
-		return 0
-	}
-	return int(pid)
-}
+func (s *sandbox) helperPid() int { return s.bus.HelperPid() }
 
 // killHelper kills the helper with SIGKILL and waits until its name is gone.
 func (s *sandbox) killHelper() {

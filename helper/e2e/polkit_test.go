@@ -13,6 +13,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 
 	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus/testbus"
 )
 
 const polkitd = "/usr/lib/polkit-1/polkitd"
@@ -79,7 +80,7 @@ func (s *sandbox) startPolkit(rule string) {
 	// Go makes the new mount namespace's mounts private, so the binds never reach the host.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
 	cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.addr)
-	log := &syncBuffer{}
+	log := &testbus.Log{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start polkitd: %v", err)

@@ -19,13 +19,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	godbus "github.com/godbus/dbus/v5"
 
 	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/rpmbuild/patchrpm"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
@@ -94,27 +94,9 @@ type env struct {
 	repo    string // the published repository
 	root    string // installroot
 	addr    string
-	daemon  *exec.Cmd
-	log     *syncBuffer
+	bus     *testbus.Bus
 	victim  *victim
 	buildID string
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func run(t testing.TB, dir string, extraEnv []string, name string, args ...string) string {
@@ -144,7 +126,7 @@ func setup(t testing.TB) *env {
 			t.Fatalf("%s is a test dependency (tests/deps.sh): %v", tool, err)
 		}
 	}
-	e := &env{t: t, log: &syncBuffer{}}
+	e := &env{t: t}
 	var err error
 	if e.repoDir, err = filepath.Abs("../.."); err != nil {
 		t.Fatal(err)
@@ -190,30 +172,12 @@ func setup(t testing.TB) *env {
 	// The private bus listens on an abstract socket: the same address works outside and
 	// inside the installroot, where the patch RPMs' scriptlets run chrooted.
 	e.addr = "unix:abstract=/syscare-dnf-test-" + newUUID()
-	services := filepath.Join(e.dir, "services")
-	os.MkdirAll(services, 0o755)
-	svc := fmt.Sprintf("[D-BUS Service]\nName=%s\nExec=%s/syscare-helper --root %s --idle-timeout 120s --log-level debug\nUser=root\n",
-		scbus.BusName, e.bin, e.root)
-	os.WriteFile(filepath.Join(services, scbus.BusName+".service"), []byte(svc), 0o644)
-	tmpl, err := os.ReadFile(filepath.Join(e.repoDir, "dbus/sandbox-bus.conf.in"))
+	bus, err := testbus.Start(testbus.Options{RepoDir: e.repoDir, Dir: e.dir, Listen: e.addr,
+		HelperExec: fmt.Sprintf("%s/syscare-helper --root %s --idle-timeout 120s --log-level debug", e.bin, e.root)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.NewReplacer("unix:path=@DIR@/bus.sock", e.addr, "@SERVICEDIR@", services,
-		"@POLICY@", filepath.Join(e.repoDir, "dbus/org.openeuler.SysCare1.conf")).Replace(string(tmpl))
-	if !strings.Contains(conf, e.addr) {
-		t.Fatal("sandbox-bus.conf.in no longer has the listen line this test replaces")
-	}
-	os.WriteFile(filepath.Join(e.dir, "bus.conf"), []byte(conf), 0o644)
-	e.daemon = exec.Command("dbus-daemon", "--config-file="+filepath.Join(e.dir, "bus.conf"), "--nofork", "--print-address=1")
-	out, _ := e.daemon.StdoutPipe()
-	e.daemon.Stderr = e.log
-	if err := e.daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatalf("dbus-daemon: %v\n%s", err, e.log)
-	}
+	e.bus = bus
 	t.Cleanup(e.close)
 	return e
 }
@@ -222,29 +186,10 @@ func (e *env) close() {
 	if e.victim != nil {
 		e.victim.stop()
 	}
-	pid := e.helperPid()
-	e.daemon.Process.Kill()
-	e.daemon.Wait()
-	if pid > 0 {
-		time.Sleep(100 * time.Millisecond)
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	e.bus.Close()
 	if e.t.Failed() {
-		e.t.Logf("bus and helper log:\n%s", e.log)
+		e.t.Logf("bus and helper log:\n%s", e.bus.Log)
 	}
-}
-
-func (e *env) helperPid() int {
-	conn, err := godbus.Connect(e.addr)
-	if err != nil {
-		return 0
-	}
-	defer conn.Close()
-	var pid uint32
-	if conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, scbus.BusName).Store(&pid) != nil {
-		return 0
-	}
-	return int(pid)
 }
 
 // buildPatch writes a real patch RPM (the builder's spec template) for victim-1.0-1
