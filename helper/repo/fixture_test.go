@@ -96,6 +96,12 @@ func fixtureRPMs(t testing.TB) map[string]string {
 					errs[i] = err
 					return
 				}
+				// rpmbuild's own mkdir of the top directory races with the parallel
+				// builds creating the same parent ("File exists"): make it first.
+				if err := os.MkdirAll(filepath.Join(top, fmt.Sprint(i)), 0o755); err != nil {
+					errs[i] = err
+					return
+				}
 				cmd := exec.Command("rpmbuild", "-bb", "--nodeps", "--quiet",
 					"--define", "_topdir "+filepath.Join(top, fmt.Sprint(i)),
 					"--define", "_build_id_links none", spec)
