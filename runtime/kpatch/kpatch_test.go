@@ -291,14 +291,25 @@ func simulateTransitions(root, name, from string) func() {
 	go func() {
 		defer wg.Done()
 		dir := filepath.Join(root, "sys/kernel/livepatch", name)
+		seen := false
 		for {
 			select {
 			case <-done:
 				return
 			case <-time.After(time.Millisecond):
 			}
+			// React only to a real reversal: the file may not exist yet, or be read
+			// while the fake kernel rewrites it (empty), before it first shows from.
 			now, err := os.ReadFile(filepath.Join(dir, "enabled"))
-			if err == nil && strings.TrimSpace(string(now)) != from {
+			v := strings.TrimSpace(string(now))
+			if err != nil || v == "" {
+				continue
+			}
+			if v == from {
+				seen = true
+				continue
+			}
+			if seen {
 				os.WriteFile(filepath.Join(dir, "transition"), []byte("0\n"), 0o644)
 				return
 			}
