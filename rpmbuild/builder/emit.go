@@ -248,6 +248,10 @@ func (b *build) link(ctx context.Context) (string, error) {
 		if fmt.Sprintf("%x", obj.TargetBuildID) != tp.target.BuildID && string(obj.TargetBuildID) != tp.target.BuildID {
 			return "", fmt.Errorf("the linked patch of %s carries build-id %q", tp.target.Path, obj.TargetBuildID)
 		}
+		// Production hosts have no debuginfo: the patch must carry its target's offsets.
+		if !obj.SelfContained() {
+			return "", fmt.Errorf("the linked patch of %s carries no %s: it would need the target's debuginfo on the host", tp.target.Path, patchobj.OffsetsSection)
+		}
 		for _, f := range obj.Funcs {
 			tp.funcs = append(tp.funcs, patchmeta.Function{Name: f.OldName, Pos: f.OldPos})
 		}

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/runtime/patchobj"
 )
 
 // ErrNotFound is wrapped when a symbol or target is not in the debuginfo.
@@ -213,17 +214,32 @@ func ProducerVersion(p string) string {
 	return m[1]
 }
 
-// Locator answers symbol positions from a debug file's .symtab, the rule the loader
-// applies: N-th defined symbol of that name in .symtab order (function symbols only
-// for functions), a local symbol told apart by the STT_FILE symbol that precedes it.
+// Locator answers symbol questions from a debug file's .symtab, with the rules the
+// loader applies: a position is the N-th defined symbol of that name in .symtab order
+// (function symbols only for functions), and a local symbol is told apart by the
+// STT_FILE symbol that precedes it. It also tells where each symbol lies, so that the
+// patch can carry the offsets and apply on a host without the debuginfo.
 type Locator struct {
 	syms []locSym
+	// imported names the symbols the target takes from other ELF files (undefined
+	// entries of its .symtab).
+	imported map[string]bool
+	// starts lists, per section index, the sorted addresses where symbols begin.
+	starts map[elf.SectionIndex][]uint64
 }
 
 type locSym struct {
 	name, file string
 	fn, local  bool
+	value      uint64
+	size       uint64
+	typ        elf.SymType
+	shndx      elf.SectionIndex
 }
+
+// maxJump is the longest jump the loader writes at a replaced function (a 14-byte
+// absolute jump); a function shorter than that may borrow the padding after it.
+const maxJump = 14
 
 // NewLocator reads the symbol table of a debug file.
 func NewLocator(debugFile string) (*Locator, error) {
@@ -236,7 +252,7 @@ func NewLocator(debugFile string) (*Locator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", debugFile, err)
 	}
-	l := &Locator{}
+	l := &Locator{imported: map[string]bool{}, starts: map[elf.SectionIndex][]uint64{}}
 	file := ""
 	for _, s := range syms {
 		typ, bind := elf.ST_TYPE(s.Info), elf.ST_BIND(s.Info)
@@ -244,13 +260,132 @@ func NewLocator(debugFile string) (*Locator, error) {
 			file = s.Name
 			continue
 		}
-		if s.Section == elf.SHN_UNDEF || typ == elf.STT_SECTION {
+		if s.Section == elf.SHN_UNDEF {
+			if s.Name != "" {
+				l.imported[baseName(s.Name)] = true
+			}
+			continue
+		}
+		if typ == elf.STT_SECTION {
 			continue
 		}
 		l.syms = append(l.syms, locSym{name: s.Name, file: file,
-			fn: typ == elf.STT_FUNC || typ == elf.STT_GNU_IFUNC, local: bind == elf.STB_LOCAL})
+			fn: typ == elf.STT_FUNC || typ == elf.STT_GNU_IFUNC, local: bind == elf.STB_LOCAL,
+			value: s.Value, size: s.Size, typ: typ, shndx: s.Section})
+		if s.Section < elf.SHN_LORESERVE {
+			l.starts[s.Section] = append(l.starts[s.Section], s.Value)
+		}
+	}
+	for _, v := range l.starts {
+		sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
 	}
 	return l, nil
+}
+
+// baseName strips a symbol version ("memcpy@@GLIBC_2.14" -> "memcpy").
+func baseName(name string) string {
+	if i := strings.IndexByte(name, '@'); i > 0 {
+		return name[:i]
+	}
+	return name
+}
+
+// offset tells where s lies. A function's Room is its size, or up to the next symbol
+// of its section when it is shorter than the longest jump (the loader checks that
+// those bytes are padding).
+func (l *Locator) offset(s locSym) (patchobj.Offset, error) {
+	if s.shndx == elf.SHN_ABS {
+		return patchobj.Offset{}, fmt.Errorf("symbol %q is absolute (SHN_ABS): it has no address in the target", s.name)
+	}
+	out := patchobj.Offset{Value: s.value, Size: s.size, Type: s.typ}
+	if s.fn {
+		out.Room = s.size
+		if s.size < maxJump {
+			next := s.value + maxJump
+			starts := l.starts[s.shndx]
+			i := sort.Search(len(starts), func(i int) bool { return starts[i] > s.value })
+			if i < len(starts) && starts[i] < next {
+				next = starts[i]
+			}
+			out.Room = max(s.size, next-s.value)
+		}
+	}
+	return out, nil
+}
+
+// Symbol returns the symbol name at position pos, counted as Pos counts (0: the name
+// is unique).
+func (l *Locator) Symbol(name string, pos uint64, isFunc bool) (patchobj.Offset, error) {
+	var found []locSym
+	for _, s := range l.syms {
+		if s.name == name && (!isFunc || s.fn) {
+			found = append(found, s)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return patchobj.Offset{}, fmt.Errorf("symbol %q: %w", name, ErrNotFound)
+	case pos == 0 && len(found) > 1:
+		return patchobj.Offset{}, fmt.Errorf("symbol %q: %d symbols of that name and no position", name, len(found))
+	case pos > uint64(len(found)):
+		return patchobj.Offset{}, fmt.Errorf("symbol %q at position %d: %w (%d of that name)", name, pos, ErrNotFound, len(found))
+	case pos == 0:
+		return l.offset(found[0])
+	}
+	return l.offset(found[pos-1])
+}
+
+// Global returns the definition that a reference by name from another file of the
+// target binds to, as the linker bound it: the one global (or weak) definition, the
+// default version among versioned ones; failing that, a single local definition (a
+// global of hidden visibility is local in the linked file) unless the target imports
+// the name. ok is false when the target does not define the name: the loader then
+// finds it in the libraries the process maps.
+func (l *Locator) Global(name string) (off patchobj.Offset, ok bool, err error) {
+	var global, local []locSym
+	for _, s := range l.syms {
+		if baseName(s.name) != baseName(name) {
+			continue
+		}
+		if s.local {
+			if s.name == name {
+				local = append(local, s)
+			}
+			continue
+		}
+		global = append(global, s)
+	}
+	if len(global) > 1 {
+		// name@@VER is what an unversioned reference binds to; name@VER is not.
+		var def []locSym
+		for _, s := range global {
+			if s.name == name || strings.HasPrefix(s.name, name+"@@") {
+				def = append(def, s)
+			}
+		}
+		if len(def) > 0 {
+			global = def
+		}
+	}
+	switch {
+	case len(global) == 1:
+		off, err := l.offset(global[0])
+		return off, err == nil, err
+	case len(global) > 1:
+		for _, s := range global[1:] {
+			if s.value != global[0].value || s.typ != global[0].typ {
+				return patchobj.Offset{}, false, fmt.Errorf("symbol %q: %d global definitions", name, len(global))
+			}
+		}
+		off, err := l.offset(global[0])
+		return off, err == nil, err
+	case l.imported[baseName(name)] || len(local) == 0:
+		return patchobj.Offset{}, false, nil
+	case len(local) > 1:
+		return patchobj.Offset{}, false, fmt.Errorf("symbol %q: no global definition and %d local ones", name, len(local))
+	}
+	off, err = l.offset(local[0])
+	return off, err == nil, err
 }
 
 // Pos returns the position of the local symbol name of source file file among the

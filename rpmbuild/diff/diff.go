@@ -44,6 +44,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/syscare/syscare/runtime/patchobj"
 )
 
 // ErrNoChange is returned when the patched object differs from the original in no
@@ -74,10 +76,24 @@ type Locator interface {
 	Pos(name, file string, isFunc bool) (uint64, error)
 }
 
+// Resolver tells where the target ELF's symbols lie (from its debuginfo), so that the
+// patch records their offsets and needs no debuginfo on the host.
+type Resolver interface {
+	// Symbol tells where the symbol at position pos (as Locator.Pos counts) lies.
+	Symbol(name string, pos uint64, isFunc bool) (patchobj.Offset, error)
+	// Global tells where the definition a by-name reference binds to lies; ok is false
+	// when the target does not define name (a library of the process does).
+	Global(name string) (off patchobj.Offset, ok bool, err error)
+}
+
 // Options tune Diff.
 type Options struct {
 	// Locator finds positions of local symbols; nil gives every position 0.
 	Locator Locator
+	// Resolver resolves the target's symbols at build time: with it the emitted object
+	// is self-contained (it carries .upatch.offsets); nil leaves every target symbol to
+	// a lookup by name when the patch is loaded (as a hand-written patch does).
+	Resolver Resolver
 	// AliasPrefix is prepended to the names of local symbols of the original that the
 	// patch references; it must be unique per object so that objects of several
 	// translation units can be merged with `ld -r`. Empty: derived from the file name.

@@ -3,52 +3,33 @@ package diff
 import (
 	"bufio"
 	"bytes"
-	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/runtime/patchobj"
 )
-
-// symtabLocator answers Locator questions from an ELF's .symtab, telling same-named
-// local symbols apart by the STT_FILE symbol that precedes them.
-type symtabLocator struct{ syms []elf.Symbol }
-
-func (l symtabLocator) Pos(name, file string, isFunc bool) (uint64, error) {
-	var n, mine uint64
-	cur := ""
-	for _, s := range l.syms {
-		if elf.ST_TYPE(s.Info) == elf.STT_FILE {
-			cur = s.Name
-			continue
-		}
-		if s.Name != name || (isFunc && elf.ST_TYPE(s.Info) != elf.STT_FUNC) {
-			continue
-		}
-		n++
-		if cur == file && mine == 0 {
-			mine = n
-		}
-	}
-	if n <= 1 {
-		return 0, nil
-	}
-	return mine, nil
-}
 
 // e2eCase is a two-file program: main.c prints what lib.c computes, in a loop.
 type e2eCase struct {
 	main, orig, fixed string
-	shared            bool // lib.c goes into liblib.so (-fPIC), patched with --binary
+	shared            bool   // lib.c goes into liblib.so (-fPIC), patched with --binary
+	noPIE             bool   // a position-dependent executable (-no-pie)
+	cxx               bool   // lib is C++ (lib.cc, g++)
+	other             string // a third file linked with lib (a vendored library, say)
 	changed           []string
 	before, after     string // a line printed before and after the patch
 }
 
 // TestPatchRunningProcess builds two-file programs the way the builder does, diffs a
 // fix of one file, and applies the emitted object to the running program with
-// upatch-manage, then removes it again.
+// upatch-manage, then removes it again. As on a production host, the running binary
+// is stripped and its debuginfo is nowhere the loader looks: the differ resolves the
+// target's symbols from the separate debug file, and the patch carries their offsets.
 func TestPatchRunningProcess(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("ptrace of a child needs root here (tests run as root in CI)")
@@ -137,7 +118,45 @@ int main(void) {
 		before:  "three", after: "THREE!"}
 	shared := statics
 	shared.shared = true
-	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table} {
+	noPIE := statics
+	noPIE.noPIE = true
+	// Names defined twice in the binary: a vendored file has its own static dictNext
+	// and compute; the fix calls the global dictNext and replaces the global compute,
+	// which a lookup by name on the host would find ambiguous.
+	dup := e2eCase{main: loop,
+		orig: `__attribute__((noipa)) int dictNext(int x) { return x + 1; }
+__attribute__((noipa)) int compute(int x) { return x * 100; }
+`,
+		fixed: `__attribute__((noipa)) int dictNext(int x) { return x + 1; }
+__attribute__((noipa)) int compute(int x) { return dictNext(x) * 1000; }
+`,
+		other: `static __attribute__((noipa)) int dictNext(int x) { return x - 1; }
+static __attribute__((noipa)) int compute(int x) { return dictNext(x) * 7; }
+int vendored(int x) { return compute(x); }
+`,
+		changed: []string{"compute"},
+		before:  "200", after: "3000"}
+	// C++: an out-of-line member function of a class in a namespace, reached through a
+	// static object of the target.
+	cxx := e2eCase{main: loop, cxx: true,
+		orig: `namespace app {
+struct Counter { int n = 0; int bump(int x); };
+static Counter counter;
+__attribute__((noipa)) int Counter::bump(int x) { n++; return x * 2; }
+}
+extern "C" __attribute__((noipa)) int compute(int x) { return app::counter.bump(x); }
+`,
+		fixed: `namespace app {
+struct Counter { int n = 0; int bump(int x); };
+static Counter counter;
+__attribute__((noipa)) int Counter::bump(int x) { n++; return x * 2 + (n > 1 ? 500 : 0); }
+}
+extern "C" __attribute__((noipa)) int compute(int x) { return app::counter.bump(x); }
+`,
+		changed: []string{"_ZN3app7Counter4bumpEi"},
+		before:  "4", after: "504"}
+	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
+		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}
 }
@@ -145,51 +164,79 @@ int main(void) {
 func runE2E(t *testing.T, manage string, c e2eCase) {
 	dir := t.TempDir()
 	pic := "-fPIE"
-	if c.shared {
+	switch {
+	case c.shared:
 		pic = "-fPIC"
+	case c.noPIE:
+		pic = "-fno-PIE"
 	}
-	cc := func(d, name, src, pic string) string {
+	cc := func(d, name, src, pic string, cxx bool) string {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(d, name+".c"), []byte(src), 0o644); err != nil {
+		compiler, file := "gcc", name+".c"
+		if cxx {
+			compiler, file = "g++", name+".cc"
+		}
+		if err := os.WriteFile(filepath.Join(d, file), []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command("gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name+".o", name+".c")
+		cmd := exec.Command(compiler, "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name+".o", file)
 		cmd.Dir = d
 		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("gcc: %v\n%s", err, out)
+			t.Fatalf("%s: %v\n%s", compiler, err, out)
 		}
 		return filepath.Join(d, name+".o")
 	}
-	mo := cc(dir, "main", c.main, "-fPIE")
-	lo := cc(dir, "lib", c.orig, pic)
-	lp := cc(filepath.Join(dir, "fixed"), "lib", c.fixed, pic)
+	mainPIC := "-fPIE"
+	if c.noPIE {
+		mainPIC = "-fno-PIE"
+	}
+	mo := cc(dir, "main", c.main, mainPIC, false)
+	lo := cc(dir, "lib", c.orig, pic, c.cxx)
+	lp := cc(filepath.Join(dir, "fixed"), "lib", c.fixed, pic, c.cxx)
+	libObjs := []string{lo}
+	if c.other != "" {
+		libObjs = append(libObjs, cc(dir, "other", c.other, pic, false))
+	}
+	linker := "gcc"
+	if c.cxx {
+		linker = "g++"
+	}
 	prog := filepath.Join(dir, "prog")
 	target := prog
-	link := []string{"-pie", "-Wl,--build-id", "-o", prog, mo, lo}
+	exe := "-pie"
+	if c.noPIE {
+		exe = "-no-pie"
+	}
+	link := append([]string{exe, "-Wl,--build-id", "-o", prog, mo}, libObjs...)
 	if c.shared {
 		target = filepath.Join(dir, "liblib.so")
-		if out, err := exec.Command("gcc", "-shared", "-Wl,--build-id", "-o", target, lo).CombinedOutput(); err != nil {
+		if out, err := exec.Command(linker, append([]string{"-shared", "-Wl,--build-id", "-o", target}, libObjs...)...).CombinedOutput(); err != nil {
 			t.Fatalf("link library: %v\n%s", err, out)
 		}
-		link = []string{"-pie", "-o", prog, mo, target, "-Wl,-rpath," + dir}
+		link = []string{exe, "-o", prog, mo, target, "-Wl,-rpath," + dir}
 	}
-	if out, err := exec.Command("gcc", link...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(linker, link...).CombinedOutput(); err != nil {
 		t.Fatalf("link: %v\n%s", err, out)
 	}
-	ef, err := elf.Open(target)
-	if err != nil {
-		t.Fatal(err)
+	// Ship it as a distribution does: debug file apart, the binary stripped.
+	debugFile := filepath.Join(t.TempDir(), "target.debug")
+	for _, args := range [][]string{{"objcopy", "--only-keep-debug", target, debugFile}, {"strip", "--strip-all", target}} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", args[0], err, out)
+		}
 	}
-	syms, err := ef.Symbols()
-	ef.Close()
+	if out, _ := exec.Command("readelf", "-S", target).CombinedOutput(); strings.Contains(string(out), ".symtab") {
+		t.Fatalf("%s still has a .symtab", target)
+	}
+	loc, err := debuginfo.NewLocator(debugFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ob, _ := os.ReadFile(lo)
 	pb, _ := os.ReadFile(lp)
-	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{Locator: symtabLocator{syms}, AliasPrefix: "__lib_"})
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{Locator: loc, Resolver: loc, AliasPrefix: "__lib_"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,9 +247,26 @@ func runE2E(t *testing.T, manage string, c e2eCase) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	patch := filepath.Join(dir, "patch.o")
-	if err := os.WriteFile(patch, b, 0o644); err != nil {
+	obj, err := patchobj.ParseBytes(b)
+	if err != nil || !obj.SelfContained() {
+		t.Fatalf("emitted object: self-contained %v, %v", err == nil && obj.SelfContained(), err)
+	}
+	frag := filepath.Join(dir, "frag.o")
+	if err := os.WriteFile(frag, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	// Record the target's build-id, as the builder does, so that no --force is needed.
+	id, err := exec.Command("sh", "-c", "readelf -n "+target+" | sed -n 's/.*Build ID: //p'").Output()
+	if err != nil || len(bytes.TrimSpace(id)) == 0 {
+		t.Fatalf("build-id of %s: %v", target, err)
+	}
+	idFile := filepath.Join(dir, "build-id")
+	if err := os.WriteFile(idFile, append(bytes.TrimSpace(id), 0), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	patch := filepath.Join(dir, "patch.o")
+	if out, err := exec.Command("objcopy", "--add-section", patchobj.BuildIDSection+"="+idFile, frag, patch).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy: %v\n%s", err, out)
 	}
 	p := exec.Command(prog)
 	stdout, err := p.StdoutPipe()
@@ -242,7 +306,7 @@ func runE2E(t *testing.T, manage string, c e2eCase) {
 		}
 	}
 	waitFor(c.before)
-	args := []string{"patch", "--pid", itoa(p.Process.Pid), "--patch", patch, "--uuid", "e2e-diff", "--force"}
+	args := []string{"patch", "--pid", itoa(p.Process.Pid), "--patch", patch, "--uuid", "e2e-diff"}
 	if c.shared {
 		args = append(args, "--binary", target)
 	}

@@ -2,6 +2,7 @@ package diff
 
 import (
 	"debug/elf"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -121,6 +122,8 @@ type emitter struct {
 	funcs   *osec
 	strOff  map[string]uint64
 	aliases map[string]bool
+	offs    *osec
+	offKeys map[patchobj.OffsetKey]bool
 }
 
 func (e *emitter) newSym(y *osym) *osym {
@@ -160,6 +163,9 @@ func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
 		if t.shndx == elf.SHN_ABS {
 			return nil, 0, fmt.Errorf("section %s: relocation against absolute symbol %q", s.name, t.name)
 		}
+		if err := e.resolveSym(t.name, 0, nil); err != nil {
+			return nil, 0, err
+		}
 		return e.undefined(t.name, t.bind, t.typ), rl.addend, nil
 	}
 	if t.sec.include {
@@ -182,6 +188,9 @@ func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
 		typ = elf.STT_TLS // ld refuses TLS relocations against a non-TLS symbol
 	}
 	if old.bind != elf.STB_LOCAL {
+		if err := e.resolveSym(old.name, 0, old); err != nil {
+			return nil, 0, err
+		}
 		return e.undefined(old.name, old.bind, typ), add, nil
 	}
 	alias := e.r.aliasPrefix() + old.name
@@ -192,6 +201,9 @@ func (e *emitter) ref(s *section, rl rela) (*osym, int64, error) {
 			return nil, 0, err
 		}
 		e.addSymsEntry(alias, old.name, pos)
+		if err := e.resolveSym(old.name, pos, old); err != nil {
+			return nil, 0, err
+		}
 	}
 	return e.undefined(alias, elf.STB_GLOBAL, typ), add, nil
 }
@@ -227,6 +239,113 @@ func (e *emitter) addSymsEntry(alias, target string, pos uint64) {
 	e.strRef(e.symsSec, at+8, target)
 }
 
+// resolveFunc records where the function old (of the original object) that the patch
+// replaces lies in the target, after checking that the target's symbol is that
+// function.
+func (e *emitter) resolveFunc(old *symbol, pos uint64) error {
+	if e.r.opts.Resolver == nil {
+		return nil
+	}
+	off, err := e.locate(old.name, pos, old, true)
+	if err != nil {
+		return err
+	}
+	if off.Type != elf.STT_FUNC {
+		return fmt.Errorf("replaced function %s: the target's symbol is %v, not a plain function", old.name, off.Type)
+	}
+	e.addOffset(patchobj.OffsetFunc, old.name, pos, off)
+	return nil
+}
+
+// resolveSym records where the target symbol name (at pos, as .upatch.syms binds it)
+// that the new code uses lies. old is its definition in the original object, nil when
+// the original only references it. A name the target does not define is left to the
+// loader, which finds it in the libraries of the process.
+func (e *emitter) resolveSym(name string, pos uint64, old *symbol) error {
+	if e.r.opts.Resolver == nil {
+		return nil
+	}
+	if old == nil {
+		off, ok, err := e.r.opts.Resolver.Global(name)
+		if err != nil {
+			return fmt.Errorf("symbol %s: %w", name, err)
+		}
+		if ok {
+			off.Room = 0
+			e.addOffset(patchobj.OffsetSymbol, name, pos, off)
+		}
+		return nil
+	}
+	off, err := e.locate(name, pos, old, old.typ == elf.STT_FUNC)
+	if err != nil {
+		return err
+	}
+	off.Room = 0
+	e.addOffset(patchobj.OffsetSymbol, name, pos, off)
+	return nil
+}
+
+// locate finds the target's definition of old, a symbol of the original object: by
+// position for a local, as the linker bound it for a global. Its type and size must be
+// old's, else the debuginfo is not of the binary built from this object and an offset
+// taken from it could point anywhere.
+func (e *emitter) locate(name string, pos uint64, old *symbol, isFunc bool) (patchobj.Offset, error) {
+	loc := e.r.opts.Resolver
+	var off patchobj.Offset
+	var err error
+	if old.bind == elf.STB_LOCAL {
+		off, err = loc.Symbol(name, pos, isFunc)
+	} else {
+		var ok bool
+		off, ok, err = loc.Global(name)
+		if err == nil && !ok {
+			err = errors.New("not defined in the target (discarded when it was linked?)")
+		}
+	}
+	if err != nil {
+		return off, fmt.Errorf("symbol %s of %s: resolve in the target: %w", name, e.r.orig.file, err)
+	}
+	// A weak definition may have lost to another file's; a label has no size.
+	if old.bind == elf.STB_WEAK || old.typ == elf.STT_NOTYPE {
+		return off, nil
+	}
+	want := old.typ
+	if want == elf.STT_COMMON {
+		want = elf.STT_OBJECT
+	}
+	if off.Type != want && !(want == elf.STT_FUNC && off.Type == elf.STT_GNU_IFUNC) {
+		return off, fmt.Errorf("symbol %s of %s: the target's debuginfo has a %v symbol, the original object a %v one: the debuginfo is not of this build",
+			name, e.r.orig.file, off.Type, old.typ)
+	}
+	if off.Size != old.size {
+		return off, fmt.Errorf("symbol %s of %s: %d bytes in the target's debuginfo, %d in the original object: the debuginfo is not of this build",
+			name, e.r.orig.file, off.Size, old.size)
+	}
+	return off, nil
+}
+
+// addOffset appends an entry to .upatch.offsets, once per target symbol.
+func (e *emitter) addOffset(kind patchobj.OffsetKind, name string, pos uint64, off patchobj.Offset) {
+	key := patchobj.OffsetKey{Kind: kind, Name: name, Pos: pos}
+	if e.offKeys[key] {
+		return
+	}
+	e.offKeys[key] = true
+	if e.offs == nil {
+		e.offs = e.addSec(&osec{name: patchobj.OffsetsSection, typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 8})
+	}
+	at := uint64(len(e.offs.data))
+	e.offs.data = append(e.offs.data, make([]byte, patchobj.OffsetEntrySize)...)
+	b := e.offs.data[at:]
+	le.PutUint64(b[8:], pos)
+	le.PutUint64(b[16:], off.Value)
+	le.PutUint64(b[24:], off.Size)
+	le.PutUint64(b[32:], off.Room)
+	le.PutUint64(b[40:], uint64(kind)|uint64(off.Type)<<8)
+	e.offs.size = uint64(len(e.offs.data))
+	e.strRef(e.offs, at, name)
+}
+
 func (e *emitter) addSec(s *osec) *osec {
 	e.secs = append(e.secs, s)
 	s.secsym = e.newSym(&osym{typ: elf.STT_SECTION, bind: elf.STB_LOCAL, sec: s})
@@ -251,7 +370,7 @@ func (r *Result) Object() ([]byte, error) {
 	}
 	p := r.patched
 	e := &emitter{r: r, bySec: map[*section]*osec{}, defined: map[*symbol]*osym{}, undef: map[string]*osym{},
-		strOff: map[string]uint64{}, aliases: map[string]bool{}}
+		strOff: map[string]uint64{}, aliases: map[string]bool{}, offKeys: map[patchobj.OffsetKey]bool{}}
 	e.newSym(&osym{name: r.File, typ: elf.STT_FILE, bind: elf.STB_LOCAL, shndx: uint16(elf.SHN_ABS)})
 	for _, s := range p.secs {
 		if !s.include {
@@ -261,6 +380,9 @@ func (r *Result) Object() ([]byte, error) {
 			entsize: s.entsize, size: s.size, data: s.data})
 		e.bySec[s] = os
 	}
+	version := e.addSec(&osec{name: patchobj.VersionSection, typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 4})
+	version.data = le.AppendUint32(nil, patchobj.FormatVersion)
+	version.size = uint64(len(version.data))
 	e.funcs = e.addSec(&osec{name: ".upatch.funcs", typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 8})
 	e.strs = e.addSec(&osec{name: ".upatch.strings", typ: elf.SHT_PROGBITS, flags: elf.SHF_ALLOC, align: 1})
 	// Defined symbols of the included sections keep their names and binding.
@@ -298,6 +420,9 @@ func (r *Result) Object() ([]byte, error) {
 			if pos, err = e.pos(old.name, true); err != nil {
 				return nil, err
 			}
+		}
+		if err := e.resolveFunc(old, pos); err != nil {
+			return nil, err
 		}
 		at := uint64(len(e.funcs.data))
 		e.funcs.data = append(e.funcs.data, make([]byte, 32)...)

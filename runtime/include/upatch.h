@@ -15,10 +15,24 @@
  *     UPATCH_FUNC(greet, greet_v2);        // greet may be static in the target
  *     UPATCH_TARGET_BUILD_ID("9f3c...");   // optional: refuse any other binary
  *
- * The section layout is documented in the Go package runtime/patchobj.
+ * The section layout is documented in the Go package runtime/patchobj. Patches made by
+ * `syscare build` also carry .upatch.offsets (struct upatch_offset): every target symbol
+ * they use, resolved from the target's debuginfo when the patch was built, so that the
+ * host needs no -debuginfo package. A hand-written patch usually leaves that table out
+ * and its symbols are looked up by name when it is loaded.
  */
 #ifndef SYSCARE_UPATCH_H
 #define SYSCARE_UPATCH_H
+
+/* The patch-object format this header writes; the loader refuses any other. */
+#define UPATCH_FORMAT_VERSION 2
+
+/*
+ * Every object that includes this header declares its format (4 bytes). `ld -r`
+ * concatenates these words when it merges objects; they must all agree.
+ */
+static const unsigned int __upatch_format_version
+	__attribute__((section(".upatch.version"), used, aligned(4))) = UPATCH_FORMAT_VERSION;
 
 /* One entry of .upatch.funcs (32 bytes). */
 struct upatch_func {
@@ -33,6 +47,24 @@ struct upatch_sym {
 	const char *name;       /* an undefined symbol of this object */
 	const char *target;     /* the symbol's name in the target */
 	unsigned long pos;      /* 0: unique; N: the N-th symbol of that name in .symtab */
+};
+
+/* Kinds of struct upatch_offset (low byte of info). */
+#define UPATCH_OFFSET_FUNC   1  /* a replaced function: name and pos as in upatch_func */
+#define UPATCH_OFFSET_SYMBOL 2  /* a symbol the new code uses: name and pos as in upatch_sym */
+
+/*
+ * One entry of .upatch.offsets (48 bytes), written by syscare build. value is the
+ * symbol's st_value in the target ELF: the loader adds the ELF's load bias (0 for a
+ * non-PIE executable); for a thread-local symbol it is the offset in the TLS block.
+ */
+struct upatch_offset {
+	const char *name;       /* the target symbol's name */
+	unsigned long pos;      /* as in upatch_func (functions) or upatch_sym (symbols) */
+	unsigned long value;    /* st_value in the target ELF */
+	unsigned long size;     /* st_size */
+	unsigned long room;     /* functions: bytes the jump may cover (>= size); else 0 */
+	unsigned long info;     /* byte 0: UPATCH_OFFSET_*; byte 1: ELF symbol type; rest 0 */
 };
 
 /* Replace the target function OLD with NEW. */

@@ -19,9 +19,28 @@ const (
 	SymsSection    = ".upatch.syms"
 	BuildIDSection = ".upatch.build_id"
 	StringsSection = ".upatch.strings"
+	VersionSection = ".upatch.version"
+	OffsetsSection = ".upatch.offsets"
 
-	FuncEntrySize = 32
-	SymEntrySize  = 24
+	FuncEntrySize   = 32
+	SymEntrySize    = 24
+	OffsetEntrySize = 48
+
+	// FormatVersion is the format this package reads and writes. Format 1 had no
+	// version section and left every target symbol to a lookup by name at load time.
+	FormatVersion = 2
+)
+
+// OffsetKind tells what an entry of .upatch.offsets resolves.
+type OffsetKind uint8
+
+// The kinds of .upatch.offsets entries.
+const (
+	// OffsetFunc resolves a replaced function: its key is an entry of .upatch.funcs.
+	OffsetFunc OffsetKind = 1
+	// OffsetSymbol resolves a symbol the new code uses: its key is what an undefined
+	// symbol stands for (Object.Target).
+	OffsetSymbol OffsetKind = 2
 )
 
 // ErrInvalid is wrapped by every error about a malformed patch object.
@@ -55,6 +74,49 @@ type Object struct {
 	SymbolPos map[string]TargetSym
 	// TargetBuildID is the recorded build-id of the target ELF, nil if none.
 	TargetBuildID []byte
+	// Version is the format version the object declares.
+	Version uint32
+	// Offsets holds the target symbols resolved when the patch was built; nil when the
+	// object has no .upatch.offsets section (a hand-written patch).
+	Offsets map[OffsetKey]Offset
+}
+
+// OffsetKey names a resolved target symbol: a replaced function (name and position as
+// in .upatch.funcs) or a symbol the new code uses (as in .upatch.syms).
+type OffsetKey struct {
+	Kind OffsetKind
+	Name string
+	Pos  uint64
+}
+
+// Offset is where a target symbol lies in the target ELF, read from its debuginfo by
+// the builder. Value is the link-time address (st_value), so its run-time address is
+// the ELF's load bias plus Value; for a thread-local symbol it is the offset inside
+// the ELF's TLS block.
+type Offset struct {
+	Value uint64
+	Size  uint64
+	// Room is, for a replaced function, how many bytes from Value the loader may
+	// overwrite with its jump: Size, or up to the next symbol when the function is
+	// shorter than the longest jump (the bytes past Size must be padding). 0 for data.
+	Room uint64
+	Type elf.SymType
+}
+
+// SelfContained tells whether the object carries its target symbols' offsets, so that
+// applying it needs neither the target's symbol table nor its debuginfo.
+func (o *Object) SelfContained() bool { return o.Offsets != nil }
+
+// FuncOffset returns the recorded offset of the function f replaces.
+func (o *Object) FuncOffset(f Func) (Offset, bool) {
+	off, ok := o.Offsets[OffsetKey{Kind: OffsetFunc, Name: f.OldName, Pos: f.OldPos}]
+	return off, ok
+}
+
+// SymbolOffset returns the recorded offset of the target symbol t.
+func (o *Object) SymbolOffset(t TargetSym) (Offset, bool) {
+	off, ok := o.Offsets[OffsetKey{Kind: OffsetSymbol, Name: t.Name, Pos: t.Pos}]
+	return off, ok
 }
 
 // Section is one section of the object.
@@ -226,6 +288,9 @@ func parse(f *elf.File) (*Object, error) {
 		}
 		target.Relocs = append(target.Relocs, relocs...)
 	}
+	if err := o.readVersion(); err != nil {
+		return nil, err
+	}
 	if err := o.readFuncs(); err != nil {
 		return nil, err
 	}
@@ -233,6 +298,9 @@ func parse(f *elf.File) (*Object, error) {
 		return nil, err
 	}
 	if err := o.readBuildID(); err != nil {
+		return nil, err
+	}
+	if err := o.readOffsets(); err != nil {
 		return nil, err
 	}
 	return o, nil
@@ -436,5 +504,93 @@ func (o *Object) readBuildID() error {
 		return invalid("section %s: %q is not a hexadecimal build-id", BuildIDSection, s)
 	}
 	o.TargetBuildID = id
+	return nil
+}
+
+// readVersion checks the format version. `ld -r` concatenates the version words of
+// the objects it merges, so the section may hold several; they must agree.
+func (o *Object) readVersion() error {
+	sec := o.section(VersionSection)
+	if sec == nil {
+		return invalid("no %s section: the object is in format 1, which left the target's symbols to be found by name on the host; "+
+			"rebuild it with this version's syscare build, or recompile a hand-written patch against its upatch.h", VersionSection)
+	}
+	if len(sec.Data) == 0 || len(sec.Data)%4 != 0 {
+		return invalid("section %s: size %d is not a positive multiple of 4", VersionSection, len(sec.Data))
+	}
+	v := binary.LittleEndian.Uint32(sec.Data)
+	for off := 4; off < len(sec.Data); off += 4 {
+		if w := binary.LittleEndian.Uint32(sec.Data[off:]); w != v {
+			return invalid("section %s: merged objects declare formats %d and %d", VersionSection, v, w)
+		}
+	}
+	switch {
+	case v > FormatVersion:
+		return invalid("format %d is newer than this runtime reads (%d): update syscare", v, FormatVersion)
+	case v < FormatVersion:
+		return invalid("format %d is no longer read (this runtime reads %d): rebuild the patch", v, FormatVersion)
+	}
+	o.Version = v
+	return nil
+}
+
+// readOffsets reads .upatch.offsets. Entries that `ld -r` merged from several
+// translation units may repeat; a repeat must be identical.
+func (o *Object) readOffsets() error {
+	sec := o.section(OffsetsSection)
+	if sec == nil {
+		return nil
+	}
+	if len(sec.Data)%OffsetEntrySize != 0 {
+		return invalid("section %s: size %d is not a multiple of %d", OffsetsSection, len(sec.Data), OffsetEntrySize)
+	}
+	o.Offsets = map[OffsetKey]Offset{}
+	for at := 0; at < len(sec.Data); at += OffsetEntrySize {
+		n := at / OffsetEntrySize
+		r, ok := o.relocAt(sec, uint64(at))
+		if !ok {
+			return invalid("%s entry %d: name has no R_X86_64_64 relocation", OffsetsSection, n)
+		}
+		name, err := o.stringAt(r)
+		if err != nil {
+			return invalid("%s entry %d: %v", OffsetsSection, n, err)
+		}
+		e := sec.Data[at:]
+		info := binary.LittleEndian.Uint64(e[40:])
+		kind, typ := OffsetKind(info&0xff), elf.SymType(info>>8&0xff)
+		if info>>16 != 0 {
+			return invalid("%s entry for %q: reserved bits %#x set", OffsetsSection, name, info)
+		}
+		off := Offset{Value: binary.LittleEndian.Uint64(e[16:]), Size: binary.LittleEndian.Uint64(e[24:]),
+			Room: binary.LittleEndian.Uint64(e[32:]), Type: typ}
+		switch kind {
+		case OffsetFunc:
+			if typ != elf.STT_FUNC {
+				return invalid("%s entry for function %q: symbol type %v, want STT_FUNC", OffsetsSection, name, typ)
+			}
+			if off.Room < off.Size {
+				return invalid("%s entry for function %q: room %d is less than its size %d", OffsetsSection, name, off.Room, off.Size)
+			}
+		case OffsetSymbol:
+			if off.Room != 0 {
+				return invalid("%s entry for symbol %q: room %d set on a symbol that is not replaced", OffsetsSection, name, off.Room)
+			}
+		default:
+			return invalid("%s entry for %q: unknown kind %d", OffsetsSection, name, kind)
+		}
+		if off.Value+off.Size < off.Value || off.Value+off.Room < off.Value {
+			return invalid("%s entry for %q: offset %#x and size %d overflow", OffsetsSection, name, off.Value, max(off.Size, off.Room))
+		}
+		key := OffsetKey{Kind: kind, Name: name, Pos: binary.LittleEndian.Uint64(e[8:])}
+		if prev, dup := o.Offsets[key]; dup && prev != off {
+			return invalid("%s: %q (position %d) resolved twice, to %#x and %#x", OffsetsSection, name, key.Pos, prev.Value, off.Value)
+		}
+		o.Offsets[key] = off
+	}
+	for _, f := range o.Funcs {
+		if _, ok := o.FuncOffset(f); !ok {
+			return invalid("%s: no entry for the replaced function %q (position %d)", OffsetsSection, f.OldName, f.OldPos)
+		}
+	}
 	return nil
 }

@@ -43,6 +43,27 @@ type TLSInfo struct {
 	Vaddr, Memsz, Filesz, Align uint64
 }
 
+// Segment is one PT_LOAD segment, at its link-time addresses.
+type Segment struct {
+	Vaddr, Memsz uint64
+	Flags        elf.ProgFlag
+}
+
+// Covers tells whether [addr, addr+size) lies inside one loaded segment of e, an
+// executable one when exec is set. A zero size asks for the one byte at addr.
+func (e *ELF) Covers(addr, size uint64, exec bool) bool {
+	size = max(size, 1)
+	for _, s := range e.Loads {
+		if exec && s.Flags&elf.PF_X == 0 {
+			continue
+		}
+		if addr >= s.Vaddr && addr-s.Vaddr < s.Memsz && size <= s.Memsz-(addr-s.Vaddr) {
+			return true
+		}
+	}
+	return false
+}
+
 // Options tells Open where separate debuginfo files live.
 type Options struct {
 	// Root prefixes every debug directory ("" or "/" for the running system).
@@ -63,6 +84,8 @@ type ELF struct {
 	MinVaddr uint64
 	// TLS is the PT_TLS segment, nil if the file has no thread-local storage.
 	TLS *TLSInfo
+	// Loads are the PT_LOAD segments: what the loader maps of the file.
+	Loads []Segment
 	// DebugFile is the separate debuginfo file whose .symtab was used, "" if none.
 	DebugFile string
 
@@ -124,6 +147,7 @@ func (e *ELF) read(f *elf.File, opts Options) error {
 	for _, p := range f.Progs {
 		switch p.Type {
 		case elf.PT_LOAD:
+			e.Loads = append(e.Loads, Segment{Vaddr: p.Vaddr, Memsz: p.Memsz, Flags: p.Flags})
 			if v := p.Vaddr &^ (pageSize - 1); first || v < e.MinVaddr {
 				e.MinVaddr, first = v, false
 			}

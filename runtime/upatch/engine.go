@@ -277,24 +277,44 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	}
 	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, uuid: o.UUID}
 	for _, f := range obj.Funcs {
-		s, err := ef.LookupFunc(f.OldName, f.OldPos)
+		old, err := oldFunction(obj, f, ef, tgt.path)
 		if err != nil {
-			return nil, fmt.Errorf("function %q in %s: %w%s", f.OldName, tgt.path, err, debugHint(ef, tgt.path, err))
+			return nil, err
 		}
-		room := s.Size
-		if s.Size < jmpAbs {
-			room = max(s.Size, roomAfter(ef, s))
+		if old.room < jmpRel32 {
+			return nil, fmt.Errorf("function %q is %d bytes, shorter than a %d-byte jump", f.OldName, old.size, jmpRel32)
 		}
-		if room < jmpRel32 {
-			return nil, fmt.Errorf("function %q is %d bytes, shorter than a %d-byte jump", f.OldName, s.Size, jmpRel32)
-		}
-		p.funcs = append(p.funcs, oldFunc{name: f.OldName, pos: f.OldPos, addr: tgt.bias + s.Value, size: s.Size, room: room})
+		old.addr += tgt.bias
+		p.funcs = append(p.funcs, old)
 	}
-	p.res = &resolver{e: e, pid: pid, tgt: tgt, maps: maps}
+	p.res = &resolver{e: e, pid: pid, obj: obj, tgt: tgt, maps: maps}
 	if err := p.res.resolveAll(obj); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// oldFunction finds the function f replaces, at its link-time address: from the offset
+// the builder recorded (checked against the loaded segments of the mapped file), else,
+// for a hand-written patch, by name in the target's symbol tables.
+func oldFunction(obj *patchobj.Object, f patchobj.Func, ef *symbols.ELF, path string) (oldFunc, error) {
+	if obj.SelfContained() {
+		off, _ := obj.FuncOffset(f) // patchobj.Parse checked that every function has one
+		if !ef.Covers(off.Value, off.Room, true) {
+			return oldFunc{}, fmt.Errorf("function %q: recorded offset %#x (%d bytes) is outside the executable segments of %s: the patch does not fit this binary",
+				f.OldName, off.Value, off.Room, path)
+		}
+		return oldFunc{name: f.OldName, pos: f.OldPos, addr: off.Value, size: off.Size, room: off.Room}, nil
+	}
+	s, err := ef.LookupFunc(f.OldName, f.OldPos)
+	if err != nil {
+		return oldFunc{}, fmt.Errorf("function %q in %s: %w%s", f.OldName, path, err, debugHint(ef, path, err))
+	}
+	room := s.Size
+	if s.Size < jmpAbs {
+		room = max(s.Size, roomAfter(ef, s))
+	}
+	return oldFunc{name: f.OldName, pos: f.OldPos, addr: s.Value, size: s.Size, room: room}, nil
 }
 
 // debugHint says what to install when a lookup failed because the target is stripped
@@ -791,6 +811,7 @@ func readHeaders(pr memReader, maps []proc.Mapping) ([]*Header, error) {
 type resolver struct {
 	e     *Engine
 	pid   int
+	obj   *patchobj.Object
 	tgt   *target
 	maps  []proc.Mapping
 	libs  []*lib
@@ -858,9 +879,22 @@ func (r *resolver) Resolve(name string, pos uint64) (uint64, bool, error) {
 	return impl, true, nil
 }
 
-// lookup searches the target ELF (symtab, then its PLT for functions, so that calls
-// keep the process's own symbol binding), then every other mapped ELF's dynsym.
+// lookup finds a target symbol: a self-contained patch's recorded offset, else (for a
+// hand-written patch) the target ELF's symtab; then the target's PLT for functions, so
+// that calls keep the process's own symbol binding; then every other mapped ELF's
+// dynsym. A self-contained patch never searches the target's own symbol tables: what
+// the builder did not resolve is not defined in the target.
 func (r *resolver) lookup(name string, pos uint64) resolved {
+	if r.obj.SelfContained() {
+		if off, ok := r.obj.SymbolOffset(patchobj.TargetSym{Name: name, Pos: pos}); ok {
+			if !r.tgt.elf.Covers(off.Value, off.Size, false) {
+				return resolved{err: fmt.Errorf("symbol %q: recorded offset %#x (%d bytes) is outside the loaded segments of %s: the patch does not fit this binary",
+					name, off.Value, off.Size, r.tgt.path)}
+			}
+			return resolved{addr: r.tgt.bias + off.Value, isFunc: isFuncType(off.Type), ifunc: off.Type == elf.STT_GNU_IFUNC}
+		}
+		return r.dynamic(name, pos)
+	}
 	s, err := r.tgt.elf.Lookup(name, pos)
 	if err == nil && s.Section != elf.SHN_UNDEF && s.Type != elf.STT_TLS {
 		if s.Section == elf.SHN_ABS {
@@ -871,6 +905,12 @@ func (r *resolver) lookup(name string, pos uint64) resolved {
 	if err != nil && !errors.Is(err, symbols.ErrNotFound) {
 		return resolved{err: err}
 	}
+	return r.dynamic(name, pos)
+}
+
+// dynamic finds a symbol the target does not define: its PLT entry, else the
+// definition a mapped library exports.
+func (r *resolver) dynamic(name string, pos uint64) resolved {
 	if pos != 0 {
 		return resolved{err: fmt.Errorf("symbol %q (position %d): %w in %s", name, pos, symbols.ErrNotFound, r.tgt.path)}
 	}
@@ -893,6 +933,17 @@ func isFuncType(t elf.SymType) bool { return t == elf.STT_FUNC || t == elf.STT_G
 func (r *resolver) TLSOffset(name string, pos uint64) (int64, error) {
 	if r.tgt.elf.Type != elf.ET_EXEC && !r.isMainExe() {
 		return 0, fmt.Errorf("TLS variable %q: only the executable's TLS variables can be used by a patch", name)
+	}
+	if r.obj.SelfContained() {
+		off, ok := r.obj.SymbolOffset(patchobj.TargetSym{Name: name, Pos: pos})
+		if !ok {
+			return 0, fmt.Errorf("TLS variable %q: %w: the patch records no offset for it", name, symbols.ErrNotFound)
+		}
+		if tls := r.tgt.elf.TLS; tls != nil && off.Value+off.Size > tls.Memsz {
+			return 0, fmt.Errorf("TLS variable %q: recorded offset %#x (%d bytes) is outside the %d-byte TLS block of %s: the patch does not fit this binary",
+				name, off.Value, off.Size, tls.Memsz, r.tgt.path)
+		}
+		return r.tgt.elf.TPOffset(symbols.Symbol{Name: name, Value: off.Value, Size: off.Size, Type: off.Type})
 	}
 	s, err := r.tgt.elf.Lookup(name, pos)
 	if err != nil {

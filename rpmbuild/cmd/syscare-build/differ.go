@@ -32,7 +32,7 @@ func diffObject(orig, patched string, loc *debuginfo.Locator, prefix string) (*b
 	if err != nil {
 		return nil, err
 	}
-	r, err := diff.Diff(bytes.NewReader(o), bytes.NewReader(p), diff.Options{Locator: loc, AliasPrefix: prefix})
+	r, err := diff.Diff(bytes.NewReader(o), bytes.NewReader(p), diff.Options{Locator: loc, Resolver: loc, AliasPrefix: prefix})
 	if errors.Is(err, diff.ErrNoChange) {
 		return nil, builder.NoChange(err)
 	}
