@@ -1,6 +1,7 @@
 #!/bin/bash
 # make demo: the whole product on one machine. Build a sample package (source, binary and
-# -debuginfo RPMs), install it into a scratch root with dnf and start its server; build a
+# -debuginfo RPMs), install it (without its -debuginfo, as on a production host) into a
+# scratch root with dnf and start its server; build a
 # hot patch for a security fix with `syscare build`, publish it with `syscare repo add`,
 # and install it with `dnf hotpatch upgrade` against syscare-helper on a private bus: the
 # running server changes behaviour; `dnf hotpatch remove` brings the old one back.
@@ -129,9 +130,14 @@ cp "$TOP"/RPMS/*/*.rpm "$REPO/"
 createrepo_c -q "$REPO"
 
 step "Install it into a scratch root with dnf ($INSTROOT)"
-show dnf install demo-server demo-server-debuginfo
-dnf_root -q install demo-server demo-server-debuginfo syscare >/dev/null || { cat "$W/dnf.out"; fail "dnf install"; }
-rpm --root "$INSTROOT" -q demo-server demo-server-debuginfo | sed 's/^/    /'
+show dnf install demo-server
+dnf_root -q install demo-server syscare >/dev/null || { cat "$W/dnf.out"; fail "dnf install"; }
+rpm --root "$INSTROOT" -q demo-server | sed 's/^/    /'
+# A production host: the binary is stripped and its -debuginfo package is not installed,
+# so the hot patch must carry every offset it needs.
+if rpm --root "$INSTROOT" -q demo-server-debuginfo >/dev/null 2>&1; then fail "demo-server-debuginfo is installed"; fi
+if readelf -S "$INSTROOT/usr/bin/demo-server" | grep -q '\.symtab'; then fail "demo-server is not stripped"; fi
+echo "    demo-server-debuginfo is not installed and /usr/bin/demo-server is stripped, as on a production host"
 
 step "Start the server and see the vulnerability (CVE-2024-0001: the name is used as a format)"
 "$INSTROOT/usr/bin/demo-server" "$PORT" >"$W/server.log" 2>&1 &

@@ -146,6 +146,7 @@ func TestDemo(t *testing.T) {
 	// Each step in order, and the reply to "%p %p %p": the leak, the fix, the leak again.
 	want := []string{
 		"demo-server-debuginfo-1.0-1.x86_64.rpm", "demo-server-1.0-1.src.rpm",
+		"demo-server-debuginfo is not installed and /usr/bin/demo-server is stripped",
 		"-> demo-server 1.0 (request 2): hello, ", // the unpatched reply
 		"patch-demo-server-1.0-1-HP001-1-1.x86_64.rpm",
 		"published advisory DEMO-SA-2024-0001",

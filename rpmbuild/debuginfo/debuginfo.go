@@ -238,8 +238,13 @@ type locSym struct {
 }
 
 // maxJump is the longest jump the loader writes at a replaced function (a 14-byte
-// absolute jump); a function shorter than that may borrow the padding after it.
-const maxJump = 14
+// absolute jump); a function shorter than that may borrow the padding after it, of
+// which the loader reads up to roomCap bytes from the function's start (enough to
+// decode an 11-byte NOP that follows a 4-byte function).
+const (
+	maxJump = 14
+	roomCap = 16
+)
 
 // NewLocator reads the symbol table of a debug file.
 func NewLocator(debugFile string) (*Locator, error) {
@@ -301,7 +306,7 @@ func (l *Locator) offset(s locSym) (patchobj.Offset, error) {
 	if s.fn {
 		out.Room = s.size
 		if s.size < maxJump {
-			next := s.value + maxJump
+			next := s.value + roomCap
 			starts := l.starts[s.shndx]
 			i := sort.Search(len(starts), func(i int) bool { return starts[i] > s.value })
 			if i < len(starts) && starts[i] < next {

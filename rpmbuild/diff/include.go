@@ -286,9 +286,12 @@ func (e *emitter) resolveSym(name string, pos uint64, old *symbol) error {
 }
 
 // locate finds the target's definition of old, a symbol of the original object: by
-// position for a local, as the linker bound it for a global. Its type and size must be
-// old's, else the debuginfo is not of the binary built from this object and an offset
-// taken from it could point anywhere.
+// position for a local, as the linker bound it for a global. Its type must be old's,
+// and for data its size too, else the debuginfo is not of the binary built from this
+// object and an offset taken from it could point anywhere. A function's size is not
+// compared: the builder compiles with -ffunction-sections, which turns a short jump
+// to a function of the same section into a 5-byte one, so the shipped binary's copy
+// may be a few bytes shorter than the original object's.
 func (e *emitter) locate(name string, pos uint64, old *symbol, isFunc bool) (patchobj.Offset, error) {
 	loc := e.r.opts.Resolver
 	var off patchobj.Offset
@@ -317,7 +320,7 @@ func (e *emitter) locate(name string, pos uint64, old *symbol, isFunc bool) (pat
 		return off, fmt.Errorf("symbol %s of %s: the target's debuginfo has a %v symbol, the original object a %v one: the debuginfo is not of this build",
 			name, e.r.orig.file, off.Type, old.typ)
 	}
-	if off.Size != old.size {
+	if off.Size != old.size && want != elf.STT_FUNC {
 		return off, fmt.Errorf("symbol %s of %s: %d bytes in the target's debuginfo, %d in the original object: the debuginfo is not of this build",
 			name, e.r.orig.file, off.Size, old.size)
 	}

@@ -48,8 +48,9 @@
 //	                                executable); for an STT_TLS symbol, the offset in the TLS block
 //	    offset 24 size      uint64  st_size
 //	    offset 32 room      uint64  kind 1: how many bytes from value the jump may overwrite, at
-//	                                least size (more for a function shorter than the 14-byte jump
-//	                                when padding follows it up to the next symbol); kind 2: 0
+//	                                least size; for a function shorter than the 14-byte jump, the
+//	                                bytes up to the next symbol, at most 16 (the loader checks in
+//	                                the process that those past size are padding); kind 2: 0
 //	    offset 40 info      uint64  byte 0: kind, 1 for a replaced function (an entry of
 //	                                .upatch.funcs), 2 for a symbol the new code uses (what an
 //	                                undefined symbol stands for: its .upatch.syms binding, or its

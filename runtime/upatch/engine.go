@@ -836,8 +836,18 @@ type lib struct {
 // error now, before the process is touched.
 func (r *resolver) resolveAll(obj *patchobj.Object) error {
 	r.syms = map[patchobj.TargetSym]resolved{}
-	for _, s := range obj.Symbols {
-		if s.Defined() || s.Name == "" || s.Type == elf.STT_TLS {
+	// Only what a loaded section relocates against is needed: gcc also declares
+	// symbols nothing uses (_GLOBAL_OFFSET_TABLE_ in objects with TLS accesses).
+	used := map[uint32]bool{}
+	for _, sec := range obj.Sections {
+		if sec != nil && sec.Load {
+			for _, rel := range sec.Relocs {
+				used[rel.Sym] = true
+			}
+		}
+	}
+	for i, s := range obj.Symbols {
+		if s.Defined() || s.Name == "" || s.Type == elf.STT_TLS || !used[uint32(i)] {
 			continue
 		}
 		ts := obj.Target(s.Name)

@@ -90,7 +90,7 @@ func TestUpstreamLibyamlE2E(t *testing.T) {
 		t.Errorf("patch.json build-id %s, shipped library %x", e.BuildID, id)
 	}
 	// The replaced functions are static: the loader finds them in the debug file.
-	installDebug(t, pkgs.debuginfo)
+	productionHost(t, lib)
 	prog := filepath.Join(t.TempDir(), "emitprobe")
 	libdir := filepath.Join(root, "usr/lib64")
 	if out, err := exec.Command("gcc", "-O2", "-o", prog, filepath.Join("libyaml", "emitprobe.c"),

@@ -81,7 +81,7 @@ func TestUpstreamTinyxml2E2E(t *testing.T) {
 	}
 	// XMLUtil is an exported class, so the function is in .dynsym; the debug file is
 	// installed all the same, as a machine that takes patches has it.
-	installDebug(t, pkgs.debuginfo)
+	productionHost(t, lib)
 	prog := filepath.Join(t.TempDir(), "refprobe")
 	if out, err := exec.Command("g++", "-O2", "-o", prog, filepath.Join("tinyxml2", "refprobe.cpp"),
 		"-I"+filepath.Join(root, "usr/include"), "-L"+libdir, "-ltinyxml2", "-Wl,-rpath,"+libdir).CombinedOutput(); err != nil {

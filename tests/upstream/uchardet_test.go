@@ -74,7 +74,7 @@ func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
 	if err := rpmfile.Extract(context.Background(), pkgs.rpm, root, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	installDebug(t, pkgs.debuginfo)
+	productionHost(t, filepath.Join(root, "usr/bin/uchardet"))
 	fifos := t.TempDir()
 	var names []string
 	for i := 1; i <= 3; i++ {

@@ -18,6 +18,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/runtime/symbols"
 	"github.com/syscare/syscare/tests/internal/debsrc"
 )
 
@@ -202,26 +203,17 @@ func patchDir(t testing.TB, rpm string) (string, *patchmeta.Patch) {
 	return dirs[0], p
 }
 
-// installDebug puts the -debuginfo package's debug files where the loader looks
-// (/usr/lib/debug/.build-id), as installing it would, and removes what it added when
-// the test ends.
-func installDebug(t *testing.T, debugRPM string) {
+// productionHost checks that path is as a production host has it: stripped, and no
+// debuginfo for it where the loader looks. A patch applies there only if it carries
+// its target's offsets.
+func productionHost(t *testing.T, path string) {
 	t.Helper()
-	dir := t.TempDir()
-	if err := rpmfile.Extract(context.Background(), debugRPM, dir, io.Discard); err != nil {
+	ef, err := symbols.Open(path, symbols.Options{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	files, _ := filepath.Glob(filepath.Join(dir, "usr/lib/debug/.build-id/*/*.debug"))
-	for _, f := range files {
-		dst := filepath.Join("/usr/lib/debug/.build-id", filepath.Base(filepath.Dir(f)), filepath.Base(f))
-		if _, err := os.Stat(dst); err == nil {
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		copyFile(t, f, dst)
-		t.Cleanup(func() { os.Remove(dst) })
+	if ef.HasSymtab() {
+		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", path, ef.DebugFile)
 	}
 }
 
@@ -366,7 +358,7 @@ func TestUpstreamLuaE2E(t *testing.T) {
 	if hex.EncodeToString(id) != e.BuildID {
 		t.Errorf("patch.json build-id %s, shipped lua %x", e.BuildID, id)
 	}
-	installDebug(t, pkgs.debuginfo)
+	productionHost(t, lua)
 
 	r := startREPL(t, lua)
 	if banner := r.next(t, "the banner"); !strings.HasPrefix(banner, "Lua "+luaVersion+" ") {

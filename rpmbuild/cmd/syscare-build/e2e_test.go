@@ -20,6 +20,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/runtime/symbols"
 )
 
 // The tests run the real binaries: syscare-build (this command) and the loader,
@@ -78,35 +79,6 @@ func runBuilder(t testing.TB, env []string, args ...string) runResult {
 
 func fixturePatch(t testing.TB, name string) string {
 	return filepath.Join(testpkg.Fixture(t, "scdemo"), name)
-}
-
-// installDebug puts the shipped debug files where the loader looks for them
-// (/usr/lib/debug/.build-id), as installing the -debuginfo RPM does, and removes
-// what it added when the test ends.
-func installDebug(t *testing.T, debugRPM string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := rpmfile.Extract(context.Background(), debugRPM, dir, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	links, _ := filepath.Glob(filepath.Join(dir, "usr/lib/debug/.build-id/*/*.debug"))
-	for _, l := range links {
-		data, err := os.ReadFile(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dst := filepath.Join("/usr/lib/debug/.build-id", filepath.Base(filepath.Dir(l)), filepath.Base(l))
-		if _, err := os.Stat(dst); err == nil {
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Remove(dst) })
-	}
 }
 
 type lines struct {
@@ -233,7 +205,17 @@ func TestBuildAndApply(t *testing.T) {
 	if loaderMissed != "" {
 		t.Fatal(loaderMissed)
 	}
-	installDebug(t, pkg.Debuginfo)
+	// A production host: the shipped files are stripped and their debuginfo is not
+	// installed; the patches carry the offsets of what they use.
+	for _, c := range checks {
+		ef, err := symbols.Open(filepath.Join(root, c.path), symbols.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ef.HasSymtab() {
+			t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", c.path, ef.DebugFile)
+		}
+	}
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
 	stdout, err := cmd.StdoutPipe()
