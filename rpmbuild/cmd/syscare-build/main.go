@@ -39,6 +39,7 @@ SYNOPSIS
         [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--dry-run]
         [--verbose]
     syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
+    syscare-build resolve --debug-file TARGET.debug -o OUT.o PATCH.o
 
 DESCRIPTION
     Builds the hot patch NAME of the package built from PKG.src.rpm, for the binaries
@@ -75,6 +76,12 @@ PATCH REPORT
 
     "syscare-build diff" prints how each section and symbol of PATCHED.o compares to
     ORIG.o (SAME, CHANGED, NEW) and with -o writes the patch object.
+
+    The patch objects are self-contained: every function they replace and every symbol
+    of the target they use is resolved from the debuginfo and recorded as an offset
+    from the target's load base, so the patch applies on hosts without the -debuginfo
+    package. "syscare-build resolve" does the same for a hand-written patch object
+    (runtime/include/upatch.h), from the target's debug file.
 
     Kernel source RPMs are refused: only user-space patches are built for now.
 
@@ -147,6 +154,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New("diff: no object differ in this build")
 		}
 		return runDiff(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "resolve" {
+		return runResolve(ctx, args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("syscare-build", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
