@@ -60,6 +60,9 @@ func mergedContent(s *section, off int64) string {
 	if off < 0 || off > int64(len(s.data)) {
 		return fmt.Sprintf("?%d", off)
 	}
+	if s.pool {
+		return fmt.Sprintf("%q", s.piece(off))
+	}
 	b := s.data[off:]
 	if s.flags&elf.SHF_STRINGS != 0 {
 		if i := bytes.IndexByte(b, 0); i >= 0 {

@@ -348,3 +348,53 @@ func TestDiffRejectsNonObjects(t *testing.T) {
 	}
 	_ = elf.ET_REL
 }
+
+// At -O0 every string of a file shares one .rodata. A changed string that a table in
+// writable data points to changes that table's initial value: refused. A longer string
+// placed before the others moves them, which is no change of what they hold.
+func TestStringPoolPieces(t *testing.T) {
+	o0 := func(dir, src string) []byte {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "p.c"), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("gcc", "-c", "-O0", "-ffunction-sections", "-fdata-sections", "-gdwarf", "-fPIE", "-o", "p.o", "p.c")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("gcc: %v\n%s", err, out)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "p.o"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	orig := `const char *first(void) { return "one"; }
+static const char *names[] = { "alpha", "beta" };
+const char *pick(int i) { return names[i & 1]; }
+`
+	for _, c := range []struct {
+		name, fixed, want string
+		changed          []string
+	}{
+		{"table string changed", strings.Replace(orig, `"beta"`, `"BETA"`, 1), "changed initial value", nil},
+		{"longer string before", strings.Replace(orig, `"one"`, `"a much longer one"`, 1), "", []string{"first"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := Diff(bytes.NewReader(o0(t.TempDir(), orig)), bytes.NewReader(o0(t.TempDir(), c.fixed)), Options{})
+			if c.want != "" {
+				var ue *UnpatchableError
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), c.want) {
+					t.Fatalf("Diff: %v, want a refusal with %q", err, c.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(r.Changed(), c.changed) {
+				t.Errorf("changed %q, want %q\n%s", r.Changed(), c.changed, r)
+			}
+		})
+	}
+}

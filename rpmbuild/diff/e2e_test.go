@@ -21,6 +21,7 @@ type e2eCase struct {
 	noPIE             bool   // a position-dependent executable (-no-pie)
 	cxx               bool   // lib is C++ (lib.cc, g++)
 	other             string // a third file linked with lib (a vendored library, say)
+	opt               string // optimisation level of lib (default -O2)
 	changed           []string
 	before, after     string // a line printed before and after the patch
 }
@@ -155,8 +156,27 @@ extern "C" __attribute__((noipa)) int compute(int x) { return app::counter.bump(
 `,
 		changed: []string{"_ZN3app7Counter4bumpEi"},
 		before:  "4", after: "504"}
+	// -O0 puts every string of the file into one .rodata, which a table in writable data
+	// also points into: one changed message must not make the table look changed.
+	strings0 := e2eCase{opt: "-O0", main: `#include <stdio.h>
+#include <unistd.h>
+const char *describe(int), *pick(int);
+int main(void) {
+	for (;;) { printf("%s %s\n", describe(1), pick(0)); fflush(stdout); usleep(10000); }
+}
+`,
+		orig: `static const char *names[] = { "alpha", "beta" };
+const char *describe(int i) { return i ? "seen" : "unseen"; }
+const char *pick(int i) { return names[i & 1]; }
+`,
+		fixed: `static const char *names[] = { "alpha", "beta" };
+const char *describe(int i) { return i ? "SEEN!" : "unseen"; }
+const char *pick(int i) { return names[i & 1]; }
+`,
+		changed: []string{"describe"},
+		before:  "seen alpha", after: "SEEN! alpha"}
 	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
-		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx} {
+		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}
 }
@@ -170,6 +190,10 @@ func runE2E(t *testing.T, manage string, c e2eCase) {
 	case c.noPIE:
 		pic = "-fno-PIE"
 	}
+	opt := c.opt
+	if opt == "" {
+		opt = "-O2"
+	}
 	cc := func(d, name, src, pic string, cxx bool) string {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -181,7 +205,7 @@ func runE2E(t *testing.T, manage string, c e2eCase) {
 		if err := os.WriteFile(filepath.Join(d, file), []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(compiler, "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name+".o", file)
+		cmd := exec.Command(compiler, "-c", opt, "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name+".o", file)
 		cmd.Dir = d
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", compiler, err, out)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -52,6 +53,10 @@ type section struct {
 	include  bool
 	ends     []int // instruction end offsets, decoded lazily (text only)
 	decoded  bool
+	// pool marks anonymous read-only data holding literals; pieces are the offsets
+	// that relocations reach in it, in order (see findPools).
+	pool   bool
+	pieces []int64
 }
 
 type symbol struct {
@@ -79,7 +84,9 @@ func (s *section) exec() bool  { return s.flags&elf.SHF_EXECINSTR != 0 }
 func (s *section) write() bool { return s.flags&elf.SHF_WRITE != 0 }
 func (s *section) alloc() bool { return s.flags&elf.SHF_ALLOC != 0 }
 func (s *section) tls() bool   { return s.flags&elf.SHF_TLS != 0 }
-func (s *section) merge() bool { return s.flags&elf.SHF_MERGE != 0 }
+// merge tells whether the section's contents are compared and carried piece by piece
+// (its strings or constants) rather than as a whole: SHF_MERGE sections and pools.
+func (s *section) merge() bool { return s.flags&elf.SHF_MERGE != 0 || s.pool }
 
 // interesting tells whether a section takes part in the comparison: allocated code and
 // data, and COMDAT groups. Unwind tables and debug info follow the code they describe.
@@ -232,7 +239,53 @@ func (o *object) load() error {
 			}
 		}
 	}
+	o.findPools()
 	return nil
+}
+
+// findPools marks the read-only data sections in which gcc puts literals without a
+// symbol or a section of their own: every string of a file shares one .rodata at -O0
+// (and in other builds that do not use mergeable string sections). Such a section has
+// no symbol naming any part of it and no relocations of its own. It is compared like a
+// SHF_MERGE section, by the piece each relocation reaches: the bytes from that offset to
+// the next reached offset (or the end), so that one changed message neither changes
+// the unchanged strings next to it nor drags in the tables that point at them. Every
+// byte that any reference can reach belongs to one piece, so no change goes unseen.
+func (o *object) findPools() {
+	for _, s := range o.secs {
+		if s.typ == elf.SHT_PROGBITS && s.alloc() && !s.write() && !s.exec() && !s.tls() && s.flags&elf.SHF_MERGE == 0 &&
+			(s.name == ".rodata" || strings.HasPrefix(s.name, ".rodata.")) && len(s.syms) == 0 && len(s.relas) == 0 && s.group == nil {
+			s.pool = true
+		}
+	}
+	for _, s := range o.secs {
+		for _, r := range s.relas {
+			if r.sym != nil && r.sym.sec != nil && r.sym.sec.pool {
+				r.sym.sec.pieces = append(r.sym.sec.pieces, o.targetOffset(s, r))
+			}
+		}
+	}
+	for _, s := range o.secs {
+		if !s.pool {
+			continue
+		}
+		if len(s.pieces) == 0 {
+			s.pool = false // nothing reaches it: compared whole, as before
+			continue
+		}
+		sort.Slice(s.pieces, func(i, j int) bool { return s.pieces[i] < s.pieces[j] })
+		s.pieces = slices.Compact(s.pieces)
+	}
+}
+
+// piece returns the bytes of pool s from off to the next reached offset.
+func (s *section) piece(off int64) []byte {
+	i := sort.Search(len(s.pieces), func(i int) bool { return s.pieces[i] > off })
+	end := int64(len(s.data))
+	if i < len(s.pieces) {
+		end = s.pieces[i]
+	}
+	return s.data[off:end]
 }
 
 func (o *object) readRela(s *section) error {
