@@ -375,7 +375,7 @@ const char *pick(int i) { return names[i & 1]; }
 `
 	for _, c := range []struct {
 		name, fixed, want string
-		changed          []string
+		changed           []string
 	}{
 		{"table string changed", strings.Replace(orig, `"beta"`, `"BETA"`, 1), "changed initial value", nil},
 		{"longer string before", strings.Replace(orig, `"one"`, `"a much longer one"`, 1), "", []string{"first"}},

@@ -84,6 +84,7 @@ func (s *section) exec() bool  { return s.flags&elf.SHF_EXECINSTR != 0 }
 func (s *section) write() bool { return s.flags&elf.SHF_WRITE != 0 }
 func (s *section) alloc() bool { return s.flags&elf.SHF_ALLOC != 0 }
 func (s *section) tls() bool   { return s.flags&elf.SHF_TLS != 0 }
+
 // merge tells whether the section's contents are compared and carried piece by piece
 // (its strings or constants) rather than as a whole: SHF_MERGE sections and pools.
 func (s *section) merge() bool { return s.flags&elf.SHF_MERGE != 0 || s.pool }
