@@ -124,7 +124,9 @@ func newTestPatcher(t *testing.T) (*Patcher, *fakeKernel) {
 	os.MkdirAll(filepath.Join(root, "sys/kernel/livepatch"), 0o755)
 	os.MkdirAll(filepath.Join(root, "proc"), 0o755)
 	k := &fakeKernel{root: root}
-	return &Patcher{Root: root, Sys: k, Release: testRelease, Timeout: 200 * time.Millisecond, Poll: time.Millisecond}, k
+	// A transition the fake kernel ends takes a few polls; the timeout is long enough for
+	// a loaded machine. Tests of a stalled transition shorten it (stallTimeout).
+	return &Patcher{Root: root, Sys: k, Release: testRelease, Timeout: 5 * time.Second, Poll: time.Millisecond}, k
 }
 
 func mustState(t *testing.T, p *Patcher, name string, want State) {
@@ -288,10 +290,15 @@ func simulateTransitions(root, name, from string) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
+	dir := filepath.Join(root, "sys/kernel/livepatch", name)
+	enabled := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "enabled"))
+		return strings.TrimSpace(string(b))
+	}
+	// Read before returning: the caller's write may come before the goroutine's first look.
+	seen := enabled() == from
 	go func() {
 		defer wg.Done()
-		dir := filepath.Join(root, "sys/kernel/livepatch", name)
-		seen := false
 		for {
 			select {
 			case <-done:
@@ -300,9 +307,8 @@ func simulateTransitions(root, name, from string) func() {
 			}
 			// React only to a real reversal: the file may not exist yet, or be read
 			// while the fake kernel rewrites it (empty), before it first shows from.
-			now, err := os.ReadFile(filepath.Join(dir, "enabled"))
-			v := strings.TrimSpace(string(now))
-			if err != nil || v == "" {
+			v := enabled()
+			if v == "" {
 				continue
 			}
 			if v == from {
@@ -318,9 +324,13 @@ func simulateTransitions(root, name, from string) func() {
 	return func() { close(done); wg.Wait() }
 }
 
+// stallTimeout is the transition timeout of tests in which the transition never ends.
+const stallTimeout = 200 * time.Millisecond
+
 func TestLoadTimeoutNamesStalledTasksAndReverts(t *testing.T) {
 	ctx := context.Background()
 	p, k := newTestPatcher(t)
+	p.Timeout = stallTimeout
 	k.transition = "1" // the enable never finishes by itself
 	mod := livepatchModule(t, "lp_stall")
 	proc := filepath.Join(p.Root, "proc")
@@ -357,6 +367,7 @@ func TestLoadTimeoutNamesStalledTasksAndReverts(t *testing.T) {
 func TestDisableTimeoutNotReverted(t *testing.T) {
 	ctx := context.Background()
 	p, _ := newTestPatcher(t)
+	p.Timeout = stallTimeout
 	// An enable in progress that nobody finishes: the disable reverses it, stalls too,
 	// and so does the reversal back.
 	writeTree(filepath.Join(p.Root, "sys/kernel/livepatch/lp_a"), map[string]string{"enabled": "1\n", "transition": "1\n"})
