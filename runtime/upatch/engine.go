@@ -20,6 +20,7 @@ import (
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/runtime/unwind"
 )
 
 // Sentinel errors, wrapped with details.
@@ -108,8 +109,9 @@ type AppliedFunc struct {
 // Engine patches processes. It is safe for concurrent use; each concurrent
 // operation runs on its own ptrace tracer thread.
 type Engine struct {
-	root  string
-	elfs  *symbols.Cache
+	root   string
+	elfs   *symbols.Cache
+	frames frameTables
 	plans sync.Map // *patchobj.Object -> *planEntry
 	pool  sync.Pool
 }
@@ -237,6 +239,7 @@ type prepared struct {
 	plan  *layout.Plan
 	tgt   *target
 	maps  []proc.Mapping
+	mods  []unwind.Module // call-frame tables of the mapped files, for the stack check
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
@@ -275,7 +278,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err := checkBuildID(obj, ef, tgt.path, o); err != nil {
 		return nil, err
 	}
-	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, uuid: o.UUID}
+	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, mods: e.frameModules(pid, maps), uuid: o.UUID}
 	for _, f := range obj.Funcs {
 		old, err := oldFunction(obj, f, ef, tgt.path)
 		if err != nil {
@@ -411,6 +414,7 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 			return exited(pid, err)
 		}
 		p.maps, p.res.maps = maps, maps
+		p.mods = e.frameModules(pid, maps)
 		return nil
 	}
 	return e.frozen(t, pid, o, refresh, p.apply)
@@ -485,7 +489,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	for i, f := range p.funcs {
 		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
 	}
-	if err := checkThreads(pr, p.maps, ranges); err != nil {
+	if err := checkThreads(pr, p.maps, p.mods, ranges); err != nil {
 		return err
 	}
 
@@ -705,7 +709,7 @@ type busyRange struct {
 }
 
 // checkThreads implements the safety check described in the package doc.
-func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) error {
+func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -716,17 +720,18 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) e
 	}
 	tids := pr.Threads()
 	addrs, stacks := make([]uint64, 0, len(tids)), make([][]byte, 0, len(tids))
+	regs := make([]unix.PtraceRegs, 0, len(tids))
 	owners := make([]int, 0, len(tids))
 	reread := false
 	for _, tid := range tids {
-		regs, err := pr.Regs(tid)
+		r, err := pr.Regs(tid)
 		if err != nil {
 			return fmt.Errorf("registers of thread %d: %w", tid, err)
 		}
-		if r := find(regs.Rip); r != nil {
-			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, r.name, tid)
+		if br := find(r.Rip); br != nil {
+			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, br.name, tid)
 		}
-		lo, hi := stackBounds(maps, regs.Rsp)
+		lo, hi := stackBounds(maps, r.Rsp)
 		if hi <= lo && !reread {
 			// A thread created after the mappings were read: its stack is new.
 			fresh, err := proc.Maps(pr.Pid)
@@ -734,22 +739,21 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, ranges []busyRange) e
 				return exited(pr.Pid, err)
 			}
 			maps, reread = fresh, true
-			lo, hi = stackBounds(maps, regs.Rsp)
+			lo, hi = stackBounds(maps, r.Rsp)
 		}
 		if hi <= lo {
-			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, regs.Rsp)
+			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, r.Rsp)
 		}
 		addrs, stacks, owners = append(addrs, lo), append(stacks, make([]byte, hi-lo)), append(owners, tid)
+		regs = append(regs, r)
 	}
 	// One read for every thread's live stack.
 	if err := pr.ReadMemv(addrs, stacks); err != nil {
 		return fmt.Errorf("thread stacks: %w", err)
 	}
 	for i, b := range stacks {
-		for off := 0; off+8 <= len(b); off += 8 {
-			if r := find(binary.LittleEndian.Uint64(b[off:])); r != nil {
-				return fmt.Errorf("%w: function %q is busy in thread %d (on its stack)", ErrBusy, r.name, owners[i])
-			}
+		if r, where := busyFrame(regs[i], b, addrs[i], mods, find); r != nil {
+			return fmt.Errorf("%w: function %q is busy in thread %d (%s)", ErrBusy, r.name, owners[i], where)
 		}
 	}
 	return nil
