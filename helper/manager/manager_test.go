@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,9 @@ type fakeEngine struct {
 	fail map[int]error // PatchAll fails for these pids
 	// failUUID limits fail to one patch ("" for all).
 	failUUID string
-	calls    []string
+	// funcs are the function names Live reports per patch uuid (as headers would).
+	funcs map[string][]string
+	calls []string
 }
 
 func newFake() *fakeEngine {
@@ -73,6 +76,33 @@ func (f *fakeEngine) Applied(pid int) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.in[pid]), nil
+}
+
+func (f *fakeEngine) Live() ([]LivePatch, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	byUUID := map[string]*LivePatch{}
+	var out []LivePatch
+	pids := slices.Sorted(maps.Keys(f.in))
+	for _, pid := range pids {
+		for _, id := range f.in[pid] {
+			lp := byUUID[id]
+			if lp == nil {
+				lp = &LivePatch{UUID: id, Funcs: f.funcs[id]}
+				for path, ps := range f.pids {
+					if slices.Contains(ps, pid) {
+						lp.Target = path
+					}
+				}
+				byUUID[id] = lp
+			}
+			lp.Pids = append(lp.Pids, pid)
+		}
+	}
+	for _, lp := range byUUID {
+		out = append(out, *lp)
+	}
+	return out, nil
 }
 
 func (f *fakeEngine) has(pid int, uuid string) bool {
@@ -483,5 +513,94 @@ func TestCorruptStateAndGoneDirectory(t *testing.T) {
 	}
 	if list, _ := e.m.List(); len(list) != 0 {
 		t.Fatalf("removed patch still listed: %+v", list)
+	}
+}
+
+// TestGoneAtRestart: the helper restarts while a live patch's directory is missing. The
+// in-process headers bring it back: listed with its processes, ACTIVED, removable; and
+// when the directory comes back the patch is whole again.
+func TestGoneAtRestart(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pB, eB, "HP002", "1", "g")
+	e.m.Rescan()
+	host := filepath.Join(e.root, hst)
+	e.eng.pids[host] = []int{100, 101}
+	e.eng.funcs = map[string][]string{eA: {"f"}, eB: {"g"}}
+	if err := e.do(OpApply, false, pA, pB); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(OpAccept, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	// A crash inside WriteFileAtomic left a temp file; it goes at start.
+	tmp := filepath.Join(e.root, StateDir, ".state.json.tmp123456")
+	os.WriteFile(tmp, []byte("{"), 0o600)
+	aside := filepath.Join(e.root, "aside")
+	os.MkdirAll(aside, 0o755)
+	for _, p := range []string{pA, pB} {
+		if err := os.Rename(filepath.Join(e.root, PatchesDir, p), filepath.Join(aside, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.restart()
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temp file left: %v", err)
+	}
+	if e.state(eA) != Actived || e.state(eB) != Accepted {
+		t.Fatalf("after restart with directories missing: A %s B %s", e.state(eA), e.state(eB))
+	}
+	list, _ := e.m.List()
+	if len(list) != 2 || list[0].Name != "victim-1.0-1/HP001-1-1/victim" || !strings.Contains(list[0].Problem, "pids 100, 101") {
+		t.Fatalf("list: %+v", list)
+	}
+	ps, _, err := e.m.ProcessStatus(context.Background(), pA)
+	if err != nil || len(ps) != 1 {
+		t.Fatalf("processes: %v %v", ps, err)
+	}
+	for _, p := range ps {
+		if len(p) != 2 || p[0].State != Actived {
+			t.Fatalf("processes: %+v", p)
+		}
+	}
+	// It cannot be activated again without its files, but it can be removed.
+	if err := e.do(OpDeactive, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(OpActive, false, pA); !errors.Is(err, ErrVerify) {
+		t.Fatalf("active without files: %v", err)
+	}
+	if err := e.do(OpRemove, false, "victim-1.0-1/HP001-1-1/victim"); err != nil {
+		t.Fatal(err)
+	}
+	if e.eng.has(100, eA) || e.eng.has(101, eA) {
+		t.Fatal("removed patch still in a process")
+	}
+	if _, err := e.m.Status([]string{pA}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removed rebuilt patch still known: %v", err)
+	}
+
+	// State file lost too: the header alone keeps B, under its entity uuid.
+	os.Remove(filepath.Join(e.root, StateDir, state.CurrentFile))
+	e.restart()
+	if e.state(eB) != Actived {
+		t.Fatalf("from the header alone: %s", e.state(eB))
+	}
+	// The directory comes back: the patch takes its metadata again and keeps its state.
+	os.Rename(filepath.Join(aside, pB), filepath.Join(e.root, PatchesDir, pB))
+	e.m.Rescan()
+	list, broken := e.m.List()
+	if len(list) != 1 || list[0].Problem != "" || list[0].PatchUUID != pB || list[0].State != Actived || len(broken) != 0 {
+		t.Fatalf("after the directory came back: %+v %+v", list, broken)
+	}
+	// Loaded again: a new process gets it.
+	if err := e.m.PatchNewProcess(context.Background(), 102, host); err != nil || !e.eng.has(102, eB) {
+		t.Fatalf("new process: %v", err)
+	}
+	if err := e.do(OpRemove, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	if e.eng.has(100, eB) {
+		t.Fatal("B still in the process")
 	}
 }
