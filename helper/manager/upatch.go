@@ -66,7 +66,9 @@ func (a UpatchEngine) Live() ([]LivePatch, error) {
 		}
 		as, err := a.E.Info(pid)
 		if err != nil {
-			if !errors.Is(classify(err), ErrProcessGone) && !proc.IsGone(err) {
+			// A process whose memory root cannot read (another user namespace's init)
+			// cannot have been patched by this helper either.
+			if !errors.Is(classify(err), ErrProcessGone) && !proc.IsGone(err) && !errors.Is(err, os.ErrPermission) {
 				errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
 			}
 			continue
