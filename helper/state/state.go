@@ -108,7 +108,8 @@ func (s Store) CleanTemp() ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, de := range ents {
-		if !isTemp(de.Name()) || !de.Type().IsRegular() {
+		// Remove never follows a symlink: one planted here only loses its name.
+		if !isTemp(de.Name()) || de.IsDir() {
 			continue
 		}
 		p := filepath.Join(s.Dir, de.Name())
