@@ -267,9 +267,15 @@ func (m *Manager) adoptRebuilt(meta *patchmeta.Patch, dir string) bool {
 			continue
 		}
 		d, _ := m.driver(e)
-		err := m.verify(context.Background(), e)
+		ctx := context.Background()
+		err := m.verify(ctx, e)
 		if err == nil {
-			err = d.Load(context.Background(), e)
+			err = d.Load(ctx, e)
+		}
+		if err == nil && e.State >= Actived {
+			// As at start: processes that began while the files were missing get the
+			// patch now, and new ones are watched for again.
+			err = d.Activate(ctx, e, true)
 		}
 		log := m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "uuid": e.UUID()})
 		if err != nil {
@@ -544,7 +550,8 @@ func (m *Manager) Watching() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.entities {
-		if e.Kind() == patchmeta.KindUser && e.State >= Actived {
+		// A rebuilt patch has no object to give new processes: nothing to watch for.
+		if e.Kind() == patchmeta.KindUser && e.State >= Actived && !e.Patch.Rebuilt {
 			return true
 		}
 	}

@@ -586,15 +586,23 @@ func TestGoneAtRestart(t *testing.T) {
 	if e.state(eB) != Actived {
 		t.Fatalf("from the header alone: %s", e.state(eB))
 	}
-	// The directory comes back: the patch takes its metadata again and keeps its state.
+	if e.m.Watching() {
+		t.Fatal("a patch without object keeps the helper watching for new processes")
+	}
+	// The directory comes back: the patch takes its metadata again and keeps its state;
+	// a process started meanwhile gets it.
+	e.eng.pids[host] = []int{100, 101, 102}
 	os.Rename(filepath.Join(aside, pB), filepath.Join(e.root, PatchesDir, pB))
 	e.m.Rescan()
+	if !e.eng.has(102, eB) || !e.m.Watching() {
+		t.Fatalf("after the directory came back: process 102 has %v, watching %v", e.eng.in[102], e.m.Watching())
+	}
 	list, broken := e.m.List()
 	if len(list) != 1 || list[0].Problem != "" || list[0].PatchUUID != pB || list[0].State != Actived || len(broken) != 0 {
 		t.Fatalf("after the directory came back: %+v %+v", list, broken)
 	}
 	// Loaded again: a new process gets it.
-	if err := e.m.PatchNewProcess(context.Background(), 102, host); err != nil || !e.eng.has(102, eB) {
+	if err := e.m.PatchNewProcess(context.Background(), 103, host); err != nil || !e.eng.has(103, eB) {
 		t.Fatalf("new process: %v", err)
 	}
 	if err := e.do(OpRemove, false, pB); err != nil {
@@ -602,5 +610,25 @@ func TestGoneAtRestart(t *testing.T) {
 	}
 	if e.eng.has(100, eB) {
 		t.Fatal("B still in the process")
+	}
+}
+
+// TestUnlistedLiveEntity: the helper died after patching the processes but before
+// recording it: the header, not the state file, says the patch is in.
+func TestUnlistedLiveEntity(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	st := state.Store{Dir: filepath.Join(e.root, StateDir)}
+	if err := st.Save(state.CurrentFile, &state.Snapshot{BootID: state.BootID(), Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e.restart()
+	if got := e.state(eA); got != Actived {
+		t.Fatalf("live entity missing from the state file: %s", got)
 	}
 }

@@ -450,7 +450,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	sameBoot := snap.BootID != "" && snap.BootID == m.bootID
 	m.seq = snap.Seq
-	m.rebuildLive(ctx, snap)
+	live := m.rebuildLive(ctx, snap)
 	stored := map[*Entity]state.Entry{}
 	for _, en := range snap.Entries {
 		if e, ok := m.entities[en.UUID]; ok {
@@ -459,14 +459,15 @@ func (m *Manager) Start(ctx context.Context) error {
 			m.cfg.Log.WithField("uuid", en.UUID).Warn("state file names an entity that is not installed")
 		}
 	}
-	// Ask the system about every entity the state file knows, or about all of them
-	// when the state file is gone (then in-process headers are the only record).
+	// Ask the system about every entity the state file knows or a process holds, or
+	// about all of them when the state file is gone (then in-process headers are the
+	// only record).
 	byDriver := map[Driver][]*Entity{}
 	for _, e := range m.entities {
 		if e.Patch.Rebuilt {
 			continue // its state is set already
 		}
-		if _, ok := stored[e]; ok || lost {
+		if _, ok := stored[e]; ok || lost || live[e.UUID()] {
 			d, _ := m.driver(e)
 			byDriver[d] = append(byDriver[d], e)
 		}
@@ -533,7 +534,8 @@ func (m *Manager) Start(ctx context.Context) error {
 // was away). Their headers, with what the state file recorded, are all that is known:
 // they are listed as gone, keep their state, and can be deactivated and removed by
 // uuid, never activated again until their directory is back.
-func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) {
+func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) (live map[string]bool) {
+	live = map[string]bool{}
 	stored := map[string]state.Entry{}
 	for _, en := range snap.Entries {
 		stored[en.UUID] = en
@@ -548,6 +550,7 @@ func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) {
 			m.cfg.Log.WithError(err).Warn("read patch headers from processes")
 		}
 		for _, lp := range lps {
+			live[lp.UUID] = true
 			if _, ok := m.entities[lp.UUID]; ok {
 				continue
 			}
@@ -561,6 +564,7 @@ func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) {
 				"pids": lp.Pids}).Warn("patch is live in processes but its directory is missing")
 		}
 	}
+	return live
 }
 
 // addRebuilt records a live patch without directory from its header and state entry.
