@@ -152,6 +152,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return nil, fmt.Errorf("workdir: %w", err)
 	}
+	if err := safeParent(base); err != nil {
+		return nil, fmt.Errorf("workdir: %w", err)
+	}
 	work, err := os.MkdirTemp(base, "syscare-build-"+safeName(opts.PatchName)+"-")
 	if err != nil {
 		return nil, fmt.Errorf("workdir: %w", err)
@@ -343,6 +346,28 @@ func keepLog(log, dir, name string, now time.Time) (string, error) {
 		return p, nil
 	}
 	return "", fmt.Errorf("%s: 100 log names taken", dir)
+}
+
+// safeParent refuses a directory in which another user could rename the private
+// work directory away and put a symlink in its place (so that root writes where
+// they chose): one owned by someone else than us or root, or writable by others
+// without the sticky bit (/tmp has it).
+func safeParent(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if uid := uint32(os.Geteuid()); sys.Uid != uid && sys.Uid != 0 {
+		return fmt.Errorf("%s belongs to uid %d: another user could replace the build directory in it", dir, sys.Uid)
+	}
+	if st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by other users and not sticky: another user could replace the build directory in it", dir)
+	}
+	return nil
 }
 
 // pruneExcept removes everything in dir but the entry keep, and returns keep's path.

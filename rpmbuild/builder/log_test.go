@@ -50,7 +50,7 @@ func checkVictim(t *testing.T, dir, victim string) {
 // are skipped, not followed, and two failures in the same second get two logs.
 func TestFailureLogNeverFollowsSymlinks(t *testing.T) {
 	out := t.TempDir()
-	os.Chmod(out, 0o1777) // a shared directory, like /tmp
+	os.Chmod(out, 0o777|os.ModeSticky) // a shared directory, like /tmp
 	victim := plantLinks(t, out, "HP1")
 	notRPM := filepath.Join(t.TempDir(), "source.src.rpm")
 	os.WriteFile(notRPM, []byte("this is a text file\n"), 0o644)
@@ -128,5 +128,33 @@ func TestCopyFileReplacesPlantedSymlink(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, ".*tmp*")); len(m) != 0 {
 		t.Fatalf("temp files left: %v", m)
+	}
+}
+
+// TestUnsafeWorkDirRefused: a work directory parent that another user owns, or that
+// others may write without the sticky bit, is refused before anything is created in it.
+func TestUnsafeWorkDirRefused(t *testing.T) {
+	open := t.TempDir()
+	os.Chmod(open, 0o777)
+	theirs := t.TempDir()
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	sticky := t.TempDir()
+	os.Chmod(sticky, 0o777|os.ModeSticky)
+	for dir, want := range map[string]string{open: "writable by other users", theirs: "belongs to uid 65534", sticky: ""} {
+		_, err := Build(context.Background(), Options{PatchName: "HP1", WorkDir: dir, OutputDir: t.TempDir()})
+		if want == "" {
+			if err == nil || strings.Contains(err.Error(), "workdir") {
+				t.Errorf("%s: %v, want the build to start (and fail on its inputs)", dir, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want a refusal saying %q", dir, err, want)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%s: created %v", dir, ents)
+		}
 	}
 }
