@@ -150,10 +150,17 @@ type env struct {
 	m    *Manager
 	// installed is what the fake rpmdb holds.
 	installed map[string]bool
+	// watch records which targets are watched for new processes.
+	watch *fakeWatch
 }
 
+type fakeWatch struct{ on map[string]bool }
+
+func (w *fakeWatch) Add(path string) error    { w.on[path] = true; return nil }
+func (w *fakeWatch) Remove(path string) error { delete(w.on, path); return nil }
+
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, root: t.TempDir(), eng: newFake(), installed: map[string]bool{}}
+	e := &env{t: t, root: t.TempDir(), eng: newFake(), installed: map[string]bool{}, watch: &fakeWatch{on: map[string]bool{}}}
 	os.MkdirAll(filepath.Join(e.root, "usr/bin"), 0o755)
 	b, err := os.ReadFile("/bin/true")
 	if err != nil {
@@ -173,7 +180,7 @@ func (e *env) restart() {
 		Root: e.root,
 		Log:  log,
 		Drivers: map[string]Driver{
-			patchmeta.KindUser:   &UserDriver{Engine: e.eng, Host: func(p string) string { return m.HostPath(p) }},
+			patchmeta.KindUser:   &UserDriver{Engine: e.eng, Host: func(p string) string { return m.HostPath(p) }, Watch: e.watch},
 			patchmeta.KindKernel: Unsupported(patchmeta.KindKernel),
 		},
 		VerifyPackage: func(_ context.Context, _ string, p patchmeta.Package) error {
@@ -630,5 +637,32 @@ func TestUnlistedLiveEntity(t *testing.T) {
 	e.restart()
 	if got := e.state(eA); got != Actived {
 		t.Fatalf("live entity missing from the state file: %s", got)
+	}
+}
+
+// TestRebuiltKeepsOthersWatch: removing a rebuilt patch (which never armed the watch)
+// leaves the watch of another active patch of the same target armed.
+func TestRebuiltKeepsOthersWatch(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pB, eB, "HP002", "1", "g")
+	e.m.Rescan()
+	host := filepath.Join(e.root, hst)
+	e.eng.pids[host] = []int{100}
+	e.eng.funcs = map[string][]string{eA: {"f"}, eB: {"g"}}
+	if err := e.do(OpApply, false, pA, pB); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(e.root, PatchesDir, pB))
+	e.watch.on = map[string]bool{}
+	e.restart()
+	if !e.watch.on[host] || e.state(eB) != Actived {
+		t.Fatalf("after restart: watched %v, B %s", e.watch.on, e.state(eB))
+	}
+	if err := e.do(OpRemove, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	if !e.watch.on[host] {
+		t.Fatal("removing the rebuilt patch disarmed the watch of the active one")
 	}
 }

@@ -246,7 +246,10 @@ func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) erro
 	done, fails, firstErr := split(pids, u.Engine.UnpatchAll(pids, host, e.UUID(), force))
 	if firstErr == nil {
 		u.live = nil
-		u.unwatch(host)
+		// A rebuilt patch never armed the watch: another patch of the target may have.
+		if !e.Patch.Rebuilt {
+			u.unwatch(host)
+		}
 		return nil
 	}
 	nfail := len(fails)
