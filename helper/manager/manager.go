@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -232,9 +233,10 @@ func (m *Manager) adoptRebuilt(meta *patchmeta.Patch, dir string) bool {
 		}
 	}
 	reason := ""
-	for id, e := range prev {
-		if !slices.ContainsFunc(meta.Entities, func(me patchmeta.Entity) bool { return me.UUID == id }) && e.State != NotApplied {
+	for _, id := range slices.Sorted(maps.Keys(prev)) {
+		if !slices.ContainsFunc(meta.Entities, func(me patchmeta.Entity) bool { return me.UUID == id }) && prev[id].State != NotApplied {
 			reason = fmt.Sprintf("entity %s is live in processes but not in this patch.json", id)
+			break
 		}
 	}
 	for _, p := range olds {

@@ -666,3 +666,29 @@ func TestRebuiltKeepsOthersWatch(t *testing.T) {
 		t.Fatal("removing the rebuilt patch disarmed the watch of the active one")
 	}
 }
+
+// TestRebuiltNotReplacedByOtherPatchJSON: a directory that comes back under the patch's
+// uuid but without the live entity is broken; the live entity stays known.
+func TestRebuiltNotReplacedByOtherPatchJSON(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(e.root, PatchesDir, pA))
+	e.restart()
+	e.addPatch(pA, eB, "HP001", "1", "f")
+	e.m.Rescan()
+	list, broken := e.m.List()
+	if len(broken) != 1 || broken[0].Dir != pA || !strings.Contains(broken[0].Reason, "entity "+eA+" is live in processes but not in this patch.json") {
+		t.Fatalf("broken %+v", broken)
+	}
+	if len(list) != 1 || list[0].UUID != eA || list[0].State != Actived || list[0].Problem == "" {
+		t.Fatalf("list %+v", list)
+	}
+	if err := e.do(OpRemove, false, eA); err != nil || e.eng.has(100, eA) {
+		t.Fatalf("remove: %v, still in: %v", err, e.eng.has(100, eA))
+	}
+}
