@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -31,6 +33,10 @@ type Patch struct {
 	// Gone is set when the directory disappeared while an entity was still applied;
 	// the patch stays known so that it can be removed from the running system.
 	Gone bool
+	// Rebuilt is set when Meta was not read from patch.json but rebuilt at start from
+	// the state file and the headers inside processes, because the directory was missing
+	// then: it holds only what those records tell.
+	Rebuilt bool
 }
 
 // Entity is the patch of one ELF file and its state.
@@ -44,13 +50,20 @@ type Entity struct {
 	activated uint64
 	// Data belongs to the driver (a parsed patch object).
 	Data any
+	// name replaces the display name of a rebuilt entity (see Patch.Rebuilt).
+	name string
 }
 
 // UUID returns the entity UUID.
 func (e *Entity) UUID() string { return e.Meta.UUID }
 
 // Name returns the display name <target nvr>/<patch>-<ver>-<rel>/<elf>.
-func (e *Entity) Name() string { return e.Patch.Meta.EntityName(e.Meta) }
+func (e *Entity) Name() string {
+	if e.name != "" {
+		return e.name
+	}
+	return e.Patch.Meta.EntityName(e.Meta)
+}
 
 // Kind returns the patch kind (user or kernel).
 func (e *Entity) Kind() string { return e.Patch.Meta.Kind }
@@ -162,6 +175,10 @@ func (m *Manager) scan() {
 		if err == nil && meta.UUID != de.Name() {
 			err = fmt.Errorf("directory name differs from patch uuid %s", meta.UUID)
 		}
+		if err == nil && m.adoptRebuilt(meta, pdir) {
+			seen[meta.UUID] = true
+			continue
+		}
 		if err == nil {
 			err = m.checkUnique(meta)
 		}
@@ -190,6 +207,86 @@ func (m *Manager) scan() {
 		}
 		m.drop(p)
 	}
+}
+
+// adoptRebuilt gives a patch that was rebuilt from the running system its directory
+// back (the RPM upgrade that removed it has finished): the entities keep their states,
+// and the active ones are loaded again so that new processes get them too. It reports
+// whether meta replaced a rebuilt patch.
+func (m *Manager) adoptRebuilt(meta *patchmeta.Patch, dir string) bool {
+	var olds []*Patch
+	for _, me := range meta.Entities {
+		if e, ok := m.entities[me.UUID]; ok && e.Patch.Rebuilt && !slices.Contains(olds, e.Patch) {
+			olds = append(olds, e.Patch)
+		}
+	}
+	if p, ok := m.patches[meta.UUID]; ok && p.Rebuilt && !slices.Contains(olds, p) {
+		olds = append(olds, p)
+	}
+	if len(olds) == 0 {
+		return false
+	}
+	prev := map[string]*Entity{}
+	for _, p := range olds {
+		for _, e := range p.Entities {
+			prev[e.UUID()] = e
+		}
+	}
+	reason := ""
+	for _, id := range slices.Sorted(maps.Keys(prev)) {
+		if !slices.ContainsFunc(meta.Entities, func(me patchmeta.Entity) bool { return me.UUID == id }) && prev[id].State != NotApplied {
+			reason = fmt.Sprintf("entity %s is live in processes but not in this patch.json", id)
+			break
+		}
+	}
+	for _, p := range olds {
+		m.drop(p)
+	}
+	if reason == "" {
+		if err := m.checkUnique(meta); err != nil {
+			reason = err.Error()
+		}
+	}
+	if reason != "" {
+		// The rebuilt patches stay: the directory is broken, the patch is still live.
+		for _, p := range olds {
+			m.patches[p.Meta.UUID] = p
+			for _, e := range p.Entities {
+				m.entities[e.UUID()] = e
+			}
+		}
+		m.broken = append(m.broken, Broken{Dir: filepath.Base(dir), Reason: reason})
+		return true
+	}
+	m.add(meta, dir)
+	for _, e := range m.patches[meta.UUID].Entities {
+		old, ok := prev[e.UUID()]
+		if !ok {
+			continue
+		}
+		e.State, e.seq, e.activated = old.State, old.seq, old.activated
+		if e.State < Deactived {
+			continue
+		}
+		d, _ := m.driver(e)
+		ctx := context.Background()
+		err := m.verify(ctx, e)
+		if err == nil {
+			err = d.Load(ctx, e)
+		}
+		if err == nil && e.State >= Actived {
+			// As at start: processes that began while the files were missing get the
+			// patch now, and new ones are watched for again.
+			err = d.Activate(ctx, e, true)
+		}
+		log := m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "uuid": e.UUID()})
+		if err != nil {
+			log.WithError(err).Warn("patch directory is back but cannot be loaded; new processes will not get the patch")
+		} else {
+			log.Info("patch directory is back")
+		}
+	}
+	return true
 }
 
 func (m *Manager) checkUnique(meta *patchmeta.Patch) error {
@@ -272,16 +369,59 @@ func (m *Manager) List() ([]ListEntry, []Broken) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []ListEntry
+	var live map[string][]int
 	for _, p := range m.sortedPatches() {
 		for _, e := range p.Entities {
 			le := ListEntry{Status: status(e), PatchUUID: p.Meta.UUID}
 			if p.Gone {
+				if live == nil {
+					live = m.livePids()
+				}
 				le.Problem = "patch directory removed while applied"
+				if pids := live[e.UUID()]; len(pids) > 0 {
+					le.Problem += "; live in " + pidList(pids)
+				}
 			}
 			out = append(out, le)
 		}
 	}
 	return out, append([]Broken(nil), m.broken...)
+}
+
+// livePids returns the processes that hold each patch, from the drivers that can tell.
+// It is for display: errors only leave pids out.
+func (m *Manager) livePids() map[string][]int {
+	out := map[string][]int{}
+	for _, d := range m.cfg.Drivers {
+		lr, ok := d.(LiveReporter)
+		if !ok {
+			continue
+		}
+		lps, _ := lr.Live(context.Background())
+		for _, lp := range lps {
+			out[lp.UUID] = append(out[lp.UUID], lp.Pids...)
+		}
+	}
+	return out
+}
+
+// pidList formats pids as "pid 1, 2, 3" (sorted).
+func pidList(pids []int) string {
+	pids = slices.Clone(pids)
+	slices.Sort(pids)
+	var b strings.Builder
+	if len(pids) == 1 {
+		b.WriteString("pid ")
+	} else {
+		b.WriteString("pids ")
+	}
+	for i, p := range pids {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprint(&b, p)
+	}
+	return b.String()
 }
 
 func status(e *Entity) Status { return Status{UUID: e.UUID(), Name: e.Name(), State: e.State} }
@@ -412,7 +552,8 @@ func (m *Manager) Watching() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.entities {
-		if e.Kind() == patchmeta.KindUser && e.State >= Actived {
+		// A rebuilt patch has no object to give new processes: nothing to watch for.
+		if e.Kind() == patchmeta.KindUser && e.State >= Actived && !e.Patch.Rebuilt {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,7 +30,9 @@ type fakeEngine struct {
 	fail map[int]error // PatchAll fails for these pids
 	// failUUID limits fail to one patch ("" for all).
 	failUUID string
-	calls    []string
+	// funcs are the function names Live reports per patch uuid (as headers would).
+	funcs map[string][]string
+	calls []string
 }
 
 func newFake() *fakeEngine {
@@ -73,6 +76,33 @@ func (f *fakeEngine) Applied(pid int) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.in[pid]), nil
+}
+
+func (f *fakeEngine) Live() ([]LivePatch, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	byUUID := map[string]*LivePatch{}
+	var out []LivePatch
+	pids := slices.Sorted(maps.Keys(f.in))
+	for _, pid := range pids {
+		for _, id := range f.in[pid] {
+			lp := byUUID[id]
+			if lp == nil {
+				lp = &LivePatch{UUID: id, Funcs: f.funcs[id]}
+				for path, ps := range f.pids {
+					if slices.Contains(ps, pid) {
+						lp.Target = path
+					}
+				}
+				byUUID[id] = lp
+			}
+			lp.Pids = append(lp.Pids, pid)
+		}
+	}
+	for _, lp := range byUUID {
+		out = append(out, *lp)
+	}
+	return out, nil
 }
 
 func (f *fakeEngine) has(pid int, uuid string) bool {
@@ -120,10 +150,17 @@ type env struct {
 	m    *Manager
 	// installed is what the fake rpmdb holds.
 	installed map[string]bool
+	// watch records which targets are watched for new processes.
+	watch *fakeWatch
 }
 
+type fakeWatch struct{ on map[string]bool }
+
+func (w *fakeWatch) Add(path string) error    { w.on[path] = true; return nil }
+func (w *fakeWatch) Remove(path string) error { delete(w.on, path); return nil }
+
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, root: t.TempDir(), eng: newFake(), installed: map[string]bool{}}
+	e := &env{t: t, root: t.TempDir(), eng: newFake(), installed: map[string]bool{}, watch: &fakeWatch{on: map[string]bool{}}}
 	os.MkdirAll(filepath.Join(e.root, "usr/bin"), 0o755)
 	b, err := os.ReadFile("/bin/true")
 	if err != nil {
@@ -143,7 +180,7 @@ func (e *env) restart() {
 		Root: e.root,
 		Log:  log,
 		Drivers: map[string]Driver{
-			patchmeta.KindUser:   &UserDriver{Engine: e.eng, Host: func(p string) string { return m.HostPath(p) }},
+			patchmeta.KindUser:   &UserDriver{Engine: e.eng, Host: func(p string) string { return m.HostPath(p) }, Watch: e.watch},
 			patchmeta.KindKernel: Unsupported(patchmeta.KindKernel),
 		},
 		VerifyPackage: func(_ context.Context, _ string, p patchmeta.Package) error {
@@ -483,5 +520,175 @@ func TestCorruptStateAndGoneDirectory(t *testing.T) {
 	}
 	if list, _ := e.m.List(); len(list) != 0 {
 		t.Fatalf("removed patch still listed: %+v", list)
+	}
+}
+
+// TestGoneAtRestart: the helper restarts while a live patch's directory is missing. The
+// in-process headers bring it back: listed with its processes, ACTIVED, removable; and
+// when the directory comes back the patch is whole again.
+func TestGoneAtRestart(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pB, eB, "HP002", "1", "g")
+	e.m.Rescan()
+	host := filepath.Join(e.root, hst)
+	e.eng.pids[host] = []int{100, 101}
+	e.eng.funcs = map[string][]string{eA: {"f"}, eB: {"g"}}
+	if err := e.do(OpApply, false, pA, pB); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(OpAccept, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	// A crash inside WriteFileAtomic left a temp file; it goes at start.
+	tmp := filepath.Join(e.root, StateDir, ".state.json.tmp123456")
+	os.WriteFile(tmp, []byte("{"), 0o600)
+	aside := filepath.Join(e.root, "aside")
+	os.MkdirAll(aside, 0o755)
+	for _, p := range []string{pA, pB} {
+		if err := os.Rename(filepath.Join(e.root, PatchesDir, p), filepath.Join(aside, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.restart()
+	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temp file left: %v", err)
+	}
+	if e.state(eA) != Actived || e.state(eB) != Accepted {
+		t.Fatalf("after restart with directories missing: A %s B %s", e.state(eA), e.state(eB))
+	}
+	list, _ := e.m.List()
+	if len(list) != 2 || list[0].Name != "victim-1.0-1/HP001-1-1/victim" || !strings.Contains(list[0].Problem, "pids 100, 101") {
+		t.Fatalf("list: %+v", list)
+	}
+	ps, _, err := e.m.ProcessStatus(context.Background(), pA)
+	if err != nil || len(ps) != 1 {
+		t.Fatalf("processes: %v %v", ps, err)
+	}
+	for _, p := range ps {
+		if len(p) != 2 || p[0].State != Actived {
+			t.Fatalf("processes: %+v", p)
+		}
+	}
+	// It cannot be activated again without its files, but it can be removed.
+	if err := e.do(OpDeactive, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(OpActive, false, pA); !errors.Is(err, ErrVerify) {
+		t.Fatalf("active without files: %v", err)
+	}
+	if err := e.do(OpRemove, false, "victim-1.0-1/HP001-1-1/victim"); err != nil {
+		t.Fatal(err)
+	}
+	if e.eng.has(100, eA) || e.eng.has(101, eA) {
+		t.Fatal("removed patch still in a process")
+	}
+	if _, err := e.m.Status([]string{pA}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removed rebuilt patch still known: %v", err)
+	}
+
+	// State file lost too: the header alone keeps B, under its entity uuid.
+	os.Remove(filepath.Join(e.root, StateDir, state.CurrentFile))
+	e.restart()
+	if e.state(eB) != Actived {
+		t.Fatalf("from the header alone: %s", e.state(eB))
+	}
+	if e.m.Watching() {
+		t.Fatal("a patch without object keeps the helper watching for new processes")
+	}
+	// The directory comes back: the patch takes its metadata again and keeps its state;
+	// a process started meanwhile gets it.
+	e.eng.pids[host] = []int{100, 101, 102}
+	os.Rename(filepath.Join(aside, pB), filepath.Join(e.root, PatchesDir, pB))
+	e.m.Rescan()
+	if !e.eng.has(102, eB) || !e.m.Watching() {
+		t.Fatalf("after the directory came back: process 102 has %v, watching %v", e.eng.in[102], e.m.Watching())
+	}
+	list, broken := e.m.List()
+	if len(list) != 1 || list[0].Problem != "" || list[0].PatchUUID != pB || list[0].State != Actived || len(broken) != 0 {
+		t.Fatalf("after the directory came back: %+v %+v", list, broken)
+	}
+	// Loaded again: a new process gets it.
+	if err := e.m.PatchNewProcess(context.Background(), 103, host); err != nil || !e.eng.has(103, eB) {
+		t.Fatalf("new process: %v", err)
+	}
+	if err := e.do(OpRemove, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	if e.eng.has(100, eB) {
+		t.Fatal("B still in the process")
+	}
+}
+
+// TestUnlistedLiveEntity: the helper died after patching the processes but before
+// recording it: the header, not the state file, says the patch is in.
+func TestUnlistedLiveEntity(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	st := state.Store{Dir: filepath.Join(e.root, StateDir)}
+	if err := st.Save(state.CurrentFile, &state.Snapshot{BootID: state.BootID(), Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e.restart()
+	if got := e.state(eA); got != Actived {
+		t.Fatalf("live entity missing from the state file: %s", got)
+	}
+}
+
+// TestRebuiltKeepsOthersWatch: removing a rebuilt patch (which never armed the watch)
+// leaves the watch of another active patch of the same target armed.
+func TestRebuiltKeepsOthersWatch(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pB, eB, "HP002", "1", "g")
+	e.m.Rescan()
+	host := filepath.Join(e.root, hst)
+	e.eng.pids[host] = []int{100}
+	e.eng.funcs = map[string][]string{eA: {"f"}, eB: {"g"}}
+	if err := e.do(OpApply, false, pA, pB); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(e.root, PatchesDir, pB))
+	e.watch.on = map[string]bool{}
+	e.restart()
+	if !e.watch.on[host] || e.state(eB) != Actived {
+		t.Fatalf("after restart: watched %v, B %s", e.watch.on, e.state(eB))
+	}
+	if err := e.do(OpRemove, false, pB); err != nil {
+		t.Fatal(err)
+	}
+	if !e.watch.on[host] {
+		t.Fatal("removing the rebuilt patch disarmed the watch of the active one")
+	}
+}
+
+// TestRebuiltNotReplacedByOtherPatchJSON: a directory that comes back under the patch's
+// uuid but without the live entity is broken; the live entity stays known.
+func TestRebuiltNotReplacedByOtherPatchJSON(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(e.root, PatchesDir, pA))
+	e.restart()
+	e.addPatch(pA, eB, "HP001", "1", "f")
+	e.m.Rescan()
+	list, broken := e.m.List()
+	if len(broken) != 1 || broken[0].Dir != pA || !strings.Contains(broken[0].Reason, "entity "+eA+" is live in processes but not in this patch.json") {
+		t.Fatalf("broken %+v", broken)
+	}
+	if len(list) != 1 || list[0].UUID != eA || list[0].State != Actived || list[0].Problem == "" {
+		t.Fatalf("list %+v", list)
+	}
+	if err := e.do(OpRemove, false, eA); err != nil || e.eng.has(100, eA) {
+		t.Fatalf("remove: %v, still in: %v", err, e.eng.has(100, eA))
 	}
 }

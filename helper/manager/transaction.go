@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/syscare/syscare/helper/state"
@@ -253,7 +254,7 @@ func (m *Manager) snapshot() *state.Snapshot {
 			continue
 		}
 		snap.Entries = append(snap.Entries, state.Entry{UUID: e.UUID(), Patch: e.Patch.Meta.UUID,
-			State: e.State.String(), Seq: e.seq, Activated: e.activated})
+			State: e.State.String(), Seq: e.seq, Activated: e.activated, Name: e.Name(), Target: e.Meta.TargetPath})
 	}
 	sort.Slice(snap.Entries, func(i, j int) bool { return snap.Entries[i].Seq < snap.Entries[j].Seq })
 	return snap
@@ -425,6 +426,15 @@ func (m *Manager) replay(ctx context.Context, snap *state.Snapshot, acceptedOnly
 func (m *Manager) Start(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Only this process writes the state directory (the bus name is unique): a temp
+	// file there is what a crash in WriteFileAtomic left behind.
+	removed, err := m.store.CleanTemp()
+	for _, p := range removed {
+		m.cfg.Log.WithField("file", p).Info("removed temp file left by a crash")
+	}
+	if err != nil {
+		m.cfg.Log.WithError(err).Warn("clean state directory")
+	}
 	m.scan()
 	defer m.batch()()
 	snap, err := m.store.Load(state.CurrentFile)
@@ -440,6 +450,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	sameBoot := snap.BootID != "" && snap.BootID == m.bootID
 	m.seq = snap.Seq
+	live := m.rebuildLive(ctx, snap)
 	stored := map[*Entity]state.Entry{}
 	for _, en := range snap.Entries {
 		if e, ok := m.entities[en.UUID]; ok {
@@ -448,11 +459,15 @@ func (m *Manager) Start(ctx context.Context) error {
 			m.cfg.Log.WithField("uuid", en.UUID).Warn("state file names an entity that is not installed")
 		}
 	}
-	// Ask the system about every entity the state file knows, or about all of them
-	// when the state file is gone (then in-process headers are the only record).
+	// Ask the system about every entity the state file knows or a process holds, or
+	// about all of them when the state file is gone (then in-process headers are the
+	// only record).
 	byDriver := map[Driver][]*Entity{}
 	for _, e := range m.entities {
-		if _, ok := stored[e]; ok || lost {
+		if e.Patch.Rebuilt {
+			continue // its state is set already
+		}
+		if _, ok := stored[e]; ok || lost || live[e.UUID()] {
 			d, _ := m.driver(e)
 			byDriver[d] = append(byDriver[d], e)
 		}
@@ -512,6 +527,99 @@ func (m *Manager) Start(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("write state: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// rebuildLive gives back to the manager the patches that are live inside processes but
+// have no patch directory (an RPM upgrade or a disk problem hid it while the helper
+// was away). Their headers, with what the state file recorded, are all that is known:
+// they are listed as gone, keep their state, and can be deactivated and removed by
+// uuid, never activated again until their directory is back.
+func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) (live map[string]bool) {
+	live = map[string]bool{}
+	stored := map[string]state.Entry{}
+	for _, en := range snap.Entries {
+		stored[en.UUID] = en
+	}
+	for _, d := range m.cfg.Drivers {
+		lr, ok := d.(LiveReporter)
+		if !ok {
+			continue
+		}
+		lps, err := lr.Live(ctx)
+		if err != nil {
+			m.cfg.Log.WithError(err).Warn("read patch headers from processes")
+		}
+		for _, lp := range lps {
+			live[lp.UUID] = true
+			if _, ok := m.entities[lp.UUID]; ok {
+				continue
+			}
+			if p, ok := m.patches[lp.UUID]; ok {
+				m.cfg.Log.WithFields(map[string]any{"uuid": lp.UUID, "patch": p.Meta.UUID}).
+					Warn("a process holds a patch under the uuid of an installed patch, not of an entity")
+				continue
+			}
+			e := m.addRebuilt(lp, stored[lp.UUID])
+			m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "uuid": e.UUID(), "state": e.State.String(),
+				"pids": lp.Pids}).Warn("patch is live in processes but its directory is missing")
+		}
+	}
+	return live
+}
+
+// addRebuilt records a live patch without directory from its header and state entry.
+func (m *Manager) addRebuilt(lp LivePatch, en state.Entry) *Entity {
+	target := en.Target
+	if target == "" {
+		target = m.guestPath(strings.TrimSuffix(lp.Target, " (deleted)"))
+	}
+	me := patchmeta.Entity{UUID: lp.UUID, TargetPath: target}
+	for _, f := range lp.Funcs {
+		me.Functions = append(me.Functions, patchmeta.Function{Name: f})
+	}
+	patchUUID := en.Patch
+	p := m.patches[patchUUID]
+	if patchUUID == "" || (p != nil && !p.Rebuilt) || m.entities[patchUUID] != nil {
+		patchUUID, p = lp.UUID, nil
+	}
+	if p == nil {
+		meta := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: patchUUID, Kind: patchmeta.KindUser,
+			Description: "rebuilt from the running processes: the patch directory is missing"}
+		p = &Patch{Meta: meta, Dir: filepath.Join(m.cfg.Root, PatchesDir, patchUUID), Gone: true, Rebuilt: true}
+		m.patches[patchUUID] = p
+	}
+	p.Meta.Entities = append(p.Meta.Entities, me)
+	e := &Entity{Patch: p, Meta: me, name: en.Name}
+	if e.name == "" {
+		e.name = "?/" + patchUUID + "/" + filepath.Base(target)
+	}
+	prev, err := ParseState(en.State)
+	if err != nil {
+		prev = NotApplied
+	}
+	e.State = max(prev, Actived)
+	e.seq, e.activated = en.Seq, en.Activated
+	if e.activated == 0 {
+		m.seq++
+		e.activated = m.seq
+	}
+	if e.seq == 0 {
+		e.seq = e.activated
+	}
+	p.Entities = append(p.Entities, e)
+	m.entities[lp.UUID] = e
+	return e
+}
+
+// guestPath turns a host path back into the path under the root prefix.
+func (m *Manager) guestPath(host string) string {
+	if m.cfg.Root == "" || m.cfg.Root == "/" {
+		return host
+	}
+	if rel, err := filepath.Rel(m.cfg.Root, host); err == nil && !strings.HasPrefix(rel, "..") {
+		return "/" + rel
+	}
+	return host
 }
 
 // Broken returns the broken patch directories.

@@ -3,9 +3,11 @@ package manager
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 
 	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/upatch"
 )
@@ -44,6 +46,51 @@ func (a UpatchEngine) Applied(pid int) ([]string, error) {
 		ids[i] = x.UUID
 	}
 	return ids, nil
+}
+
+// Live reads the patch headers of every process on the host. Processes that exit
+// meanwhile are skipped; one whose headers cannot be read is reported without
+// hiding the others.
+func (a UpatchEngine) Live() ([]LivePatch, error) {
+	pids, err := proc.Pids()
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	self := os.Getpid()
+	byUUID := map[string]*LivePatch{}
+	var order []string
+	var errs []error
+	for _, pid := range pids {
+		if pid == self {
+			continue
+		}
+		as, err := a.E.Info(pid)
+		if err != nil {
+			// A process whose memory root cannot read (another user namespace's init)
+			// cannot have been patched by this helper either.
+			if !errors.Is(classify(err), ErrProcessGone) && !proc.IsGone(err) && !errors.Is(err, os.ErrPermission) {
+				errs = append(errs, fmt.Errorf("pid %d: %w", pid, err))
+			}
+			continue
+		}
+		for _, x := range as {
+			lp, ok := byUUID[x.UUID]
+			if !ok {
+				lp = &LivePatch{UUID: x.UUID, Target: x.Target}
+				for _, f := range x.Funcs {
+					lp.Funcs = append(lp.Funcs, f.Name)
+				}
+				byUUID[x.UUID] = lp
+				order = append(order, x.UUID)
+			}
+			lp.Pids = append(lp.Pids, pid)
+		}
+	}
+	out := make([]LivePatch, len(order))
+	for i, id := range order {
+		out[i] = *byUUID[id]
+	}
+	return out, errors.Join(errs...)
 }
 
 func classifyAll(res []upatch.Result, harmless error) []error {

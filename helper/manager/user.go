@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -27,6 +28,24 @@ type Engine interface {
 	UnpatchAll(pids []int, binary, uuid string, force bool) []error
 	// Applied returns the patch uuids recorded inside pid, in stacking order.
 	Applied(pid int) ([]string, error)
+	// Live returns every patch recorded inside any process, whatever its target: the
+	// record of patches whose files are gone.
+	Live() ([]LivePatch, error)
+}
+
+// LivePatch is a patch found inside running processes by the header it left there.
+type LivePatch struct {
+	UUID string
+	// Target is the patched file as the processes map it (a host path).
+	Target string
+	Funcs  []string
+	Pids   []int
+}
+
+// LiveReporter is a Driver that can list the patches live in the system, including
+// those the manager has no directory for.
+type LiveReporter interface {
+	Live(ctx context.Context) ([]LivePatch, error)
 }
 
 // ErrProcessGone is wrapped by Engine errors for a process that exited meanwhile; such a
@@ -54,13 +73,43 @@ type UserDriver struct {
 	// would otherwise repeat it for every step. A process that starts meanwhile is
 	// caught by Watch; one that exits is skipped.
 	pids map[string][]int
+	// live caches Engine.Live during a transaction, like pids.
+	live []LivePatch
 }
 
 // Begin starts caching process lists.
-func (u *UserDriver) Begin() { u.pids = map[string][]int{} }
+func (u *UserDriver) Begin() { u.pids, u.live = map[string][]int{}, nil }
 
 // End drops the cached process lists.
-func (u *UserDriver) End() { u.pids = nil }
+func (u *UserDriver) End() { u.pids, u.live = nil, nil }
+
+// Live lists the patches recorded inside processes.
+func (u *UserDriver) Live(context.Context) ([]LivePatch, error) {
+	if u.live != nil {
+		return u.live, nil
+	}
+	lps, err := u.Engine.Live()
+	if err == nil && u.pids != nil {
+		u.live = lps
+	}
+	return lps, err
+}
+
+// pidsOf returns the processes to look at for e: those that map its target, or, when
+// the patch's files are gone (the target may have been replaced too), those whose
+// headers say they hold it.
+func (u *UserDriver) pidsOf(e *Entity) ([]int, error) {
+	if !e.Patch.Gone {
+		return u.processes(u.Host(e.Meta.TargetPath))
+	}
+	lps, err := u.Live(context.Background())
+	for _, lp := range lps {
+		if lp.UUID == e.UUID() {
+			return lp.Pids, err
+		}
+	}
+	return nil, err
+}
 
 func (u *UserDriver) processes(host string) ([]int, error) {
 	if pids, ok := u.pids[host]; ok {
@@ -190,13 +239,17 @@ func split(pids []int, errs []error) (done []int, fails []string, first error) {
 // processes it came out of.
 func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) error {
 	host := u.Host(e.Meta.TargetPath)
-	pids, err := u.processes(host)
+	pids, err := u.pidsOf(e)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("find processes of %s: %w", host, err)
 	}
 	done, fails, firstErr := split(pids, u.Engine.UnpatchAll(pids, host, e.UUID(), force))
 	if firstErr == nil {
-		u.unwatch(host)
+		u.live = nil
+		// A rebuilt patch never armed the watch: another patch of the target may have.
+		if !e.Patch.Rebuilt {
+			u.unwatch(host)
+		}
 		return nil
 	}
 	nfail := len(fails)
@@ -245,14 +298,18 @@ func (u *UserDriver) Presence(_ context.Context, es []*Entity) (map[*Entity]Pres
 	var errs []error
 	for _, e := range es {
 		host := u.Host(e.Meta.TargetPath)
-		pids, ok := pidsOf[host]
+		key := host
+		if e.Patch.Gone {
+			key = "uuid:" + e.UUID()
+		}
+		pids, ok := pidsOf[key]
 		if !ok {
 			var err error
-			pids, err = u.processes(host)
+			pids, err = u.pidsOf(e)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, fmt.Errorf("find processes of %s: %w", host, err))
 			}
-			pidsOf[host] = pids
+			pidsOf[key] = pids
 		}
 		have, live := 0, 0
 		for _, pid := range pids {
@@ -297,10 +354,11 @@ func (u *UserDriver) Presence(_ context.Context, es []*Entity) (map[*Entity]Pres
 // Processes reports the state of e in every process that maps its target.
 func (u *UserDriver) Processes(_ context.Context, e *Entity) ([]ProcessState, error) {
 	host := u.Host(e.Meta.TargetPath)
-	pids, err := u.processes(host)
+	pids, err := u.pidsOf(e)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("find processes of %s: %w", host, err)
 	}
+	pids = slices.Clone(pids)
 	sort.Ints(pids)
 	var out []ProcessState
 	for _, pid := range pids {

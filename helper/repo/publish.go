@@ -69,7 +69,41 @@ func readRPMHeader(path string) (p *rpmfile.Package, err error) {
 			p, err = nil, fmt.Errorf("malformed rpm header: %v", r)
 		}
 	}()
-	return rpmfile.Open(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	p, err = rpmfile.Read(f)
+	if err != nil {
+		return nil, fmt.Errorf("not an RPM package: %s", notRPMReason(f, err))
+	}
+	return p, nil
+}
+
+// notRPMReason says in words why the RPM reader refused f with err; its own messages
+// ("invalid file descriptor", "unexpected EOF") do not tell that the file is no RPM,
+// or where it ends. (rpmbuild/rpmfile.Why says the same for the builder.)
+func notRPMReason(f *os.File, err error) string {
+	var size int64 = -1
+	if fi, serr := f.Stat(); serr == nil {
+		size = fi.Size()
+	}
+	head := make([]byte, 4)
+	n, _ := f.ReadAt(head, 0)
+	switch {
+	case size == 0:
+		return "the file is empty"
+	case n < 4 || !bytes.Equal(head, []byte{0xed, 0xab, 0xee, 0xdb}):
+		return fmt.Sprintf("it does not start with the RPM magic ed ab ee db (it starts with %q)", head[:n])
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		where := "the signature or the header"
+		if size >= 0 && size < 96 {
+			where = "the 96-byte lead"
+		}
+		return fmt.Sprintf("truncated: the file ends at byte %d, inside %s", size, where)
+	}
+	return strings.TrimPrefix(err.Error(), "rpm: ")
 }
 
 // inspectPatchRPM checks that path is a hot patch RPM and returns it as primary.xml
@@ -298,7 +332,9 @@ func run(ctx context.Context, name string, args ...string) error {
 
 // lockDir serialises publishers of one repository.
 func lockDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".syscare-repo.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	// O_NOFOLLOW: a symlink planted in a shared repository directory must not make
+	// root create or open a file elsewhere.
+	f, err := os.OpenFile(filepath.Join(dir, ".syscare-repo.lock"), os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("repository lock: %w", err)
 	}

@@ -96,6 +96,20 @@ func TestAddRefuses(t *testing.T) {
 			t.Logf("%s: %v", name, err)
 		}
 	}
+	// A file that is no RPM says so, not the reader's "invalid file descriptor" or EOF.
+	text := filepath.Join(t.TempDir(), "notes.rpm")
+	os.WriteFile(text, []byte("release notes\n"), 0o644)
+	good, _ := os.ReadFile(rpms["patch-hello-1.0-1-HP001-1-1"])
+	short := filepath.Join(t.TempDir(), "short.rpm")
+	os.WriteFile(short, good[:300], 0o644)
+	for path, want := range map[string]string{
+		text:  `patch rpm ` + text + `: not an RPM package: it does not start with the RPM magic ed ab ee db (it starts with "rele")`,
+		short: `patch rpm ` + short + `: not an RPM package: truncated: the file ends at byte 300, inside the signature or the header`,
+	} {
+		if _, err := Add(ctx, AddRequest{RepoDir: dir, Advisory: "A", RPMs: []string{path}}); err == nil || err.Error() != want {
+			t.Errorf("error %v, want %q", err, want)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(dir, "repodata")); err == nil {
 		t.Error("refused adds created metadata")
 	}
@@ -106,5 +120,20 @@ func TestAddRefuses(t *testing.T) {
 	_, err := Add(ctx, AddRequest{RepoDir: dir, Advisory: "A", RPMs: []string{rpms["patch-hello-1.0-1-HP001-1-1"]}})
 	if err == nil || !strings.Contains(err.Error(), "different content") {
 		t.Fatalf("error %v, want a different-content refusal", err)
+	}
+}
+
+// TestLockSymlinkNotFollowed: a symlink planted at the lock file's name in a shared
+// repository directory makes the publish fail; its target is never created.
+func TestLockSymlinkNotFollowed(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "nologin")
+	os.Symlink(target, filepath.Join(dir, ".syscare-repo.lock"))
+	_, err := Add(context.Background(), AddRequest{RepoDir: dir, Advisory: "A", RPMs: []string{"/etc/hostname"}})
+	if err == nil || !strings.Contains(err.Error(), "repository lock") {
+		t.Fatalf("publish through a planted lock symlink: %v", err)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("symlink target created: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 )
 
 // SchemaVersion is the layout version of the files this package writes.
@@ -35,6 +36,11 @@ type Entry struct {
 	Seq uint64 `json:"seq"`
 	// Activated orders active entries by when they were switched on (stacking order).
 	Activated uint64 `json:"activated,omitempty"`
+	// Name and Target (the entity's display name and target path) let a restarted
+	// helper show and remove a patch that is live in processes while its directory is
+	// missing.
+	Name   string `json:"name,omitempty"`
+	Target string `json:"target,omitempty"`
 }
 
 // Snapshot is the content of a state file.
@@ -86,6 +92,43 @@ func (s Store) Save(name string, snap *Snapshot) error {
 		return err
 	}
 	return WriteFileAtomic(filepath.Join(s.Dir, name), append(b, '\n'), 0o600)
+}
+
+// CleanTemp removes the temporary files that WriteFileAtomic leaves behind when the
+// process dies between creating and renaming them, and returns their paths. Call it
+// only while no other writer uses the directory (the helper at start).
+func (s Store) CleanTemp() ([]string, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, de := range ents {
+		// Remove never follows a symlink: one planted here only loses its name.
+		if !isTemp(de.Name()) || de.IsDir() {
+			continue
+		}
+		p := filepath.Join(s.Dir, de.Name())
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, p)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// isTemp reports whether name is a temporary file of WriteFileAtomic (".NAME.tmp*").
+func isTemp(name string) bool {
+	if !strings.HasPrefix(name, ".") {
+		return false
+	}
+	i := strings.LastIndex(name, ".tmp")
+	return i > 1
 }
 
 // WriteFileAtomic replaces path with data so that a crash leaves either the old or the

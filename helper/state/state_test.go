@@ -43,3 +43,32 @@ func TestCorrupt(t *testing.T) {
 		}
 	}
 }
+
+// TestPlantedSymlinkNotFollowed: a symlink at the state file's name, or at a temp
+// file's, never leads a write elsewhere: Save replaces the link by rename, and the
+// cleanup at start removes links without touching their targets.
+func TestPlantedSymlinkNotFollowed(t *testing.T) {
+	s := Store{Dir: t.TempDir()}
+	victim := filepath.Join(t.TempDir(), "shadow")
+	os.WriteFile(victim, []byte("precious\n"), 0o644)
+	os.Symlink(victim, filepath.Join(s.Dir, CurrentFile))
+	os.Symlink(victim, filepath.Join(s.Dir, ".state.json.tmp999"))
+	os.WriteFile(filepath.Join(s.Dir, ".saved.json.tmp1"), []byte("{"), 0o600)
+	os.WriteFile(filepath.Join(s.Dir, "keep.tmp"), []byte("x"), 0o600)
+	removed, err := s.CleanTemp()
+	if err != nil || len(removed) != 2 {
+		t.Fatalf("clean: %v %v", removed, err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, "keep.tmp")); err != nil {
+		t.Fatalf("a file that is no temp file was removed: %v", err)
+	}
+	if err := s.Save(CurrentFile, &Snapshot{Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("symlink followed: %q", b)
+	}
+	if st, err := os.Lstat(filepath.Join(s.Dir, CurrentFile)); err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", st, err)
+	}
+}

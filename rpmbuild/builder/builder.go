@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
@@ -150,6 +152,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return nil, fmt.Errorf("workdir: %w", err)
 	}
+	if err := safeParent(base); err != nil {
+		return nil, fmt.Errorf("workdir: %w", err)
+	}
 	work, err := os.MkdirTemp(base, "syscare-build-"+safeName(opts.PatchName)+"-")
 	if err != nil {
 		return nil, fmt.Errorf("workdir: %w", err)
@@ -170,11 +175,13 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		tail := tailLines(logPath, 20)
 		if !opts.SkipCleanup {
 			// The workdir goes, the log stays where the user can read it.
-			kept := filepath.Join(os.TempDir(), fmt.Sprintf("syscare-build-%s-%d.log", safeName(opts.PatchName), time.Now().Unix()))
-			if copyFile(logPath, kept) == nil {
+			if kept, kerr := keepLog(logPath, opts.OutputDir, opts.PatchName, time.Now()); kerr == nil {
 				logPath = kept
+				os.RemoveAll(work)
+			} else {
+				// The private workdir is a safe place too: keep the log there alone.
+				logPath = pruneExcept(work, "build.log")
 			}
-			os.RemoveAll(work)
 		}
 		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports}
 	}
@@ -262,6 +269,9 @@ func tailLines(path string, n int) []string {
 	return lines
 }
 
+// copyFile copies from to a new file that then replaces to: a symlink or another file
+// planted at to is replaced, never followed or written through, and a reader of to
+// never sees a partial copy.
 func copyFile(from, to string) error {
 	in, err := os.Open(from)
 	if err != nil {
@@ -272,13 +282,101 @@ func copyFile(from, to string) error {
 	if err != nil {
 		return err
 	}
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, st.Mode().Perm()|0o200)
+	out, err := os.CreateTemp(filepath.Dir(to), "."+filepath.Base(to)+".tmp*")
 	if err != nil {
 		return err
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			out.Close()
+			os.Remove(out.Name())
+		}
+	}()
 	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
 		return err
 	}
-	return out.Close()
+	if err := out.Chmod(st.Mode().Perm() | 0o200); err != nil {
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(out.Name(), to); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// keepLog copies the log of a failed build into dir as syscare-build-NAME-<unix
+// seconds>.log, adding -2, -3... when that name exists. The file is created with
+// O_EXCL|O_NOFOLLOW: in a directory other users can write to, a name they planted
+// (a symlink to a file of root's, or a file of their own) is skipped, never opened.
+func keepLog(log, dir, name string, now time.Time) (string, error) {
+	if dir == "" {
+		return "", errors.New("no directory for the log")
+	}
+	in, err := os.Open(log)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	base := fmt.Sprintf("syscare-build-%s-%d", safeName(name), now.Unix())
+	for i := 1; i <= 100; i++ {
+		p := filepath.Join(dir, base+".log")
+		if i > 1 {
+			p = filepath.Join(dir, fmt.Sprintf("%s-%d.log", base, i))
+		}
+		out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o644)
+		if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ELOOP) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(out, in)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(p)
+			return "", err
+		}
+		return p, nil
+	}
+	return "", fmt.Errorf("%s: 100 log names taken", dir)
+}
+
+// safeParent refuses a directory in which another user could rename the private
+// work directory away and put a symlink in its place (so that root writes where
+// they chose): one owned by someone else than us or root, or writable by others
+// without the sticky bit (/tmp has it).
+func safeParent(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if uid := uint32(os.Geteuid()); sys.Uid != uid && sys.Uid != 0 {
+		return fmt.Errorf("%s belongs to uid %d: another user could replace the build directory in it", dir, sys.Uid)
+	}
+	if st.Mode().Perm()&0o022 != 0 && st.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("%s is writable by other users and not sticky: another user could replace the build directory in it", dir)
+	}
+	return nil
+}
+
+// pruneExcept removes everything in dir but the entry keep, and returns keep's path.
+func pruneExcept(dir, keep string) string {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != keep {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	return filepath.Join(dir, keep)
 }

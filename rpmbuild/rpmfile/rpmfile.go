@@ -3,6 +3,7 @@ package rpmfile
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -60,7 +61,7 @@ func ReadHeader(path string) (h *Header, err error) {
 	}()
 	p, err := rpm.Read(bufio.NewReader(f))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w: %w", path, ErrNotRPM, err)
+		return nil, fmt.Errorf("%s: %w: %s", path, ErrNotRPM, Why(f, err))
 	}
 	h = &Header{Path: path, Name: p.Name(), Epoch: p.Epoch(), Version: p.Version(), Release: p.Release(),
 		Arch: p.Architecture(), License: p.License(), SourceRPM: p.SourceRPM()}
@@ -69,6 +70,42 @@ func ReadHeader(path string) (h *Header, err error) {
 		return nil, fmt.Errorf("%s: %w: header without name, version or release", path, ErrNotRPM)
 	}
 	return h, nil
+}
+
+// rpmMagic starts every RPM file (the lead).
+var rpmMagic = []byte{0xed, 0xab, 0xee, 0xdb}
+
+// leadSize is the size of the RPM lead.
+const leadSize = 96
+
+// Why says in words why the RPM reader refused the file f with err: the reader's own
+// messages ("invalid file descriptor", "unexpected EOF") do not tell a user that the
+// file is no RPM at all, or where it ends.
+func Why(f io.ReaderAt, err error) string {
+	var size int64 = -1
+	if st, ok := f.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if fi, serr := st.Stat(); serr == nil {
+			size = fi.Size()
+		}
+	}
+	head := make([]byte, len(rpmMagic))
+	n, _ := f.ReadAt(head, 0)
+	switch {
+	case size == 0:
+		return "the file is empty"
+	case n < len(rpmMagic) || !bytes.Equal(head, rpmMagic):
+		return fmt.Sprintf("it does not start with the RPM magic ed ab ee db (it starts with %q)", head[:n])
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		where := "the signature or the header"
+		if size >= 0 && size < leadSize {
+			where = fmt.Sprintf("the %d-byte lead", leadSize)
+		}
+		if size >= 0 {
+			return fmt.Sprintf("truncated: the file ends at byte %d, inside %s", size, where)
+		}
+		return "truncated: the file ends inside " + where
+	}
+	return strings.TrimPrefix(err.Error(), "rpm: ")
 }
 
 // IsKernel tells whether a source package builds a Linux kernel.

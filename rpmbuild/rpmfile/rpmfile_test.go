@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -68,17 +69,28 @@ func TestBadFiles(t *testing.T) {
 	srpm, _ := buildRPM(t)
 	good, _ := os.ReadFile(srpm)
 	dir := t.TempDir()
-	cases := map[string][]byte{
-		"empty":     nil,
-		"text":      []byte("this is not an rpm\n"),
-		"truncated": good[:200],
-		"garbled":   append(append([]byte{}, good[:96]...), make([]byte, 4096)...),
+	// Each refusal says why in words, never the reader's bare "invalid file descriptor"
+	// or "EOF".
+	cases := map[string]struct {
+		data []byte
+		why  string
+	}{
+		"empty":       {nil, "the file is empty"},
+		"text":        {[]byte("this is not an rpm\n"), `does not start with the RPM magic ed ab ee db (it starts with "this")`},
+		"short lead":  {good[:50], "truncated: the file ends at byte 50, inside the 96-byte lead"},
+		"truncated":   {good[:200], "truncated: the file ends at byte 200, inside the signature or the header"},
+		"garbled":     {append(append([]byte{}, good[:96]...), make([]byte, 4096)...), "not an RPM package"},
+		"three bytes": {good[:3], `does not start with the RPM magic ed ab ee db (it starts with "\xed\xab\xee")`},
 	}
-	for name, data := range cases {
+	for name, c := range cases {
 		p := filepath.Join(dir, name+".rpm")
-		os.WriteFile(p, data, 0o644)
-		if _, err := ReadHeader(p); !errors.Is(err, ErrNotRPM) {
-			t.Errorf("%s: err %v, want ErrNotRPM", name, err)
+		os.WriteFile(p, c.data, 0o644)
+		_, err := ReadHeader(p)
+		if !errors.Is(err, ErrNotRPM) || !strings.Contains(err.Error(), c.why) || !strings.HasPrefix(err.Error(), p+": not an RPM package: ") {
+			t.Errorf("%s: err %v, want ErrNotRPM saying %q", name, err, c.why)
+		}
+		if err != nil && (strings.Contains(err.Error(), "invalid file descriptor") || strings.HasSuffix(err.Error(), "EOF")) {
+			t.Errorf("%s: reader jargon in %q", name, err)
 		}
 	}
 	// A good header with a damaged payload: the header reads, the unpack fails.

@@ -8,6 +8,7 @@ package elfsafe
 
 import (
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,10 @@ import (
 
 // ErrMalformed is wrapped by every error that comes from a panic inside debug/elf.
 var ErrMalformed = errors.New("malformed ELF")
+
+// ErrTruncated is wrapped when the file ends before data its headers point to: the
+// message says at which byte it ends and what lay beyond, where debug/elf says "EOF".
+var ErrTruncated = errors.New("truncated")
 
 // Guard runs fn and converts a panic raised by debug/elf into an error.
 func Guard(what string, fn func() error) (err error) {
@@ -35,10 +40,101 @@ func NewFile(r io.ReaderAt) (*elf.File, error) {
 		f, err = elf.NewFile(r)
 		return err
 	})
+	if isEOF(err) {
+		return nil, fmt.Errorf("parse ELF: %w", truncatedHeaders(r))
+	}
 	if err != nil {
 		return nil, err
 	}
 	return f, nil
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// readerSize returns how many bytes r holds: from Size or Stat when r has them,
+// otherwise by finding the last readable byte.
+func readerSize(r io.ReaderAt) int64 {
+	switch v := r.(type) {
+	case interface{ Size() int64 }:
+		return v.Size()
+	case interface{ Stat() (os.FileInfo, error) }:
+		if st, err := v.Stat(); err == nil && st.Mode().IsRegular() {
+			return st.Size()
+		}
+	}
+	var b [1]byte
+	lo, hi := int64(0), int64(1)
+	for {
+		if n, _ := r.ReadAt(b[:], hi-1); n == 0 {
+			break
+		}
+		lo, hi = hi, hi*2
+		if hi > 1<<40 {
+			return hi
+		}
+	}
+	// Byte lo-1 is readable (or lo is 0) and byte hi-1 is not: the size is in [lo, hi).
+	for lo+1 < hi {
+		mid := (lo + hi) / 2
+		if n, _ := r.ReadAt(b[:], mid-1); n == 1 {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+// truncatedHeaders says which part of the ELF file lies beyond its end, reading the
+// few header fields it needs itself (debug/elf could not).
+func truncatedHeaders(r io.ReaderAt) error {
+	size := readerSize(r)
+	var hdr [64]byte
+	n, _ := r.ReadAt(hdr[:], 0)
+	if n < 16 {
+		return fmt.Errorf("%w: the file ends at byte %d, inside the 16-byte ELF identification", ErrTruncated, size)
+	}
+	var bo binary.ByteOrder = binary.LittleEndian
+	if elf.Data(hdr[elf.EI_DATA]) == elf.ELFDATA2MSB {
+		bo = binary.BigEndian
+	}
+	var phoff, shoff uint64
+	var hsize, phentsize, phnum, shentsize, shnum, shstrndx int
+	if elf.Class(hdr[elf.EI_CLASS]) == elf.ELFCLASS32 {
+		hsize = 52
+		phoff, shoff = uint64(bo.Uint32(hdr[28:])), uint64(bo.Uint32(hdr[32:]))
+		phentsize, phnum = int(bo.Uint16(hdr[42:])), int(bo.Uint16(hdr[44:]))
+		shentsize, shnum, shstrndx = int(bo.Uint16(hdr[46:])), int(bo.Uint16(hdr[48:])), int(bo.Uint16(hdr[50:]))
+	} else {
+		hsize = 64
+		phoff, shoff = bo.Uint64(hdr[32:]), bo.Uint64(hdr[40:])
+		phentsize, phnum = int(bo.Uint16(hdr[54:])), int(bo.Uint16(hdr[56:]))
+		shentsize, shnum, shstrndx = int(bo.Uint16(hdr[58:])), int(bo.Uint16(hdr[60:])), int(bo.Uint16(hdr[62:]))
+	}
+	if n < hsize {
+		return fmt.Errorf("%w: the file ends at byte %d, inside the %d-byte ELF header", ErrTruncated, size, hsize)
+	}
+	beyond := func(what string, off, length uint64) error {
+		return fmt.Errorf("%w: the file ends at byte %d, inside the %s (bytes %d..%d)", ErrTruncated, size, what, off, off+length)
+	}
+	if l := uint64(phentsize) * uint64(phnum); l > 0 && phoff+l > uint64(size) {
+		return beyond("program header table", phoff, l)
+	}
+	if l := uint64(shentsize) * uint64(shnum); l > 0 && shoff+l > uint64(size) {
+		return beyond("section header table", shoff, l)
+	}
+	if shnum > 0 && shstrndx < shnum && hsize == 64 && shentsize >= 64 {
+		var sh [64]byte
+		if n, _ := r.ReadAt(sh[:], int64(shoff)+int64(shstrndx*shentsize)); n == 64 {
+			off, l := bo.Uint64(sh[24:]), bo.Uint64(sh[32:])
+			if elf.SectionType(bo.Uint32(sh[4:])) != elf.SHT_NOBITS && off+l > uint64(size) {
+				return beyond(fmt.Sprintf("section name table (section %d)", shstrndx), off, l)
+			}
+		}
+	}
+	return fmt.Errorf("%w: the file ends at byte %d", ErrTruncated, size)
 }
 
 // File is an ELF file opened from disk; Close releases the descriptor.
@@ -97,6 +193,12 @@ func SectionData(s *elf.Section) ([]byte, error) {
 		b, err = s.Data()
 		return err
 	})
+	if isEOF(err) && s.Flags&elf.SHF_COMPRESSED == 0 && s.ReaderAt != nil {
+		// Count what is there to say where the file ends.
+		have, _ := io.Copy(io.Discard, io.NewSectionReader(s.ReaderAt, 0, int64(s.FileSize)))
+		return nil, fmt.Errorf("%w: the file ends at byte %d, %d bytes into the section's %d bytes at offset %d",
+			ErrTruncated, int64(s.Offset)+have, have, s.FileSize, s.Offset)
+	}
 	return b, err
 }
 

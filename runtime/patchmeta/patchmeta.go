@@ -4,6 +4,7 @@
 package patchmeta
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -129,10 +130,11 @@ func (p *Patch) Validate() error {
 	if !uuidRe.MatchString(p.UUID) {
 		return bad("uuid %q is not a lowercase UUID", p.UUID)
 	}
-	for field, v := range map[string]string{"name": p.Name, "version": p.Version, "release": p.Release,
-		"target.name": p.Target.Name, "target.version": p.Target.Version, "target.release": p.Target.Release} {
-		if !nameRe.MatchString(v) {
-			return bad("%s %q is empty or has characters RPM does not allow", field, v)
+	// A slice, not a map: with several bad fields the same one is named every time.
+	for _, f := range []struct{ field, v string }{{"name", p.Name}, {"version", p.Version}, {"release", p.Release},
+		{"target.name", p.Target.Name}, {"target.version", p.Target.Version}, {"target.release", p.Target.Release}} {
+		if !nameRe.MatchString(f.v) {
+			return bad("%s %q is empty or has characters RPM does not allow", f.field, f.v)
 		}
 	}
 	if p.Kind != KindUser && p.Kind != KindKernel {
@@ -174,16 +176,62 @@ func (p *Patch) Validate() error {
 // Decode parses and validates patch.json content; unknown fields are refused so a
 // newer schema is never half-understood.
 func Decode(r io.Reader) (*Patch, error) {
-	dec := json.NewDecoder(r)
+	b, err := io.ReadAll(io.LimitReader(r, maxFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxFile {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrInvalid, maxFile)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var p Patch
 	if err := dec.Decode(&p); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, jsonWhere(b, err))
+	}
+	// Text after the object would be silently ignored by a lenient reader and refused by
+	// a strict one: refuse it here so every reader agrees.
+	if off := dec.InputOffset(); len(bytes.TrimSpace(b[off:])) > 0 {
+		line, col := lineCol(b, off+int64(len(b[off:])-len(bytes.TrimLeft(b[off:], " \t\r\n"))))
+		return nil, fmt.Errorf("%w: line %d, column %d: data after the JSON object", ErrInvalid, line, col)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// maxFile bounds patch.json: real ones are a few kilobytes.
+const maxFile = 16 << 20
+
+// jsonWhere gives a JSON decoding error the line and column it happened at.
+func jsonWhere(b []byte, err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		// Offset counts the bytes read, the offending one included.
+		line, col := lineCol(b, syn.Offset-1)
+		return fmt.Sprintf("line %d, column %d: %v", line, col, err)
+	case errors.As(err, &typ):
+		line, col := lineCol(b, typ.Offset-1)
+		return fmt.Sprintf("line %d, column %d: field %s: %s where %s is wanted", line, col, typ.Field, typ.Value, typ.Type)
+	case errors.Is(err, io.EOF):
+		return "empty file"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		line, col := lineCol(b, int64(len(b)))
+		return fmt.Sprintf("line %d, column %d: the JSON ends early", line, col)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// lineCol turns a byte offset into a 1-based line and column.
+func lineCol(b []byte, off int64) (int, int) {
+	off = min(max(off, 0), int64(len(b)))
+	before := b[:off]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := int(off) - bytes.LastIndexByte(before, '\n')
+	return line, col
 }
 
 // Load reads and validates dir/patch.json.

@@ -79,3 +79,40 @@ func TestVerifyFiles(t *testing.T) {
 		t.Fatalf("tampered file: %v", err)
 	}
 }
+
+// TestSameReasonEveryTime: a patch.json with several problems names the same one, in
+// the same words, on every read; JSON errors say the line and column.
+func TestSameReasonEveryTime(t *testing.T) {
+	var good bytes.Buffer
+	if err := sample().Encode(&good); err != nil {
+		t.Fatal(err)
+	}
+	manyBad := strings.NewReplacer(`"name": "HP001"`, `"name": "bad name"`, `"version": "1"`, `"version": "1 2"`,
+		`"release": "1"`, `"release": ""`, `"version": "6.2.5"`, `"version": "6 2"`).Replace(good.String())
+	cases := map[string]struct{ doc, want string }{
+		"several bad fields": {manyBad, `invalid patch metadata: name "bad name" is empty or has characters RPM does not allow`},
+		"syntax":             {"{\n  \"schema\": 1,\n  \"uuid\" \"x\"\n}\n", "invalid patch metadata: line 3, column 10: invalid character '\"' after object key"},
+		"type":               {"{\n  \"schema\": \"one\"\n}", "invalid patch metadata: line 2, column 17: field schema: string where int is wanted"},
+		"cut short":          {good.String()[:40], "invalid patch metadata: line 3, column "},
+		"empty":              {"", "invalid patch metadata: empty file"},
+		"unknown field":      {`{"schema":1,"surprise":true}`, `invalid patch metadata: unknown field "surprise"`},
+		"trailing data":      {good.String() + "\n{}\n", "data after the JSON object"},
+	}
+	for name, c := range cases {
+		var first string
+		for i := 0; i < 50; i++ {
+			_, err := Decode(strings.NewReader(c.doc))
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%s: %v, want ErrInvalid", name, err)
+			}
+			if i == 0 {
+				first = err.Error()
+				if !strings.Contains(first, c.want) {
+					t.Errorf("%s: %q, want %q", name, first, c.want)
+				}
+			} else if err.Error() != first {
+				t.Fatalf("%s: read %d says %q, read 1 said %q", name, i+1, err, first)
+			}
+		}
+	}
+}

@@ -335,9 +335,9 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			work, tmp := t.TempDir(), t.TempDir()
+			work, tmp, out := t.TempDir(), t.TempDir(), t.TempDir()
 			env := append([]string{"TMPDIR=" + tmp}, c.env...)
-			r := runBuilder(t, env, append(c.args, "--workdir", work, "--output", t.TempDir())...)
+			r := runBuilder(t, env, append(c.args, "--workdir", work, "--output", out)...)
 			if r.code != c.code {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, c.code, r.stdout, r.stderr)
 			}
@@ -355,9 +355,14 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("work directory not cleaned: %v", left)
 			}
 			if c.code != exitUsage {
-				logs, _ := filepath.Glob(filepath.Join(tmp, "syscare-build-*.log"))
+				// The log is kept in the output directory, never under a predictable
+				// name in the shared TMPDIR.
+				logs, _ := filepath.Glob(filepath.Join(out, "syscare-build-*.log"))
 				if len(logs) != 1 || !strings.Contains(r.stderr, logs[0]) {
 					t.Errorf("kept logs %q not named in stderr:\n%s", logs, r.stderr)
+				}
+				if inTmp, _ := os.ReadDir(tmp); len(inTmp) != 0 {
+					t.Errorf("left in TMPDIR: %v", inTmp)
 				}
 			}
 		})

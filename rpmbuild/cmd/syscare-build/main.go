@@ -112,8 +112,9 @@ STEPS
     prepare, build original, build patched, diff, link, package: each is printed with
     its duration (package is skipped with --dry-run). The full log is build.log in the
     work directory; when the build fails its last lines and its path are printed (with
-    the work directory removed, the log is kept as
-    $TMPDIR/syscare-build-NAME-<time>.log).
+    the work directory removed, the log is kept in the output directory as a new file
+    syscare-build-NAME-<time>.log, or alone in the work directory if it cannot be
+    written there).
 
 EXIT STATUS
     0   the patch RPMs were written (with --dry-run: the patch would build)
