@@ -112,8 +112,8 @@ type Engine struct {
 	root   string
 	elfs   *symbols.Cache
 	frames frameTables
-	plans sync.Map // *patchobj.Object -> *planEntry
-	pool  sync.Pool
+	plans  sync.Map // *patchobj.Object -> *planEntry
+	pool   sync.Pool
 }
 
 type planEntry struct {
