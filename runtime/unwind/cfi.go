@@ -326,7 +326,10 @@ func parseCIE(r *reader, addr uint64) (*cie, error) {
 	c.hasAug = len(aug) > 0 && aug[0] == 'z'
 	if c.hasAug {
 		n := r.uleb()
-		augEnd := r.off + int(min(n, uint64(len(r.b))))
+		if r.err != nil || n > uint64(len(r.b)-r.off) {
+			return nil, errors.New("augmentation data past the end")
+		}
+		augEnd := r.off + int(n)
 		for _, ch := range aug[1:] {
 			switch ch {
 			case 'R':
