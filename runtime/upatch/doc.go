@@ -11,10 +11,13 @@
 //
 // A function may only be replaced when no thread is executing it or will return into
 // it. With every thread stopped, the engine reads each thread's program counter and
-// scans its live stack, from the stack pointer to the end of the mapping that holds it,
-// for any 8-byte word that is an address inside a function being replaced (or, for
-// unpatch, inside the patch's code). This is conservative: it needs no unwind tables
-// and cannot miss a return address, but a stale local variable that happens to hold
-// such an address gives a false positive (the patch is retried, then refused with
-// ErrBusy naming thread and function); function pointers stored on a stack count too.
+// walks its frames with the call-frame information (.eh_frame) of the files the
+// process maps, the vDSO included (runtime/unwind): the program counter and every
+// return address found must lie outside the functions being replaced (or, for
+// unpatch, outside the patch's code). A stale word left in a frame does not count.
+// Where a frame cannot be unwound (code without call-frame information, such as an
+// earlier patch, or rules given as DWARF expressions, such as a signal frame), the rest
+// of the stack, from that frame to the end of its mapping, is scanned for any 8-byte
+// word that is such an address: conservative, as the whole check was before. A busy
+// process is retried, then refused with ErrBusy naming thread and function.
 package upatch
