@@ -1,10 +1,13 @@
 package upatch
 
 import (
+	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // A thread whose stack holds stale copies of greet's address, but no frame of greet,
@@ -35,4 +38,30 @@ func TestStaleStackWordsDoNotBlock(t *testing.T) {
 		t.Fatalf("patch of hold while a thread returns into it: %v, want busy in a frame", err)
 	}
 	v.alive(t)
+}
+
+// Without call-frame information for a frame, the stack above it is scanned word by
+// word: a word inside a busy range is then reported, and says why.
+func TestBusyFrameFallsBackToWordScan(t *testing.T) {
+	const lo = 0x7ffd0000
+	stack := make([]byte, 64)
+	binary.LittleEndian.PutUint64(stack[40:], 0x401010) // inside the busy range
+	busy := []busyRange{{lo: 0x401000, hi: 0x401020, name: "greet"}}
+	find := func(a uint64) *busyRange {
+		if a >= busy[0].lo && a < busy[0].hi {
+			return &busy[0]
+		}
+		return nil
+	}
+	regs := unix.PtraceRegs{Rip: 0x500000, Rsp: lo + 16}
+	r, where := busyFrame(regs, stack, lo, nil, find)
+	if r == nil || r.name != "greet" || !strings.Contains(where, "could not be unwound") {
+		t.Fatalf("busyFrame without tables = %v, %q; want greet found by the word scan", r, where)
+	}
+	// A word below the stack pointer is not live: not reported.
+	binary.LittleEndian.PutUint64(stack[40:], 0)
+	binary.LittleEndian.PutUint64(stack[8:], 0x401010)
+	if r, _ := busyFrame(regs, stack, lo, nil, find); r != nil {
+		t.Fatalf("a word below the stack pointer reported busy: %v", r)
+	}
 }
