@@ -2,7 +2,10 @@
  * upatch.h - write a SysCare user-space hot patch by hand, in C.
  *
  * A patch is an object file built with
- *     gcc -c -O2 -ffunction-sections -fdata-sections -I runtime/include fix.c
+ *     gcc -c -O2 -ffunction-sections -fdata-sections -mno-direct-extern-access \
+ *         -I runtime/include fix.c
+ * (-mno-direct-extern-access: variables of other libraries, such as stderr, are read
+ * through a GOT the loader provides, as they may be too far for a PC-relative access)
  * that defines replacement functions and names, with UPATCH_FUNC, which function of
  * the running program each one replaces. Everything the new code uses but does not
  * define (globals, static variables and functions of the target, libc functions) is

@@ -266,7 +266,8 @@ func (l *linker) apply(si int, sec *patchobj.Section, buf []byte, rel patchobj.R
 		// effective target S+A+(end-of-instruction - P) only ever equals S, so
 		// replacing S by the trampoline keeps the instruction's meaning.
 		if s.local || !(rel.Type == elf.R_X86_64_PLT32 || s.isFunc) {
-			return fail("target %#x is out of ±2 GiB reach of %#x (data must be within reach: place the patch closer)", S, P)
+			return fail("target %#x is out of ±2 GiB reach of %#x: data of another library is only reachable through a GOT; "+
+				"compile the patch with -mno-direct-extern-access (or -fPIC) so that it reads such data through one", S, P)
 		}
 		t, err := l.trampoline(rel.Sym, S)
 		if err != nil {

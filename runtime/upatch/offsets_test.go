@@ -168,3 +168,30 @@ func TestSelfContainedOnStrippedTarget(t *testing.T) {
 }
 
 func copyOffsets(m map[string]offsetEntry) map[string]offsetEntry { return maps.Clone(m) }
+
+// Data of another library (glibc's stderr, which the PIE victim has no copy of) is out
+// of a PC-relative reach: the refusal says how to compile the patch, and the patch
+// compiled that way reads it through the patch's own GOT.
+func TestFarDataOfAnotherLibrary(t *testing.T) {
+	bin := buildVictim(t)
+	v := start(t, bin, nil)
+	v.expect(t, "greet=1")
+	e := NewEngine("/")
+	_, direct := buildPatch(t, "fix_stderr.c", bin, "")
+	err := e.Patch(v.pid(), direct, opts(uuid1))
+	if err == nil || !strings.Contains(err.Error(), "-mno-direct-extern-access") {
+		t.Fatalf("direct access to far data: %v, want a refusal naming the compiler option", err)
+	}
+	if anon := patchMappings(t, v.pid()); anon != 0 {
+		t.Fatalf("the refused patch left %d mappings", anon)
+	}
+	_, viaGOT := buildPatch(t, "fix_stderr.c", bin, "", "-mno-direct-extern-access")
+	if err := e.Patch(v.pid(), viaGOT, opts(uuid1)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "greet=12")
+	if err := e.Unpatch(v.pid(), uuid1, opts(uuid1)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "greet=1")
+}
