@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -21,8 +22,10 @@ import (
 
 	scbus "github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
+	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/runtime/symbols"
 )
 
 // Fixtures built once per test binary.
@@ -69,6 +72,11 @@ var patchSources = map[string]string{
 	"lgreet6": "#include <upatch.h>\nint lgreet_v2(void) { return 6; }\nUPATCH_FUNC(lgreet, lgreet_v2);\n",
 }
 
+// patchTargets names the file of the package each of patchSources patches.
+var patchTargets = map[string]string{"greet2": "victim", "greet3": "victim", "world20": "victim", "lgreet6": "libgreet.so"}
+
+// The files are stripped before rpmbuild sees them (setup); %__os_install_post is
+// emptied so that the package holds exactly those files.
 const victimSpec = `Name: victim
 Version: 1.0
 Release: 1
@@ -132,11 +140,20 @@ func setup(m *testing.M) (int, error) {
 	os.WriteFile(filepath.Join(src, "libgreet.c"), []byte(libC), 0o644)
 	os.WriteFile(filepath.Join(src, "victimlib.c"), []byte(libVictimC), 0o644)
 	for _, args := range [][]string{
-		{"-O2", "-g", "-o", "victim", "victim.c"},
-		{"-O2", "-g", "-shared", "-fPIC", "-o", "libgreet.so", "libgreet.c"},
-		{"-O2", "-g", "-o", "victimlib", "victimlib.c", "-L.", "-lgreet"},
+		{"-O2", "-g", "-Wl,--build-id", "-o", "victim", "victim.c"},
+		{"-O2", "-g", "-Wl,--build-id", "-shared", "-fPIC", "-o", "libgreet.so", "libgreet.c"},
+		{"-O2", "-g", "-Wl,--build-id", "-o", "victimlib", "victimlib.c", "-L.", "-lgreet"},
 	} {
 		if err := sh(src, "gcc", args...); err != nil {
+			return 1, err
+		}
+	}
+	// As an RPM build does: the package ships stripped files, their debug copies stay
+	// with the builder (outside every sandbox root), where the patches are resolved.
+	debugDir := filepath.Join(fx.dir, "debug")
+	os.MkdirAll(debugDir, 0o755)
+	for _, f := range []string{"victim", "libgreet.so", "victimlib"} {
+		if err := selfcontain.SplitDebug(context.Background(), filepath.Join(src, f), filepath.Join(debugDir, f+".debug")); err != nil {
 			return 1, err
 		}
 	}
@@ -157,7 +174,14 @@ func setup(m *testing.M) (int, error) {
 			"-I", filepath.Join(fx.repo, "runtime/include"), "-o", name+".o", c); err != nil {
 			return 1, err
 		}
-		fx.objects[name], _ = os.ReadFile(filepath.Join(fx.dir, name+".o"))
+		// The hand-written object carries the offsets of what it uses in its target, so
+		// that it applies to the stripped file with no debuginfo in the root.
+		debug := filepath.Join(debugDir, patchTargets[name]+".debug")
+		sc := filepath.Join(fx.dir, name+"-sc.o")
+		if _, err := selfcontain.Make(context.Background(), filepath.Join(fx.dir, name+".o"), debug, sc); err != nil {
+			return 1, fmt.Errorf("patch %s: %w", name, err)
+		}
+		fx.objects[name], _ = os.ReadFile(sc)
 	}
 	return m.Run(), nil
 }
@@ -187,6 +211,7 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 	if err := sh(dir, "rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", fx.rpm); err != nil {
 		t.Fatal(err)
 	}
+	s.productionHost()
 	idle := "60s"
 	for _, o := range opts {
 		if v, ok := strings.CutPrefix(o, "idle="); ok {
@@ -207,6 +232,22 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 	s.bus, s.addr, s.log = bus, bus.Addr, bus.Log
 	t.Cleanup(s.close)
 	return s
+}
+
+// productionHost checks that the root is as a production host has it: the package's
+// files are stripped and no debuginfo for them is where the helper looks, so a patch
+// applies only through the offsets it carries.
+func (s *sandbox) productionHost() {
+	s.t.Helper()
+	for _, rel := range []string{"usr/bin/victim", "usr/bin/victimlib", "usr/lib/libgreet.so"} {
+		ef, err := symbols.Open(filepath.Join(s.root, rel), symbols.Options{Root: s.root})
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if ef.HasSymtab() {
+			s.t.Fatalf("%s: the helper finds a symbol table (debug file %q): not a production host", rel, ef.DebugFile)
+		}
+	}
 }
 
 func (s *sandbox) close() {

@@ -1,7 +1,9 @@
 // Package dnfe2e tests `dnf hotpatch` end to end: real dnf with the plugin from the
 // source tree in an installroot, a createrepo_c repository published with
 // `syscare repo add`, syscare-helper activated on a private bus, and a live process
-// whose behaviour the hot patches change.
+// whose behaviour the hot patches change. The installroot is a production host: the
+// victim RPM ships a stripped program, no debuginfo is installed, and the patches
+// carry the victim's offsets.
 package dnfe2e
 
 import (
@@ -27,8 +29,10 @@ import (
 	scbus "github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/rpmbuild/patchrpm"
+	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/runtime/symbols"
 )
 
 const victimC = `#include <stdio.h>
@@ -44,7 +48,9 @@ int main(void) {
 
 // specTmpl makes the target package and the stand-in "syscare" package of the root: the
 // latter carries the real syscare CLI (static) so that a patch RPM's %preun, which runs
-// chrooted in the installroot, can reach the helper, and busybox as /bin/sh.
+// chrooted in the installroot, can reach the helper, and busybox as /bin/sh. The victim
+// is stripped before rpmbuild sees it (setup); %__os_install_post is emptied so that
+// the package holds exactly that file.
 const victimSpec = `Name: victim
 Version: 1.0
 Release: %s
@@ -97,6 +103,7 @@ type env struct {
 	bus     *testbus.Bus
 	victim  *victim
 	buildID string
+	debug   string // the victim's debug copy (never in the root)
 }
 
 func run(t testing.TB, dir string, extraEnv []string, name string, args ...string) string {
@@ -144,7 +151,13 @@ func setup(t testing.TB) *env {
 	run(t, e.repoDir, nil, "go", "build", "-o", e.bin+"/", "./helper/cmd/syscare-helper")
 	run(t, e.repoDir, []string{"CGO_ENABLED=0"}, "go", "build", "-o", e.bin+"/", "./helper/cmd/syscare")
 	os.WriteFile(filepath.Join(src, "victim.c"), []byte(victimC), 0o644)
-	run(t, src, nil, "gcc", "-O2", "-g", "-o", "victim", "victim.c")
+	run(t, src, nil, "gcc", "-O2", "-g", "-Wl,--build-id", "-o", "victim", "victim.c")
+	// As an RPM build does: the package ships the stripped program, its debug copy
+	// stays with the builder, outside the installroot, for the patches to be resolved.
+	e.debug = filepath.Join(e.dir, "victim.debug")
+	if err := selfcontain.SplitDebug(context.Background(), filepath.Join(src, "victim"), e.debug); err != nil {
+		t.Fatal(err)
+	}
 	f, err := elfsafe.Open(filepath.Join(src, "victim"))
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +205,20 @@ func (e *env) close() {
 	}
 }
 
+// productionHost checks that the installroot is as a production host has it: the
+// victim is stripped and no debuginfo for it is where the helper looks, so a patch
+// applies only through the offsets it carries.
+func (e *env) productionHost() {
+	e.t.Helper()
+	ef, err := symbols.Open(filepath.Join(e.root, "usr/bin/victim"), symbols.Options{Root: e.root})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if ef.HasSymtab() {
+		e.t.Fatalf("the helper finds a symbol table for victim (debug file %q): not a production host", ef.DebugFile)
+	}
+}
+
 // buildPatch writes a real patch RPM (the builder's spec template) for victim-1.0-1
 // from one of patchSources; a wrong build-id makes a patch that fails to activate.
 func (e *env) buildPatch(name, object string, wrongBuildID bool) string {
@@ -200,9 +227,13 @@ func (e *env) buildPatch(name, object string, wrongBuildID bool) string {
 	os.MkdirAll(work, 0o755)
 	c := filepath.Join(work, object+".c")
 	os.WriteFile(c, []byte(patchSources[object]), 0o644)
-	obj := filepath.Join(work, "victim.o")
+	hand, obj := filepath.Join(work, object+".o"), filepath.Join(work, "victim.o")
 	run(e.t, work, nil, "gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections",
-		"-I", filepath.Join(e.repoDir, "runtime/include"), "-o", obj, c)
+		"-I", filepath.Join(e.repoDir, "runtime/include"), "-o", hand, c)
+	// The patch carries the offsets of what it uses in the stripped victim.
+	if _, err := selfcontain.Make(context.Background(), hand, e.debug, obj); err != nil {
+		e.t.Fatalf("patch %s: %v", name, err)
+	}
 	data, _ := os.ReadFile(obj)
 	sum := sha256.Sum256(data)
 	bid := e.buildID
@@ -356,6 +387,7 @@ func TestDNFHotpatch(t *testing.T) {
 	}
 
 	e.mustDNF("-q", "install", "victim-1.0-1", "syscare")
+	e.productionHost()
 	e.startVictim()
 
 	// Everything the repository offers for victim-1.0-1, nothing for 1.0-2.

@@ -1,6 +1,7 @@
 package realworld
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/syscare/syscare/rpmbuild/selfcontain"
+	"github.com/syscare/syscare/runtime/symbols"
 )
 
 var (
@@ -103,6 +107,42 @@ func compilePatch(t *testing.T, name, src, bid string, extra ...string) string {
 		t.Fatalf("gcc %s: %v\n%s", name, err, out)
 	}
 	return obj
+}
+
+// production makes the freshly built bin what a production host runs: a debug copy
+// goes to a directory of its own (where no loader looks: the builder's side), bin is
+// stripped, and the loader must find no symbol table for it. It returns the debug copy.
+func production(t *testing.T, bin string) string {
+	t.Helper()
+	debug := filepath.Join(t.TempDir(), filepath.Base(bin)+".debug")
+	if err := selfcontain.SplitDebug(context.Background(), bin, debug); err != nil {
+		t.Fatal(err)
+	}
+	ef, err := symbols.Open(bin, symbols.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ef.HasSymtab() {
+		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", bin, ef.DebugFile)
+	}
+	return debug
+}
+
+// selfContained returns the hand-written patch obj with the offsets of every symbol of
+// the target it uses, resolved from the target's debug copy, as the builder ships it.
+func selfContained(t *testing.T, obj, debug string) string {
+	t.Helper()
+	out := strings.TrimSuffix(obj, ".o") + "-sc.o"
+	entries, err := selfcontain.Make(context.Background(), obj, debug, out)
+	if err != nil {
+		t.Fatalf("make %s self-contained: %v", filepath.Base(obj), err)
+	}
+	names := make([]string, len(entries))
+	for i, e := range entries {
+		names[i] = e.Key.Name
+	}
+	t.Logf("%s: offsets of %s", filepath.Base(out), strings.Join(names, " "))
+	return out
 }
 
 // manage runs upatch-manage and returns its combined output and exit status.

@@ -152,12 +152,13 @@ func TestNginx(t *testing.T) {
 	needRoot(t)
 	t.Parallel()
 	nginx, src := buildNginx(t)
+	debug := production(t, nginx)
 	bid := buildID(t, nginx)
 	var incs []string
 	for _, d := range []string{"src/core", "src/event", "src/event/modules", "src/os/unix", "objs", "src/http", "src/http/modules"} {
 		incs = append(incs, "-I", filepath.Join(src, d))
 	}
-	obj := compilePatch(t, "nginx", nginxPatch, bid, incs...)
+	obj := selfContained(t, compilePatch(t, "nginx", nginxPatch, bid, incs...), debug)
 
 	prefix := t.TempDir()
 	for _, d := range []string{"logs", "html"} {

@@ -159,6 +159,7 @@ func TestRedis(t *testing.T) {
 	needRoot(t)
 	t.Parallel()
 	server, src := buildRedis(t)
+	debug := production(t, server)
 	bid := buildID(t, server)
 	port := freePort(t)
 	// The flags Redis's Makefile compiles server.c with that matter to server.h.
@@ -166,10 +167,10 @@ func TestRedis(t *testing.T) {
 	for _, d := range []string{"src", "deps/hiredis", "deps/lua/src", "deps/hdr_histogram", "deps/jemalloc/include"} {
 		incs = append(incs, "-I", filepath.Join(src, d))
 	}
-	pingObj := compilePatch(t, "ping", redisPingPatch, bid, incs...)
+	pingObj := selfContained(t, compilePatch(t, "ping", redisPingPatch, bid, incs...), debug)
 	hotpatched := fmt.Sprintf("+HOTPATCHED port=%d", port)
-	debugObj := compilePatch(t, "debug", redisDebugPatch, bid)
-	bioObj := compilePatch(t, "bio", redisBioPatch, bid)
+	debugObj := selfContained(t, compilePatch(t, "debug", redisDebugPatch, bid), debug)
+	bioObj := selfContained(t, compilePatch(t, "bio", redisBioPatch, bid), debug)
 
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	cmd := exec.Command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
