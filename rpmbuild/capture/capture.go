@@ -23,6 +23,8 @@ const NSExecArg = "__capture-exec"
 const (
 	envBind = "SYSCARE_CAPTURE_BIND"
 	envPriv = "SYSCARE_CAPTURE_PRIV"
+	// envExtra holds Capture.Extra, separated by spaces.
+	envExtra = "SYSCARE_CAPTURE_EXTRA"
 )
 
 // ErrNoCompiler is returned when no gcc is on PATH.
@@ -40,7 +42,18 @@ type Capture struct {
 	// Bind covers the real compiler files with the wrapper in a private mount namespace,
 	// which catches calls by absolute path (/usr/bin/gcc) that PATH shims miss.
 	Bind bool
+	// Extra are flags added after AddedFlags that the real compilers were found to
+	// accept (see OptionalFlags).
+	Extra []string
 }
+
+// OptionalFlags are added to every compile and link when the compiler accepts them.
+// -mno-direct-extern-access (gcc 12) makes code read variables it does not define
+// through the GOT: a patch then reaches data of other libraries (glibc's stderr, say),
+// which may lie too far for a PC-relative access from where the patch is loaded, and
+// the loader turns the access back into a direct one where it is in reach. Older
+// compilers do without, and such patches are refused at load time, saying why.
+var OptionalFlags = []string{"-mno-direct-extern-access"}
 
 // New prepares dir as a capture directory for the wrapper executable.
 func New(dir, wrapper string, bind bool) (*Capture, error) {
@@ -50,6 +63,11 @@ func New(dir, wrapper string, bind bool) (*Capture, error) {
 		return nil, ErrNoCompiler
 	}
 	c.RealCXX, _ = realCompiler("g++")
+	for _, f := range OptionalFlags {
+		if accepts(c.RealCC, f) && (c.RealCXX == "" || accepts(c.RealCXX, f)) {
+			c.Extra = append(c.Extra, f)
+		}
+	}
 	shims := filepath.Join(dir, "shims")
 	if err := os.MkdirAll(shims, 0o755); err != nil {
 		return nil, err
@@ -62,6 +80,14 @@ func New(dir, wrapper string, bind bool) (*Capture, error) {
 		}
 	}
 	return c, nil
+}
+
+// accepts tells whether compiler compiles an empty unit with flag, warnings
+// being errors (an unknown -m option is only a warning for some compilers).
+func accepts(compiler, flag string) bool {
+	cmd := exec.Command(compiler, "-Werror", flag, "-x", "c", "-c", "-o", os.DevNull, "-")
+	cmd.Stdin = strings.NewReader("int syscare_probe;\n")
+	return cmd.Run() == nil
 }
 
 // realCompiler finds name on PATH and resolves it to the file that runs.
@@ -107,7 +133,7 @@ func (c *Capture) Env(base []string) []string {
 		switch k {
 		case "PATH":
 			path = v
-		case "CC", "CXX", EnvDir, EnvCC, EnvCXX, EnvCCArgv0, EnvCXXArgv0, envBind, envPriv:
+		case "CC", "CXX", EnvDir, EnvCC, EnvCXX, EnvCCArgv0, EnvCXXArgv0, envBind, envPriv, envExtra:
 		default:
 			env = append(env, kv)
 		}
@@ -115,7 +141,7 @@ func (c *Capture) Env(base []string) []string {
 	env = append(env, "PATH="+shims+":"+path,
 		"CC="+filepath.Join(shims, "gcc"), "CXX="+filepath.Join(shims, "g++"),
 		EnvDir+"="+c.Dir, EnvCC+"="+cc, EnvCXX+"="+cxx,
-		EnvCCArgv0+"="+c.RealCC, EnvCXXArgv0+"="+c.RealCXX)
+		EnvCCArgv0+"="+c.RealCC, EnvCXXArgv0+"="+c.RealCXX, envExtra+"="+strings.Join(c.Extra, " "))
 	if c.Bind {
 		var priv []string
 		for i, r := range c.reals() {

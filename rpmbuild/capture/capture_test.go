@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"debug/elf"
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -243,4 +244,39 @@ func c0(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// gcc 12, installed here, accepts -mno-direct-extern-access: the wrapper adds it, and a
+// variable the unit does not define is then read through the GOT, which a patch loaded
+// far from the library holding the variable can still use.
+func TestOptionalFlagIndirectExternAccess(t *testing.T) {
+	d := t.TempDir()
+	if err := os.WriteFile(filepath.Join(d, "x.c"), []byte("extern int ext;\nint f(void) { return ext; }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := newCapture(t, false)
+	if !slices.Contains(c.Extra, "-mno-direct-extern-access") {
+		t.Fatalf("extra flags %q: the compiler here (gcc 12) accepts -mno-direct-extern-access", c.Extra)
+	}
+	runIn(t, c, d, `gcc -O2 -fPIE -c x.c -o x.o`)
+	recs, err := c.Records()
+	if err != nil || len(recs) != 1 || !slices.Contains(recs[0].Args, "-mno-direct-extern-access") {
+		t.Fatalf("records %+v, %v: want the option in the compile", recs, err)
+	}
+	f, err := elf.Open(filepath.Join(d, "x.o"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rela := f.Section(".rela.text.f")
+	if rela == nil {
+		t.Fatal("x.o has no .rela.text.f")
+	}
+	b, err := rela.Data()
+	if err != nil || len(b) < 24 {
+		t.Fatalf("relocations of f: %v", err)
+	}
+	if typ := elf.R_X86_64(binary.LittleEndian.Uint64(b[8:]) & 0xffffffff); typ != elf.R_X86_64_REX_GOTPCRELX {
+		t.Errorf("ext is reached by %v, want R_X86_64_REX_GOTPCRELX", typ)
+	}
 }

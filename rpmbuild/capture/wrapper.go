@@ -221,6 +221,9 @@ func runWrapper(argv []string) error {
 		return fmt.Errorf("no real %s compiler in %s/%s", lang, EnvCC, EnvCXX)
 	}
 	inv := Parse(argv[1:])
+	if inv.Mode != Other {
+		inv.Args = append(inv.Args, strings.Fields(os.Getenv(envExtra))...)
+	}
 	if inv.Mode == Other {
 		// Untouched, and the same process: stdin and signals behave as without the wrapper.
 		return syscall.Exec(real, append([]string{argv0}, inv.Args...), os.Environ())

@@ -226,6 +226,8 @@ type Locator struct {
 	imported map[string]bool
 	// starts lists, per section index, the sorted addresses where symbols begin.
 	starts map[elf.SectionIndex][]uint64
+	// ends holds where each section ends: the room of a function stops there too.
+	ends map[elf.SectionIndex]uint64
 }
 
 type locSym struct {
@@ -257,7 +259,10 @@ func NewLocator(debugFile string) (*Locator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", debugFile, err)
 	}
-	l := &Locator{imported: map[string]bool{}, starts: map[elf.SectionIndex][]uint64{}}
+	l := &Locator{imported: map[string]bool{}, starts: map[elf.SectionIndex][]uint64{}, ends: map[elf.SectionIndex]uint64{}}
+	for i, sec := range f.Sections {
+		l.ends[elf.SectionIndex(i)] = sec.Addr + sec.Size
+	}
 	file := ""
 	for _, s := range syms {
 		typ, bind := elf.ST_TYPE(s.Info), elf.ST_BIND(s.Info)
@@ -296,8 +301,8 @@ func baseName(name string) string {
 }
 
 // offset tells where s lies. A function's Room is its size, or up to the next symbol
-// of its section when it is shorter than the longest jump (the loader checks that
-// those bytes are padding).
+// of its section (or the section's end) when it is shorter than the longest jump (the
+// loader checks that those bytes are padding).
 func (l *Locator) offset(s locSym) (patchobj.Offset, error) {
 	if s.shndx == elf.SHN_ABS {
 		return patchobj.Offset{}, fmt.Errorf("symbol %q is absolute (SHN_ABS): it has no address in the target", s.name)
@@ -307,6 +312,9 @@ func (l *Locator) offset(s locSym) (patchobj.Offset, error) {
 		out.Room = s.size
 		if s.size < maxJump {
 			next := s.value + roomCap
+			if end, ok := l.ends[s.shndx]; ok && end > s.value {
+				next = min(next, end)
+			}
 			starts := l.starts[s.shndx]
 			i := sort.Search(len(starts), func(i int) bool { return starts[i] > s.value })
 			if i < len(starts) && starts[i] < next {

@@ -129,4 +129,23 @@ int useb(int x) { return dup(x) + loc++; }
 			t.Errorf("room of tiny (%d) covers %s at %#x", tiny.Room, s.Name, s.Value)
 		}
 	}
+	// No function's room runs past the end of its section (the last one of .text).
+	f, err = elf.Open(lib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for name, defs := range want {
+		if len(defs) != 1 || elf.ST_TYPE(defs[0].Info) != elf.STT_FUNC {
+			continue
+		}
+		off, err := l.Symbol(name, 0, true)
+		if err != nil {
+			t.Fatalf("Symbol(%s): %v", name, err)
+		}
+		sec := f.Sections[defs[0].Section]
+		if off.Value+off.Room > sec.Addr+sec.Size {
+			t.Errorf("room of %s (%#x+%d) runs past the end of %s at %#x", name, off.Value, off.Room, sec.Name, sec.Addr+sec.Size)
+		}
+	}
 }

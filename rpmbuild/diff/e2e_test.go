@@ -17,11 +17,12 @@ import (
 // e2eCase is a two-file program: main.c prints what lib.c computes, in a loop.
 type e2eCase struct {
 	main, orig, fixed string
-	shared            bool   // lib.c goes into liblib.so (-fPIC), patched with --binary
-	noPIE             bool   // a position-dependent executable (-no-pie)
-	cxx               bool   // lib is C++ (lib.cc, g++)
-	other             string // a third file linked with lib (a vendored library, say)
-	opt               string // optimisation level of lib (default -O2)
+	shared            bool     // lib.c goes into liblib.so (-fPIC), patched with --binary
+	noPIE             bool     // a position-dependent executable (-no-pie)
+	cxx               bool     // lib is C++ (lib.cc, g++)
+	other             string   // a third file linked with lib (a vendored library, say)
+	opt               string   // optimisation level of lib (default -O2)
+	flags             []string // more flags for lib, as the builder's capture adds them
 	changed           []string
 	before, after     string // a line printed before and after the patch
 }
@@ -175,8 +176,15 @@ const char *pick(int i) { return names[i & 1]; }
 `,
 		changed: []string{"describe"},
 		before:  "seen alpha", after: "SEEN! alpha"}
+	// The fix reads glibc's stderr, which the PIE program never used (it has no copy):
+	// compiled as the builder's capture compiles, the read goes through the GOT.
+	farData := e2eCase{main: loop, flags: []string{"-mno-direct-extern-access"},
+		orig:    "#include <stdio.h>\n__attribute__((noipa)) int compute(int x) { return x > 1000 ? x / 7 : x * 100; }\n",
+		fixed:   "#include <stdio.h>\n__attribute__((noipa)) int compute(int x) { return x > 1000 ? x / 7 : x * 100 + fileno(stderr); }\n",
+		changed: []string{"compute"},
+		before:  "200", after: "202"}
 	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
-		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0} {
+		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0, "far-data": farData} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}
 }
@@ -205,7 +213,8 @@ func runE2E(t *testing.T, manage string, c e2eCase) {
 		if err := os.WriteFile(filepath.Join(d, file), []byte(src), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(compiler, "-c", opt, "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name+".o", file)
+		args := append([]string{"-c", opt, "-ffunction-sections", "-fdata-sections", "-gdwarf", pic, "-o", name + ".o", file}, c.flags...)
+		cmd := exec.Command(compiler, args...)
 		cmd.Dir = d
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", compiler, err, out)
