@@ -24,7 +24,15 @@ type Table struct {
 	// MinVaddr is the lowest PT_LOAD address rounded down to a page, as the load
 	// bias is computed from (the address where file offset 0 is mapped, minus it).
 	MinVaddr uint64
-	fdes     []fde
+	// fdes is the whole table, read when the file has no usable .eh_frame_hdr.
+	fdes []fde
+	// With .eh_frame_hdr, its sorted search table (8-byte entries of two offsets from
+	// hdrAddr) finds a function's FDE, which is read only then: most files of a
+	// process are never looked at.
+	index     []byte
+	hdrAddr   uint64
+	frame     []byte
+	frameAddr uint64
 }
 
 type cie struct {
@@ -62,14 +70,48 @@ func Parse(f *elf.File) (*Table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("section .eh_frame: %w", err)
 	}
+	if h := f.Section(".eh_frame_hdr"); h != nil && h.Type != elf.SHT_NOBITS {
+		if hb, err := elfsafe.SectionData(h); err == nil && t.useIndex(hb, h.Addr, data, s.Addr) {
+			return t, nil
+		}
+	}
 	if err := t.parse(data, s.Addr); err != nil {
 		return nil, fmt.Errorf("section .eh_frame: %w", err)
 	}
 	return t, nil
 }
 
+// tableEnc is the encoding of .eh_frame_hdr search tables that linkers write:
+// signed 4-byte offsets from the start of .eh_frame_hdr.
+const tableEnc = peDataRel | peSdata4
+
+// useIndex takes the search table of .eh_frame_hdr (hdr at hdrAddr) when it has the
+// usual form; false means the caller reads all of .eh_frame instead.
+func (t *Table) useIndex(hdr []byte, hdrAddr uint64, frame []byte, frameAddr uint64) bool {
+	r := &reader{b: hdr}
+	version, ptrEnc, countEnc, enc := r.u8(), r.u8(), r.u8(), r.u8()
+	if r.err != nil || version != 1 || enc != tableEnc {
+		return false
+	}
+	if _, err := r.pointer(ptrEnc, hdrAddr); err != nil {
+		return false
+	}
+	n, err := r.pointer(countEnc, hdrAddr)
+	if err != nil || n == 0 || n > uint64(len(hdr)-r.off)/8 {
+		return false
+	}
+	t.index = hdr[r.off : r.off+int(n)*8]
+	t.hdrAddr, t.frame, t.frameAddr = hdrAddr, frame, frameAddr
+	return true
+}
+
 // Len is the number of function descriptions in the table.
-func (t *Table) Len() int { return len(t.fdes) }
+func (t *Table) Len() int {
+	if t.index != nil {
+		return len(t.index) / 8
+	}
+	return len(t.fdes)
+}
 
 var le = binary.LittleEndian
 
@@ -227,86 +269,115 @@ func (r *reader) pointer(enc byte, base uint64) (uint64, error) {
 	return v, r.err
 }
 
-func (t *Table) parse(data []byte, addr uint64) error {
-	cies := map[int]*cie{}
-	r := &reader{b: data}
-	for r.off < len(data) {
-		start := r.off
-		length := r.u32()
-		if r.err != nil {
-			return r.err
-		}
-		if length == 0 {
-			break // the terminator
-		}
-		if length == 0xffffffff {
-			length = r.u64()
-		}
-		body := r.off
-		if length > uint64(len(data)-body) {
-			return fmt.Errorf("entry at %#x: length %d past the end", start, length)
-		}
-		end := body + int(length)
-		id := r.u32()
-		if id == 0 {
-			c, err := parseCIE(&reader{b: data[:end], off: r.off}, addr)
-			if err != nil {
-				return fmt.Errorf("CIE at %#x: %w", start, err)
-			}
-			cies[start] = c
-		} else {
-			cieAt := body - int(id)
-			c, ok := cies[cieAt]
-			if !ok {
-				var err error
-				if cieAt < 0 || cieAt >= len(data) {
-					return fmt.Errorf("FDE at %#x: CIE pointer out of range", start)
-				}
-				if c, err = t.cieAt(data, cieAt, addr); err != nil {
-					return fmt.Errorf("FDE at %#x: %w", start, err)
-				}
-				cies[cieAt] = c
-			}
-			fr := &reader{b: data[:end], off: r.off}
-			lo, err := fr.pointer(c.fdeEnc, addr)
-			if err != nil {
-				return fmt.Errorf("FDE at %#x: %w", start, err)
-			}
-			n, err := fr.pointer(c.fdeEnc&0x0f, addr)
-			if err != nil {
-				return fmt.Errorf("FDE at %#x: %w", start, err)
-			}
-			if c.hasAug {
-				skip := fr.uleb()
-				fr.off += int(min(skip, uint64(len(fr.b))))
-			}
-			if fr.err != nil || fr.off > end {
-				return fmt.Errorf("FDE at %#x: truncated", start)
-			}
-			if n > 0 {
-				t.fdes = append(t.fdes, fde{lo: lo, hi: lo + n, cie: c, insns: data[fr.off:end]})
-			}
-		}
-		r.off = end
-	}
-	sort.Slice(t.fdes, func(i, j int) bool { return t.fdes[i].lo < t.fdes[j].lo })
-	return nil
-}
-
-func (t *Table) cieAt(data []byte, at int, addr uint64) (*cie, error) {
-	r := &reader{b: data, off: at}
+// entry reads the length and id of the .eh_frame entry at start: the offsets of its
+// body and end, and its id (0 for a CIE, else the distance back to its CIE).
+func entry(data []byte, start int) (body, end int, id uint64, err error) {
+	r := &reader{b: data, off: start}
 	length := r.u32()
 	if length == 0xffffffff {
 		length = r.u64()
 	}
-	body := r.off
-	if r.err != nil || length > uint64(len(data)-body) {
-		return nil, errors.New("CIE truncated")
+	body = r.off
+	if r.err != nil {
+		return 0, 0, 0, r.err
 	}
-	if r.u32() != 0 {
+	if length > uint64(len(data)-body) {
+		return 0, 0, 0, fmt.Errorf("entry at %#x: length %d past the end", start, length)
+	}
+	end = body + int(length)
+	if length == 0 {
+		return body, end, 0, nil // the terminator
+	}
+	id = r.u32()
+	return body, end, id, r.err
+}
+
+// cieAt parses the CIE at offset at of data (.eh_frame at link-time address addr).
+func cieAt(data []byte, at int, addr uint64) (*cie, error) {
+	if at < 0 || at >= len(data) {
+		return nil, errors.New("CIE pointer out of range")
+	}
+	body, end, id, err := entry(data, at)
+	if err != nil {
+		return nil, err
+	}
+	if id != 0 || end-body < 4 {
 		return nil, errors.New("CIE pointer does not point to a CIE")
 	}
-	return parseCIE(&reader{b: data[:body+int(length)], off: r.off}, addr)
+	return parseCIE(&reader{b: data[:end], off: body + 4}, addr)
+}
+
+// fdeAt parses the FDE at offset start; cies caches the CIEs read so far (nil: none).
+func fdeAt(data []byte, start int, addr uint64, cies map[int]*cie) (fde, error) {
+	body, end, id, err := entry(data, start)
+	if err != nil {
+		return fde{}, err
+	}
+	if id == 0 {
+		return fde{}, fmt.Errorf("entry at %#x is a CIE, not an FDE", start)
+	}
+	at := body - int(id)
+	c := cies[at]
+	if c == nil {
+		if c, err = cieAt(data, at, addr); err != nil {
+			return fde{}, fmt.Errorf("FDE at %#x: %w", start, err)
+		}
+		if cies != nil {
+			cies[at] = c
+		}
+	}
+	fr := &reader{b: data[:end], off: body + 4}
+	lo, err := fr.pointer(c.fdeEnc, addr)
+	if err != nil {
+		return fde{}, fmt.Errorf("FDE at %#x: %w", start, err)
+	}
+	n, err := fr.pointer(c.fdeEnc&0x0f, addr)
+	if err != nil {
+		return fde{}, fmt.Errorf("FDE at %#x: %w", start, err)
+	}
+	if c.hasAug {
+		skip := fr.uleb()
+		if fr.err != nil || skip > uint64(end-fr.off) {
+			return fde{}, fmt.Errorf("FDE at %#x: truncated", start)
+		}
+		fr.off += int(skip)
+	}
+	if fr.err != nil || fr.off > end {
+		return fde{}, fmt.Errorf("FDE at %#x: truncated", start)
+	}
+	return fde{lo: lo, hi: lo + n, cie: c, insns: data[fr.off:end]}, nil
+}
+
+// parse reads every entry of .eh_frame (data, at link-time address addr).
+func (t *Table) parse(data []byte, addr uint64) error {
+	cies := map[int]*cie{}
+	for off := 0; off < len(data); {
+		body, end, id, err := entry(data, off)
+		if err != nil {
+			return err
+		}
+		if end == body {
+			break // the terminator
+		}
+		if id == 0 {
+			c, err := parseCIE(&reader{b: data[:end], off: body + 4}, addr)
+			if err != nil {
+				return fmt.Errorf("CIE at %#x: %w", off, err)
+			}
+			cies[off] = c
+		} else {
+			f, err := fdeAt(data, off, addr, cies)
+			if err != nil {
+				return err
+			}
+			if f.hi > f.lo {
+				t.fdes = append(t.fdes, f)
+			}
+		}
+		off = end
+	}
+	sort.Slice(t.fdes, func(i, j int) bool { return t.fdes[i].lo < t.fdes[j].lo })
+	return nil
 }
 
 func parseCIE(r *reader, addr uint64) (*cie, error) {
@@ -358,11 +429,34 @@ func parseCIE(r *reader, addr uint64) (*cie, error) {
 	return c, nil
 }
 
-// find returns the description of the function holding pc (link-time address).
-func (t *Table) find(pc uint64) *fde {
-	i := sort.Search(len(t.fdes), func(i int) bool { return t.fdes[i].hi > pc })
-	if i < len(t.fdes) && t.fdes[i].lo <= pc {
-		return &t.fdes[i]
+// find returns the description of the function holding pc (link-time address), nil
+// when none does.
+func (t *Table) find(pc uint64) (*fde, error) {
+	if t.index == nil {
+		i := sort.Search(len(t.fdes), func(i int) bool { return t.fdes[i].hi > pc })
+		if i < len(t.fdes) && t.fdes[i].lo <= pc {
+			return &t.fdes[i], nil
+		}
+		return nil, nil
 	}
-	return nil
+	at := func(i, field int) uint64 {
+		return t.hdrAddr + uint64(int64(int32(le.Uint32(t.index[8*i+4*field:]))))
+	}
+	n := len(t.index) / 8
+	i := sort.Search(n, func(i int) bool { return at(i, 0) > pc }) - 1
+	if i < 0 {
+		return nil, nil
+	}
+	off := at(i, 1) - t.frameAddr
+	if off >= uint64(len(t.frame)) {
+		return nil, fmt.Errorf("search table entry %d points outside .eh_frame", i)
+	}
+	f, err := fdeAt(t.frame, int(off), t.frameAddr, nil)
+	if err != nil {
+		return nil, err
+	}
+	if pc < f.lo || pc >= f.hi {
+		return nil, nil
+	}
+	return &f, nil
 }

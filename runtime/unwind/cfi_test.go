@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -35,8 +36,8 @@ func TestParseProgram(t *testing.T) {
 			f = s
 		}
 	}
-	d := tab.find(f.Value)
-	if d == nil || d.lo != f.Value || d.hi != f.Value+f.Size {
+	d, err := tab.find(f.Value)
+	if err != nil || d == nil || d.lo != f.Value || d.hi != f.Value+f.Size {
 		t.Fatalf("description of f [%#x,%#x): %+v", f.Value, f.Value+f.Size, d)
 	}
 	st, err := d.rules(f.Value)
@@ -71,6 +72,63 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, d := range tab.fdes {
 			d.rules(d.lo + 4)
+		}
+	})
+}
+
+// The search table of .eh_frame_hdr finds the same description as reading all of
+// .eh_frame, for every function of libc.
+func TestIndexMatchesFullRead(t *testing.T) {
+	out, err := exec.Command("gcc", "-print-file-name=libc.so.6").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ef, err := elf.Open(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ef.Close()
+	lazy, err := Parse(ef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lazy.index == nil {
+		t.Fatal("libc's .eh_frame_hdr search table was not used")
+	}
+	s := ef.Section(".eh_frame")
+	data, _ := s.Data()
+	full := &Table{}
+	if err := full.parse(data, s.Addr); err != nil {
+		t.Fatal(err)
+	}
+	if full.Len() != lazy.Len() || full.Len() < 1000 {
+		t.Fatalf("%d descriptions read, %d in the search table", full.Len(), lazy.Len())
+	}
+	for _, want := range full.fdes {
+		for _, pc := range []uint64{want.lo, want.hi - 1} {
+			got, err := lazy.find(pc)
+			if err != nil || got == nil || got.lo != want.lo || got.hi != want.hi || len(got.insns) != len(want.insns) {
+				t.Fatalf("find(%#x) = %+v, %v; want [%#x,%#x)", pc, got, err, want.lo, want.hi)
+			}
+		}
+	}
+	if got, _ := lazy.find(full.fdes[0].lo - 1); got != nil && got.lo > full.fdes[0].lo-1 {
+		t.Errorf("find before the first function = %+v", got)
+	}
+}
+
+// Garbage in .eh_frame_hdr and .eh_frame never panics a lookup.
+func FuzzIndex(f *testing.F) {
+	f.Add([]byte{1, 0x1b, 0x03, 0x3b, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0}, []byte{0x14, 0, 0, 0, 0, 0, 0, 0, 1, 'z', 'R', 0, 1, 0x78, 0x10, 1, 0x1b})
+	f.Fuzz(func(t *testing.T, hdr, frame []byte) {
+		tab := &Table{}
+		if !tab.useIndex(hdr, 0x1000, frame, 0x1000) {
+			return
+		}
+		for _, pc := range []uint64{0, 0x1000, 0x1008, 0xffffffff} {
+			if d, err := tab.find(pc); err == nil && d != nil {
+				d.rules(pc)
+			}
 		}
 	})
 }

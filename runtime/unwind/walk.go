@@ -89,7 +89,10 @@ func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bo
 		if m == nil {
 			return fmt.Errorf("frame %d at %#x: %w: not in a module with call-frame information", depth, r.PC, ErrNoInfo)
 		}
-		f := m.Table.find(look - m.Bias)
+		f, err := m.Table.find(look - m.Bias)
+		if err != nil {
+			return fmt.Errorf("frame %d at %#x: %w: %v", depth, r.PC, ErrNoInfo, err)
+		}
 		if f == nil {
 			return fmt.Errorf("frame %d at %#x: %w: no description of its function", depth, r.PC, ErrNoInfo)
 		}
