@@ -183,8 +183,22 @@ const char *pick(int i) { return names[i & 1]; }
 		fixed:   "#include <stdio.h>\n__attribute__((noipa)) int compute(int x) { return x > 1000 ? x / 7 : x * 100 + fileno(stderr); }\n",
 		changed: []string{"compute"},
 		before:  "200", after: "202"}
+	// A shared library's own thread-local variables, a global one (general dynamic:
+	// TLSGD) and a static one (local dynamic: TLSLD, DTPOFF32), reached through
+	// __tls_get_addr with the library's module id as the process has it.
+	libTLS := e2eCase{main: loop, shared: true,
+		orig: `__thread int shared_tls = 5;
+static __thread int hits;
+__attribute__((noipa)) int compute(int x) { hits++; return x * 100; }
+`,
+		fixed: `__thread int shared_tls = 5;
+static __thread int hits;
+__attribute__((noipa)) int compute(int x) { hits++; return x * 100 + shared_tls + (hits > 1 ? 1000 : 0); }
+`,
+		changed: []string{"compute"},
+		before:  "200", after: "1205"}
 	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
-		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0, "far-data": farData} {
+		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0, "far-data": farData, "library-TLS": libTLS} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}
 }

@@ -26,6 +26,13 @@ func (h hashResolver) Resolve(name string, pos uint64) (uint64, bool, error) {
 	}
 }
 
+func (h hashResolver) TLSModule(name string, pos uint64) (uint64, uint64, error) {
+	if len(name)%3 == 0 {
+		return 0, 0, errors.New("no TLS")
+	}
+	return uint64(len(name)%5 + 1), uint64(len(name)) * 8, nil
+}
+
 func (h hashResolver) TLSOffset(name string, pos uint64) (int64, error) {
 	if len(name)%3 == 0 {
 		return 0, errors.New("no TLS")

@@ -49,6 +49,11 @@ type Resolver interface {
 	// TLSOffset returns the %fs-relative offset (negative on x86-64) of a TLS
 	// variable of the executable, for TPOFF32/GOTTPOFF.
 	TLSOffset(name string, pos uint64) (int64, error)
+	// TLSModule returns the TLS module id of the ELF file that defines a TLS
+	// variable, and the variable's offset in that module's block, for the dynamic
+	// models (TLSGD, TLSLD, DTPOFF32/64) that code of a shared library uses: the
+	// patch calls __tls_get_addr with them, as the library's own code does.
+	TLSModule(name string, pos uint64) (module, offset uint64, err error)
 }
 
 // ErrNotFound may be wrapped by a Resolver error to say the symbol does not
@@ -79,6 +84,12 @@ type slotKind int8
 const (
 	slotAddr  slotKind = iota // holds the symbol's address
 	slotTPOff                 // holds the symbol's TLS offset
+	// A tls_index pair {module, offset} for __tls_get_addr takes two slots, in this
+	// order: for one variable (TLSGD), or with offset 0 for its module (TLSLD).
+	slotGDModule
+	slotGDOffset
+	slotLDModule
+	slotLDZero
 )
 
 type slotKey struct {
@@ -204,6 +215,13 @@ func NewPlan(o *patchobj.Object) (*Plan, error) {
 				p.addSlot(slotKey{slotAddr, r.Sym})
 			case elf.R_X86_64_GOTTPOFF:
 				p.addSlot(slotKey{slotTPOff, r.Sym})
+			case elf.R_X86_64_TLSGD:
+				p.addSlot(slotKey{slotGDModule, r.Sym})
+				p.addSlot(slotKey{slotGDOffset, r.Sym})
+			case elf.R_X86_64_TLSLD:
+				// One pair serves every variable of the target's module.
+				p.addSlot(slotKey{slotLDModule, 0})
+				p.addSlot(slotKey{slotLDZero, 0})
 			case elf.R_X86_64_PC32, elf.R_X86_64_PLT32:
 				if !o.Symbols[r.Sym].Defined() {
 					if _, ok := p.tramps[r.Sym]; !ok {

@@ -102,6 +102,16 @@ func (r *fakeResolver) Resolve(name string, pos uint64) (uint64, bool, error) {
 	return s.addr, s.isFunc, nil
 }
 
+// TLSModule puts every TLS variable of the fake target in module 2, at its TLS offset
+// negated (any distinct value does).
+func (r *fakeResolver) TLSModule(name string, pos uint64) (uint64, uint64, error) {
+	v, ok := r.tls[name]
+	if !ok {
+		return 0, 0, fmt.Errorf("TLS symbol %q: %w", name, symbols.ErrNotFound)
+	}
+	return 2, uint64(-v), nil
+}
+
 func (r *fakeResolver) TLSOffset(name string, pos uint64) (int64, error) {
 	v, ok := r.tls[name]
 	if !ok {

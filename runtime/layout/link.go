@@ -181,6 +181,21 @@ func (l *linker) tpoff(i uint32) (int64, error) {
 	return off, nil
 }
 
+// tlsModule resolves the TLS module and block offset of symbol i, an undefined
+// thread-local variable of the target.
+func (l *linker) tlsModule(i uint32) (module, offset uint64, err error) {
+	sym := l.o.Symbols[i]
+	if sym.Defined() {
+		return 0, 0, fmt.Errorf("symbol %q: a TLS relocation needs an undefined thread-local variable of the target", sym.Name)
+	}
+	t := l.o.Target(sym.Name)
+	module, offset, err = l.r.TLSModule(t.Name, t.Pos)
+	if err != nil {
+		return 0, 0, fmt.Errorf("resolve TLS %q: %w", sym.Name, err)
+	}
+	return module, offset, nil
+}
+
 func fitsInt32(v int64) bool { return v >= math.MinInt32 && v <= math.MaxInt32 }
 
 // apply applies relocation rel to buf, the bytes of section sec (index si).
@@ -231,6 +246,33 @@ func (l *linker) apply(si int, sec *patchobj.Section, buf []byte, rel patchobj.R
 			return fail("%w", err)
 		}
 		return put32(int64(slot+uint64(A)-P), true)
+	case elf.R_X86_64_TLSGD, elf.R_X86_64_TLSLD:
+		mod, off, err := l.tlsModule(rel.Sym)
+		if err != nil {
+			return fail("%w", err)
+		}
+		first, second := slotKey{slotGDModule, rel.Sym}, slotKey{slotGDOffset, rel.Sym}
+		if rel.Type == elf.R_X86_64_TLSLD {
+			first, second, off = slotKey{slotLDModule, 0}, slotKey{slotLDZero, 0}, 0
+		}
+		pair, err := l.slot(first, mod)
+		if err != nil {
+			return fail("%w", err)
+		}
+		if _, err := l.slot(second, off); err != nil {
+			return fail("%w", err)
+		}
+		return put32(int64(pair+uint64(A)-P), true)
+	case elf.R_X86_64_DTPOFF32, elf.R_X86_64_DTPOFF64:
+		_, off, err := l.tlsModule(rel.Sym)
+		if err != nil {
+			return fail("%w", err)
+		}
+		if rel.Type == elf.R_X86_64_DTPOFF64 {
+			binary.LittleEndian.PutUint64(field, off+uint64(A))
+			return nil
+		}
+		return put32(int64(off)+A, true)
 	}
 
 	s, err := l.symbol(rel.Sym)

@@ -90,7 +90,10 @@
 //
 // Loaded sections may carry the x86-64 relocations listed in Supported: the absolute and
 // PC-relative forms gcc -O2 emits, GOT-relative loads (the loader provides its own GOT),
-// and R_X86_64_TPOFF32/GOTTPOFF for reading TLS variables of the executable. A relocation
+// R_X86_64_TPOFF32/GOTTPOFF for reading TLS variables of the executable, and
+// R_X86_64_TLSGD/TLSLD/DTPOFF32/DTPOFF64 for the TLS variables of a shared library (the
+// loader fills the tls_index pair with the library's module id as the process has it,
+// read from the library's own GOT, for the patch's call to __tls_get_addr). A relocation
 // of any other type is refused when the object is parsed, naming the section and offset.
 //
 // Sections that are not loaded: .upatch.*, .comment, .note.*, .eh_frame (replacement code

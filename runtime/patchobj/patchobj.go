@@ -60,6 +60,10 @@ var Supported = map[elf.R_X86_64]bool{
 	elf.R_X86_64_REX_GOTPCRELX: true,
 	elf.R_X86_64_TPOFF32:       true,
 	elf.R_X86_64_GOTTPOFF:      true,
+	elf.R_X86_64_TLSGD:         true,
+	elf.R_X86_64_TLSLD:         true,
+	elf.R_X86_64_DTPOFF32:      true,
+	elf.R_X86_64_DTPOFF64:      true,
 }
 
 // Object is a parsed patch object. It is plain data: parsing touches no process.
@@ -359,7 +363,7 @@ func relocSize(t elf.R_X86_64) uint64 {
 	switch t {
 	case elf.R_X86_64_NONE:
 		return 0
-	case elf.R_X86_64_64, elf.R_X86_64_PC64:
+	case elf.R_X86_64_64, elf.R_X86_64_PC64, elf.R_X86_64_DTPOFF64:
 		return 8
 	default:
 		return 4

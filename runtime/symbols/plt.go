@@ -60,6 +60,9 @@ func (e *ELF) readPLT(f *elf.File, dyn *elf.Section) error {
 			slot := binary.LittleEndian.Uint64(rd[off:])
 			info := binary.LittleEndian.Uint64(rd[off+8:])
 			typ := elf.R_X86_64(info & 0xffffffff)
+			if typ == elf.R_X86_64_DTPMOD64 && e.TLSModuleSlot == 0 && definedHere(data, uint32(info>>32)) {
+				e.TLSModuleSlot = slot
+			}
 			if typ != elf.R_X86_64_JMP_SLOT && typ != elf.R_X86_64_GLOB_DAT {
 				continue
 			}
@@ -112,4 +115,17 @@ func (e *ELF) readPLT(f *elf.File, dyn *elf.Section) error {
 		}
 	}
 	return nil
+}
+
+// definedHere tells whether .dynsym entry i (data is the section) is defined in the
+// file; entry 0 stands for the file itself (a local-dynamic TLS reference).
+func definedHere(dynsym []byte, i uint32) bool {
+	if i == 0 {
+		return true
+	}
+	at := int(i) * elf.Sym64Size
+	if at+elf.Sym64Size > len(dynsym) {
+		return false
+	}
+	return binary.LittleEndian.Uint16(dynsym[at+6:]) != uint16(elf.SHN_UNDEF)
 }

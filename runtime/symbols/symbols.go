@@ -86,6 +86,10 @@ type ELF struct {
 	TLS *TLSInfo
 	// Loads are the PT_LOAD segments: what the loader maps of the file.
 	Loads []Segment
+	// TLSModuleSlot is the link-time address of a GOT slot that the dynamic linker
+	// fills with the file's own TLS module id (an R_X86_64_DTPMOD64 relocation
+	// against the file itself or a symbol it defines); 0 if there is none.
+	TLSModuleSlot uint64
 	// DebugFile is the separate debuginfo file whose .symtab was used, "" if none.
 	DebugFile string
 

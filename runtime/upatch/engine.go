@@ -943,27 +943,73 @@ func (r *resolver) dynamic(name string, pos uint64) resolved {
 
 func isFuncType(t elf.SymType) bool { return t == elf.STT_FUNC || t == elf.STT_GNU_IFUNC }
 
-// TLSOffset resolves a thread-local variable of the executable.
+// TLSOffset resolves a thread-local variable of the executable, for the static TLS
+// models (TPOFF32, GOTTPOFF) that code of an executable uses.
 func (r *resolver) TLSOffset(name string, pos uint64) (int64, error) {
 	if r.tgt.elf.Type != elf.ET_EXEC && !r.isMainExe() {
-		return 0, fmt.Errorf("TLS variable %q: only the executable's TLS variables can be used by a patch", name)
+		return 0, fmt.Errorf("TLS variable %q: the static TLS models reach only the executable's variables; "+
+			"code of a shared library reaches its own through __tls_get_addr (TLSGD, TLSLD), as -fPIC compiles it", name)
 	}
+	s, err := r.tlsVar(name, pos)
+	if err != nil {
+		return 0, err
+	}
+	return r.tgt.elf.TPOffset(s)
+}
+
+// TLSModule resolves a thread-local variable for the dynamic TLS models: the module id
+// of the target (1 for the executable; for a library, what the dynamic linker wrote
+// into the library's own GOT for its own TLS references) and the variable's offset in
+// the module's block.
+func (r *resolver) TLSModule(name string, pos uint64) (uint64, uint64, error) {
+	s, err := r.tlsVar(name, pos)
+	if err != nil {
+		return 0, 0, err
+	}
+	if r.tgt.elf.Type == elf.ET_EXEC || r.isMainExe() {
+		return 1, s.Value, nil
+	}
+	slot := r.tgt.elf.TLSModuleSlot
+	if slot == 0 {
+		return 0, 0, fmt.Errorf("TLS variable %q: %s has no reference to its own TLS module (R_X86_64_DTPMOD64) to learn its module id from", name, r.tgt.path)
+	}
+	var b [8]byte
+	var mem interface{ ReadMem(uint64, []byte) error } = ptrace.Remote{Pid: r.pid}
+	if r.pr != nil {
+		mem = r.pr
+	}
+	if err := mem.ReadMem(r.tgt.bias+slot, b[:]); err != nil {
+		return 0, 0, fmt.Errorf("TLS module id of %s: %w", r.tgt.path, err)
+	}
+	mod := binary.LittleEndian.Uint64(b[:])
+	if mod == 0 {
+		return 0, 0, fmt.Errorf("TLS variable %q: the TLS module id of %s is not set in the process", name, r.tgt.path)
+	}
+	return mod, s.Value, nil
+}
+
+// tlsVar finds a thread-local variable of the target: its offset in the target's TLS
+// block, from the patch's recorded offsets or, for a hand-written patch, the symtab.
+func (r *resolver) tlsVar(name string, pos uint64) (symbols.Symbol, error) {
 	if r.obj.SelfContained() {
 		off, ok := r.obj.SymbolOffset(patchobj.TargetSym{Name: name, Pos: pos})
 		if !ok {
-			return 0, fmt.Errorf("TLS variable %q: %w: the patch records no offset for it", name, symbols.ErrNotFound)
+			return symbols.Symbol{}, fmt.Errorf("TLS variable %q: %w: the patch records no offset for it", name, symbols.ErrNotFound)
 		}
-		if tls := r.tgt.elf.TLS; tls != nil && off.Value+off.Size > tls.Memsz {
-			return 0, fmt.Errorf("TLS variable %q: recorded offset %#x (%d bytes) is outside the %d-byte TLS block of %s: the patch does not fit this binary",
-				name, off.Value, off.Size, tls.Memsz, r.tgt.path)
+		if tls := r.tgt.elf.TLS; tls == nil || off.Value+off.Size > tls.Memsz {
+			return symbols.Symbol{}, fmt.Errorf("TLS variable %q: recorded offset %#x (%d bytes) is outside the TLS block of %s: the patch does not fit this binary",
+				name, off.Value, off.Size, r.tgt.path)
 		}
-		return r.tgt.elf.TPOffset(symbols.Symbol{Name: name, Value: off.Value, Size: off.Size, Type: off.Type})
+		return symbols.Symbol{Name: name, Value: off.Value, Size: off.Size, Type: off.Type}, nil
 	}
 	s, err := r.tgt.elf.Lookup(name, pos)
 	if err != nil {
-		return 0, fmt.Errorf("TLS variable %q: %w", name, err)
+		return symbols.Symbol{}, fmt.Errorf("TLS variable %q: %w", name, err)
 	}
-	return r.tgt.elf.TPOffset(s)
+	if s.Type != elf.STT_TLS {
+		return symbols.Symbol{}, fmt.Errorf("symbol %q is a %v symbol, not thread-local", name, s.Type)
+	}
+	return s, nil
 }
 
 func (r *resolver) isMainExe() bool {
