@@ -2,6 +2,7 @@ package diff
 
 import (
 	"bytes"
+	"debug/elf"
 	"errors"
 	"os"
 	"os/exec"
@@ -231,24 +232,57 @@ func TestChangedTableShipsNewValues(t *testing.T) {
 	}
 }
 
-// Thread-local access from -fPIC code goes through __tls_get_addr relocations the
-// loader does not take: refused by name rather than left for the loader to reject.
+// Thread-local access from -fPIC code goes through __tls_get_addr (TLSGD), which the
+// loader takes; the descriptor dialect (-mtls-dialect=gnu2) it does not: refused by
+// name rather than left for the loader to reject.
 func TestTLSAccessFromPIC(t *testing.T) {
 	orig := "__thread int tv;\nint bump(void) { return ++tv; }\n"
 	fixed := "__thread int tv;\nint bump(void) { tv += 2; return tv; }\n"
 	ob, pb := pair(t, "tls", orig, fixed, "-fPIC")
-	_, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
-	var ue *UnpatchableError
-	if !errors.As(err, &ue) || !strings.Contains(ue.Reason, "R_X86_64_TLSGD") || ue.Function != "bump" {
-		t.Fatalf("Diff: %v, want a refusal naming bump and R_X86_64_TLSGD", err)
-	}
-	// The same source as an executable (-fPIE) uses TPOFF/GOTTPOFF, which load.
-	ob, pb = pair(t, "tls", orig, fixed, "-fPIE")
 	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	if err != nil {
+		t.Fatalf("Diff of -fPIC TLS access: %v", err)
+	}
+	b, err := r.Object()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := r.Object()
+	po, err := patchobj.ParseBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gd := false
+	for _, sec := range po.Sections {
+		for _, rel := range sec.Relocs {
+			gd = gd || rel.Type == elf.R_X86_64_TLSGD
+		}
+	}
+	if !gd {
+		t.Error("the patch of -fPIC TLS access carries no R_X86_64_TLSGD")
+	}
+	gnu2 := func(dir, src string) []byte {
+		t.Helper()
+		os.WriteFile(filepath.Join(dir, "tls.c"), []byte(src), 0o644)
+		cmd := exec.Command("gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-gdwarf", "-fPIC", "-mtls-dialect=gnu2", "-o", "tls.o", "tls.c")
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("gcc: %v\n%s", err, out)
+		}
+		o, _ := os.ReadFile(filepath.Join(dir, "tls.o"))
+		return o
+	}
+	_, err = Diff(bytes.NewReader(gnu2(t.TempDir(), orig)), bytes.NewReader(gnu2(t.TempDir(), fixed)), Options{})
+	var ue *UnpatchableError
+	if !errors.As(err, &ue) || !strings.Contains(ue.Reason, "TLSDESC") || ue.Function != "bump" {
+		t.Fatalf("Diff: %v, want a refusal naming bump and the TLSDESC relocation", err)
+	}
+	// The same source as an executable (-fPIE) uses TPOFF/GOTTPOFF, which load.
+	ob, pb = pair(t, "tls", orig, fixed, "-fPIE")
+	r, err = Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = r.Object()
 	if err != nil {
 		t.Fatal(err)
 	}
