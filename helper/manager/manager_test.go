@@ -692,3 +692,18 @@ func TestRebuiltNotReplacedByOtherPatchJSON(t *testing.T) {
 		t.Fatalf("remove: %v, still in: %v", err, e.eng.has(100, eA))
 	}
 }
+
+// TestForeignLivePatchIgnored: a process patched under another root (another test's
+// sandbox, a container's image) is not this manager's, however its header reads.
+func TestForeignLivePatchIgnored(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids["/elsewhere/usr/bin/other"] = []int{200}
+	e.eng.in[200] = []string{"44444444-0000-4000-8000-0000000000e4"}
+	e.restart()
+	list, _ := e.m.List()
+	if len(list) != 1 {
+		t.Fatalf("list after restart: %+v, want only the installed patch", list)
+	}
+}

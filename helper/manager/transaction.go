@@ -550,6 +550,9 @@ func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) (live m
 			m.cfg.Log.WithError(err).Warn("read patch headers from processes")
 		}
 		for _, lp := range lps {
+			if !m.underRoot(lp.Target) {
+				continue
+			}
 			live[lp.UUID] = true
 			if _, ok := m.entities[lp.UUID]; ok {
 				continue
@@ -565,6 +568,17 @@ func (m *Manager) rebuildLive(ctx context.Context, snap *state.Snapshot) (live m
 		}
 	}
 	return live
+}
+
+// underRoot tells whether a file a process maps belongs to the system this manager
+// looks after: with a root prefix (a scratch root, a test's sandbox), only files under
+// it do; processes patched by other instances on the same host are theirs.
+func (m *Manager) underRoot(path string) bool {
+	if m.cfg.Root == "" || m.cfg.Root == "/" {
+		return true
+	}
+	root := filepath.Clean(m.cfg.Root)
+	return strings.HasPrefix(filepath.Clean(path), root+"/")
 }
 
 // addRebuilt records a live patch without directory from its header and state entry.
