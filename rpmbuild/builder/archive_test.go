@@ -31,14 +31,15 @@ func TestFinalsSkipsUnusedArchiveMembers(t *testing.T) {
 		}
 	}
 	p := func(s string) string { return filepath.Join(d, s) }
-	g := newLinkGraph([]capture.Record{
+	recs := []capture.Record{
 		{Kind: capture.KindCompile, Object: p("used.o")},
 		{Kind: capture.KindCompile, Object: p("unused.o")},
 		{Kind: capture.KindCompile, Object: p("a.o")},
 		{Kind: capture.KindCompile, Object: p("b.o")},
 		{Kind: capture.KindLink, Output: p("a"), Inputs: []string{p("a.o"), p("libx.a")}},
 		{Kind: capture.KindLink, Output: p("b"), Inputs: []string{p("b.o"), p("libx.a")}},
-	})
+	}
+	g := newLinkGraph(recs, contents(recs, nil))
 	for obj, want := range map[string][]string{
 		"used.o": {p("a"), p("b")}, "unused.o": {p("a")}, "b.o": {p("b")},
 	} {

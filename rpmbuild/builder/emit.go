@@ -84,7 +84,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	g := newLinkGraph(recs)
+	g := newLinkGraph(recs, contents(recs, b.originals()))
 	n, fns := 0, 0
 	dir := filepath.Join(b.work, "frags")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
