@@ -74,6 +74,9 @@ type Result struct {
 	Reports []*diff.Report
 	// DryRun: the build stopped before writing RPMs (RPM and SRPM are empty).
 	DryRun bool
+	// Binaries is, per shipped ELF, what the patch replaces and adds and what the
+	// cross-check found unchanged.
+	Binaries []BinaryStatus
 }
 
 // Step is one timed step.
@@ -124,6 +127,7 @@ type build struct {
 	tus      []*tu
 	res      Result
 	targets  []*targetPatch
+	notes    []string
 }
 
 // Build runs the whole pipeline.
@@ -195,6 +199,7 @@ func (b *build) run(ctx context.Context) error {
 		{"build original", b.buildOriginal},
 		{"build patched", b.buildPatched},
 		{"diff", b.diff},
+		{"cross-check", b.crossCheckStep},
 		{"link", b.link},
 		{"package", b.pack},
 	}
