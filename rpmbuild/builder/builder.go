@@ -93,6 +93,8 @@ type Failure struct {
 	// Reports are the patch reports made before the failure (a refusal has one
 	// naming the function, the section and the reason).
 	Reports []*diff.Report
+	// Binaries is what the cross-check found, when it ran.
+	Binaries []BinaryStatus
 }
 
 func (f *Failure) Error() string { return f.Err.Error() }
@@ -180,7 +182,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			}
 			os.RemoveAll(work)
 		}
-		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports}
+		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports, Binaries: b.res.Binaries}
 	}
 	if opts.SkipCleanup {
 		b.res.WorkDir = work
