@@ -34,6 +34,9 @@ type arMember struct {
 	Path string
 	// Hash is the sha256 of the content, in hex ("" if a thin member's file is gone).
 	Hash string
+	// hdrOff is the offset of the member's header in its archive (-1 for a member of
+	// a nested archive flattened in).
+	hdrOff int
 }
 
 // isArchiveFile reports whether path starts like a regular or thin ar archive.
@@ -53,12 +56,17 @@ func isArchiveFile(path string) bool {
 // readArchive returns the objects of the archive at path, with the members of nested
 // archives (an archive added to an archive, or a thin archive's reference to another
 // archive) flattened in.
-func readArchive(path string) ([]arMember, error) {
+func readArchive(path string) ([]arMember, error) { return readArchiveAs(path, true) }
+
+// readArchiveAs is readArchive; without flatten, an archive stored whole inside a
+// regular archive stays one member (the linker does not look into it, and a rewritten
+// copy must keep it as it is).
+func readArchiveAs(path string, flatten bool) ([]arMember, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	ms, err := parseArchiveData(data, filepath.Dir(path), 0)
+	ms, err := parseArchiveData(data, filepath.Dir(path), 0, flatten)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
@@ -68,7 +76,7 @@ func readArchive(path string) ([]arMember, error) {
 // maxNesting bounds archives of archives (and a thin archive that names itself).
 const maxNesting = 8
 
-func parseArchiveData(data []byte, dir string, depth int) ([]arMember, error) {
+func parseArchiveData(data []byte, dir string, depth int, flatten bool) ([]arMember, error) {
 	if depth > maxNesting {
 		return nil, errors.New("archives nested too deep")
 	}
@@ -115,7 +123,16 @@ func parseArchiveData(data []byte, dir string, depth int) ([]arMember, error) {
 			if err != nil {
 				return out, fmt.Errorf("member at offset %d: %w", off, err)
 			}
-			m := arMember{Name: name}
+			m := arMember{Name: name, hdrOff: off}
+			if thin && nestedRef(rawName) {
+				// "/name:offset": the member at that offset of the archive named.
+				m, err = nestedMember(name, rawName, dir, depth)
+				if err != nil {
+					return out, fmt.Errorf("member at offset %d: %w", off, err)
+				}
+				out = append(out, m)
+				break
+			}
 			if thin {
 				m.Path = name
 				if !filepath.IsAbs(m.Path) {
@@ -127,16 +144,19 @@ func parseArchiveData(data []byte, dir string, depth int) ([]arMember, error) {
 			} else {
 				m.Data = data[body:end]
 			}
-			if bytes.HasPrefix(m.Data, []byte(arMagic)) || bytes.HasPrefix(m.Data, []byte(thinMagic)) {
+			if (flatten || thin) && (bytes.HasPrefix(m.Data, []byte(arMagic)) || bytes.HasPrefix(m.Data, []byte(thinMagic))) {
 				sub := dir
 				if m.Path != "" {
 					sub = filepath.Dir(m.Path)
 				}
-				nested, err := parseArchiveData(m.Data, sub, depth+1)
+				nested, err := parseArchiveData(m.Data, sub, depth+1, flatten)
 				if err != nil {
 					return out, fmt.Errorf("nested archive %s: %w", name, err)
 				}
-				out = append(out, nested...)
+				for _, n := range nested {
+					n.hdrOff = -1
+					out = append(out, n)
+				}
 				break
 			}
 			if m.Data != nil {
@@ -150,6 +170,36 @@ func parseArchiveData(data []byte, dir string, depth int) ([]arMember, error) {
 		}
 	}
 	return out, nil
+}
+
+func nestedRef(raw string) bool { return strings.HasPrefix(raw, "/") && strings.Contains(raw, ":") }
+
+// nestedMember reads the member a thin archive names as "/name:offset": the one whose
+// header is at offset in the archive file name.
+func nestedMember(name, raw, dir string, depth int) (arMember, error) {
+	at, err := strconv.Atoi(raw[strings.IndexByte(raw, ':')+1:])
+	if err != nil {
+		return arMember{}, fmt.Errorf("name %q: bad nested offset", raw)
+	}
+	path := name
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return arMember{}, fmt.Errorf("nested archive: %w", err)
+	}
+	ms, err := parseArchiveData(data, filepath.Dir(path), depth+1, false)
+	if err != nil {
+		return arMember{}, fmt.Errorf("nested archive %s: %w", path, err)
+	}
+	for _, m := range ms {
+		if m.hdrOff == at {
+			m.hdrOff = -1
+			return m, nil
+		}
+	}
+	return arMember{}, fmt.Errorf("nested archive %s: no member at offset %d", path, at)
 }
 
 // memberName decodes a GNU/System V member name: "name/", or "/offset" into the long

@@ -105,11 +105,11 @@ func TestLinkGraph(t *testing.T) {
 			t.Errorf("Finals(%s) = %q, want %q", obj, got, want)
 		}
 	}
-	if _, err := parseArchiveData([]byte("!<arch>\nshort"), d, 0); err == nil || !strings.Contains(err.Error(), "truncated") {
+	if _, err := parseArchiveData([]byte("!<arch>\nshort"), d, 0, true); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("a truncated archive header: %v", err)
 	}
 	hdr := fmt.Sprintf("%-16s%-12s%-6s%-6s%-8s%-10s`\n", "x.o/", "0", "0", "0", "644", "99999")
-	if _, err := parseArchiveData([]byte("!<arch>\n"+hdr+"abc"), d, 0); err == nil {
+	if _, err := parseArchiveData([]byte("!<arch>\n"+hdr+"abc"), d, 0, true); err == nil {
 		t.Error("an archive member larger than the file was accepted")
 	}
 }

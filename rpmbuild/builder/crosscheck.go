@@ -499,7 +499,7 @@ func (cc *crossCheck) archive(ctx context.Context, s *replaySide, p string) (str
 	out := filepath.Join(s.dir, fmt.Sprintf("%d-%s", s.seq, filepath.Base(p)))
 	s.mu.Unlock()
 	r := func() replayed {
-		members, err := readArchive(p)
+		members, err := readArchiveAs(p, false)
 		if err != nil {
 			return replayed{path: p, err: err}
 		}
