@@ -252,7 +252,7 @@ func (l *linkedFile) normalized(i int) []byte {
 	code := l.bytesAt(s.sect, s.Addr, s.Size)
 	out := append([]byte(nil), code...)
 	var desc bytes.Buffer
-	var ends map[uint64]uint64 // field address -> end of its instruction (functions)
+	var insns map[uint64]fieldInsn // PC-relative field address -> its instruction (functions)
 	rs := l.relas[s.sect]
 	j := sort.Search(len(rs), func(j int) bool { return rs[j].off >= s.Addr })
 	for ; j < len(rs) && rs[j].off < s.Addr+s.Size; j++ {
@@ -261,26 +261,34 @@ func (l *linkedFile) normalized(i int) []byte {
 		for k := lo; k < lo+uint64(relocSize(r.typ)) && k < uint64(len(out)); k++ {
 			out[k] = 0
 		}
-		var insn *x86asm.Inst
+		var insn *fieldInsn
 		end := r.off + uint64(relocSize(r.typ))
 		if s.Kind == kindFunc && pcRelative(r.typ) {
-			if ends == nil {
-				ends = instructionEnds(code, s.Addr)
+			if insns == nil {
+				insns = decodeFields(code, s.Addr)
 			}
-			if e, ok := ends[r.off]; ok {
-				end = e
+			if fi, ok := insns[r.off]; ok {
+				end, insn = fi.end, &fi
 			}
-			insn = instAt(code, s.Addr, r.off, ends)
 		}
 		fmt.Fprintf(&desc, "@%d:%d:%s;", lo, r.typ, l.target(r, end, insn))
 	}
 	return append(out, desc.Bytes()...)
 }
 
-// instructionEnds decodes a function from its start and maps the address of each
-// PC-relative field to the end of its instruction (the CPU adds the field to that).
-func instructionEnds(code []byte, base uint64) map[uint64]uint64 {
-	m := map[uint64]uint64{}
+// fieldInsn is what the comparison needs of an instruction with a PC-relative field.
+type fieldInsn struct {
+	end uint64 // address of the next instruction: the CPU adds the field to it
+	// load: the instruction reads memory there (not an address taken with lea, not a
+	// branch), bytes wide.
+	load  bool
+	bytes int
+}
+
+// decodeFields decodes a function from its start and maps the address of each
+// PC-relative field to its instruction.
+func decodeFields(code []byte, base uint64) map[uint64]fieldInsn {
+	m := map[uint64]fieldInsn{}
 	for off := 0; off < len(code); {
 		inst, err := x86asm.Decode(code[off:], 64)
 		if err != nil || inst.Len == 0 {
@@ -288,31 +296,22 @@ func instructionEnds(code []byte, base uint64) map[uint64]uint64 {
 			continue
 		}
 		if inst.PCRel > 0 {
-			m[base+uint64(off+inst.PCRelOff)] = base + uint64(off+inst.Len)
+			fi := fieldInsn{end: base + uint64(off+inst.Len)}
+			for _, a := range inst.Args {
+				if mem, ok := a.(x86asm.Mem); ok && mem.Base == x86asm.RIP && inst.Op != x86asm.LEA {
+					fi.load, fi.bytes = true, inst.MemBytes
+				}
+			}
+			m[base+uint64(off+inst.PCRelOff)] = fi
 		}
 		off += inst.Len
 	}
 	return m
 }
 
-// instAt decodes the instruction whose PC-relative field is at field.
-func instAt(code []byte, base, field uint64, ends map[uint64]uint64) *x86asm.Inst {
-	end, ok := ends[field]
-	if !ok {
-		return nil
-	}
-	for start := int(field-base) - 1; start >= 0 && start >= int(field-base)-15; start-- {
-		inst, err := x86asm.Decode(code[start:], 64)
-		if err == nil && base+uint64(start+inst.Len) == end && base+uint64(start+inst.PCRelOff) == field {
-			return &inst
-		}
-	}
-	return nil
-}
-
 // target describes what relocation r refers to. end is the end of the instruction
 // holding a PC-relative field (the CPU's base for it); insn is that instruction.
-func (l *linkedFile) target(r rela, end uint64, insn *x86asm.Inst) string {
+func (l *linkedFile) target(r rela, end uint64, insn *fieldInsn) string {
 	if int(r.sym) == 0 || int(r.sym) > len(l.all) {
 		return fmt.Sprintf("abs%+d", r.addend)
 	}
@@ -388,9 +387,9 @@ func (l *linkedFile) shallowTarget(r rela) string {
 // anonContent describes unnamed read-only data at addr: a string literal by its text,
 // a constant an instruction reads by as many bytes as it reads, anything else (a jump
 // table, an address taken) by 16 bytes with relocated fields named.
-func (l *linkedFile) anonContent(sec int, addr uint64, insn *x86asm.Inst) string {
-	if insn != nil && insn.Op != x86asm.LEA && insn.MemBytes > 0 {
-		return fmt.Sprintf("%x", l.bytesAt(sec, addr, uint64(insn.MemBytes)))
+func (l *linkedFile) anonContent(sec int, addr uint64, insn *fieldInsn) string {
+	if insn != nil && insn.load && insn.bytes > 0 {
+		return fmt.Sprintf("%x", l.bytesAt(sec, addr, uint64(insn.bytes)))
 	}
 	if b := l.bytesAt(sec, addr, 4096); len(b) > 0 {
 		if n := bytes.IndexByte(b, 0); n > 0 && printable(b[:n]) {
