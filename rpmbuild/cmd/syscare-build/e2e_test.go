@@ -163,7 +163,7 @@ func TestBuildAndApply(t *testing.T) {
 		if !strings.Contains(r.stdout, rebuilt) {
 			t.Errorf("%s: want %q in the steps:\n%s", fix, rebuilt, r.stdout)
 		}
-		for _, step := range []string{"prepare", "build original", "build patched", "diff", "link", "package"} {
+		for _, step := range []string{"prepare", "build original", "build patched", "diff", "cross-check", "link", "package"} {
 			if !strings.Contains(r.stdout, step) {
 				t.Errorf("step %q not shown:\n%s", step, r.stdout)
 			}
