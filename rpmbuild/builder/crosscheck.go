@@ -385,8 +385,11 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 					opaque = true
 				}
 				if !strings.HasPrefix(part, "-") && part != "" {
+					// Only a substituted file replaces the word: a soname stays as it is.
 					if p := absIn(rec.Dir, part); isFile(p) && looksLikeInput(p) {
-						parts[k] = use(p)
+						if np := use(p); np != p {
+							parts[k] = np
+						}
 					}
 				}
 			}
