@@ -324,6 +324,12 @@ var stripFlags = map[string]bool{"-s": true, "-Wl,-s": true, "-Wl,--strip-all": 
 	"-Wl,--strip-debug": true, "-Wl,-x": true, "-Wl,--discard-all": true}
 
 func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Record, out string, final bool) replayed {
+	// Response files are read here, so that the objects they name are substituted too.
+	recArgs, err := expandResponseFiles(rec.Dir, rec.Args, 0)
+	if err != nil {
+		return replayed{err: err}
+	}
+	rec.Args = recArgs
 	var dirs []string
 	for i := 0; i < len(rec.Args); i++ {
 		a := rec.Args[i]
@@ -337,11 +343,14 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 			i++
 		}
 	}
-	changed, opaque := false, false
+	changed := false
 	var args []string
 	var useErr error
 	use := func(p string) string {
-		np, c, op, err := cc.substitute(ctx, s, p)
+		np, c, opaque, err := cc.substitute(ctx, s, p)
+		if err == nil && opaque {
+			err = fmt.Errorf("input %s is neither an object nor an archive (a linker script?): the objects it names cannot be substituted", p)
+		}
 		if err != nil {
 			if useErr == nil {
 				useErr = err
@@ -349,7 +358,6 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 			return p
 		}
 		changed = changed || c
-		opaque = opaque || op
 		return np
 	}
 	for i := 0; i < len(rec.Args); i++ {
@@ -381,8 +389,8 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 		case strings.HasPrefix(a, "-Wl,"):
 			parts := strings.Split(a[4:], ",")
 			for k, part := range parts {
-				if strings.HasPrefix(part, "@") || part == "-T" || strings.HasPrefix(part, "--script") {
-					opaque = true
+				if strings.HasPrefix(part, "@") && useErr == nil {
+					useErr = fmt.Errorf("linker response file %s: its inputs cannot be substituted", part[1:])
 				}
 				if !strings.HasPrefix(part, "-") && part != "" {
 					// Only a substituted file replaces the word: a soname stays as it is.
@@ -397,9 +405,6 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 				continue
 			}
 			args = append(args, "-Wl,"+strings.Join(parts, ","))
-		case strings.HasPrefix(a, "@") || a == "-T":
-			opaque = true
-			args = append(args, a)
 		case final && stripFlags[a]:
 		case capture.TakesValue(a) && i+1 < len(rec.Args):
 			args = append(args, a, rec.Args[i+1])
@@ -413,7 +418,7 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 	if useErr != nil {
 		return replayed{err: useErr}
 	}
-	if !changed && !opaque {
+	if !changed {
 		return replayed{path: rec.Output}
 	}
 	if final {
@@ -430,9 +435,68 @@ func (cc *crossCheck) relink(ctx context.Context, s *replaySide, rec capture.Rec
 	if err := cmd.Run(); err != nil {
 		return replayed{err: fmt.Errorf("link %s again: %w: %s", filepath.Base(rec.Output), err, strings.TrimSpace(buf.String()))}
 	}
-	// Opaque inputs (a linker script, a response file) may hide a changed object: link
-	// both sides then, and let the comparison tell.
 	return replayed{path: out, changed: true}
+}
+
+// expandResponseFiles replaces each @file argument by the arguments the file holds, as
+// gcc reads them (words split at white space, quotes and backslashes honoured). An
+// @file that cannot be read stays as it is, as gcc keeps it.
+func expandResponseFiles(dir string, args []string, depth int) ([]string, error) {
+	var out []string
+	for _, a := range args {
+		if !strings.HasPrefix(a, "@") || len(a) == 1 {
+			out = append(out, a)
+			continue
+		}
+		data, err := os.ReadFile(absIn(dir, a[1:]))
+		if err != nil {
+			out = append(out, a)
+			continue
+		}
+		if depth > 8 {
+			return nil, fmt.Errorf("response file %s: nested too deep", a[1:])
+		}
+		words, err := expandResponseFiles(dir, splitResponse(string(data)), depth+1)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, words...)
+	}
+	return out, nil
+}
+
+func splitResponse(s string) []string {
+	var words []string
+	var cur strings.Builder
+	in, quote := false, byte(0)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+			in = true
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteByte(c)
+		case c == '\'' || c == '"':
+			quote, in = c, true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			if in {
+				words = append(words, cur.String())
+				cur.Reset()
+				in = false
+			}
+		default:
+			cur.WriteByte(c)
+			in = true
+		}
+	}
+	if in {
+		words = append(words, cur.String())
+	}
+	return words
 }
 
 func absIn(dir, p string) string {

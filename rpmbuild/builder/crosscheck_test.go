@@ -28,10 +28,13 @@ var ccProject = map[string]string{
 // ccBuild builds the project with archive and link commands of one kind, records them
 // as the capture would, then changes mparse.c (to src) and rebuilds mparse.o in place,
 // as buildPatched does. It returns a build ready for the cross-check.
-func ccBuild(t *testing.T, archive [][]string, link []string, src string) *build {
+func ccBuild(t *testing.T, archive [][]string, link []string, src string, extra map[string]string) *build {
 	t.Helper()
 	d := t.TempDir()
 	for n, s := range ccProject {
+		write(t, filepath.Join(d, n), s)
+	}
+	for n, s := range extra {
 		write(t, filepath.Join(d, n), s)
 	}
 	lib, srv := filepath.Join(d, "deps/mini/src"), filepath.Join(d, "server")
@@ -109,20 +112,24 @@ func TestCrossCheckArchives(t *testing.T) {
 		name    string
 		archive [][]string
 		link    []string
+		files   map[string]string
 	}{
 		{"ar rc + ranlib, relative path", [][]string{{"ar", "rc", "libmini.a", "mapi.o", "mparse.o"}, {"ranlib", "libmini.a"}},
-			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}},
+			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}, nil},
 		{"-L/-l", [][]string{{"ar", "rcs", "libmini.a", "mapi.o", "mparse.o"}},
-			[]string{"-o", "server", "server.o", "-L../deps/mini/src", "-lmini"}},
+			[]string{"-o", "server", "server.o", "-L../deps/mini/src", "-lmini"}, nil},
 		{"thin archive", [][]string{{"ar", "rcsT", "libmini.a", "mapi.o", "mparse.o"}},
-			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}},
+			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}, nil},
 		{"renamed member, archive of archives", [][]string{{"cp", "mparse.o", "zz.o"}, {"ar", "rc", "libparse.a", "zz.o"},
 			{"ar", "rcsT", "libmini.a", "mapi.o", "libparse.a"}},
-			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}},
+			[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}, nil},
+		// The capture records no inputs behind a response file; the cross-check reads it.
+		{"response file", [][]string{{"ar", "rc", "libmini.a", "mapi.o", "mparse.o"}, {"ranlib", "libmini.a"}},
+			[]string{"-o", "server", "@objs.rsp"}, map[string]string{"server/objs.rsp": "server.o\n'../deps/mini/src/libmini.a'\n"}},
 	}
 	for _, k := range kinds {
 		t.Run(k.name, func(t *testing.T) {
-			b := ccBuild(t, k.archive, k.link, fixed)
+			b := ccBuild(t, k.archive, k.link, fixed, k.files)
 			_, err := b.crossCheckStep(t.Context())
 			if !errors.Is(err, ErrUncovered) || !strings.Contains(err.Error(), "/usr/bin/server: function mini_parse differs") {
 				t.Fatalf("nothing in the patch: %v", err)
@@ -139,7 +146,7 @@ func TestCrossCheckArchives(t *testing.T) {
 				t.Errorf("report notes %q", n)
 			}
 
-			b = ccBuild(t, k.archive, k.link, comment)
+			b = ccBuild(t, k.archive, k.link, comment, k.files)
 			if _, err := b.crossCheckStep(t.Context()); !errors.Is(err, ErrNoChange) {
 				t.Fatalf("comment only: %v", err)
 			}
