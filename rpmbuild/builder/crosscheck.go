@@ -218,7 +218,10 @@ func (b *build) crossCheckStep(ctx context.Context) (string, error) {
 		tg := &b.index.Targets[i]
 		st := status[tg]
 		if st == nil {
+			// Made by something the capture does not see (another compiler or linker,
+			// a copy under another name): nothing is known of what went into it.
 			st = &BinaryStatus{Path: tg.Path, Note: "not cross-checked: no recorded link makes a file of that name"}
+			unchecked = append(unchecked, tg.Path+": no recorded link makes a file of that name")
 		}
 		if tp := b.patchOf(tg); tp != nil && len(tp.changed) > 0 {
 			st.Patched = true
