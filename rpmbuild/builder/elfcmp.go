@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/arch/x86/x86asm"
 
@@ -384,21 +385,28 @@ func (l *linkedFile) shallowTarget(r rela) string {
 	return "anon"
 }
 
-// anonContent describes unnamed read-only data at addr: a string literal by its text,
-// a constant an instruction reads by as many bytes as it reads, anything else (a jump
-// table, an address taken) by 16 bytes with relocated fields named.
+// anonContent describes unnamed read-only data at addr: a constant an instruction
+// reads by as many bytes as it reads; a table of addresses (a switch's jump table) by
+// where its entries lead; a string literal by its text; anything else by 16 bytes with
+// relocated fields named.
 func (l *linkedFile) anonContent(sec int, addr uint64, insn *fieldInsn) string {
 	if insn != nil && insn.load && insn.bytes > 0 {
 		return fmt.Sprintf("%x", l.bytesAt(sec, addr, uint64(insn.bytes)))
 	}
+	rs := l.relas[sec]
+	j := sort.Search(len(rs), func(j int) bool { return rs[j].off >= addr })
+	if j < len(rs) && rs[j].off == addr {
+		return "table:" + l.table(rs[j:], addr)
+	}
 	if b := l.bytesAt(sec, addr, 4096); len(b) > 0 {
-		if n := bytes.IndexByte(b, 0); n > 0 && printable(b[:n]) {
+		n := bytes.IndexByte(b, 0)
+		// A string has no relocated field in it (a table does).
+		if n > 0 && (j == len(rs) || rs[j].off > addr+uint64(n)) && utf8.Valid(b[:n]) && printable(b[:n]) {
 			return strconv.Quote(string(b[:n]))
 		}
 	}
 	win := append([]byte(nil), l.bytesAt(sec, addr, 16)...)
 	var desc strings.Builder
-	rs := l.relas[sec]
 	for j := sort.Search(len(rs), func(j int) bool { return rs[j].off+8 > addr }); j < len(rs) && rs[j].off < addr+uint64(len(win)); j++ {
 		r := rs[j]
 		for k := int64(r.off) - int64(addr); k < int64(r.off)-int64(addr)+int64(relocSize(r.typ)); k++ {
@@ -409,6 +417,39 @@ func (l *linkedFile) anonContent(sec int, addr uint64, insn *fieldInsn) string {
 		fmt.Fprintf(&desc, "%d:%s;", int64(r.off)-int64(addr), l.shallowTarget(r))
 	}
 	return fmt.Sprintf("%x%s", win, desc.String())
+}
+
+// table describes the adjacent relocated fields from base (rs starts at base) that
+// lead into one function: a jump table, absolute (.quad .L5) or relative to its base
+// (.long .L5-.L4, a PC-relative relocation whose addend carries the entry's distance
+// from the base). It stops at the first entry leading elsewhere: the next table.
+func (l *linkedFile) table(rs []rela, base uint64) string {
+	var b strings.Builder
+	owner := -2
+	next := base
+	for _, r := range rs {
+		if r.off != next || int(r.sym) == 0 || int(r.sym) > len(l.all) {
+			break
+		}
+		s := l.all[r.sym-1]
+		if s.Section == elf.SHN_UNDEF {
+			break
+		}
+		t := s.Value + uint64(r.addend)
+		if pcRelative(r.typ) {
+			t -= r.off - base
+		}
+		i := l.symAt(t)
+		if owner == -2 {
+			owner = i
+		}
+		if i != owner || i < 0 {
+			break
+		}
+		fmt.Fprintf(&b, "%s+%d,", l.syms[i].Key, t-l.syms[i].Addr)
+		next += uint64(relocSize(r.typ))
+	}
+	return b.String()
 }
 
 func printable(b []byte) bool {
