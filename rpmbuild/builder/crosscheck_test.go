@@ -153,3 +153,19 @@ func TestCrossCheckArchives(t *testing.T) {
 		})
 	}
 }
+
+// A shipped ELF that no recorded link makes was built by something the capture does
+// not see: with nothing else changed, the build cannot call that "no functional change".
+func TestCrossCheckUnseenBinary(t *testing.T) {
+	const comment = "#include \"mini.h\"\n/* a comment */ __attribute__((noipa)) int mini_parse(int x) { return x * 10; }\n"
+	b := ccBuild(t, [][]string{{"ar", "rcs", "libmini.a", "mapi.o", "mparse.o"}},
+		[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}, comment, nil)
+	b.index.Targets = append(b.index.Targets, debuginfo.Target{Path: "/usr/bin/prebuilt"})
+	_, err := b.crossCheckStep(t.Context())
+	if err == nil || errors.Is(err, ErrNoChange) || !strings.Contains(err.Error(), "/usr/bin/prebuilt: no recorded link makes a file of that name") {
+		t.Fatalf("got %v", err)
+	}
+	if len(b.res.Binaries) != 2 || b.res.Binaries[1].Checked || !strings.Contains(b.res.Binaries[1].Line(), "not cross-checked") {
+		t.Errorf("status %+v", b.res.Binaries)
+	}
+}
