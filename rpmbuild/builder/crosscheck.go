@@ -156,7 +156,6 @@ func (b *build) crossCheckStep(ctx context.Context) (string, error) {
 		rec capture.Record
 	}
 	var jobs []job
-	linked := map[*debuginfo.Target]bool{}
 	for _, out := range order {
 		tg, err := b.index.Match(out)
 		if errors.Is(err, debuginfo.ErrNotFound) {
@@ -166,7 +165,6 @@ func (b *build) crossCheckStep(ctx context.Context) (string, error) {
 			return "", err
 		}
 		jobs = append(jobs, job{tg, lastLink[out]})
-		linked[tg] = true
 	}
 	status := map[*debuginfo.Target]*BinaryStatus{}
 	var problems, unchecked []string
