@@ -170,3 +170,28 @@ func TestFinalsByContent(t *testing.T) {
 		t.Errorf("y/util.o goes into %q, want q", got)
 	}
 }
+
+// A hidden global (Lua's LUAI_FUNC) is a local symbol of the program that links it:
+// the member still counts for it. A static function of the same name in another
+// program, which leaves the member out, does not make it count there.
+func TestFinalsHiddenGlobal(t *testing.T) {
+	d := t.TempDir()
+	write(t, filepath.Join(d, "hid.c"), "__attribute__((visibility(\"hidden\"))) int hfun(int x) { return x + 1; }\n")
+	write(t, filepath.Join(d, "a.c"), "int hfun(int);\nint main(int c, char **v) { (void)v; return hfun(c); }\n")
+	write(t, filepath.Join(d, "b.c"), "__attribute__((noipa)) static int hfun(int x) { return x + 2; }\nint main(int c, char **v) { (void)v; return hfun(c); }\n")
+	run(t, d, "gcc", "-O2", "-c", "hid.c", "a.c", "b.c")
+	run(t, d, "ar", "rc", "libh.a", "hid.o")
+	run(t, d, "ranlib", "libh.a")
+	run(t, d, "gcc", "-o", "a", "a.o", "libh.a")
+	run(t, d, "gcc", "-o", "b", "b.o", "libh.a")
+	p := func(s string) string { return filepath.Join(d, s) }
+	recs := []capture.Record{
+		{Kind: capture.KindCompile, Object: p("hid.o")},
+		{Kind: capture.KindLink, Output: p("a"), Inputs: []string{p("a.o"), p("libh.a")}},
+		{Kind: capture.KindLink, Output: p("b"), Inputs: []string{p("b.o"), p("libh.a")}},
+	}
+	g := newLinkGraph(recs, contents(recs, nil))
+	if got := g.Finals(p("hid.o")); !reflect.DeepEqual(got, []string{p("a")}) {
+		t.Errorf("hid.o goes into %q, want only a", got)
+	}
+}

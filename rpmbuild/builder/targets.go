@@ -143,8 +143,9 @@ func (g *linkGraph) Finals(obj string) []string {
 }
 
 // linkedFrom reports whether the linked file final defines a symbol that obj defines
-// as global. A hidden global (Lua's LUAI_FUNC) is a local symbol of the linked file, so
-// the final's symbols count whatever their binding.
+// as global. A hidden global (Lua's LUAI_FUNC) is a local symbol of the linked file,
+// which the linker lists after an unnamed file symbol, apart from the static symbols of
+// the sources: those count too, a static of the same name elsewhere does not.
 func (g *linkGraph) linkedFrom(final, obj string) bool {
 	have, want := g.symbolDefs(final, true), g.symbolDefs(obj, false)
 	if have == nil || want == nil {
@@ -159,10 +160,10 @@ func (g *linkGraph) linkedFrom(final, obj string) bool {
 }
 
 // symbolDefs returns the names of the global and weak symbols path defines (with
-// anyBind, of its local ones too), from its symbol table or else its dynamic one; nil if
-// it has neither or cannot be read.
-func (g *linkGraph) symbolDefs(path string, anyBind bool) map[string]bool {
-	key := fmt.Sprintf("%t:%s", anyBind, path)
+// hidden, of the locals the linker made of hidden globals too), from its symbol table
+// or else its dynamic one; nil if it has neither or cannot be read.
+func (g *linkGraph) symbolDefs(path string, hidden bool) map[string]bool {
+	key := fmt.Sprintf("%t:%s", hidden, path)
 	if d, ok := g.defs[key]; ok {
 		return d
 	}
@@ -174,11 +175,16 @@ func (g *linkGraph) symbolDefs(path string, anyBind bool) map[string]bool {
 		}
 		if err == nil && len(syms) > 0 {
 			defs = map[string]bool{}
+			linkerLocals := false
 			for _, s := range syms {
 				bind := elf.ST_BIND(s.Info)
 				typ := elf.ST_TYPE(s.Info)
-				if s.Section != elf.SHN_UNDEF && s.Name != "" && typ != elf.STT_SECTION && typ != elf.STT_FILE &&
-					(anyBind || bind == elf.STB_GLOBAL || bind == elf.STB_WEAK) {
+				if typ == elf.STT_FILE {
+					linkerLocals = s.Name == ""
+					continue
+				}
+				if s.Section != elf.SHN_UNDEF && s.Name != "" && typ != elf.STT_SECTION &&
+					(bind == elf.STB_GLOBAL || bind == elf.STB_WEAK || (hidden && bind == elf.STB_LOCAL && linkerLocals)) {
 					defs[s.Name] = true
 				}
 			}
