@@ -76,6 +76,9 @@ type Result struct {
 	Reports []*diff.Report
 	// DryRun: the build stopped before writing RPMs (RPM and SRPM are empty).
 	DryRun bool
+	// Binaries is, per shipped ELF, what the patch replaces and adds and what the
+	// cross-check found unchanged.
+	Binaries []BinaryStatus
 }
 
 // Step is one timed step.
@@ -92,6 +95,8 @@ type Failure struct {
 	// Reports are the patch reports made before the failure (a refusal has one
 	// naming the function, the section and the reason).
 	Reports []*diff.Report
+	// Binaries is what the cross-check found, when it ran.
+	Binaries []BinaryStatus
 }
 
 func (f *Failure) Error() string { return f.Err.Error() }
@@ -126,6 +131,7 @@ type build struct {
 	tus      []*tu
 	res      Result
 	targets  []*targetPatch
+	notes    []string
 }
 
 // Build runs the whole pipeline.
@@ -183,7 +189,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 				logPath = pruneExcept(work, "build.log")
 			}
 		}
-		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports}
+		return nil, &Failure{Err: err, LogPath: logPath, Tail: tail, Reports: b.res.Reports, Binaries: b.res.Binaries}
 	}
 	if opts.SkipCleanup {
 		b.res.WorkDir = work
@@ -202,6 +208,7 @@ func (b *build) run(ctx context.Context) error {
 		{"build original", b.buildOriginal},
 		{"build patched", b.buildPatched},
 		{"diff", b.diff},
+		{"cross-check", b.crossCheckStep},
 		{"link", b.link},
 		{"package", b.pack},
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
@@ -82,9 +83,9 @@ func TestLinkGraph(t *testing.T) {
 			t.Fatalf("%q: %v\n%s", c, err, out)
 		}
 	}
-	members, err := archiveMembers(filepath.Join(d, "libz.a"))
-	if err != nil || !reflect.DeepEqual(members, []string{"x.o", "y.o"}) {
-		t.Fatalf("archive members %q %v", members, err)
+	members, err := readArchive(filepath.Join(d, "libz.a"))
+	if err != nil || len(members) != 2 || members[0].Name != "x.o" || members[1].Name != "y.o" {
+		t.Fatalf("archive members %+v %v", members, err)
 	}
 	p := func(s string) string { return filepath.Join(d, s) }
 	recs := []capture.Record{
@@ -96,7 +97,7 @@ func TestLinkGraph(t *testing.T) {
 		{Kind: capture.KindLink, Output: p("part.o"), Args: []string{"-r", "-o", "part.o", "m.o"}, Inputs: []string{p("m.o")}},
 		{Kind: capture.KindLink, Output: p("prog"), Inputs: []string{p("part.o"), p("libs.so")}},
 	}
-	g := newLinkGraph(recs)
+	g := newLinkGraph(recs, contents(recs, nil))
 	for obj, want := range map[string][]string{
 		"x.o": {p("libs.so")}, "sub/y.o": {p("libs.so")}, "s.o": {p("libs.so")}, "m.o": {p("prog")},
 	} {
@@ -104,11 +105,11 @@ func TestLinkGraph(t *testing.T) {
 			t.Errorf("Finals(%s) = %q, want %q", obj, got, want)
 		}
 	}
-	if _, err := parseArchive([]byte("!<arch>\nshort")); err != nil {
-		t.Errorf("a truncated archive header is ignored, got %v", err)
+	if _, err := parseArchiveData([]byte("!<arch>\nshort"), d, 0, true); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Errorf("a truncated archive header: %v", err)
 	}
 	hdr := fmt.Sprintf("%-16s%-12s%-6s%-6s%-8s%-10s`\n", "x.o/", "0", "0", "0", "644", "99999")
-	if _, err := parseArchive([]byte("!<arch>\n" + hdr + "abc")); err == nil {
+	if _, err := parseArchiveData([]byte("!<arch>\n"+hdr+"abc"), d, 0, true); err == nil {
 		t.Error("an archive member larger than the file was accepted")
 	}
 }

@@ -189,3 +189,12 @@ func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// originals maps each rebuilt object's path to its saved original.
+func (b *build) originals() map[string]string {
+	m := map[string]string{}
+	for _, t := range b.tus {
+		m[t.rec.Object] = t.orig
+	}
+	return m
+}

@@ -53,9 +53,20 @@ type targetPatch struct {
 	changed []string
 	parts   []*diff.Report
 	report  *diff.Report
+	new     []string
 	object  string
 	file    string
 	funcs   []patchmeta.Function
+}
+
+// patchOf returns the patch collected for target t, or nil.
+func (b *build) patchOf(t *debuginfo.Target) *targetPatch {
+	for _, tp := range b.targets {
+		if tp.target == t {
+			return tp
+		}
+	}
+	return nil
 }
 
 func (b *build) targetFor(t *debuginfo.Target) (*targetPatch, error) {
@@ -84,7 +95,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	g := newLinkGraph(recs)
+	g := newLinkGraph(recs, contents(recs, b.originals()))
 	n, fns := 0, 0
 	dir := filepath.Join(b.work, "frags")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -150,6 +161,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 			}
 			tp.frags = append(tp.frags, frag)
 			tp.changed = append(tp.changed, d.Changed...)
+			tp.new = append(tp.new, d.New...)
 			fns += len(d.Changed)
 		}
 		if !diffed {
@@ -162,31 +174,49 @@ func (b *build) diff(ctx context.Context) (string, error) {
 	for _, note := range notes {
 		fmt.Fprintf(b.logw, "note: %s\n", note)
 	}
-	var kept []*targetPatch
+	b.notes = notes
 	for _, tp := range b.targets {
 		tp.report = diff.MergeReports(tp.target.Path, tp.parts...)
 		tp.report.Notes = append(tp.report.Notes, notes...)
 		b.res.Reports = append(b.res.Reports, tp.report)
-		if len(tp.frags) > 0 {
-			kept = append(kept, tp)
-		}
 	}
 	if refusal != nil {
 		return "", refusal
 	}
-	b.targets = kept
-	if len(kept) == 0 {
-		if len(notes) > 0 {
-			return "", fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF (%s)", ErrNoChange, strings.Join(notes, "; "))
+	// The verdict waits for the cross-check.
+	return fmt.Sprintf("%d objects, %d changed functions", n, fns), nil
+}
+
+// verdict keeps the targets that need a function replaced. A target whose objects only
+// add functions (a changed object it shares with another binary, whose new function
+// only the other one calls) needs nothing: it gets no patch object, and the report says
+// so. No target left is "no functional change", unless a shipped binary could not be
+// cross-checked: then nobody knows, and that is an error of its own.
+func (b *build) verdict(unchecked []string) error {
+	var kept []*targetPatch
+	for _, tp := range b.targets {
+		if len(tp.changed) > 0 {
+			kept = append(kept, tp)
 		}
-		return "", fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", ErrNoChange)
 	}
-	// A target whose objects all compiled the same has no patch; its report goes too.
+	if len(kept) == 0 {
+		if len(unchecked) > 0 {
+			return fmt.Errorf("the differ found no function to replace, but shipped binaries could not be cross-checked (%s)", strings.Join(unchecked, "; "))
+		}
+		if len(b.notes) > 0 {
+			return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF (%s)", ErrNoChange, strings.Join(b.notes, "; "))
+		}
+		return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", ErrNoChange)
+	}
+	b.targets = kept
 	b.res.Reports = nil
 	for _, tp := range kept {
+		for _, st := range b.res.Binaries {
+			tp.report.Notes = append(tp.report.Notes, "shipped "+st.Line())
+		}
 		b.res.Reports = append(b.res.Reports, tp.report)
 	}
-	return fmt.Sprintf("%d objects, %d changed functions", n, fns), nil
+	return nil
 }
 
 // withFile names the translation unit as the build directory sees it (the differ

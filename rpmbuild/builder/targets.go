@@ -1,14 +1,10 @@
 package builder
 
 import (
-	"bytes"
 	"debug/elf"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
@@ -28,17 +24,15 @@ type linkGraph struct {
 	defs map[string]map[string]bool
 }
 
-// newLinkGraph builds the graph from the records; archives (whose creation is not
-// recorded) are read to learn which objects they hold.
-func newLinkGraph(recs []capture.Record) *linkGraph {
+// newLinkGraph builds the graph from the records. Archives are read back (their
+// creation is not recorded, and may be done by ar, ranlib, libtool or a copy): a member
+// is the object whose original content it holds, by sha256, whatever its name. known
+// maps a content hash to the files that had it at the original build (the saved
+// original of each compiled object, the output of each relocatable link); a thin
+// archive's member is also the file it names.
+func newLinkGraph(recs []capture.Record, known map[string][]string) *linkGraph {
 	g := &linkGraph{into: map[string][]string{}, final: map[string]bool{},
 		archive: map[string]bool{}, defs: map[string]map[string]bool{}}
-	objects := map[string][]string{} // base name -> compiled objects
-	for _, r := range recs {
-		if r.Kind == capture.KindCompile && !slices.Contains(objects[filepath.Base(r.Object)], r.Object) {
-			objects[filepath.Base(r.Object)] = append(objects[filepath.Base(r.Object)], r.Object)
-		}
-	}
 	archives := map[string]bool{}
 	for _, r := range recs {
 		if r.Kind != capture.KindLink {
@@ -47,34 +41,55 @@ func newLinkGraph(recs []capture.Record) *linkGraph {
 		g.final[r.Output] = !relocatableLink(r)
 		for _, in := range r.Inputs {
 			g.add(in, r.Output)
-			if strings.HasSuffix(in, ".a") {
+			if strings.HasSuffix(in, ".a") || isArchiveFile(in) {
 				archives[in] = true
 			}
 		}
 	}
 	for a := range archives {
 		g.archive[a] = true
-		members, err := archiveMembers(a)
-		if err != nil {
+		members, err := readArchive(a)
+		if err != nil && len(members) == 0 {
 			continue
 		}
 		for _, m := range members {
-			cands := objects[m]
-			var same []string
-			for _, o := range cands {
-				if filepath.Dir(o) == filepath.Dir(a) {
-					same = append(same, o)
-				}
-			}
-			if len(same) > 0 {
-				cands = same
-			}
-			for _, o := range cands {
+			for _, o := range known[m.Hash] {
 				g.add(o, a)
+			}
+			if m.Path != "" {
+				g.add(m.Path, a)
 			}
 		}
 	}
 	return g
+}
+
+// contents maps the sha256 of each compiled object and each relocatable link output,
+// as the files are now, to their paths; orig overrides an object's content with that of
+// its saved original (the build directory holds the rebuilt one after buildPatched).
+func contents(recs []capture.Record, orig map[string]string) map[string][]string {
+	m := map[string][]string{}
+	add := func(path, file string) {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return
+		}
+		h := sha256Hex(data)
+		if !slices.Contains(m[h], path) {
+			m[h] = append(m[h], path)
+		}
+	}
+	for _, r := range recs {
+		switch {
+		case r.Kind == capture.KindCompile && orig[r.Object] != "":
+			add(r.Object, orig[r.Object])
+		case r.Kind == capture.KindCompile:
+			add(r.Object, r.Object)
+		case r.Kind == capture.KindLink && relocatableLink(r):
+			add(r.Output, r.Output)
+		}
+	}
+	return m
 }
 
 func (g *linkGraph) add(from, to string) {
@@ -127,10 +142,12 @@ func (g *linkGraph) Finals(obj string) []string {
 	return out
 }
 
-// linkedFrom reports whether the linked file final defines a global symbol that obj
-// defines.
+// linkedFrom reports whether the linked file final defines a symbol that obj defines
+// as global. A hidden global (Lua's LUAI_FUNC) is a local symbol of the linked file,
+// which the linker lists after an unnamed file symbol, apart from the static symbols of
+// the sources: those count too, a static of the same name elsewhere does not.
 func (g *linkGraph) linkedFrom(final, obj string) bool {
-	have, want := g.globalDefs(final), g.globalDefs(obj)
+	have, want := g.symbolDefs(final, true), g.symbolDefs(obj, false)
 	if have == nil || want == nil {
 		return true
 	}
@@ -142,10 +159,12 @@ func (g *linkGraph) linkedFrom(final, obj string) bool {
 	return false
 }
 
-// globalDefs returns the names of the global and weak symbols path defines, from its
-// symbol table or else its dynamic one; nil if it has neither or cannot be read.
-func (g *linkGraph) globalDefs(path string) map[string]bool {
-	if d, ok := g.defs[path]; ok {
+// symbolDefs returns the names of the global and weak symbols path defines (with
+// hidden, of the locals the linker made of hidden globals too), from its symbol table
+// or else its dynamic one; nil if it has neither or cannot be read.
+func (g *linkGraph) symbolDefs(path string, hidden bool) map[string]bool {
+	key := fmt.Sprintf("%t:%s", hidden, path)
+	if d, ok := g.defs[key]; ok {
 		return d
 	}
 	var defs map[string]bool
@@ -156,64 +175,22 @@ func (g *linkGraph) globalDefs(path string) map[string]bool {
 		}
 		if err == nil && len(syms) > 0 {
 			defs = map[string]bool{}
+			linkerLocals := false
 			for _, s := range syms {
 				bind := elf.ST_BIND(s.Info)
-				if s.Section != elf.SHN_UNDEF && s.Name != "" && (bind == elf.STB_GLOBAL || bind == elf.STB_WEAK) {
+				typ := elf.ST_TYPE(s.Info)
+				if typ == elf.STT_FILE {
+					linkerLocals = s.Name == ""
+					continue
+				}
+				if s.Section != elf.SHN_UNDEF && s.Name != "" && typ != elf.STT_SECTION &&
+					(bind == elf.STB_GLOBAL || bind == elf.STB_WEAK || (hidden && bind == elf.STB_LOCAL && linkerLocals)) {
 					defs[s.Name] = true
 				}
 			}
 		}
 		f.Close()
 	}
-	g.defs[path] = defs
+	g.defs[key] = defs
 	return defs
-}
-
-// archiveMembers lists the member names of a System V / GNU ar archive.
-func archiveMembers(path string) ([]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return parseArchive(data)
-}
-
-func parseArchive(data []byte) ([]string, error) {
-	const magic = "!<arch>\n"
-	if !bytes.HasPrefix(data, []byte(magic)) {
-		return nil, fmt.Errorf("not an ar archive")
-	}
-	var names []string
-	var longNames []byte
-	off := len(magic)
-	for off+60 <= len(data) {
-		hdr := data[off : off+60]
-		name := strings.TrimRight(string(hdr[0:16]), " ")
-		size, err := strconv.ParseInt(strings.TrimSpace(string(hdr[48:58])), 10, 64)
-		if err != nil || size < 0 || int64(off+60)+size > int64(len(data)) {
-			return names, fmt.Errorf("ar member header at %d: %w", off, io.ErrUnexpectedEOF)
-		}
-		body := data[off+60 : off+60+int(size)]
-		switch {
-		case name == "/" || name == "/SYM64/":
-		case name == "//":
-			longNames = body
-		case strings.HasPrefix(name, "/"):
-			i, err := strconv.Atoi(name[1:])
-			if err == nil && i >= 0 && i < len(longNames) {
-				n := longNames[i:]
-				if j := bytes.IndexAny(n, "/\n"); j >= 0 {
-					n = n[:j]
-				}
-				names = append(names, string(n))
-			}
-		default:
-			names = append(names, strings.TrimSuffix(name, "/"))
-		}
-		off += 60 + int(size)
-		if off%2 == 1 {
-			off++
-		}
-	}
-	return names, nil
 }

@@ -54,6 +54,10 @@ var separateArg = map[string]bool{
 	"-aux-info": true, "-A": true, "-G": true, "-dumpbase": true, "-dumpdir": true,
 }
 
+// TakesValue reports whether a compiler option takes the next argument as its value
+// ("-o", "-L", "-Xlinker", ...).
+func TakesValue(flag string) bool { return separateArg[flag] }
+
 var sourceExt = map[string]bool{
 	".c": true, ".cc": true, ".cp": true, ".cpp": true, ".cxx": true, ".c++": true, ".C": true,
 	".CPP": true, ".i": true, ".ii": true, ".s": true, ".S": true, ".sx": true,
@@ -321,22 +325,31 @@ func linkInputs(cwd string, args []string, inv Invocation) []string {
 		in = append(in, abs(cwd, a))
 	}
 	for _, l := range inv.Libs {
-		for _, d := range inv.LibDirs {
-			found := false
-			for _, name := range []string{"lib" + l + ".so", "lib" + l + ".a"} {
-				p := abs(cwd, filepath.Join(d, name))
-				if _, err := os.Stat(p); err == nil {
-					in = append(in, p)
-					found = true
-					break
-				}
-			}
-			if found {
-				break
-			}
+		if p := FindLib(cwd, l, inv.LibDirs); p != "" {
+			in = append(in, p)
 		}
 	}
 	return in
+}
+
+// FindLib returns the file a -l name resolves to in the -L directories dirs (relative
+// to cwd), as the linker looks: lib<name>.so, then lib<name>.a, in each directory in
+// order; -l:<file> names the file itself. "" if none is there (a system library: not
+// part of the package).
+func FindLib(cwd, name string, dirs []string) string {
+	names := []string{"lib" + name + ".so", "lib" + name + ".a"}
+	if strings.HasPrefix(name, ":") {
+		names = []string{name[1:]}
+	}
+	for _, d := range dirs {
+		for _, n := range names {
+			p := abs(cwd, filepath.Join(d, n))
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	return ""
 }
 
 func abs(cwd, p string) string {

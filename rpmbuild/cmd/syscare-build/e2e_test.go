@@ -135,7 +135,7 @@ func TestBuildAndApply(t *testing.T) {
 		if !strings.Contains(r.stdout, rebuilt) {
 			t.Errorf("%s: want %q in the steps:\n%s", fix, rebuilt, r.stdout)
 		}
-		for _, step := range []string{"prepare", "build original", "build patched", "diff", "link", "package"} {
+		for _, step := range []string{"prepare", "build original", "build patched", "diff", "cross-check", "link", "package"} {
 			if !strings.Contains(r.stdout, step) {
 				t.Errorf("step %q not shown:\n%s", step, r.stdout)
 			}
@@ -205,16 +205,8 @@ func TestBuildAndApply(t *testing.T) {
 	if loaderMissed != "" {
 		t.Fatal(loaderMissed)
 	}
-	// A production host: the shipped files are stripped and their debuginfo is not
-	// installed; the patches carry the offsets of what they use.
 	for _, c := range checks {
-		ef, err := symbols.Open(filepath.Join(root, c.path), symbols.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ef.HasSymtab() {
-			t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", c.path, ef.DebugFile)
-		}
+		productionHost(t, filepath.Join(root, c.path))
 	}
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
@@ -500,4 +492,18 @@ func BenchmarkHotPatchVsRpmbuild(b *testing.B) {
 	b.ReportMetric(plain.Seconds()/float64(b.N), "rpmbuild-s")
 	b.ReportMetric(hot.Seconds()/float64(b.N), "hotpatch-s")
 	b.ReportMetric(hot.Seconds()/plain.Seconds(), "ratio")
+}
+
+// productionHost checks that path is as a production host has it: stripped, with no
+// debuginfo where the loader looks, so that a patch applies only if it carries the
+// offsets of what it uses.
+func productionHost(t *testing.T, path string) {
+	t.Helper()
+	ef, err := symbols.Open(path, symbols.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ef.HasSymtab() {
+		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", path, ef.DebugFile)
+	}
 }

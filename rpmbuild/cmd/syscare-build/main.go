@@ -53,6 +53,20 @@ DESCRIPTION
     patched executable or library, bound to the build-id of the shipped file; and writes
     the patch RPM and the patch's source RPM.
 
+    Static archives the package makes (with ar, ranlib, libtool, thin or not, nested or
+    not) are read back: a member counts for the object whose content it holds, whatever
+    its name and however the archive is linked (absolute or relative path, -L/-l).
+
+    Before any verdict, the cross-check links every shipped binary whose inputs changed
+    twice more, with its recorded link command, from the original and from the rebuilt
+    objects, and compares the two function by function (relocated fields compared by
+    what they refer to). A function that differs but is not replaced by the patch, or a
+    data object whose initial value differs, is an error naming the binary and the
+    function. A binary that needs nothing replaced (it shares a changed object with
+    another, but only gains functions nothing in it calls) gets no patch object. The
+    list "Shipped binaries" gives, per shipped ELF, the replaced and new functions and
+    the number of unchanged ones.
+
     A changed source file that goes into no shipped binary (a test program, a test
     module, an object linked into nothing) is ignored with a note in the report.
     Objects of static libraries the package builds and links in (vendored code) are
@@ -109,20 +123,23 @@ OPTIONS
     -h, --help               show this text
 
 STEPS
-    prepare, build original, build patched, diff, link, package: each is printed with
-    its duration (package is skipped with --dry-run). The full log is build.log in the
-    work directory; when the build fails its last lines and its path are printed (with
-    the work directory removed, the log is kept in the output directory as a new file
-    syscare-build-NAME-<time>.log, or alone in the work directory if it cannot be
-    written there).
+    prepare, build original, build patched, diff, cross-check, link, package: each is
+    printed with its duration (package is skipped with --dry-run). The full log is
+    build.log in the work directory; when the build fails its last lines and its path
+    are printed (with the work directory removed, the log is kept in the output
+    directory as a new file syscare-build-NAME-<time>.log, or alone in the work
+    directory if it cannot be written there).
 
 EXIT STATUS
     0   the patch RPMs were written (with --dry-run: the patch would build)
     1   any other error: bad or mismatched input file (corrupt or non-RPM file, debuginfo
         of another version-release), a patch that does not apply, a missing tool, a
-        compiler mismatch, a failing package build, a kernel source RPM
+        compiler mismatch, a failing package build, a kernel source RPM, a shipped
+        binary that differs beyond the patch (cross-check), or one that could not be
+        cross-checked when nothing else changed
     2   bad command line
-    3   no functional change: the fix changes no function of a shipped binary
+    3   no functional change: the fix changes no function of a shipped binary, and
+        the cross-check found every shipped binary the same
     4   the change cannot be hot patched; the message names the function, the section
         and the reason
 
@@ -213,6 +230,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var f *builder.Failure
 		if errors.As(err, &f) {
 			printReports(stdout, f.Reports)
+			printBinaries(stdout, f.Binaries)
 			fmt.Fprintf(stderr, "syscare-build: %v\n", f.Err)
 			if len(f.Tail) > 0 {
 				fmt.Fprintf(stderr, "last lines of the log:\n    %s\n", strings.Join(f.Tail, "\n    "))
@@ -222,6 +240,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	printReports(stdout, res.Reports)
+	printBinaries(stdout, res.Binaries)
 	if res.DryRun {
 		fmt.Fprintln(stdout, "dry run: the patch would build; no RPM written")
 	} else {
@@ -240,6 +259,19 @@ func printReports(w io.Writer, reports []*diff.Report) {
 	if len(reports) > 0 {
 		fmt.Fprintln(w)
 	}
+}
+
+// printBinaries lists, per shipped ELF, what the patch replaces and adds there and how
+// many functions the cross-check found unchanged.
+func printBinaries(w io.Writer, bins []builder.BinaryStatus) {
+	if len(bins) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Shipped binaries:")
+	for _, b := range bins {
+		fmt.Fprintf(w, "  %s\n", b.Line())
+	}
+	fmt.Fprintln(w)
 }
 
 func exitCode(err error) int {
