@@ -53,7 +53,7 @@ type Process struct {
 	byTid    map[int]*thread
 	memFd    int
 	memTid   int    // tid whose /proc entries reach the memory: Pid unless the leader is a zombie
-	site     uint64 // address of a syscall instruction, 0 until found
+	stub     uint64 // address of the injection stub, 0 until placed
 	detached bool
 	exited   bool // the group leader's death was reported
 	execed   bool

@@ -1,0 +1,66 @@
+// # Surviving the death of the tracer
+//
+// Whoever uses this package can be killed at any instant (SIGKILL, the OOM
+// killer, a crash, a host shutdown); the kernel then detaches every tracee and
+// lets it run. PTRACE_O_EXITKILL would kill them instead, so it is never set.
+// What a tracee must not suffer is therefore decided by what the tracer leaves
+// in it, and the rule is: whatever the tracer changes in a thread restores
+// itself if the tracer disappears.
+//
+// Stopping and resuming change nothing (an interrupt stop is a plain stop).
+// The one thing that changes a thread is running code in it, for an injected
+// system call (mmap, mprotect, munmap) or a function call (an IFUNC resolver).
+// An earlier design pointed rip at a `syscall` instruction and single-stepped
+// the thread over it: had the tracer died in between, the thread kept the trap
+// flag (and died of SIGTRAP at its next instruction) or resumed in the middle
+// of the vDSO with the call's arguments and result in its registers (and died
+// of SIGSEGV). Here, instead:
+//
+//   - The code that runs is a stub (testdata/stub_amd64.s) placed in padding
+//     that no code runs or reads: the zero tail of the vDSO's last page, else of
+//     the last page of an ELF file's executable segment. It is written before
+//     any thread is pointed at it, and always with the same bytes, so it can be
+//     reused (or rewritten) while a thread left over from a dead tracer is still
+//     inside it.
+//   - The tracer writes a frame on the thread's stack, 256 bytes below its stack
+//     pointer (past the 128-byte red zone, which the interrupted code may use):
+//     the ops to run, and every register the stub touches, rflags, rip and the
+//     signal mask. It then changes only rip (to the stub) and rsp (to the frame).
+//     The stub runs the ops, sets a done flag, waits on it for a bounded time
+//     (a futex wait of 250 ms), then reloads every register, the signal mask and
+//     rflags and returns with `ret 256`, which sets rip and rsp at once. So the
+//     thread completes the work and resumes its own code with nothing changed,
+//     whether the tracer is there or not. No single-step is ever used: nothing
+//     can leave a trap flag behind.
+//   - A thread stopped inside a system call (blocking read, sleep) would have its
+//     call restarted by the kernel according to orig_rax and the -ERESTART* code
+//     in rax, which must not happen on the stub. The tracer first turns such a
+//     state into the one the restart logic produces (rip back on the syscall
+//     instruction, rax the call number or restart_syscall, orig_rax -1): a plain
+//     user-space state, valid in any stop and the one the stub returns to.
+//   - While the stub runs, the tracer blocks every signal of the thread
+//     (PTRACE_SETSIGMASK) after pointing it at the stub; the stub restores the
+//     mask itself. A signal that keeps coming, such as an interval timer, would
+//     otherwise stop the thread each time it is resumed before it ran a single
+//     instruction (which is how a test failed under load).
+//   - The tracer polls the done flag, interrupts the thread during its wait, puts
+//     the mask back, then the registers (in that order: dying in between leaves
+//     the thread in the stub, which returns by itself). Should the tracer be
+//     starved for longer than the wait, the thread returns by itself and the run
+//     reports ErrRan, so that a caller who relied on the thread being stopped can
+//     retry.
+//
+// Ops can also commit several writes as one step: OpenSelfMem, WriteTableOp and
+// CloseFDOp make the thread write a table of (address, bytes) through its own
+// /proc/self/mem, so a batch of jumps into read-only text is written entirely
+// even if the tracer dies after starting it; IfOK chains an op (munmap) to the
+// success of the writes. Where the process cannot open its /proc/self/mem (no
+// /proc in its mount namespace, a seccomp filter) the results say so, and the
+// caller falls back to writing from the tracer, with its own record of what is
+// half done.
+//
+// What remains: a mapping created by an injected mmap is leaked if the tracer
+// dies before the caller recorded it anywhere (it is never executed); a signal
+// that arrives during an injection is delivered at Detach, or, if the tracer
+// died, as soon as the stub restores the mask.
+package ptrace
