@@ -1,3 +1,27 @@
+// Package ptrace is the only package that issues ptrace, wait4, process_vm_* and /proc/pid/mem requests.
+//
+// A Tracer owns one goroutine locked to one OS thread: Linux binds a tracee to
+// the thread that attached it, so every ptrace and wait4 request of a Tracer
+// runs there. Methods called from another goroutine hand their work over to
+// that thread (a few microseconds each); Tracer.Do runs a whole closure there,
+// so a caller can do a complete freeze (attach, inspect, inject, write,
+// detach) without any handoff. Several Tracers may run in parallel.
+//
+// Waiting never uses wait4(-1): a thread that is the real parent of a process
+// traced by another thread of this process would take that tracee's stops. It
+// names each thread with __WNOTHREAD, and polls a whole process where one
+// thread's progress can depend on another's report (execve, a dying group
+// leader). PTRACE_O_TRACEEXIT is not used (exit stops deadlock execve), and a
+// watchdog reaps traced zombies when a seize waits on an execve.
+//
+// Known limits: a thread in an uninterruptible sleep delays the attach until
+// it wakes (an error after 2 s of polling for the leader; a blocking wait for
+// other threads); an injected syscall that a seccomp filter forbids fails or
+// kills the process; a process exec'ing during Attach gives ErrExec even if
+// its new image could have been attached.
+//
+// The package is written for x86-64 (the injected code and register layout).
+//
 // # Surviving the death of the tracer
 //
 // Whoever uses this package can be killed at any instant (SIGKILL, the OOM
