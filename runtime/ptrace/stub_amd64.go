@@ -136,6 +136,9 @@ func WriteTableOp(addr uint64, n int) Op {
 // CloseFDOp closes the descriptor OpenSelfMem saved.
 func CloseFDOp() Op { return Op{word: unix.SYS_CLOSE | opArgFD} }
 
+// Critical makes a failure of o (a negative result) mark the run failed.
+func (o Op) Critical() Op { o.word |= opCritical; return o }
+
 // IfOK makes o run only if no critical op of the run failed before it.
 func (o Op) IfOK() Op { o.word |= opSkipFailed; return o }
 
