@@ -41,10 +41,11 @@ demo: check-deps build ## hot-patch a running program end to end
 bench: check-deps build ## run the benchmarks and print figures
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
 
-soak: check-deps build ## kill the patching tools at random instants (SOAK_TRIALS, default 500) and print the counts
+soak: check-deps build ## kill upatch-manage (SOAK_TRIALS, 500) and the helper (SOAK_HELPER_TRIALS, 100) at random instants, print the counts
 	@mkdir -p $(BIN)
-	@SYSCARE_SOAK_TRIALS=$(or $(SOAK_TRIALS),500) SYSCARE_SOAK_LOAD=$(or $(SOAK_LOAD),0) \
-		$(GO) test -v -count=1 -timeout 60m -run 'KillCampaign' ./runtime/upatch/ >$(BIN)/soak.log 2>&1; rc=$$?; \
+	@SYSCARE_SOAK_TRIALS=$(or $(SOAK_TRIALS),500) SYSCARE_SOAK_HELPER_TRIALS=$(or $(SOAK_HELPER_TRIALS),100) \
+		SYSCARE_SOAK_LOAD=$(or $(SOAK_LOAD),0) \
+		$(GO) test -v -count=1 -timeout 60m -run 'KillCampaign' ./runtime/upatch/ ./helper/e2e/ >$(BIN)/soak.log 2>&1; rc=$$?; \
 		grep -E '^(campaign|---|FAIL|ok)|trial' $(BIN)/soak.log; exit $$rc
 
 lint: ## gofmt, go vet, staticcheck, python syntax
