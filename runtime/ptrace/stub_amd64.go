@@ -466,50 +466,44 @@ func (p *Process) stubAddr() (uint64, error) {
 	if p.stub != 0 {
 		return p.stub, nil
 	}
-	areas, err := p.paddingAreas()
-	if err != nil {
-		return 0, p.deadErr(err)
-	}
 	n := uint64(len(stubCode))
 	buf := make([]byte, n)
-	for _, a := range areas {
+	// Where it was put last time in this pid, if it is still there (the
+	// same pid may name another process by now: the bytes must match).
+	if a, ok := p.t.stubs[p.Pid]; ok {
+		if p.ReadMem(a, buf) == nil && bytes.Equal(buf, stubCode) {
+			p.stub = a
+			return a, nil
+		}
+		delete(p.t.stubs, p.Pid)
+	}
+	try := func(a [2]uint64) bool {
 		addr := (a[1] - n) &^ 15
-		if addr < a[0] || addr+n > a[1] {
-			continue
+		if addr < a[0] || addr+n > a[1] || p.ReadMem(addr, buf) != nil {
+			return false
 		}
-		if err := p.ReadMem(addr, buf); err != nil {
-			continue
-		}
-		if bytes.Equal(buf, stubCode) {
-			p.stub = addr
-			return addr, nil
-		}
-		if bytes.Count(buf, []byte{0}) != len(buf) {
-			continue
-		}
-		if err := p.pwrite(addr, stubCode); err != nil {
-			continue
+		if !bytes.Equal(buf, stubCode) {
+			if bytes.Count(buf, []byte{0}) != len(buf) || p.pwrite(addr, stubCode) != nil {
+				return false
+			}
 		}
 		p.stub = addr
-		return addr, nil
+		if len(p.t.stubs) > 4096 {
+			clear(p.t.stubs)
+		}
+		p.t.stubs[p.Pid] = addr
+		return true
 	}
-	return 0, p.deadErr(fmt.Errorf("no free padding for injected code in the executable mappings of pid %d", p.Pid))
-}
-
-// paddingAreas lists [start, end) ranges that are mapped executable, belong
-// to no code or data (see stubAddr), vDSO first.
-func (p *Process) paddingAreas() ([][2]uint64, error) {
-	var out [][2]uint64
 	if base, err := auxvSysinfo(p.memTid); err == nil && base != 0 {
 		// The vDSO image is the whole ELF file, section headers included,
 		// padded with zeros to a page.
-		if lo, ok := p.elfEnd(base, base, true); ok {
-			out = append(out, [2]uint64{lo, roundPage(lo)})
+		if lo, ok := p.elfEnd(base, base, true); ok && try([2]uint64{lo, roundPage(lo)}) {
+			return p.stub, nil
 		}
 	}
 	maps, err := proc.Maps(p.Pid)
 	if err != nil {
-		return out, nil
+		return 0, p.deadErr(err)
 	}
 	for _, m := range maps {
 		if m.Offset != 0 || m.Inode == 0 {
@@ -521,12 +515,12 @@ func (p *Process) paddingAreas() ([][2]uint64, error) {
 		}
 		hi := roundPage(lo)
 		for _, x := range maps {
-			if x.Executable() && x.Inode == m.Inode && x.Dev == m.Dev && lo >= x.Start && hi <= x.End && hi > lo {
-				out = append(out, [2]uint64{lo, hi})
+			if x.Executable() && x.Inode == m.Inode && x.Dev == m.Dev && lo >= x.Start && hi <= x.End && hi > lo && try([2]uint64{lo, hi}) {
+				return p.stub, nil
 			}
 		}
 	}
-	return out, nil
+	return 0, p.deadErr(fmt.Errorf("no free padding for injected code in the executable mappings of pid %d", p.Pid))
 }
 
 func roundPage(v uint64) uint64 { return (v + 4095) &^ 4095 }

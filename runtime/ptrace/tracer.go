@@ -32,6 +32,7 @@ type Tracer struct {
 	// Owned by the tracer thread.
 	procs   map[int]*Process // attached processes, by pid
 	zombies []int            // traced zombie leaders whose death report is due
+	stubs   map[int]uint64   // where the injection stub was put, by pid
 }
 
 type request struct {
@@ -46,6 +47,7 @@ func NewTracer() *Tracer {
 		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 		procs: map[int]*Process{},
+		stubs: map[int]uint64{},
 	}
 	ready := make(chan struct{})
 	go t.loop(ready)
