@@ -222,7 +222,7 @@ func TestStubMatchesSource(t *testing.T) {
 			syms[f[2]] = v
 		}
 	}
-	if syms["parked"] != stubParked || syms["stub_end"] != stubPathOff {
+	if syms["parked"] != stubParked || syms["stub_end"] != stubPathOff || syms["notified"] != stubNotified {
 		t.Fatalf("offsets: parked %#x (want %#x), stub_end %#x (want %#x)", syms["parked"], stubParked, syms["stub_end"], stubPathOff)
 	}
 }

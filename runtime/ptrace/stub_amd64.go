@@ -18,7 +18,7 @@ import (
 // TestStubMatchesSource rebuilds it), followed by the NUL-terminated path
 // "/proc/self/mem". See the package documentation for what it does and why.
 var stubCode = []byte{
-	0x48, 0x89, 0xe3, 0x4c, 0x8d, 0xa3, 0xb0, 0x00, 0x00, 0x00, 0x4c, 0x8b, 0x2b, 0x48, 0xc7, 0x03,
+	0x48, 0x89, 0xe3, 0x4c, 0x8d, 0xa3, 0xe8, 0x00, 0x00, 0x00, 0x4c, 0x8b, 0x2b, 0x48, 0xc7, 0x03,
 	0xff, 0xff, 0xff, 0xff, 0x48, 0xc7, 0x83, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x4d,
 	0x85, 0xed, 0x0f, 0x84, 0xe6, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x04, 0x24, 0x48, 0x0f, 0xba, 0xe0,
 	0x25, 0x73, 0x13, 0x48, 0x83, 0xbb, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x74, 0x09, 0x48, 0xc7, 0xc0,
@@ -34,8 +34,15 @@ var stubCode = []byte{
 	0xd0, 0x48, 0x89, 0xec, 0xeb, 0xaa, 0x49, 0x89, 0xfe, 0x48, 0x89, 0xf5, 0x49, 0x89, 0xd7, 0x4d,
 	0x85, 0xff, 0x74, 0x23, 0xb8, 0x12, 0x00, 0x00, 0x00, 0x4c, 0x89, 0xf7, 0x48, 0x8d, 0x75, 0x20,
 	0x8b, 0x55, 0x18, 0x4c, 0x8b, 0x55, 0x00, 0x0f, 0x05, 0x48, 0x85, 0xc0, 0x78, 0x82, 0x48, 0x83,
-	0xc5, 0x40, 0x49, 0xff, 0xcf, 0xeb, 0xd8, 0x31, 0xc0, 0xe9, 0x72, 0xff, 0xff, 0xff, 0x48, 0xc7,
-	0x43, 0x08, 0x01, 0x00, 0x00, 0x00, 0xb8, 0xca, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x7b, 0x08, 0xbe,
+	0xc5, 0x40, 0x49, 0xff, 0xcf, 0xeb, 0xd8, 0x31, 0xc0, 0xe9, 0x72, 0xff, 0xff, 0xff, 0x48, 0x8b,
+	0x93, 0xb0, 0x00, 0x00, 0x00, 0x48, 0x83, 0xfa, 0xff, 0x75, 0x49, 0x41, 0xbc, 0x17, 0x00, 0x00,
+	0x00, 0xb8, 0x0d, 0x00, 0x00, 0x00, 0x44, 0x89, 0xe7, 0x31, 0xf6, 0x48, 0x8d, 0x93, 0xc8, 0x00,
+	0x00, 0x00, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x85, 0xc0, 0x75, 0x0a, 0x48,
+	0x83, 0xbb, 0xc8, 0x00, 0x00, 0x00, 0x01, 0x76, 0x11, 0x41, 0x83, 0xfc, 0x1c, 0x74, 0x08, 0x41,
+	0xbc, 0x1c, 0x00, 0x00, 0x00, 0xeb, 0xca, 0x45, 0x31, 0xe4, 0x4c, 0x89, 0xa3, 0xb0, 0x00, 0x00,
+	0x00, 0x4c, 0x89, 0xe2, 0x48, 0xc7, 0x43, 0x08, 0x01, 0x00, 0x00, 0x00, 0x48, 0x85, 0xd2, 0x74,
+	0x15, 0xb8, 0xea, 0x00, 0x00, 0x00, 0x48, 0x8b, 0xbb, 0xb8, 0x00, 0x00, 0x00, 0x48, 0x8b, 0xb3,
+	0xc0, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0xca, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x7b, 0x08, 0xbe,
 	0x80, 0x00, 0x00, 0x00, 0xba, 0x01, 0x00, 0x00, 0x00, 0x4c, 0x8d, 0x53, 0x10, 0x45, 0x31, 0xc0,
 	0x45, 0x31, 0xc9, 0x0f, 0x05, 0xb8, 0x0e, 0x00, 0x00, 0x00, 0xbf, 0x02, 0x00, 0x00, 0x00, 0x48,
 	0x8d, 0xb3, 0xa8, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x41, 0xba, 0x08, 0x00, 0x00, 0x00, 0x0f, 0x05,
@@ -50,8 +57,9 @@ var stubCode = []byte{
 
 // Offsets in stubCode and in the frame the stub works on (see the .s file).
 const (
-	stubParked   = 0x135 // after the final futex wait: the stub only restores from here on
-	stubPathOff  = 0x1a4 // "/proc/self/mem\0"
+	stubNotified = 0x186 // after the notification signal was sent
+	stubParked   = 0x1a5 // after the final futex wait: the stub only restores from here on
+	stubPathOff  = 0x214 // "/proc/self/mem\0"
 	stubRetPop   = 256   // the immediate of the stub's final `ret`
 	frameFD      = 0     // op count on entry, then the saved file descriptor
 	frameDone    = 8     // set to 1 when every op has run
@@ -60,7 +68,8 @@ const (
 	frameRegs    = 40    // rax rbx rcx rdx rsi rdi rbp r8..r15
 	frameFailed  = 160   // set to 1 when a critical op failed
 	frameMask    = 168   // the thread's signal mask, which the stub restores
-	frameOps     = 176
+	frameNotify  = 176   // the notification signal, tgid, tid
+	frameOps     = 232
 	opSize       = 64
 	opResult     = 56
 
@@ -290,11 +299,32 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 		}
 		le.PutUint64(b[opResult:], ^uint64(0))
 	}
-	mask, err := getSigMask(th.tid)
-	if err != nil {
-		return nil, threadErr(th, "signal mask of", err)
+	if !th.haveMask {
+		m, err := getSigMask(th.tid)
+		if err != nil {
+			return nil, threadErr(th, "signal mask of", err)
+		}
+		th.mask, th.haveMask = m, true
 	}
+	mask := th.mask
 	le.PutUint64(frame[frameMask:], mask)
+	notify := p.notifySignal()
+	le.PutUint64(frame[frameNotify:], uint64(int64(notify)))
+	le.PutUint64(frame[frameNotify+8:], uint64(p.Pid))
+	le.PutUint64(frame[frameNotify+16:], uint64(th.tid))
+	// A blocking wait needs the stop to come for sure: a known notification,
+	// no function call (which may never return), and not the group leader
+	// (whose end can be reported only after the other threads').
+	block := notify > 0 && th.tid != p.Pid
+	for _, o := range ops {
+		if o.word&opCall != 0 {
+			block = false
+		}
+	}
+	unblocked := sigBit(notify)
+	if notify < 0 {
+		unblocked = sigBit(int(unix.SIGURG)) | sigBit(int(unix.SIGWINCH))
+	}
 	le.PutUint64(frame[flagsAt:], saved.Eflags)
 	le.PutUint64(frame[flagsAt+8:], saved.Rip)
 	if err := p.writev([]Write{{Addr: f, Data: frame}}); err != nil {
@@ -309,38 +339,46 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 		return nil, threadErr(th, "set registers of", err)
 	}
 	th.regs, th.haveRegs = saved, true
-	// Block every signal while the ops run, after rip points at the stub
-	// (which restores the mask itself if this tracer dies): a signal that
-	// keeps coming (an interval timer) would otherwise stop the thread again
-	// each time it is resumed, before it runs a single instruction.
-	if err := setSigMask(th.tid, ^uint64(0)); err != nil {
+	// Block the other signals while the ops run, after rip points at the
+	// stub (which restores the mask itself if this tracer dies): a signal
+	// that keeps coming (an interval timer) would otherwise stop the thread
+	// again each time it is resumed, before it ran a single instruction.
+	if err := setSigMask(th.tid, ^uint64(0)&^unblocked); err != nil {
 		return nil, threadErr(th, "block signals of", err)
 	}
 	if err := cont(th.tid, 0); err != nil {
 		return nil, threadErr(th, "resume", err)
 	}
 	th.state, th.sigStop = stRunning, false
-	done, err := p.awaitStub(th, f)
+	var now unix.PtraceRegs
+	now.Rip = 1 // not read yet
+	done, err := p.awaitStub(th, f, stub, notify, block, &now)
 	if err != nil {
 		return nil, err
 	}
 	res := make([]uint64, len(ops))
-	buf := make([]byte, opSize*len(ops))
-	if err := p.ReadMem(f+frameOps, buf); err != nil {
+	buf := make([]byte, flagsAt-frameNotify)
+	if err := p.ReadMem(f+frameNotify, buf); err != nil {
 		return nil, fmt.Errorf("read injected results: %w", err)
 	}
 	for i := range res {
-		res[i] = le.Uint64(buf[opSize*i+opResult:])
+		res[i] = le.Uint64(buf[frameOps-frameNotify+opSize*i+opResult:])
 	}
-	var now unix.PtraceRegs
-	if err := getRegs(th.tid, &now); err != nil {
-		return nil, threadErr(th, "registers of", err)
+	if n := int64(le.Uint64(buf)); notify < 0 && done && n >= 0 && n < 64 {
+		// What the stub chose, for the next runs.
+		p.notify = int(n)
+		p.t.notifies[p.Pid] = int(n)
+	}
+	if now.Rip != stub+stubNotified || !th.sigStop {
+		if err := getRegs(th.tid, &now); err != nil {
+			return nil, threadErr(th, "registers of", err)
+		}
 	}
 	inStub := now.Rip >= stub && now.Rip < stub+uint64(len(stubCode))
 	if done && !inStub {
-		// After its last op the stub only waits and restores, with every
-		// signal blocked: outside the stub, the thread gave up waiting and
-		// returned to its own code (with its own signal mask).
+		// After its last op the stub only notifies, waits and restores,
+		// with signals blocked: outside the stub, the thread gave up
+		// waiting and returned to its own code (with its own signal mask).
 		th.haveRegs = false
 		return res, fmt.Errorf("thread %d of pid %d: %w", th.tid, p.Pid, ErrRan)
 	}
@@ -359,18 +397,22 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 }
 
 // awaitStub waits until the stub running in th reports that its ops are done
-// (or runTimeout passes), then interrupts th and waits for its stop. Signals
-// that come meanwhile are held back and delivered at Detach. It reports
-// whether the ops were done.
-func (p *Process) awaitStub(th *thread, f uint64) (bool, error) {
+// and takes th back: at the stop of its notification signal, or, without
+// one, by interrupting its final wait (also when runTimeout passes). With
+// block it sleeps in wait4 rather than polling. Signals that come meanwhile
+// are held back and delivered at Detach. It reports whether the ops were done.
+func (p *Process) awaitStub(th *thread, f, stub uint64, notify int, block bool, now *unix.PtraceRegs) (bool, error) {
 	deadline := time.Now().Add(runTimeout)
 	start := time.Now()
 	sleep := 20 * time.Microsecond
 	interrupted, done := false, false
-	var flag [8]byte
 	for {
 		var ws unix.WaitStatus
-		r, err := waitTid(th.tid, &ws, unix.WNOHANG)
+		opt := unix.WNOHANG
+		if block {
+			opt = 0
+		}
+		r, err := waitTid(th.tid, &ws, opt)
 		if err != nil {
 			th.state = stDead
 			return false, fmt.Errorf("wait for thread %d: %w: %w", th.tid, ErrExited, err)
@@ -386,6 +428,13 @@ func (p *Process) awaitStub(th *thread, f uint64) (bool, error) {
 				th.state = stStopped
 				th.haveRegs = false
 				return done, nil
+			case ev == 0 && (sig == int(unix.SIGURG) || sig == int(unix.SIGWINCH)) && p.notified(th, stub, now):
+				// The notification: the ops are done. Resuming from this
+				// signal-delivery-stop with signal 0 discards it (a signal
+				// of that number from elsewhere, had one come at the same
+				// moment, was one the process ignores anyway).
+				th.state, th.sigStop = stStopped, true
+				return true, nil
 			case ev == 0:
 				th.hold(sig) // delivered at detach
 			case ev == eventClone:
@@ -407,10 +456,10 @@ func (p *Process) awaitStub(th *thread, f uint64) (bool, error) {
 			continue
 		}
 		if !interrupted {
-			if n, err := p.readFlag(f+frameDone, flag[:]); err == nil && n == 8 && binary.LittleEndian.Uint64(flag[:]) == 1 {
-				done = true
-			}
-			if done || time.Now().After(deadline) {
+			done = p.word(f+frameDone) == 1
+			// Without a notification coming, interrupt the final wait.
+			quiet := notify == 0 || (notify < 0 && p.word(f+frameNotify) == 0)
+			if (done && quiet) || time.Now().After(deadline) {
 				if err := interrupt(th.tid); err != nil {
 					return false, threadErr(th, "interrupt", err)
 				}
@@ -430,10 +479,48 @@ func (p *Process) awaitStub(th *thread, f uint64) (bool, error) {
 	}
 }
 
-func (p *Process) readFlag(addr uint64, b []byte) (int, error) {
-	local := [1]unix.Iovec{{Base: &b[0], Len: uint64(len(b))}}
-	remote := [1]unix.RemoteIovec{{Base: uintptr(addr), Len: len(b)}}
-	return unix.ProcessVMReadv(p.memTid, local[:], remote[:], 0)
+// word reads the 8-byte word at addr (^0 if it cannot).
+func (p *Process) word(addr uint64) uint64 {
+	var b [8]byte
+	local := [1]unix.Iovec{{Base: &b[0], Len: 8}}
+	remote := [1]unix.RemoteIovec{{Base: uintptr(addr), Len: 8}}
+	if n, err := unix.ProcessVMReadv(p.memTid, local[:], remote[:], 0); err != nil || n != 8 {
+		return ^uint64(0)
+	}
+	return binary.LittleEndian.Uint64(b[:])
+}
+
+// notified reports whether th stopped right after the stub's notification;
+// it reads th's registers into r.
+func (p *Process) notified(th *thread, stub uint64, r *unix.PtraceRegs) bool {
+	return getRegs(th.tid, r) == nil && r.Rip == stub+stubNotified
+}
+
+func sigBit(sig int) uint64 {
+	if sig <= 0 {
+		return 0
+	}
+	return 1 << (sig - 1)
+}
+
+// notifySignal returns the signal the stub sends itself when its ops are
+// done, so that the thread stops for the tracer at once: SIGURG, else
+// SIGWINCH, whichever the process does not catch (their default action is to
+// ignore them, and a process that ignores a signal cannot tell that it came;
+// while traced, the tracer sees it first and discards it). 0 when the process
+// catches both: the tracer then interrupts the stub's final wait. -1 when not
+// known yet: the stub chooses (with rt_sigaction) and says which; the choice
+// is kept for the next runs in this process by this Tracer. (Should the
+// process install a handler between two attaches, the handler could see one
+// spurious signal, and only if this tracer died in the microseconds between
+// the stub's signal and its stop.)
+func (p *Process) notifySignal() int {
+	if p.notify < 0 {
+		if n, ok := p.t.notifies[p.Pid]; ok {
+			p.notify = n
+		}
+	}
+	return p.notify
 }
 
 func (th *thread) hold(sig int) {

@@ -33,6 +33,8 @@ type Tracer struct {
 	procs   map[int]*Process // attached processes, by pid
 	zombies []int            // traced zombie leaders whose death report is due
 	stubs   map[int]uint64   // where the injection stub was put, by pid
+	// notifies: the stub's notification signal, by pid (see notifySignal)
+	notifies map[int]int
 }
 
 type request struct {
@@ -48,6 +50,8 @@ func NewTracer() *Tracer {
 		done:  make(chan struct{}),
 		procs: map[int]*Process{},
 		stubs: map[int]uint64{},
+
+		notifies: map[int]int{},
 	}
 	ready := make(chan struct{})
 	go t.loop(ready)

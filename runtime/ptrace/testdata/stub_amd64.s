@@ -2,11 +2,15 @@
 # stub_amd64.go is this file assembled: as, then objcopy -O binary -j .text).
 # The tracer writes a frame below the thread's stack pointer, sets rip to
 # `stub` and rsp to the frame, and lets the thread run. The stub runs the ops,
-# sets the done flag, waits on it (futex, bounded by the timeout in the frame;
-# the tracer takes the thread back during this wait), then restores the signal
-# mask (the tracer blocks every signal while the stub runs), every register and rflags from the frame and returns to the saved rip with
-# `ret 256`, which also puts rsp back: the frame ends 256 bytes below the
-# thread's stack pointer, past its 128-byte red zone.
+# sets the done flag, sends itself the notification signal if there is one (a
+# signal the process does not catch: while traced it stops the thread for the
+# tracer, untraced it is discarded), then waits on the done flag (futex,
+# bounded by the timeout in the frame; the tracer takes the thread back at the
+# notification or during this wait). Last it restores the signal mask (the
+# tracer blocks the other signals while the stub runs), every register and
+# rflags from the frame, and returns to the saved rip with `ret 256`, which
+# also puts rsp back: the frame ends 256 bytes below the thread's stack
+# pointer, past its 128-byte red zone.
 #
 # Frame (F = rsp on entry):
 #   F+0    number of ops on entry; then the descriptor an op saved (-1)
@@ -16,7 +20,11 @@
 #   F+40   saved rax rbx rcx rdx rsi rdi rbp r8 r9 r10 r11 r12 r13 r14 r15
 #   F+160  failed flag (a critical op returned an error)
 #   F+168  the thread's signal mask, restored before returning
-#   F+176  ops, 64 bytes each: word, a0..a5, result
+#   F+176  notification signal: 0 none, -1 chosen by the stub (SIGURG, else
+#          SIGWINCH, whichever has no handler; the choice is written back),
+#          then the tgid (F+184) and tid (F+192)
+#   F+200  struct sigaction read back by rt_sigaction (32 bytes)
+#   F+232  ops, 64 bytes each: word, a0..a5, result
 # Op word: bits 0-31 syscall number; 32 first argument = saved descriptor;
 # 33 call the function a0 with a1..a5; 34 table write: pwrite64 each of a2
 # 64-byte entries at a1 (address +0, length u32 +24, bytes +32); 35 save the
@@ -26,7 +34,7 @@
 	.globl stub
 stub:
 	mov rbx, rsp
-	lea r12, [rbx+176]
+	lea r12, [rbx+232]
 	mov r13, [rbx]
 	mov qword ptr [rbx], -1
 	mov qword ptr [rbx+160], 0
@@ -96,8 +104,37 @@ stub:
 	jmp 7b
 8:	xor eax, eax
 	jmp 3b
-9:	mov qword ptr [rbx+8], 1
-	mov eax, 202
+9:	mov rdx, [rbx+176]
+	cmp rdx, -1
+	jne 12f
+	mov r12d, 23
+13:	mov eax, 13
+	mov edi, r12d
+	xor esi, esi
+	lea rdx, [rbx+200]
+	mov r10d, 8
+	syscall
+	test rax, rax
+	jnz 14f
+	cmp qword ptr [rbx+200], 1
+	jbe 15f
+14:	cmp r12d, 28
+	je 16f
+	mov r12d, 28
+	jmp 13b
+16:	xor r12d, r12d
+15:	mov [rbx+176], r12
+	mov rdx, r12
+12:	mov qword ptr [rbx+8], 1
+	test rdx, rdx
+	jz 11f
+	mov eax, 234
+	mov rdi, [rbx+184]
+	mov rsi, [rbx+192]
+	syscall
+	.globl notified
+notified:
+11:	mov eax, 202
 	lea rdi, [rbx+8]
 	mov esi, 128
 	mov edx, 1
