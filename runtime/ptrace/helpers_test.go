@@ -21,6 +21,9 @@ import (
 var victimBin string
 
 func TestMain(m *testing.M) {
+	if pid, err := strconv.Atoi(os.Getenv("SYSCARE_PTRACE_INJECTOR")); err == nil {
+		injectForever(pid)
+	}
 	dir, err := os.MkdirTemp("", "ptrace-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -224,5 +227,34 @@ func TestStubMatchesSource(t *testing.T) {
 	}
 	if syms["parked"] != stubParked || syms["stub_end"] != stubPathOff || syms["notified"] != stubNotified {
 		t.Fatalf("offsets: parked %#x (want %#x), stub_end %#x (want %#x)", syms["parked"], stubParked, syms["stub_end"], stubPathOff)
+	}
+}
+
+// injectForever is the child of TestTracerKilledWhileInjecting: it attaches
+// to pid, injects system calls and function calls, detaches, and again, until
+// it is killed.
+func injectForever(pid int) {
+	tr := NewTracer()
+	for {
+		_ = tr.Do(func() error {
+			p, err := tr.Attach(pid)
+			if err != nil {
+				return err
+			}
+			defer p.Detach()
+			for i := 0; i < 20; i++ {
+				addr, err := p.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+				if err != nil {
+					return err
+				}
+				if _, err := p.Syscall(unix.SYS_GETPID); err != nil {
+					return err
+				}
+				if _, err := p.Syscall(unix.SYS_MUNMAP, addr, 4096); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 }

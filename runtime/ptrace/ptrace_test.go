@@ -3,6 +3,9 @@ package ptrace
 import (
 	"bytes"
 	"errors"
+	"math/rand"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -708,6 +711,41 @@ func BenchmarkReadMem(b *testing.B) {
 	for b.Loop() {
 		if err := p.ReadMem(r.Rsp, buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The tracer is killed (SIGKILL) at random instants while it attaches,
+// injects code and detaches, in a process with eight threads and an interval
+// timer: every time, the process must be left untraced, running, with its
+// signals working. This is the ptrace half of the upatch kill campaign.
+func TestTracerKilledWhileInjecting(t *testing.T) {
+	v := startVictim(t, "alarm", "8")
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := 0; i < 25; i++ {
+		c := exec.Command(os.Args[0], "-test.run=^$")
+		c.Env = append(os.Environ(), "SYSCARE_PTRACE_INJECTOR="+strconv.Itoa(v.pid))
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait for the first attach, then kill at a random instant.
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+			if tp, err := proc.TracerPid(v.pid); err == nil && tp != 0 {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rng.Int63n(int64(20 * time.Millisecond))))
+		c.Process.Kill()
+		c.Wait()
+		notTraced(t, v.pid)
+		if t.Failed() {
+			t.FailNow()
+		}
+		v.drain()
+		a, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+		b, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+		if b <= a {
+			t.Fatalf("kill %d: SIGALRM count stuck at %d", i, a)
 		}
 	}
 }
