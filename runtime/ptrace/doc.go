@@ -50,29 +50,35 @@
 //     pointer (past the 128-byte red zone, which the interrupted code may use):
 //     the ops to run, and every register the stub touches, rflags, rip and the
 //     signal mask. It then changes only rip (to the stub) and rsp (to the frame).
-//     The stub runs the ops, sets a done flag, waits on it for a bounded time
-//     (a futex wait of 250 ms), then reloads every register, the signal mask and
-//     rflags and returns with `ret 256`, which sets rip and rsp at once. So the
-//     thread completes the work and resumes its own code with nothing changed,
-//     whether the tracer is there or not. No single-step is ever used: nothing
-//     can leave a trap flag behind.
+//     The stub runs the ops, sets a done flag, sends itself a notification
+//     signal, waits on the flag for a bounded time (a futex wait of 250 ms),
+//     then reloads every register, the signal mask and rflags and returns with
+//     `ret 256`, which sets rip and rsp at once. So the thread completes the
+//     work and resumes its own code with nothing changed, whether the tracer is
+//     there or not. No single-step is ever used: nothing can leave a trap flag
+//     behind.
+//   - The notification is SIGURG, else SIGWINCH: one the process does not catch
+//     (the stub checks with rt_sigaction the first time; the choice is kept per
+//     pid). Their default action is to ignore them, so once untraced the thread
+//     discards it; while traced it stops the thread for the tracer at once, and
+//     the tracer, asleep in wait4, discards it. A process that catches both gets
+//     no signal: the tracer polls the done flag and interrupts the final wait.
 //   - A thread stopped inside a system call (blocking read, sleep) would have its
 //     call restarted by the kernel according to orig_rax and the -ERESTART* code
 //     in rax, which must not happen on the stub. The tracer first turns such a
 //     state into the one the restart logic produces (rip back on the syscall
 //     instruction, rax the call number or restart_syscall, orig_rax -1): a plain
 //     user-space state, valid in any stop and the one the stub returns to.
-//   - While the stub runs, the tracer blocks every signal of the thread
+//   - While the stub runs, the tracer blocks every other signal of the thread
 //     (PTRACE_SETSIGMASK) after pointing it at the stub; the stub restores the
 //     mask itself. A signal that keeps coming, such as an interval timer, would
 //     otherwise stop the thread each time it is resumed before it ran a single
 //     instruction (which is how a test failed under load).
-//   - The tracer polls the done flag, interrupts the thread during its wait, puts
-//     the mask back, then the registers (in that order: dying in between leaves
-//     the thread in the stub, which returns by itself). Should the tracer be
-//     starved for longer than the wait, the thread returns by itself and the run
-//     reports ErrRan, so that a caller who relied on the thread being stopped can
-//     retry.
+//   - Having taken the thread back, the tracer puts the mask back, then the
+//     registers (in that order: dying in between leaves the thread in the stub,
+//     which returns by itself). Should the tracer be starved for longer than the
+//     final wait, the thread returns by itself and the run reports ErrRan, so
+//     that a caller who relied on the thread being stopped can retry.
 //
 // Ops can also commit several writes as one step: OpenSelfMem, WriteTableOp and
 // CloseFDOp make the thread write a table of (address, bytes) through its own
@@ -86,5 +92,11 @@
 // What remains: a mapping created by an injected mmap is leaked if the tracer
 // dies before the caller recorded it anywhere (it is never executed); a signal
 // that arrives during an injection is delivered at Detach, or, if the tracer
-// died, as soon as the stub restores the mask.
+// died, as soon as the stub restores the mask; if the tracer dies while a
+// thread runs a table write, the other threads are let go while that thread
+// finishes it (microseconds), so they may briefly run with part of the writes
+// done; a process that installs a SIGURG handler between two attaches by one
+// Tracer may see one spurious SIGURG if that tracer dies in the microseconds
+// between the stub's signal and its stop. The stub sits in padding that another
+// version of it may occupy; that one is left alone and other padding is used.
 package ptrace
