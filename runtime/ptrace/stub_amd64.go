@@ -313,9 +313,16 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 	le.PutUint64(frame[frameNotify+8:], uint64(p.Pid))
 	le.PutUint64(frame[frameNotify+16:], uint64(th.tid))
 	// A blocking wait needs the stop to come for sure: a known notification,
-	// no function call (which may never return), and not the group leader
-	// (whose end can be reported only after the other threads').
-	block := notify > 0 && th.tid != p.Pid
+	// no function call (which may never return), and not a group leader with
+	// other threads (its end is reported only after theirs, which would wait
+	// for this tracer).
+	alone := true
+	for _, o := range p.threads {
+		if o != th && o.state != stGone {
+			alone = false
+		}
+	}
+	block := notify > 0 && (th.tid != p.Pid || alone)
 	for _, o := range ops {
 		if o.word&opCall != 0 {
 			block = false

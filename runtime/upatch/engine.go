@@ -361,9 +361,8 @@ func exited(pid int, err error) error {
 	return err
 }
 
-// testHookStopped, when set by a test, runs right after the process was stopped;
-// testHookWritten after a patch was written, before its commit.
-var testHookStopped, testHookWritten func(pid int)
+// testHookStopped, when set by a test, runs right after the process was stopped.
+var testHookStopped func(pid int)
 
 // Patch applies obj to the process pid.
 func (e *Engine) Patch(pid int, obj *patchobj.Object, o Options) error {
@@ -549,9 +548,6 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if err := pr.WriteMemv(writes); err != nil {
 		undo()
 		return exited(p.pid, fmt.Errorf("write patch: %w", err))
-	}
-	if testHookWritten != nil {
-		testHookWritten(p.pid)
 	}
 	var first []ptrace.Op
 	if total > textSize {
