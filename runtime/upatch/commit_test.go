@@ -101,3 +101,28 @@ func TestPendingPatchRolledBack(t *testing.T) {
 		t.Fatalf("after re-applying: %q", l)
 	}
 }
+
+// A process that cannot open its own /proc/self/mem (no /proc in its mount
+// namespace) is patched and unpatched all the same: the tool writes the jumps
+// itself, in the same order, the pending mark cleared last.
+func TestCommitWithoutProcInTarget(t *testing.T) {
+	bin := buildVictim(t)
+	v := start(t, "unshare", nil, "--mount", "--propagation", "private", "sh", "-c", "umount -l /proc && exec "+bin)
+	_, obj := buildPatch(t, "fix_greet.c", bin, "")
+	v.expect(t, "greet=1")
+	e := NewEngine("/")
+	if err := e.Patch(v.pid(), obj, opts(uuid1)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "greet=2")
+	if applied, err := e.Info(v.pid()); err != nil || len(applied) != 1 {
+		t.Fatalf("info = %+v, %v", applied, err)
+	}
+	if err := e.Unpatch(v.pid(), uuid1, opts(uuid1)); err != nil {
+		t.Fatal(err)
+	}
+	v.expect(t, "greet=1")
+	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
+		t.Fatalf("info after unpatch = %+v", applied)
+	}
+}
