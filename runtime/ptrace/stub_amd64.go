@@ -374,6 +374,9 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 	if n := int64(le.Uint64(buf)); notify < 0 && done && n >= 0 && n < 64 {
 		// What the stub chose, for the next runs.
 		p.notify = int(n)
+		if len(p.t.notifies) > 4096 {
+			clear(p.t.notifies)
+		}
 		p.t.notifies[p.Pid] = int(n)
 	}
 	if now.Rip != stub+stubNotified || !th.sigStop {
