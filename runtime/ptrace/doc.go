@@ -94,8 +94,10 @@
 // that arrives during an injection is delivered at Detach, or, if the tracer
 // died, as soon as the stub restores the mask; if the tracer dies while a
 // thread runs a table write, the other threads are let go while that thread
-// finishes it (microseconds), so they may briefly run with part of the writes
-// done; a process that installs a SIGURG handler between two attaches by one
+// finishes it (microseconds, more if it is descheduled), so they may briefly
+// run with part of the writes done (parking every thread in a stub that waits
+// for the writer would close this window, at about 25 µs of freeze per
+// thread on a slow machine); a process that installs a SIGURG handler between two attaches by one
 // Tracer may see one spurious SIGURG if that tracer dies in the microseconds
 // between the stub's signal and its stop. The stub sits in padding that another
 // version of it may occupy; that one is left alone and other padding is used.
