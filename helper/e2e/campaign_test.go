@@ -90,7 +90,7 @@ func victimFuncs(t *testing.T, pid int, exe string) []uint64 {
 // (within a second: a woken thread may take a moment to run).
 func healthy(pid int) (bool, string) {
 	desc := ""
-	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
 		tids, err := proc.Threads(pid)
 		if err != nil {
 			return false, err.Error()
@@ -101,6 +101,15 @@ func healthy(pid int) (bool, string) {
 			st, _ := proc.ThreadState(pid, tid)
 			tp, _ := proc.TracerPid(tid)
 			desc += fmt.Sprintf(" %d:%c/%d", tid, st, tp)
+			if tp != 0 {
+				// Who traces it: the killed helper still exiting, or another.
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", tp))
+				for _, l := range strings.Split(string(b), "\n") {
+					if strings.HasPrefix(l, "Tgid:") || strings.HasPrefix(l, "State:") || strings.HasPrefix(l, "Name:") {
+						desc += " " + strings.Join(strings.Fields(l), "")
+					}
+				}
+			}
 			if tp != 0 || st == 't' || st == 'T' || st == 'Z' {
 				ok = false
 			}
@@ -130,6 +139,15 @@ func freshLine(v *victim, d time.Duration) (string, bool) {
 
 func TestKillCampaignHelper(t *testing.T) {
 	trials := helperTrials()
+	// SYSCARE_SOAK_LOAD busy loops load the machine meanwhile.
+	load, _ := strconv.Atoi(os.Getenv("SYSCARE_SOAK_LOAD"))
+	for i := 0; i < load; i++ {
+		c := exec.Command("sh", "-c", "while :; do :; done")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	}
 	s := newSandbox(t)
 	s.install(hpBoth)
 	exe := filepath.Join(s.root, "usr/bin/victim")
@@ -178,10 +196,18 @@ func TestKillCampaignHelper(t *testing.T) {
 		if patched {
 			op = "remove"
 		}
-		if _, _, rc := s.syscare("list"); rc != 0 {
+		// Activate the helper (a starved machine may need more than one try).
+		hp := 0
+		for try := 0; try < 10 && hp == 0; try++ {
+			if _, _, rc := s.syscare("list"); rc == 0 {
+				hp = s.helperPid()
+			} else {
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+		if hp == 0 {
 			t.Fatal("the helper does not start")
 		}
-		hp := s.helperPid()
 		cmd := exec.Command(filepath.Join(fx.bin, "syscare"), op, hpBoth.uuid)
 		cmd.Env = append(os.Environ(), "DBUS_SYSTEM_BUS_ADDRESS="+s.addr)
 		var out bytes.Buffer
@@ -209,6 +235,7 @@ func TestKillCampaignHelper(t *testing.T) {
 			held = true
 		}
 		syscall.Kill(hp, syscall.SIGKILL)
+		killedPid := hp
 		if err := cmd.Wait(); err != nil && !strings.Contains(out.String(), "NoReply") && !strings.Contains(out.String(), "disconnect") {
 			cliErrors++
 			note("trial %d: syscare %s: %v: %s", i, op, err, strings.TrimSpace(out.String()))
@@ -234,7 +261,7 @@ func TestKillCampaignHelper(t *testing.T) {
 				note("trial %d: target died: %v", i, v.cmd.ProcessState)
 			} else {
 				stuck++
-				note("trial %d: threads (state/tracer):%s", i, desc)
+				note("trial %d: killed helper %d; threads (state/tracer):%s", i, killedPid, desc)
 			}
 			restart()
 			continue
