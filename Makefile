@@ -8,7 +8,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Every directory <component>/cmd/<name> is a binary, built into bin/<name>.
 CMDS := $(wildcard */cmd/*)
 
-.PHONY: all build test test-go test-python test-e2e demo bench lint deps check-deps help clean
+.PHONY: all build test test-go test-python test-e2e demo bench soak lint deps check-deps help clean
 
 all: build ## build every binary into bin/
 
@@ -40,6 +40,13 @@ demo: check-deps build ## hot-patch a running program end to end
 
 bench: check-deps build ## run the benchmarks and print figures
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
+
+soak: check-deps build ## kill upatch-manage (SOAK_TRIALS, 500) and the helper (SOAK_HELPER_TRIALS, 100) at random instants, print the counts
+	@mkdir -p $(BIN)
+	@SYSCARE_SOAK_TRIALS=$(or $(SOAK_TRIALS),500) SYSCARE_SOAK_HELPER_TRIALS=$(or $(SOAK_HELPER_TRIALS),100) \
+		SYSCARE_SOAK_LOAD=$(or $(SOAK_LOAD),0) \
+		$(GO) test -v -count=1 -timeout 60m -run 'KillCampaign' ./runtime/upatch/ ./helper/e2e/ >$(BIN)/soak.log 2>&1; rc=$$?; \
+		grep -E '^(campaign|---|FAIL|ok)|trial' $(BIN)/soak.log; exit $$rc
 
 lint: ## gofmt, go vet, staticcheck, python syntax
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

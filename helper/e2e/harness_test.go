@@ -37,13 +37,21 @@ var fx struct {
 	objects map[string][]byte // patch name -> object
 }
 
-const victimC = `#include <stdio.h>
+// victimC with the argument "threads" also runs 7 threads calling both functions.
+const victimC = `#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 __attribute__((noipa)) int greet(void) { return 1; }
 __attribute__((noipa)) int world(void) { return 10; }
+static volatile int sink;
+static void *worker(void *arg) { (void)arg; for (;;) { sink += greet() + world(); usleep(50); } return NULL; }
 int main(int argc, char **argv) {
 	if (argc > 1 && !strcmp(argv[1], "once")) { printf("%d %d\n", greet(), world()); return 0; }
+	if (argc > 1 && !strcmp(argv[1], "threads")) {
+		pthread_t t;
+		for (int i = 0; i < 7; i++) pthread_create(&t, NULL, worker, NULL);
+	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	for (;;) { printf("%d %d\n", greet(), world()); usleep(5000); }
 }
@@ -70,10 +78,11 @@ var patchSources = map[string]string{
 	"greet3":  "#include <upatch.h>\nint greet_v3(void) { return 3; }\nUPATCH_FUNC(greet, greet_v3);\n",
 	"world20": "#include <upatch.h>\nint world_v2(void) { return 20; }\nUPATCH_FUNC(world, world_v2);\n",
 	"lgreet6": "#include <upatch.h>\nint lgreet_v2(void) { return 6; }\nUPATCH_FUNC(lgreet, lgreet_v2);\n",
+	"both":    "#include <upatch.h>\nint greet_v4(void) { return 2; }\nint world_v4(void) { return 20; }\nUPATCH_FUNC(greet, greet_v4);\nUPATCH_FUNC(world, world_v4);\n",
 }
 
 // patchTargets names the file of the package each of patchSources patches.
-var patchTargets = map[string]string{"greet2": "victim", "greet3": "victim", "world20": "victim", "lgreet6": "libgreet.so"}
+var patchTargets = map[string]string{"greet2": "victim", "greet3": "victim", "world20": "victim", "both": "victim", "lgreet6": "libgreet.so"}
 
 // The files are stripped before rpmbuild sees them (setup); %__os_install_post is
 // emptied so that the package holds exactly those files.
@@ -140,7 +149,7 @@ func setup(m *testing.M) (int, error) {
 	os.WriteFile(filepath.Join(src, "libgreet.c"), []byte(libC), 0o644)
 	os.WriteFile(filepath.Join(src, "victimlib.c"), []byte(libVictimC), 0o644)
 	for _, args := range [][]string{
-		{"-O2", "-g", "-Wl,--build-id", "-o", "victim", "victim.c"},
+		{"-O2", "-g", "-pthread", "-Wl,--build-id", "-o", "victim", "victim.c"},
 		{"-O2", "-g", "-Wl,--build-id", "-shared", "-fPIC", "-o", "libgreet.so", "libgreet.c"},
 		{"-O2", "-g", "-Wl,--build-id", "-o", "victimlib", "victimlib.c", "-L.", "-lgreet"},
 	} {
@@ -400,9 +409,9 @@ func (s *sandbox) startVictim() *victim {
 }
 
 // startProgram starts a looping program of the root and waits until it prints first.
-func (s *sandbox) startProgram(rel, first string) *victim {
+func (s *sandbox) startProgram(rel, first string, args ...string) *victim {
 	s.t.Helper()
-	v := &victim{cmd: exec.Command(filepath.Join(s.root, rel))}
+	v := &victim{cmd: exec.Command(filepath.Join(s.root, rel), args...)}
 	v.cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(s.root, "usr/lib"))
 	out, _ := v.cmd.StdoutPipe()
 	if err := v.cmd.Start(); err != nil {

@@ -2,11 +2,13 @@ package ptrace
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,9 @@ import (
 var victimBin string
 
 func TestMain(m *testing.M) {
+	if pid, err := strconv.Atoi(os.Getenv("SYSCARE_PTRACE_INJECTOR")); err == nil {
+		injectForever(pid)
+	}
 	dir, err := os.MkdirTemp("", "ptrace-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -190,3 +195,66 @@ func inExecutable(maps []proc.Mapping, addr uint64) bool {
 }
 
 var _ = unix.SIGKILL
+
+// TestStubMatchesSource assembles testdata/stub_amd64.s and compares it with
+// the bytes the package injects, and with the offsets it relies on.
+func TestStubMatchesSource(t *testing.T) {
+	dir := t.TempDir()
+	obj, bin := filepath.Join(dir, "stub.o"), filepath.Join(dir, "stub.bin")
+	if out, err := exec.Command("as", "testdata/stub_amd64.s", "-o", obj).CombinedOutput(); err != nil {
+		t.Fatalf("as: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("objcopy", "-O", "binary", "-j", ".text", obj, bin).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, stubCode) {
+		t.Fatalf("stubCode differs from testdata/stub_amd64.s assembled (%d vs %d bytes)", len(stubCode), len(b))
+	}
+	out, err := exec.Command("nm", obj).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms := map[string]uint64{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) == 3 {
+			v, _ := strconv.ParseUint(f[0], 16, 64)
+			syms[f[2]] = v
+		}
+	}
+	if syms["parked"] != stubParked || syms["stub_end"] != stubPathOff || syms["notified"] != stubNotified {
+		t.Fatalf("offsets: parked %#x (want %#x), stub_end %#x (want %#x)", syms["parked"], stubParked, syms["stub_end"], stubPathOff)
+	}
+}
+
+// injectForever is the child of TestTracerKilledWhileInjecting: it attaches
+// to pid, injects system calls and function calls, detaches, and again, until
+// it is killed.
+func injectForever(pid int) {
+	tr := NewTracer()
+	for {
+		_ = tr.Do(func() error {
+			p, err := tr.Attach(pid)
+			if err != nil {
+				return err
+			}
+			defer p.Detach()
+			for i := 0; i < 20; i++ {
+				addr, err := p.Syscall(unix.SYS_MMAP, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0)
+				if err != nil {
+					return err
+				}
+				if _, err := p.Syscall(unix.SYS_GETPID); err != nil {
+					return err
+				}
+				if _, err := p.Syscall(unix.SYS_MUNMAP, addr, 4096); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+}

@@ -34,6 +34,8 @@ type thread struct {
 	sigStop  bool
 	haveRegs bool
 	regs     unix.PtraceRegs
+	haveMask bool // mask holds the blocked signals (read once per attach)
+	mask     uint64
 	deferred []deferredSignal
 }
 
@@ -53,7 +55,8 @@ type Process struct {
 	byTid    map[int]*thread
 	memFd    int
 	memTid   int    // tid whose /proc entries reach the memory: Pid unless the leader is a zombie
-	site     uint64 // address of a syscall instruction, 0 until found
+	stub     uint64 // address of the injection stub, 0 until placed
+	notify   int    // notification signal of the stub, -1 until known
 	detached bool
 	exited   bool // the group leader's death was reported
 	execed   bool
@@ -74,7 +77,7 @@ func (t *Tracer) attach(pid int) (*Process, error) {
 	if pid <= 0 {
 		return nil, fmt.Errorf("attach pid %d: %w", pid, unix.EINVAL)
 	}
-	p := &Process{Pid: pid, t: t, byTid: map[int]*thread{}, memFd: -1, memTid: pid}
+	p := &Process{Pid: pid, t: t, byTid: map[int]*thread{}, memFd: -1, memTid: pid, notify: -1}
 	t.procs[pid] = p
 	if err := p.stopAll(); err != nil {
 		_ = p.detach()
@@ -368,7 +371,7 @@ func (p *Process) zombies() bool {
 // the thread stepping over an injected syscall handles its own reports.
 func (p *Process) apply(th *thread, ws unix.WaitStatus) {
 	tid := th.tid
-	th.haveRegs = false
+	th.haveRegs, th.haveMask = false, false
 	th.sigStop = false
 	if ws.Exited() || ws.Signaled() {
 		th.state = stGone

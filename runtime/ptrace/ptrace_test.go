@@ -3,6 +3,9 @@ package ptrace
 import (
 	"bytes"
 	"errors"
+	"math/rand"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -108,7 +111,9 @@ func TestAttachWhileThreadsAreCreated(t *testing.T) {
 }
 
 // The leader thread is blocked in read(2): the injected syscall runs, the
-// registers come back exactly, and the read restarts and still works.
+// registers come back as the kernel's restart logic would leave them (rip on
+// the syscall instruction, rax the call number), and the read restarts and
+// still works.
 func TestSyscallWhileBlockedInRead(t *testing.T) {
 	v := startVictim(t, "read")
 	time.Sleep(20 * time.Millisecond) // let it enter read
@@ -138,7 +143,7 @@ func TestSyscallWhileBlockedInRead(t *testing.T) {
 	if err := tr.Do(func() error { return getRegs(v.pid, &after) }); err != nil {
 		t.Fatal(err)
 	}
-	if after != before {
+	if want := resumeState(before); after != want || want.Rip != before.Rip-2 || want.Rax != unix.SYS_READ {
 		t.Fatalf("registers changed by the injected syscall:\nbefore %+v\nafter  %+v", before, after)
 	}
 	if err := p.Detach(); err != nil {
@@ -706,6 +711,41 @@ func BenchmarkReadMem(b *testing.B) {
 	for b.Loop() {
 		if err := p.ReadMem(r.Rsp, buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// The tracer is killed (SIGKILL) at random instants while it attaches,
+// injects code and detaches, in a process with eight threads and an interval
+// timer: every time, the process must be left untraced, running, with its
+// signals working. This is the ptrace half of the upatch kill campaign.
+func TestTracerKilledWhileInjecting(t *testing.T) {
+	v := startVictim(t, "alarm", "8")
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for i := 0; i < 25; i++ {
+		c := exec.Command(os.Args[0], "-test.run=^$")
+		c.Env = append(os.Environ(), "SYSCARE_PTRACE_INJECTOR="+strconv.Itoa(v.pid))
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Wait for the first attach, then kill at a random instant.
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+			if tp, err := proc.TracerPid(v.pid); err == nil && tp != 0 {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rng.Int63n(int64(20 * time.Millisecond))))
+		c.Process.Kill()
+		c.Wait()
+		notTraced(t, v.pid)
+		if t.Failed() {
+			t.FailNow()
+		}
+		v.drain()
+		a, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+		b, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+		if b <= a {
+			t.Fatalf("kill %d: SIGALRM count stuck at %d", i, a)
 		}
 	}
 }

@@ -44,8 +44,6 @@ func interrupt(tid int) error { return ptraceReq(unix.PTRACE_INTERRUPT, tid, 0, 
 
 func cont(tid, sig int) error { return ptraceReq(unix.PTRACE_CONT, tid, 0, uintptr(sig)) }
 
-func singleStep(tid int) error { return ptraceReq(unix.PTRACE_SINGLESTEP, tid, 0, 0) }
-
 func detachThread(tid, sig int) error { return ptraceReq(unix.PTRACE_DETACH, tid, 0, uintptr(sig)) }
 
 func getRegs(tid int, r *unix.PtraceRegs) error {
@@ -55,6 +53,24 @@ func getRegs(tid int, r *unix.PtraceRegs) error {
 
 func setRegs(tid int, r *unix.PtraceRegs) error {
 	_, _, e := unix.RawSyscall6(unix.SYS_PTRACE, unix.PTRACE_SETREGS, uintptr(tid), 0, uintptr(unsafe.Pointer(r)), 0, 0)
+	return errnoErr(e)
+}
+
+// PTRACE_GETSIGMASK and PTRACE_SETSIGMASK (Linux 3.11) read and set a
+// stopped tracee's blocked-signal mask.
+const (
+	ptraceGetSigMask = 0x420a
+	ptraceSetSigMask = 0x420b
+)
+
+func getSigMask(tid int) (uint64, error) {
+	var m uint64
+	_, _, e := unix.RawSyscall6(unix.SYS_PTRACE, ptraceGetSigMask, uintptr(tid), 8, uintptr(unsafe.Pointer(&m)), 0, 0)
+	return m, errnoErr(e)
+}
+
+func setSigMask(tid int, m uint64) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_PTRACE, ptraceSetSigMask, uintptr(tid), 8, uintptr(unsafe.Pointer(&m)), 0, 0)
 	return errnoErr(e)
 }
 

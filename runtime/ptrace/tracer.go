@@ -1,26 +1,3 @@
-// Package ptrace is the only package that issues ptrace, wait4, process_vm_* and /proc/pid/mem requests.
-//
-// A Tracer owns one goroutine locked to one OS thread: Linux binds a tracee to
-// the thread that attached it, so every ptrace and wait4 request of a Tracer
-// runs there. Methods called from another goroutine hand their work over to
-// that thread (a few microseconds each); Tracer.Do runs a whole closure there,
-// so a caller can do a complete freeze (attach, inspect, inject, write,
-// detach) without any handoff. Several Tracers may run in parallel.
-//
-// Waiting never uses wait4(-1): a thread that is the real parent of a process
-// traced by another thread of this process would take that tracee's stops. It
-// names each thread with __WNOTHREAD, and polls a whole process where one
-// thread's progress can depend on another's report (execve, a dying group
-// leader). PTRACE_O_TRACEEXIT is not used (exit stops deadlock execve), and a
-// watchdog reaps traced zombies when a seize waits on an execve.
-//
-// Known limits: a thread in an uninterruptible sleep delays the attach until
-// it wakes (an error after 2 s of polling for the leader; a blocking wait for
-// other threads); an injected syscall that a seccomp filter forbids fails or
-// kills the process; a process exec'ing during Attach gives ErrExec even if
-// its new image could have been attached.
-//
-// The package is written for x86-64 (the injected syscall and register layout).
 package ptrace
 
 import (
@@ -55,6 +32,9 @@ type Tracer struct {
 	// Owned by the tracer thread.
 	procs   map[int]*Process // attached processes, by pid
 	zombies []int            // traced zombie leaders whose death report is due
+	stubs   map[int]uint64   // where the injection stub was put, by pid
+	// notifies: the stub's notification signal, by pid (see notifySignal)
+	notifies map[int]int
 }
 
 type request struct {
@@ -69,6 +49,9 @@ func NewTracer() *Tracer {
 		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
 		procs: map[int]*Process{},
+		stubs: map[int]uint64{},
+
+		notifies: map[int]int{},
 	}
 	ready := make(chan struct{})
 	go t.loop(ready)

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-func buildBenchTarget(b *testing.B) string {
+func buildBenchTarget(b testing.TB) string {
 	bin := filepath.Join(b.TempDir(), "bench_target")
 	gcc(b, "-O2", "-pthread", testdata("bench_target.c"), "-o", bin)
 	return bin

@@ -471,9 +471,19 @@ func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try in
 }
 
 // apply is the critical section: every thread of the process is stopped.
+//
+// The patch goes in as one step (see commit.go): header, jump table, code and
+// data are written first, with the header marked pending; then one injected
+// run makes the data writable and, through the process's own /proc/self/mem,
+// writes every jump and finally clears the pending mark. That run completes
+// even if this tool dies once it started, and a pending header left by a tool
+// that died earlier is rolled back before anything else.
 func (p *prepared) apply(pr *ptrace.Process) error {
 	applied, err := readHeaders(pr, p.maps)
 	if err != nil {
+		return err
+	}
+	if applied, err = repairPending(pr, applied); err != nil {
 		return err
 	}
 	seq := uint64(1)
@@ -495,7 +505,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 
 	// One read for every function: the bytes a jump will overwrite, and the
 	// padding after a function shorter than the jump.
-	hdr := Header{UUID: p.uuid, Seq: seq, Bias: p.tgt.bias, Target: p.tgt.path}
+	hdr := Header{UUID: p.uuid, Seq: seq, Bias: p.tgt.bias, Target: p.tgt.path, Pending: true}
 	addrs, heads := make([]uint64, len(p.funcs)), make([][]byte, len(p.funcs))
 	for i, f := range p.funcs {
 		addrs[i], heads[i] = f.addr, make([]byte, min(f.room, maxJumpLen))
@@ -504,7 +514,10 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if err := pr.ReadMemv(addrs, heads); err != nil {
 		return exited(p.pid, fmt.Errorf("read replaced functions: %w", err))
 	}
-	hdrSize := uint64(hdr.encodedSize())
+	// The jump table (one entry per jump, then the one that clears the
+	// pending mark) follows the header.
+	tableOff := uint64(hdr.encodedSize())
+	hdrSize := tableOff + uint64(len(p.funcs)+1)*ptrace.TableEntrySize
 	hdrPages := roundUp(hdrSize, pageSize)
 	textSize := hdrPages + roundUp(p.plan.TextSize, pageSize)
 	total := textSize + roundUp(p.plan.DataSize, pageSize)
@@ -549,6 +562,8 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		undo()
 		return err
 	}
+	jumps = append(jumps, ptrace.Write{Addr: base + headerStateOff, Data: make([]byte, 4)})
+	hb = append(hb, encodeTable(jumps)...)
 	writes := []ptrace.Write{{Addr: base, Data: hb}, {Addr: base + hdrPages, Data: img.Text}}
 	dataAddr := base + textSize
 	if len(img.Data) > 0 {
@@ -558,22 +573,18 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		undo()
 		return exited(p.pid, fmt.Errorf("write patch: %w", err))
 	}
+	var first []ptrace.Op
 	if total > textSize {
-		if _, err := pr.Syscall(unix.SYS_MPROTECT, dataAddr, total-textSize, unix.PROT_READ|unix.PROT_WRITE); err != nil {
-			undo()
-			return exited(p.pid, fmt.Errorf("make patch data writable: %w", err))
-		}
+		first = append(first, ptrace.SyscallOp(unix.SYS_MPROTECT, dataAddr, total-textSize, unix.PROT_READ|unix.PROT_WRITE))
 	}
-	// The jumps are the commit point: until they are written the process runs old code only.
-	if err := pr.WriteMemv(jumps); err != nil {
-		// Put back whatever was written, best effort, then release the memory.
-		restore := make([]ptrace.Write, len(hdr.Funcs))
-		for i, f := range hdr.Funcs {
-			restore[i] = ptrace.Write{Addr: f.Old, Data: f.Orig}
+	if err := commitTable(pr, base+tableOff, jumps, first, nil); err != nil {
+		// Roll back whatever went in: the header says what that can be.
+		if h, rerr := readHeaderAt(pr, base); rerr == nil && !h.Pending {
+			return nil // the commit completed after all
+		} else if rerr == nil {
+			_ = rollback(pr, h)
 		}
-		_ = pr.WriteMemv(restore)
-		undo()
-		return exited(p.pid, fmt.Errorf("write jumps: %w", err))
+		return exited(p.pid, fmt.Errorf("commit patch: %w", err))
 	}
 	return nil
 }
@@ -622,6 +633,14 @@ func allocNear(pr *ptrace.Process, maps []proc.Mapping, lo, hi, size uint64) (ui
 	for _, hint := range holesNear(maps, lo, hi, size) {
 		addr, err := pr.Syscall(unix.SYS_MMAP, hint, size, unix.PROT_READ|unix.PROT_EXEC,
 			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
+		if errors.Is(err, ptrace.ErrRan) {
+			// A thread ran while the others were stopped: the safety check no
+			// longer holds. Give the memory back and try again later.
+			if int64(addr) > 0 {
+				_, _ = pr.Syscall(unix.SYS_MUNMAP, addr, size)
+			}
+			return 0, fmt.Errorf("%w: %w", ErrBusy, err)
+		}
 		if err == nil {
 			if addr != hint {
 				// Old kernels ignore MAP_FIXED_NOREPLACE and treat it as a hint.

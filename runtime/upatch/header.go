@@ -21,7 +21,9 @@ import (
 //	72     8    total region size in bytes (header + text + data), for munmap
 //	80     8    text region size (header included), mapped r-x
 //	88     8    load bias of the target ELF when patched
-//	96     32   reserved
+//	96     4    length of the target path
+//	100    4    state: 0 committed, 1 pending (written, jumps not all in yet)
+//	104    24   reserved
 //	128    N*64 functions: old address u64, new address u64, new size u64, jump length u32,
 //	            symbol position u32, original bytes [16], name offset u32, name length u32,
 //	            reserved [8]
@@ -33,19 +35,24 @@ const (
 	headerFuncSize  = 64
 	maxUUIDLen      = 47
 	maxJumpLen      = 16
+	headerStateOff  = 100
+	statePending    = 1
 )
 
 var errNotHeader = errors.New("not a patch header")
 
 // Header describes one patch inside a process.
 type Header struct {
-	UUID      string
-	Seq       uint64
-	Size      uint64 // whole region
-	TextSize  uint64 // header + code, r-x
-	Bias      uint64
-	Target    string
-	Funcs     []HeaderFunc
+	UUID     string
+	Seq      uint64
+	Size     uint64 // whole region
+	TextSize uint64 // header + code, r-x
+	Bias     uint64
+	Target   string
+	Funcs    []HeaderFunc
+	// Pending: the patch was being applied when its tool stopped (killed,
+	// crashed); its jumps may be partly written. The next run rolls it back.
+	Pending   bool
 	Base      uint64 // address of the header in the process (not encoded)
 	EncodedSz uint64 // bytes the encoded header takes (not encoded)
 }
@@ -87,6 +94,9 @@ func (h *Header) Encode() ([]byte, error) {
 	str := headerFixedSize + headerFuncSize*len(h.Funcs)
 	// The target path is stored at the start of the string area; its length in reserved[0:4].
 	le.PutUint32(b[96:], uint32(len(h.Target)))
+	if h.Pending {
+		le.PutUint32(b[headerStateOff:], statePending)
+	}
 	copy(b[str:], h.Target)
 	str += len(h.Target)
 	for i, f := range h.Funcs {
@@ -128,6 +138,7 @@ func decodeHeader(b []byte) (*Header, error) {
 		Size:     le.Uint64(b[72:]),
 		TextSize: le.Uint64(b[80:]),
 		Bias:     le.Uint64(b[88:]),
+		Pending:  le.Uint32(b[headerStateOff:]) != 0,
 	}
 	str := headerFixedSize + headerFuncSize*n
 	tl := int(le.Uint32(b[96:]))

@@ -6,8 +6,6 @@ import (
 	"runtime"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
@@ -49,6 +47,9 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, 
 	if err != nil {
 		return err
 	}
+	if headers, err = repairPending(pr, headers); err != nil {
+		return err
+	}
 	var h *Header
 	for _, c := range headers {
 		if c.UUID == uuid {
@@ -71,8 +72,7 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, 
 			}
 		}
 	}
-	restore := make([]ptrace.Write, len(h.Funcs))
-	for i, f := range h.Funcs {
+	for _, f := range h.Funcs {
 		want := jumpBytes(f.Old, f.New)
 		cur := make([]byte, len(want))
 		if err := pr.ReadMem(f.Old, cur); err != nil {
@@ -81,7 +81,6 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, 
 		if !bytes.Equal(cur, want) {
 			return fmt.Errorf("function %q at %#x no longer jumps to patch %s: refusing to restore it", f.Name, f.Old, uuid)
 		}
-		restore[i] = ptrace.Write{Addr: f.Old, Data: f.Orig}
 	}
 	ranges := []busyRange{{lo: h.Base, hi: h.Base + h.TextSize, name: "patch " + uuid}}
 	for _, f := range h.Funcs {
@@ -94,11 +93,9 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, 
 	if err := checkThreads(pr, maps, mods, ranges[:1]); err != nil {
 		return err
 	}
-	if err := pr.WriteMemv(restore); err != nil {
-		return exited(pr.Pid, fmt.Errorf("restore functions: %w", err))
-	}
-	if _, err := pr.Syscall(unix.SYS_MUNMAP, h.Base, h.Size); err != nil {
-		return fmt.Errorf("unmap patch %s: %w", uuid, err)
+	// Original bytes back and memory unmapped as one step (commit.go).
+	if err := removeRegion(pr, h); err != nil {
+		return exited(pr.Pid, fmt.Errorf("remove patch %s: %w", uuid, err))
 	}
 	return nil
 }
@@ -116,6 +113,9 @@ func (e *Engine) Info(pid int) ([]Applied, error) {
 	}
 	out := make([]Applied, 0, len(headers))
 	for _, h := range headers {
+		if h.Pending {
+			continue // not in: the next patch or unpatch rolls it back
+		}
 		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size}
 		for _, f := range h.Funcs {
 			a.Funcs = append(a.Funcs, AppliedFunc{Name: f.Name, Old: f.Old, New: f.New})
