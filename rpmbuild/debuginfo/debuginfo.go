@@ -69,7 +69,7 @@ func Load(root, pkg string) (*Index, error) {
 		if err != nil || strings.HasPrefix(rel, "..") {
 			continue
 		}
-		id, err := buildID(dst)
+		id, err := BuildID(dst)
 		if err != nil {
 			return nil, err
 		}
@@ -90,7 +90,8 @@ func installedPath(rel string) string {
 	return strings.TrimSuffix(p, ".debug")
 }
 
-func buildID(path string) (string, error) {
+// BuildID returns the GNU build-id of the ELF file at path, in lowercase hex.
+func BuildID(path string) (string, error) {
 	f, err := elfsafe.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("debug file: %w", err)
@@ -101,7 +102,7 @@ func buildID(path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	if id == nil {
-		return "", fmt.Errorf("%s: no GNU build-id note", path)
+		return "", fmt.Errorf("%s has no GNU build-id note", path)
 	}
 	return hex.EncodeToString(id), nil
 }

@@ -16,7 +16,6 @@ import (
 	"strings"
 
 	"github.com/syscare/syscare/rpmbuild/debuginfo"
-	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchobj"
 )
 
@@ -111,7 +110,11 @@ func Make(ctx context.Context, in, debugFile, out string) ([]Entry, error) {
 	if obj.SelfContained() {
 		return nil, fmt.Errorf("%s already carries %s", in, patchobj.OffsetsSection)
 	}
-	id, err := buildID(debugFile)
+	idHex, err := debuginfo.BuildID(debugFile)
+	if err != nil {
+		return nil, err
+	}
+	id, err := hex.DecodeString(idHex)
 	if err != nil {
 		return nil, err
 	}
@@ -182,22 +185,6 @@ func asString(s string) string {
 	}
 	b.WriteByte('"')
 	return b.String()
-}
-
-func buildID(path string) ([]byte, error) {
-	f, err := elfsafe.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	id, err := elfsafe.BuildID(f.File)
-	if err != nil {
-		return nil, fmt.Errorf("build-id of %s: %w", path, err)
-	}
-	if len(id) == 0 {
-		return nil, fmt.Errorf("%s has no GNU build-id", path)
-	}
-	return id, nil
 }
 
 func command(ctx context.Context, name string, args ...string) error {

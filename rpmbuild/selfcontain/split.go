@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
 	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
@@ -52,7 +53,7 @@ func SplitDebug(ctx context.Context, bin, debugOut string) error {
 
 // splittable checks that bin is an ELF file with a build-id and a symbol table.
 func splittable(bin string) error {
-	if _, err := buildID(bin); err != nil {
+	if _, err := debuginfo.BuildID(bin); err != nil {
 		return err
 	}
 	f, err := elfsafe.Open(bin)

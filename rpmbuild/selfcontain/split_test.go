@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/symbols"
 )
@@ -43,16 +44,16 @@ func TestSplitDebug(t *testing.T) {
 	if out, err := exec.Command(bin).CombinedOutput(); err != nil || string(out) != "42\n" {
 		t.Errorf("stripped program: %q, %v", out, err)
 	}
-	binID, err := buildID(bin)
+	binID, err := debuginfo.BuildID(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	debugID, err := buildID(debug)
+	debugID, err := debuginfo.BuildID(debug)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(binID, debugID) {
-		t.Errorf("build-ids differ: program %x, debug copy %x", binID, debugID)
+	if binID != debugID {
+		t.Errorf("build-ids differ: program %s, debug copy %s", binID, debugID)
 	}
 	f, err := elfsafe.Open(debug)
 	if err != nil {
