@@ -51,9 +51,10 @@ func codeAt(pid int, addrs []uint64) ([][]byte, error) {
 	return out, nil
 }
 
-// victimFuncs returns the run-time addresses of greet and world in pid.
+// victimFuncs returns the run-time addresses of greet and world in pid. The installed
+// victim is stripped: the symbols come from the debug copy setup kept.
 func victimFuncs(t *testing.T, pid int, exe string) []uint64 {
-	f, err := elf.Open(exe)
+	f, err := elf.Open(filepath.Join(fx.dir, "debug", filepath.Base(exe)+".debug"))
 	if err != nil {
 		t.Fatal(err)
 	}
