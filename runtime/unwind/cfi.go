@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/syscare/syscare/runtime/elfsafe"
 )
@@ -33,6 +34,9 @@ type Table struct {
 	hdrAddr   uint64
 	frame     []byte
 	frameAddr uint64
+	// read keeps the FDEs read through the index, by offset: the threads of a process
+	// mostly sit in the same few functions, and a check runs while they are stopped.
+	read sync.Map
 }
 
 type cie struct {
@@ -451,12 +455,19 @@ func (t *Table) find(pc uint64) (*fde, error) {
 	if off >= uint64(len(t.frame)) {
 		return nil, fmt.Errorf("search table entry %d points outside .eh_frame", i)
 	}
-	f, err := fdeAt(t.frame, int(off), t.frameAddr, nil)
-	if err != nil {
-		return nil, err
+	var f *fde
+	if v, ok := t.read.Load(off); ok {
+		f = v.(*fde)
+	} else {
+		d, err := fdeAt(t.frame, int(off), t.frameAddr, nil)
+		if err != nil {
+			return nil, err
+		}
+		f = &d
+		t.read.Store(off, f)
 	}
 	if pc < f.lo || pc >= f.hi {
 		return nil, nil
 	}
-	return &f, nil
+	return f, nil
 }
