@@ -64,6 +64,8 @@ type Process struct {
 	// detach double-checks the leader's tid (an execve may have moved one of
 	// our tracees there).
 	disturbed bool
+	// watch is the exec watchdog of the attach, which tells the threads it reaped.
+	watch *execWatchdog
 }
 
 // stopTimeout bounds the wait for a thread to reach its stop (a thread in an
@@ -97,6 +99,7 @@ func (t *Tracer) attach(pid int) (*Process, error) {
 func (p *Process) stopAll() error {
 	w := startExecWatchdog(p.Pid, p.t.tid)
 	defer w.stop()
+	p.watch = w
 	for round := 0; ; round++ {
 		tids, err := proc.Threads(p.Pid)
 		if err != nil {
@@ -233,6 +236,11 @@ func (p *Process) poll(th *thread) bool {
 	var ws unix.WaitStatus
 	r, err := waitTid(th.tid, &ws, unix.WNOHANG)
 	switch {
+	case errors.Is(err, unix.ECHILD) && p.watch.wasReaped(th.tid):
+		// The thread exited and the exec watchdog collected its death.
+		th.state = stGone
+		p.disturbed = true
+		return true
 	case errors.Is(err, unix.ECHILD):
 		// Not our tracee any more, with no report: the old tid of a thread
 		// that called execve, or the old leader, which execve releases
@@ -654,21 +662,39 @@ func (p *Process) alive() bool {
 // while an attach runs longer than a few milliseconds a timer goroutine reaps
 // the zombies we trace in the target; the execve then completes and the
 // seize returns. The tracer thread sees those threads vanish (ECHILD).
+//
+// It also reaps threads that merely exited while the attach ran (a process that
+// creates short-lived threads has many): those are recorded, so that their ECHILD
+// reads as a death, not as an execve.
 type execWatchdog struct {
 	mu     sync.Mutex
 	active bool
 	timer  *time.Timer
+	reaped map[int]bool
+}
+
+// wasReaped tells whether the watchdog reaped thread tid.
+func (w *execWatchdog) wasReaped(tid int) bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.reaped[tid]
 }
 
 const watchdogPeriod = 3 * time.Millisecond
 
 func startExecWatchdog(pid, tracer int) *execWatchdog {
-	w := &execWatchdog{active: true}
+	w := &execWatchdog{active: true, reaped: map[int]bool{}}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.timer = time.AfterFunc(watchdogPeriod, func() {
-		reapTracedZombies(pid, tracer)
+		reaped := reapTracedZombies(pid, tracer)
 		w.mu.Lock()
+		for _, tid := range reaped {
+			w.reaped[tid] = true
+		}
 		defer w.mu.Unlock()
 		if w.active {
 			w.timer.Reset(watchdogPeriod)
@@ -684,10 +710,10 @@ func (w *execWatchdog) stop() {
 	w.timer.Stop()
 }
 
-func reapTracedZombies(pid, tracer int) {
+func reapTracedZombies(pid, tracer int) (reaped []int) {
 	tids, err := proc.Threads(pid)
 	if err != nil {
-		return
+		return nil
 	}
 	for _, tid := range tids {
 		if tid == pid {
@@ -700,6 +726,9 @@ func reapTracedZombies(pid, tracer int) {
 			continue
 		}
 		var ws unix.WaitStatus
-		_, _ = wait4(tid, &ws, unix.WALL|unix.WNOHANG)
+		if r, err := wait4(tid, &ws, unix.WALL|unix.WNOHANG); err == nil && r == tid {
+			reaped = append(reaped, tid)
+		}
 	}
+	return reaped
 }
