@@ -64,7 +64,7 @@ func New(dir, wrapper string, bind bool) (*Capture, error) {
 	}
 	c.RealCXX, _ = realCompiler("g++")
 	for _, f := range OptionalFlags {
-		if accepts(c.RealCC, f) && (c.RealCXX == "" || accepts(c.RealCXX, f)) {
+		if accepts(c.RealCC, "c", f) && (c.RealCXX == "" || accepts(c.RealCXX, "c++", f)) {
 			c.Extra = append(c.Extra, f)
 		}
 	}
@@ -82,10 +82,10 @@ func New(dir, wrapper string, bind bool) (*Capture, error) {
 	return c, nil
 }
 
-// accepts tells whether compiler compiles an empty unit with flag, warnings
+// accepts tells whether compiler compiles a unit of language lang with flag, warnings
 // being errors (an unknown -m option is only a warning for some compilers).
-func accepts(compiler, flag string) bool {
-	cmd := exec.Command(compiler, "-Werror", flag, "-x", "c", "-c", "-o", os.DevNull, "-")
+func accepts(compiler, lang, flag string) bool {
+	cmd := exec.Command(compiler, "-Werror", flag, "-x", lang, "-c", "-o", os.DevNull, "-")
 	cmd.Stdin = strings.NewReader("int syscare_probe;\n")
 	return cmd.Run() == nil
 }

@@ -398,3 +398,15 @@ const char *pick(int i) { return names[i & 1]; }
 		})
 	}
 }
+
+// A reference past the end of a pool (a malformed object, or a biased pointer) bounds
+// the piece before it and is itself empty: no panic.
+func TestPoolPieceBounds(t *testing.T) {
+	s := &section{pool: true, data: []byte("0123456789abcdef"), pieces: []int64{8, 20}}
+	if got := mergedContent(s, 8); got != `"89abcdef"` {
+		t.Errorf("piece at 8 = %s", got)
+	}
+	if got := mergedContent(s, 20); !strings.HasPrefix(got, "?") {
+		t.Errorf("piece at 20 = %s, want the out-of-range mark", got)
+	}
+}

@@ -284,7 +284,10 @@ func (s *section) piece(off int64) []byte {
 	i := sort.Search(len(s.pieces), func(i int) bool { return s.pieces[i] > off })
 	end := int64(len(s.data))
 	if i < len(s.pieces) {
-		end = s.pieces[i]
+		end = min(s.pieces[i], end)
+	}
+	if off < 0 || off > end {
+		return nil
 	}
 	return s.data[off:end]
 }

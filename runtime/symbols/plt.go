@@ -48,6 +48,7 @@ func (e *ELF) readPLT(f *elf.File, dyn *elf.Section) error {
 
 	slotName := map[uint64]string{}
 	e.gotSlot = map[string]uint64{}
+	localDynamic := false
 	for _, s := range f.Sections {
 		if s.Type != elf.SHT_RELA || int(s.Link) != dynIndex {
 			continue
@@ -60,8 +61,16 @@ func (e *ELF) readPLT(f *elf.File, dyn *elf.Section) error {
 			slot := binary.LittleEndian.Uint64(rd[off:])
 			info := binary.LittleEndian.Uint64(rd[off+8:])
 			typ := elf.R_X86_64(info & 0xffffffff)
-			if typ == elf.R_X86_64_DTPMOD64 && e.TLSModuleSlot == 0 && definedHere(data, uint32(info>>32)) {
-				e.TLSModuleSlot = slot
+			// The file's own module id: a local-dynamic reference (symbol 0) is sure to
+			// be it; one against a symbol the file defines is, unless another module
+			// defines the same name first, so it only stands in when there is no other.
+			if typ == elf.R_X86_64_DTPMOD64 {
+				switch sym := uint32(info >> 32); {
+				case sym == 0:
+					e.TLSModuleSlot, localDynamic = slot, true
+				case !localDynamic && e.TLSModuleSlot == 0 && definedHere(data, sym):
+					e.TLSModuleSlot = slot
+				}
 			}
 			if typ != elf.R_X86_64_JMP_SLOT && typ != elf.R_X86_64_GLOB_DAT {
 				continue
@@ -118,11 +127,8 @@ func (e *ELF) readPLT(f *elf.File, dyn *elf.Section) error {
 }
 
 // definedHere tells whether .dynsym entry i (data is the section) is defined in the
-// file; entry 0 stands for the file itself (a local-dynamic TLS reference).
+// file.
 func definedHere(dynsym []byte, i uint32) bool {
-	if i == 0 {
-		return true
-	}
 	at := int(i) * elf.Sym64Size
 	if at+elf.Sym64Size > len(dynsym) {
 		return false

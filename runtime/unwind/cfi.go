@@ -25,6 +25,9 @@ type Table struct {
 	// MinVaddr is the lowest PT_LOAD address rounded down to a page, as the load
 	// bias is computed from (the address where file offset 0 is mapped, minus it).
 	MinVaddr uint64
+	// Loads are the file's PT_LOAD segments, to tell where a mapping of the file at
+	// some file offset puts its link-time addresses (Bias).
+	Loads []Load
 	// fdes is the whole table, read when the file has no usable .eh_frame_hdr.
 	fdes []fde
 	// With .eh_frame_hdr, its sorted search table (8-byte entries of two offsets from
@@ -55,12 +58,31 @@ type fde struct {
 	insns  []byte
 }
 
+// Load is one PT_LOAD segment.
+type Load struct {
+	Offset, Vaddr, Filesz uint64
+}
+
+// Bias returns the load bias (run-time minus link-time address) of a mapping of the
+// file at run-time address start that maps file offset off (both page aligned, as in
+// /proc/PID/maps), from the PT_LOAD segment that holds off; false if none does.
+func (t *Table) Bias(start, off uint64) (uint64, bool) {
+	for _, l := range t.Loads {
+		lo := l.Offset &^ 4095
+		if off >= lo && off < l.Offset+l.Filesz {
+			return start - (l.Vaddr - l.Offset + off), true
+		}
+	}
+	return 0, false
+}
+
 // Parse reads the .eh_frame section of f. A file without one has an empty table.
 func Parse(f *elf.File) (*Table, error) {
 	t := &Table{}
 	first := true
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_LOAD {
+			t.Loads = append(t.Loads, Load{Offset: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz})
 			if v := p.Vaddr &^ 4095; first || v < t.MinVaddr {
 				t.MinVaddr, first = v, false
 			}

@@ -2,11 +2,13 @@ package unwind
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The table of a real program describes each of its functions, and the rules at a
@@ -131,4 +133,58 @@ func FuzzIndex(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Every mapping of a file loaded normally gives the same load bias: the one at file
+// offset 0 and the executable one, each from the segment that holds its offset.
+func TestBiasOfEachMapping(t *testing.T) {
+	cmd := exec.Command("sleep", "10") // dynamically linked, with libc and ld.so
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var maps []byte
+	for i := 0; i < 100 && !strings.Contains(string(maps), "libc"); i++ {
+		time.Sleep(10 * time.Millisecond)
+		maps, _ = os.ReadFile(fmt.Sprintf("/proc/%d/maps", cmd.Process.Pid))
+	}
+	biases := map[string][]uint64{}
+	tables := map[string]*Table{}
+	for _, line := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[5], "/") || f[4] == "0" {
+			continue
+		}
+		tab := tables[f[5]]
+		if tab == nil {
+			ef, err := elf.Open(f[5])
+			if err != nil {
+				continue
+			}
+			tab, err = Parse(ef)
+			ef.Close()
+			if err != nil {
+				t.Fatalf("%s: %v", f[5], err)
+			}
+			tables[f[5]] = tab
+		}
+		var start, end, off uint64
+		fmt.Sscanf(f[0], "%x-%x", &start, &end)
+		fmt.Sscanf(f[2], "%x", &off)
+		b, ok := tab.Bias(start, off)
+		if !ok {
+			t.Fatalf("%s: no segment holds offset %#x", f[5], off)
+		}
+		biases[f[5]] = append(biases[f[5]], b)
+	}
+	if len(biases) < 3 {
+		t.Fatalf("files mapped: %v", biases)
+	}
+	for file, bs := range biases {
+		for _, b := range bs[1:] {
+			if b != bs[0] {
+				t.Errorf("%s: biases %#x differ", file, bs)
+			}
+		}
+	}
 }

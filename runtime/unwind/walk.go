@@ -213,12 +213,9 @@ func run(c *cie, insns []byte, pc, loc uint64, st *state, initial *state) error 
 		}
 		switch op {
 		case 0x00: // nop
-		case 0x01: // set_loc
-			v, err := r.pointer(c.fdeEnc, 0)
-			if err != nil {
-				return err
-			}
-			loc = v
+		case 0x01: // set_loc: compilers do not emit it in .eh_frame; its base is not
+			// known here, so a table that uses it is not trusted.
+			return fmt.Errorf("call-frame instruction set_loc")
 		case 0x02, 0x03, 0x04: // advance_loc1/2/4
 			var d uint64
 			switch op {

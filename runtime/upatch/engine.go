@@ -20,7 +20,6 @@ import (
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/symbols"
-	"github.com/syscare/syscare/runtime/unwind"
 )
 
 // Sentinel errors, wrapped with details.
@@ -239,7 +238,7 @@ type prepared struct {
 	plan  *layout.Plan
 	tgt   *target
 	maps  []proc.Mapping
-	mods  []unwind.Module // call-frame tables of the mapped files, for the stack check
+	mods  []frameModule // call-frame tables of the mapped files, for the stack check
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
@@ -499,7 +498,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	for i, f := range p.funcs {
 		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
 	}
-	if err := checkThreads(pr, p.maps, p.mods, ranges); err != nil {
+	if err := checkThreads(pr, p.mods, ranges); err != nil {
 		return err
 	}
 
@@ -728,7 +727,7 @@ type busyRange struct {
 }
 
 // checkThreads implements the safety check described in the package doc.
-func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange) error {
+func checkThreads(pr *ptrace.Process, loaded []frameModule, ranges []busyRange) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -737,11 +736,17 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 		}
 		return nil
 	}
+	// The mappings as they are now that every thread is stopped: the call-frame
+	// tables gathered before must still describe the code at their addresses.
+	maps, err := proc.Maps(pr.Pid)
+	if err != nil {
+		return exited(pr.Pid, err)
+	}
+	mods := stillMapped(loaded, maps)
 	tids := pr.Threads()
 	addrs, stacks := make([]uint64, 0, len(tids)), make([][]byte, 0, len(tids))
 	regs := make([]unix.PtraceRegs, 0, len(tids))
 	owners := make([]int, 0, len(tids))
-	reread := false
 	for _, tid := range tids {
 		r, err := pr.Regs(tid)
 		if err != nil {
@@ -751,15 +756,6 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, br.name, tid)
 		}
 		lo, hi := stackBounds(maps, r.Rsp)
-		if hi <= lo && !reread {
-			// A thread created after the mappings were read: its stack is new.
-			fresh, err := proc.Maps(pr.Pid)
-			if err != nil {
-				return exited(pr.Pid, err)
-			}
-			maps, reread = fresh, true
-			lo, hi = stackBounds(maps, r.Rsp)
-		}
 		if hi <= lo {
 			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, r.Rsp)
 		}

@@ -47,6 +47,11 @@ func (c *frameTables) get(path string) (*unwind.Table, error) {
 	k := tableKey{uint64(st.Dev), st.Ino, st.Size, st.Mtim.Nano()}
 	v, _ := c.m.LoadOrStore(k, &tableEntry{})
 	e := v.(*tableEntry)
+	defer func() {
+		if e.err != nil {
+			c.m.CompareAndDelete(k, e) // a passing failure (EMFILE, EIO) is tried again next time
+		}
+	}()
 	e.once.Do(func() {
 		f, err := elfsafe.Open(path)
 		if err != nil {
@@ -63,61 +68,73 @@ func (c *frameTables) get(path string) (*unwind.Table, error) {
 	return e.t, e.err
 }
 
-// frameModules lists the executable files mapped by pid with their call-frame tables,
-// read before the process is stopped. A file whose table cannot be read is left out:
-// frames in it fall back to the word scan.
-func (e *Engine) frameModules(pid int, maps []proc.Mapping) []unwind.Module {
-	type span struct {
-		lo, hi uint64
-		m      proc.Mapping
-	}
-	byFile := map[[2]uint64]*span{}
-	var order [][2]uint64
-	var out []unwind.Module
+// frameModule is one executable mapping with the call-frame table of its file, and
+// what identifies the mapping, so that the check can tell it is still there.
+type frameModule struct {
+	unwind.Module
+	offset, dev, inode uint64
+	vdso               bool
+}
+
+// frameModules lists the executable mappings of pid with the call-frame tables of their
+// files, read before the process is stopped. Each mapping is a module of its own, its
+// bias taken from the PT_LOAD that holds its file offset: a file mapped twice (or also
+// as data) cannot lend one mapping's bias to another. A file whose table cannot be read
+// is left out: frames in it fall back to the word scan.
+func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
+	var out []frameModule
 	for _, m := range maps {
 		if !m.Executable() {
 			continue
 		}
 		if m.Path == "[vdso]" {
 			if mod, ok := vdsoModule(pid, m); ok {
-				out = append(out, mod)
+				out = append(out, frameModule{Module: mod, vdso: true})
 			}
 			continue
 		}
 		if m.Inode == 0 {
 			continue
 		}
-		k := [2]uint64{m.Dev, m.Inode}
-		if s := byFile[k]; s != nil {
-			s.lo, s.hi = min(s.lo, m.Start), max(s.hi, m.End)
-			continue
-		}
-		byFile[k] = &span{lo: m.Start, hi: m.End, m: m}
-		order = append(order, k)
-	}
-	for _, k := range order {
-		s := byFile[k]
-		base, ok := fileBase(maps, k)
-		if !ok {
-			continue
-		}
-		t, err := e.frames.get(proc.MappedFile(pid, s.m))
+		t, err := e.frames.get(proc.MappedFile(pid, m))
 		if err != nil || t.Len() == 0 {
 			continue
 		}
-		out = append(out, unwind.Module{Lo: s.lo, Hi: s.hi, Bias: base - t.MinVaddr, Table: t})
+		bias, ok := t.Bias(m.Start, m.Offset)
+		if !ok {
+			continue
+		}
+		out = append(out, frameModule{Module: unwind.Module{Lo: m.Start, Hi: m.End, Bias: bias, Table: t},
+			offset: m.Offset, dev: m.Dev, inode: m.Inode})
 	}
 	return out
 }
 
-// fileBase is where file offset 0 of the file k is mapped.
-func fileBase(maps []proc.Mapping, k [2]uint64) (uint64, bool) {
+// stillMapped keeps the modules whose mapping is unchanged in maps, read with the
+// process stopped: a library unloaded, or another put in its place, between the
+// reading of the tables and the stop must not lend its rules to other code.
+func stillMapped(mods []frameModule, maps []proc.Mapping) []unwind.Module {
+	type key struct{ start, end, offset, dev, inode uint64 }
+	now := map[key]bool{}
 	for _, m := range maps {
-		if m.Dev == k[0] && m.Inode == k[1] && m.Offset == 0 {
-			return m.Start, true
+		if m.Executable() {
+			now[key{m.Start, m.End, m.Offset, m.Dev, m.Inode}] = true
+			if m.Path == "[vdso]" {
+				now[key{m.Start, m.End, 0, 0, 0}] = true
+			}
 		}
 	}
-	return 0, false
+	out := make([]unwind.Module, 0, len(mods))
+	for _, fm := range mods {
+		k := key{fm.Lo, fm.Hi, fm.offset, fm.dev, fm.inode}
+		if fm.vdso {
+			k = key{fm.Lo, fm.Hi, 0, 0, 0}
+		}
+		if now[k] {
+			out = append(out, fm.Module)
+		}
+	}
+	return out
 }
 
 // vdsoModule reads the kernel's vDSO image from the process: it is small, and

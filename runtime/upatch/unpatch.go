@@ -9,7 +9,6 @@ import (
 	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
-	"github.com/syscare/syscare/runtime/unwind"
 )
 
 // Unpatch removes the patch uuid from the process pid: it checks that no thread runs
@@ -30,7 +29,7 @@ func (e *Engine) UnpatchStats(pid int, uuid string, o Options) (Stats, error) {
 
 func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Stats, error) {
 	var maps []proc.Mapping
-	var mods []unwind.Module
+	var mods []frameModule
 	readMaps := func(int) error {
 		var err error
 		if maps, err = proc.Maps(pid); err != nil {
@@ -42,7 +41,7 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, uuid) })
 }
 
-func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, uuid string) error {
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uuid string) error {
 	headers, err := readHeaders(pr, maps)
 	if err != nil {
 		return err
@@ -87,10 +86,10 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, 
 		ranges = append(ranges, busyRange{lo: f.New, hi: f.New + max(f.NewSize, 1), name: f.Name})
 	}
 	// Name the function when a thread is inside a specific one.
-	if err := checkThreads(pr, maps, mods, ranges[1:]); err != nil {
+	if err := checkThreads(pr, mods, ranges[1:]); err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, mods, ranges[:1]); err != nil {
+	if err := checkThreads(pr, mods, ranges[:1]); err != nil {
 		return err
 	}
 	// Original bytes back and memory unmapped as one step (commit.go).
