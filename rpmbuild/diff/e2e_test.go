@@ -197,7 +197,23 @@ __attribute__((noipa)) int compute(int x) { hits++; return x * 100 + shared_tls 
 `,
 		changed: []string{"compute"},
 		before:  "200", after: "1205"}
-	for name, c := range map[string]e2eCase{"statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
+	// The program copies the library's exported variable into itself (a copy
+	// relocation) and sets it; the library reads it through its GOT. The patch must
+	// read the program's copy (5), not the library's own dead one (7).
+	copyReloc := e2eCase{shared: true, main: `#include <stdio.h>
+#include <unistd.h>
+extern int foo_level;
+int compute(int);
+int main(void) {
+	foo_level = 5;
+	for (;;) { printf("%d\n", compute(2)); fflush(stdout); usleep(10000); }
+}
+`,
+		orig:    "int foo_level = 7;\n__attribute__((noipa)) int compute(int x) { return x * 100 + foo_level; }\n",
+		fixed:   "int foo_level = 7;\n__attribute__((noipa)) int compute(int x) { return x * 1000 + foo_level; }\n",
+		changed: []string{"compute"},
+		before:  "205", after: "2005"}
+	for name, c := range map[string]e2eCase{"library-copy-relocation": copyReloc, "statics": statics, "inlined": inlined, "shared-library": shared, "jump-table": table,
 		"non-PIE": noPIE, "duplicate-names": dup, "C++": cxx, "O0-strings": strings0, "far-data": farData, "library-TLS": libTLS} {
 		t.Run(name, func(t *testing.T) { runE2E(t, manage, c) })
 	}

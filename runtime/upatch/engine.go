@@ -920,6 +920,11 @@ func (r *resolver) lookup(name string, pos uint64) resolved {
 				return resolved{err: fmt.Errorf("symbol %q: recorded offset %#x (%d bytes) is outside the loaded segments of %s: the patch does not fit this binary",
 					name, off.Value, off.Size, r.tgt.path)}
 			}
+			if off.Type == elf.STT_OBJECT && pos == 0 {
+				if a, ok := r.boundData(name); ok {
+					return resolved{addr: a}
+				}
+			}
 			return resolved{addr: r.tgt.bias + off.Value, isFunc: isFuncType(off.Type), ifunc: off.Type == elf.STT_GNU_IFUNC}
 		}
 		return r.dynamic(name, pos)
@@ -929,12 +934,43 @@ func (r *resolver) lookup(name string, pos uint64) resolved {
 		if s.Section == elf.SHN_ABS {
 			return resolved{addr: s.Value}
 		}
+		if s.Type == elf.STT_OBJECT && pos == 0 {
+			if a, ok := r.boundData(name); ok {
+				return resolved{addr: a}
+			}
+		}
 		return resolved{addr: r.tgt.bias + s.Value, isFunc: isFuncType(s.Type), ifunc: s.Type == elf.STT_GNU_IFUNC}
 	}
 	if err != nil && !errors.Is(err, symbols.ErrNotFound) {
 		return resolved{err: err}
 	}
 	return r.dynamic(name, pos)
+}
+
+// boundData returns where a shared library's exported variable really is in the
+// process: the library reaches its own exported data through a GOT slot, which the
+// dynamic linker fills with the executable's copy when the executable copied the
+// variable (a copy relocation), or with another definition that interposes. The
+// patch must use what the library uses. ok is false for an executable target and for
+// a variable the library reaches directly.
+func (r *resolver) boundData(name string) (uint64, bool) {
+	if r.tgt.elf.Type != elf.ET_DYN || r.isMainExe() {
+		return 0, false
+	}
+	slot, ok := r.tgt.elf.GOT(name)
+	if !ok {
+		return 0, false
+	}
+	var b [8]byte
+	var mem interface{ ReadMem(uint64, []byte) error } = ptrace.Remote{Pid: r.pid}
+	if r.pr != nil {
+		mem = r.pr
+	}
+	if mem.ReadMem(r.tgt.bias+slot, b[:]) != nil {
+		return 0, false
+	}
+	a := binary.LittleEndian.Uint64(b[:])
+	return a, a != 0
 }
 
 // dynamic finds a symbol the target does not define: its PLT entry, else the
