@@ -707,3 +707,13 @@ func TestForeignLivePatchIgnored(t *testing.T) {
 		t.Fatalf("list after restart: %+v, want only the installed patch", list)
 	}
 }
+
+// TestSafeUUID: a uuid read from a process names a directory only when it is plain.
+func TestSafeUUID(t *testing.T) {
+	for id, want := range map[string]bool{"44444444-0000-4000-8000-0000000000e4": true, "HP001_1.x": true,
+		"": false, ".": false, "..": false, "../etc": false, "a/b": false, "a b": false, strings.Repeat("a", 65): false} {
+		if got := safeUUID(id); got != want {
+			t.Errorf("safeUUID(%q) = %v, want %v", id, got, want)
+		}
+	}
+}

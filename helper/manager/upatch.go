@@ -74,6 +74,11 @@ func (a UpatchEngine) Live() ([]LivePatch, error) {
 			continue
 		}
 		for _, x := range as {
+			// A header is memory of the process: any process can forge one. Only a
+			// well-formed uuid for a file the process really maps is taken.
+			if !safeUUID(x.UUID) || !mapsFile(pid, x.Target) {
+				continue
+			}
 			lp, ok := byUUID[x.UUID]
 			if !ok {
 				lp = &LivePatch{UUID: x.UUID, Target: x.Target}
@@ -117,4 +122,32 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", ErrConflict, err)
 	}
 	return err
+}
+
+// safeUUID tells whether a uuid read from a process can name a patch directory: 1 to
+// 64 letters, digits, '-', '_' or '.', and not "." or "..".
+func safeUUID(id string) bool {
+	if id == "" || len(id) > 64 || id == "." || id == ".." {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// mapsFile tells whether pid maps the file path.
+func mapsFile(pid int, path string) bool {
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		return false
+	}
+	for _, m := range maps {
+		if m.Path == path {
+			return true
+		}
+	}
+	return false
 }
