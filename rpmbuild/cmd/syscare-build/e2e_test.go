@@ -210,25 +210,7 @@ func TestBuildAndApply(t *testing.T) {
 	}
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	out := &lines{ch: make(chan string, 1024)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case out.ch <- sc.Text():
-			default:
-			}
-		}
-		close(out.ch)
-	}()
+	out := startLines(t, cmd)
 	out.waitFor(t, "hello 22", 5*time.Second)
 	pid := fmt.Sprint(cmd.Process.Pid)
 	manage := func(args ...string) {
@@ -506,4 +488,30 @@ func productionHost(t *testing.T, path string) {
 	if ef.HasSymtab() {
 		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", path, ef.DebugFile)
 	}
+}
+
+// startLines starts cmd, killed when the test ends, and hands its output lines to
+// the returned reader (lines nobody waits for are dropped).
+func startLines(t *testing.T, cmd *exec.Cmd) *lines {
+	t.Helper()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	out := &lines{ch: make(chan string, 1024)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case out.ch <- sc.Text():
+			default:
+			}
+		}
+		close(out.ch)
+	}()
+	return out
 }

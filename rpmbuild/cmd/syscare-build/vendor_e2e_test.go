@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -99,25 +98,7 @@ func TestVendoredArchiveAndSharedObject(t *testing.T) {
 	}
 	productionHost(t, filepath.Join(root, "usr/bin/scvend-server"))
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scvend-server"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	out := &lines{ch: make(chan string, 1024)}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case out.ch <- sc.Text():
-			default:
-			}
-		}
-		close(out.ch)
-	}()
+	out := startLines(t, cmd)
 	out.waitFor(t, "server 25", 5*time.Second)
 	pid := fmt.Sprint(cmd.Process.Pid)
 	for _, c := range []struct {
