@@ -20,6 +20,7 @@ import (
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/runtime/unwind"
 )
 
 // Sentinel errors, wrapped with details.
@@ -498,7 +499,11 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	for i, f := range p.funcs {
 		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
 	}
-	if err := checkThreads(pr, p.mods, ranges); err != nil {
+	maps, mods, err := stoppedMaps(pr, p.mods)
+	if err != nil {
+		return err
+	}
+	if err := checkThreads(pr, maps, mods, ranges); err != nil {
 		return err
 	}
 
@@ -727,7 +732,7 @@ type busyRange struct {
 }
 
 // checkThreads implements the safety check described in the package doc.
-func checkThreads(pr *ptrace.Process, loaded []frameModule, ranges []busyRange) error {
+func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -736,13 +741,6 @@ func checkThreads(pr *ptrace.Process, loaded []frameModule, ranges []busyRange) 
 		}
 		return nil
 	}
-	// The mappings as they are now that every thread is stopped: the call-frame
-	// tables gathered before must still describe the code at their addresses.
-	maps, err := proc.Maps(pr.Pid)
-	if err != nil {
-		return exited(pr.Pid, err)
-	}
-	mods := stillMapped(loaded, maps)
 	tids := pr.Threads()
 	addrs, stacks := make([]uint64, 0, len(tids)), make([][]byte, 0, len(tids))
 	regs := make([]unix.PtraceRegs, 0, len(tids))
@@ -961,16 +959,22 @@ func (r *resolver) boundData(name string) (uint64, bool) {
 	if !ok {
 		return 0, false
 	}
+	a, err := r.readWord(r.tgt.bias + slot)
+	return a, err == nil && a != 0
+}
+
+// readWord reads a GOT slot of the process, which the dynamic linker filled: through
+// the stopped process when there is one, else without stopping it.
+func (r *resolver) readWord(addr uint64) (uint64, error) {
 	var b [8]byte
 	var mem interface{ ReadMem(uint64, []byte) error } = ptrace.Remote{Pid: r.pid}
 	if r.pr != nil {
 		mem = r.pr
 	}
-	if mem.ReadMem(r.tgt.bias+slot, b[:]) != nil {
-		return 0, false
+	if err := mem.ReadMem(addr, b[:]); err != nil {
+		return 0, err
 	}
-	a := binary.LittleEndian.Uint64(b[:])
-	return a, a != 0
+	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
 // dynamic finds a symbol the target does not define: its PLT entry, else the
@@ -1024,15 +1028,10 @@ func (r *resolver) TLSModule(name string, pos uint64) (uint64, uint64, error) {
 	if slot == 0 {
 		return 0, 0, fmt.Errorf("TLS variable %q: %s has no reference to its own TLS module (R_X86_64_DTPMOD64) to learn its module id from", name, r.tgt.path)
 	}
-	var b [8]byte
-	var mem interface{ ReadMem(uint64, []byte) error } = ptrace.Remote{Pid: r.pid}
-	if r.pr != nil {
-		mem = r.pr
-	}
-	if err := mem.ReadMem(r.tgt.bias+slot, b[:]); err != nil {
+	mod, err := r.readWord(r.tgt.bias + slot)
+	if err != nil {
 		return 0, 0, fmt.Errorf("TLS module id of %s: %w", r.tgt.path, err)
 	}
-	mod := binary.LittleEndian.Uint64(b[:])
 	if mod == 0 {
 		return 0, 0, fmt.Errorf("TLS variable %q: the TLS module id of %s is not set in the process", name, r.tgt.path)
 	}

@@ -110,6 +110,16 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 	return out
 }
 
+// stoppedMaps reads the mappings of a stopped process, and keeps of the modules read
+// before the stop those still mapped: the stack check works from both.
+func stoppedMaps(pr *ptrace.Process, loaded []frameModule) ([]proc.Mapping, []unwind.Module, error) {
+	maps, err := proc.Maps(pr.Pid)
+	if err != nil {
+		return nil, nil, exited(pr.Pid, err)
+	}
+	return maps, stillMapped(loaded, maps), nil
+}
+
 // stillMapped keeps the modules whose mapping is unchanged in maps, read with the
 // process stopped: a library unloaded, or another put in its place, between the
 // reading of the tables and the stop must not lend its rules to other code.

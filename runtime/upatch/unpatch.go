@@ -86,10 +86,14 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uu
 		ranges = append(ranges, busyRange{lo: f.New, hi: f.New + max(f.NewSize, 1), name: f.Name})
 	}
 	// Name the function when a thread is inside a specific one.
-	if err := checkThreads(pr, mods, ranges[1:]); err != nil {
+	maps, live, err := stoppedMaps(pr, mods)
+	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, mods, ranges[:1]); err != nil {
+	if err := checkThreads(pr, maps, live, ranges[1:]); err != nil {
+		return err
+	}
+	if err := checkThreads(pr, maps, live, ranges[:1]); err != nil {
 		return err
 	}
 	// Original bytes back and memory unmapped as one step (commit.go).
