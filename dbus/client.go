@@ -1,4 +1,4 @@
-package dbus
+package syscarebus
 
 import (
 	"context"

@@ -1,6 +1,9 @@
-// Package dbus holds syscare-helper's D-Bus contract (names, the introspection XML, error
-// names, reply types) and a client for it, shared by the helper, the CLI and tests.
-package dbus
+// Package syscarebus is syscare-helper's D-Bus contract: the names, the introspection XML
+// (embedded), the Go type of every message, the one mapping from errors to bus error
+// names, and a client; the helper's server, the syscare CLI and the tests all use it.
+// Its files stay in dbus/ next to the bus configuration installed with the XML; the
+// package is named syscarebus so that it never clashes with godbus's package dbus.
+package syscarebus
 
 import (
 	_ "embed"

@@ -18,7 +18,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // Options describe one bus.
@@ -71,7 +71,7 @@ func Start(o Options) (*Bus, error) {
 	if err := os.MkdirAll(services, 0o755); err != nil {
 		return nil, err
 	}
-	all := map[string]string{scbus.BusName: o.HelperExec}
+	all := map[string]string{syscarebus.BusName: o.HelperExec}
 	for name, exec := range o.Services {
 		all[name] = exec
 	}
@@ -126,7 +126,7 @@ func (b *Bus) HelperPid() int {
 	}
 	defer conn.Close()
 	var pid uint32
-	if conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, scbus.BusName).Store(&pid) != nil {
+	if conn.BusObject().Call("org.freedesktop.DBus.GetConnectionUnixProcessID", 0, syscarebus.BusName).Store(&pid) != nil {
 		return 0
 	}
 	return int(pid)

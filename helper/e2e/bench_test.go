@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 func rssKB(pid int) int {
@@ -32,7 +32,7 @@ func rssKB(pid int) int {
 
 // listOnce calls List over a fresh connection and returns the number of rows.
 func listOnce(b *testing.B, addr string) int {
-	c, err := scbus.Connect(addr)
+	c, err := syscarebus.Connect(addr)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 var (
@@ -51,7 +51,7 @@ func TestLifecycle(t *testing.T) {
 	if tg := s.must("target", "patch-victim-1.0-1-HP001"); !strings.Contains(tg, "name:     victim") || !strings.Contains(tg, "version:  1.0") {
 		t.Errorf("target:\n%s", tg)
 	}
-	var ps []scbus.ProcessState
+	var ps []syscarebus.ProcessState
 	json.Unmarshal([]byte(s.must("--json", "processes", hp1.uuid)), &ps)
 	if len(ps) != 2 || ps[0].Status != "ACTIVED" || ps[1].Status != "ACTIVED" {
 		t.Errorf("processes: %+v", ps)
@@ -284,7 +284,7 @@ func TestSaveRestoreSignalIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	conn.AddMatchSignal(godbus.WithMatchInterface(scbus.Interface), godbus.WithMatchMember(scbus.SignalStateChanged))
+	conn.AddMatchSignal(godbus.WithMatchInterface(syscarebus.Interface), godbus.WithMatchMember(syscarebus.SignalStateChanged))
 	sigs := make(chan *godbus.Signal, 64)
 	conn.Signal(sigs)
 

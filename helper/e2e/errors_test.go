@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // TestClearErrorsThroughTheHelper: what the operator sees for a damaged patch. A patch
@@ -46,10 +46,10 @@ func TestClearErrorsThroughTheHelper(t *testing.T) {
 		} else {
 			s.must("rescan")
 		}
-		var list []scbus.ListEntry
+		var list []syscarebus.ListEntry
 		json.Unmarshal([]byte(s.must("--json", "list")), &list)
 		for _, l := range list {
-			if l.Status == scbus.StatusBroken {
+			if l.Status == syscarebus.StatusBroken {
 				reasons = append(reasons, l.Problem)
 			}
 		}

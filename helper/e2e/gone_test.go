@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // TestRestartWithPatchDirectoryMissing: the helper dies, and while it is away the
@@ -48,7 +48,7 @@ func TestRestartWithPatchDirectoryMissing(t *testing.T) {
 		!strings.Contains(warn, "HP001-1-1/victim: patch directory removed while applied; live in "+fmt.Sprintf("pid %d", pid)) {
 		t.Fatalf("list does not show the live patch without directory: exit %d\n%s%s", code, list, warn)
 	}
-	var ps []scbus.ProcessState
+	var ps []syscarebus.ProcessState
 	json.Unmarshal([]byte(s.must("--json", "processes", hp1.uuid)), &ps)
 	if len(ps) != 1 || int(ps[0].Pid) != pid || ps[0].Status != "ACTIVED" {
 		t.Fatalf("processes: %+v", ps)

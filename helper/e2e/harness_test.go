@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/elfsafe"
@@ -336,7 +336,7 @@ func (s *sandbox) fails(args ...string) string {
 // status returns the status of one entity via the CLI's JSON output.
 func (s *sandbox) status(id string) string {
 	s.t.Helper()
-	var ss []scbus.EntityState
+	var ss []syscarebus.EntityState
 	if err := json.Unmarshal([]byte(s.must("--json", "status", id)), &ss); err != nil || len(ss) != 1 {
 		s.t.Fatalf("status %s: %v %v", id, ss, err)
 	}

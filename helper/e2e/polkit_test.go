@@ -12,7 +12,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
 )
 
@@ -156,7 +156,7 @@ func TestPolkitGrants(t *testing.T) {
 			v := s.startVictim()
 			_, errOut, code := s.syscareAs("nobody", "apply", hp1.uuid)
 			// The denial must be polkit's answer, not a failed call or an absent polkitd.
-			if code == 0 || !strings.Contains(errOut, "is not authorized for "+scbus.PolkitAction) {
+			if code == 0 || !strings.Contains(errOut, "is not authorized for "+syscarebus.PolkitAction) {
 				t.Fatalf("apply as nobody: exit %d: %s", code, errOut)
 			}
 			if st := s.status(hp1.uuid); st != "NOT-APPLIED" {
@@ -167,7 +167,7 @@ func TestPolkitGrants(t *testing.T) {
 			s.must("apply", hp1.uuid)
 			s.waitOutput(v, "2 10")
 			_, errOut, code = s.syscareAs("nobody", "remove", hp1.uuid)
-			if code == 0 || !strings.Contains(errOut, "is not authorized for "+scbus.PolkitAction) {
+			if code == 0 || !strings.Contains(errOut, "is not authorized for "+syscarebus.PolkitAction) {
 				t.Fatalf("remove as nobody: exit %d: %s", code, errOut)
 			}
 			if st := s.status(hp1.uuid); st != "ACTIVED" {

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // State is the state of one entity; the order is meaningful (NotApplied < ... < Accepted).
@@ -24,13 +24,13 @@ const (
 func (s State) String() string {
 	switch s {
 	case NotApplied:
-		return scbus.StatusNotApplied
+		return syscarebus.StatusNotApplied
 	case Deactived:
-		return scbus.StatusDeactived
+		return syscarebus.StatusDeactived
 	case Actived:
-		return scbus.StatusActived
+		return syscarebus.StatusActived
 	case Accepted:
-		return scbus.StatusAccepted
+		return syscarebus.StatusAccepted
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }

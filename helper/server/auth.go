@@ -7,7 +7,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // Authorizer decides whether a bus caller may change the system.
@@ -49,12 +49,12 @@ func (a *BusAuthorizer) Authorize(ctx context.Context, sender string) error {
 	}
 	const allowUserInteraction = 1
 	call := a.Conn.Object(polkitName, polkitPath).CallWithContext(ctx, "org.freedesktop.PolicyKit1.Authority.CheckAuthorization", 0,
-		subject, scbus.PolkitAction, map[string]string{}, uint32(allowUserInteraction), "")
+		subject, syscarebus.PolkitAction, map[string]string{}, uint32(allowUserInteraction), "")
 	if err := call.Store(&res); err != nil {
 		return fmt.Errorf("%w: polkit: %w", ErrAccessDenied, err)
 	}
 	if !res.Authorized {
-		return fmt.Errorf("%w: uid %d is not authorized for %s", ErrAccessDenied, uid, scbus.PolkitAction)
+		return fmt.Errorf("%w: uid %d is not authorized for %s", ErrAccessDenied, uid, syscarebus.PolkitAction)
 	}
 	return nil
 }

@@ -7,23 +7,23 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // TestContract holds the exported Object against dbus/org.openeuler.SysCare1.xml: the same
 // methods with the same argument signatures, in both directions.
 func TestContract(t *testing.T) {
-	want, err := scbus.Methods()
+	want, err := syscarebus.Methods()
 	if err != nil {
 		t.Fatal(err)
 	}
 	senderT := reflect.TypeOf(godbus.Sender(""))
 	errT := reflect.TypeOf((*godbus.Error)(nil))
-	got := map[string]scbus.Method{}
+	got := map[string]syscarebus.Method{}
 	typ := reflect.TypeOf(&Object{})
 	for i := 0; i < typ.NumMethod(); i++ {
 		m := typ.Method(i)
-		gm := scbus.Method{Name: m.Name}
+		gm := syscarebus.Method{Name: m.Name}
 		for j := 1; j < m.Type.NumIn(); j++ {
 			if in := m.Type.In(j); in != senderT {
 				gm.In = append(gm.In, godbus.SignatureOfType(in).String())
@@ -55,7 +55,7 @@ func TestContract(t *testing.T) {
 }
 
 func TestErrorNames(t *testing.T) {
-	if e := busError(ErrAccessDenied); e.Name != scbus.ErrorAccessDenied {
+	if e := busError(ErrAccessDenied); e.Name != syscarebus.ErrorAccessDenied {
 		t.Errorf("access denied maps to %s", e.Name)
 	}
 }

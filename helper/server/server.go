@@ -18,7 +18,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 	"github.com/sirupsen/logrus"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/manager"
 	"github.com/syscare/syscare/runtime/patchmeta"
 )
@@ -75,18 +75,18 @@ func New(cfg Config) *Server {
 // fails when another process owns the name.
 func (s *Server) Export() error {
 	c := s.cfg.Conn
-	if err := c.Export(s.obj, scbus.ObjectPath, scbus.Interface); err != nil {
-		return fmt.Errorf("export %s: %w", scbus.Interface, err)
+	if err := c.Export(s.obj, syscarebus.ObjectPath, syscarebus.Interface); err != nil {
+		return fmt.Errorf("export %s: %w", syscarebus.Interface, err)
 	}
-	if err := c.Export(introspect.Introspectable(scbus.IntrospectXML), scbus.ObjectPath, "org.freedesktop.DBus.Introspectable"); err != nil {
+	if err := c.Export(introspect.Introspectable(syscarebus.IntrospectXML), syscarebus.ObjectPath, "org.freedesktop.DBus.Introspectable"); err != nil {
 		return fmt.Errorf("export introspection: %w", err)
 	}
-	reply, err := c.RequestName(scbus.BusName, godbus.NameFlagDoNotQueue)
+	reply, err := c.RequestName(syscarebus.BusName, godbus.NameFlagDoNotQueue)
 	if err != nil {
-		return fmt.Errorf("request name %s: %w", scbus.BusName, err)
+		return fmt.Errorf("request name %s: %w", syscarebus.BusName, err)
 	}
 	if reply != godbus.RequestNameReplyPrimaryOwner {
-		return fmt.Errorf("request name %s: already owned by another process", scbus.BusName)
+		return fmt.Errorf("request name %s: already owned by another process", syscarebus.BusName)
 	}
 	return nil
 }
@@ -96,7 +96,7 @@ func (s *Server) Emit(e *manager.Entity, old, new manager.State) {
 	if s.cfg.Conn == nil {
 		return
 	}
-	if err := s.cfg.Conn.Emit(scbus.ObjectPath, scbus.Interface+"."+scbus.SignalStateChanged,
+	if err := s.cfg.Conn.Emit(syscarebus.ObjectPath, syscarebus.Interface+"."+syscarebus.SignalStateChanged,
 		e.UUID(), e.Name(), old.String(), new.String()); err != nil {
 		s.cfg.Log.WithError(err).Warn("emit StateChanged")
 	}
@@ -139,30 +139,30 @@ func busError(err error) *godbus.Error {
 	if err == nil {
 		return nil
 	}
-	name := scbus.ErrorFailed
+	name := syscarebus.ErrorFailed
 	switch {
 	case errors.Is(err, ErrAccessDenied):
-		name = scbus.ErrorAccessDenied
+		name = syscarebus.ErrorAccessDenied
 	case errors.Is(err, manager.ErrNotFound):
-		name = scbus.ErrorNotFound
+		name = syscarebus.ErrorNotFound
 	case errors.Is(err, manager.ErrConflict):
-		name = scbus.ErrorConflict
+		name = syscarebus.ErrorConflict
 	case errors.Is(err, manager.ErrBusy):
-		name = scbus.ErrorBusy
+		name = syscarebus.ErrorBusy
 	case errors.Is(err, manager.ErrVerify), errors.Is(err, patchmeta.ErrInvalid):
-		name = scbus.ErrorVerificationFailed
+		name = syscarebus.ErrorVerificationFailed
 	case errors.Is(err, manager.ErrInvalidState):
-		name = scbus.ErrorInvalidState
+		name = syscarebus.ErrorInvalidState
 	case errors.Is(err, manager.ErrNotSupported), errors.Is(err, ErrNotSupported):
-		name = scbus.ErrorNotSupported
+		name = syscarebus.ErrorNotSupported
 	}
 	return godbus.NewError(name, []any{err.Error()})
 }
 
-func states(ss []manager.Status) []scbus.EntityState {
-	out := make([]scbus.EntityState, len(ss))
+func states(ss []manager.Status) []syscarebus.EntityState {
+	out := make([]syscarebus.EntityState, len(ss))
 	for i, st := range ss {
-		out[i] = scbus.EntityState{UUID: st.UUID, Name: st.Name, Status: st.State.String()}
+		out[i] = syscarebus.EntityState{UUID: st.UUID, Name: st.Name, Status: st.State.String()}
 	}
 	return out
 }
@@ -172,22 +172,22 @@ func states(ss []manager.Status) []scbus.EntityState {
 type Object struct{ s *Server }
 
 // List returns every entity and broken patch directory.
-func (o *Object) List() ([]scbus.ListEntry, *godbus.Error) {
+func (o *Object) List() ([]syscarebus.ListEntry, *godbus.Error) {
 	_, end := o.s.begin()
 	defer end()
 	es, broken := o.s.cfg.Manager.List()
-	out := make([]scbus.ListEntry, 0, len(es)+len(broken))
+	out := make([]syscarebus.ListEntry, 0, len(es)+len(broken))
 	for _, e := range es {
-		out = append(out, scbus.ListEntry{UUID: e.UUID, Name: e.Name, Status: e.State.String(), Patch: e.PatchUUID, Problem: e.Problem})
+		out = append(out, syscarebus.ListEntry{UUID: e.UUID, Name: e.Name, Status: e.State.String(), Patch: e.PatchUUID, Problem: e.Problem})
 	}
 	for _, b := range broken {
-		out = append(out, scbus.ListEntry{UUID: b.Dir, Name: b.Dir, Status: scbus.StatusBroken, Problem: b.Reason})
+		out = append(out, syscarebus.ListEntry{UUID: b.Dir, Name: b.Dir, Status: syscarebus.StatusBroken, Problem: b.Reason})
 	}
 	return out, nil
 }
 
 // Status returns entity states.
-func (o *Object) Status(ids []string) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Status(ids []string) ([]syscarebus.EntityState, *godbus.Error) {
 	_, end := o.s.begin()
 	defer end()
 	ss, err := o.s.cfg.Manager.Status(ids)
@@ -201,7 +201,7 @@ func (o *Object) Status(ids []string) ([]scbus.EntityState, *godbus.Error) {
 type PatchInfo struct {
 	*patchmeta.Patch
 	Dir      string              `json:"dir"`
-	Status   []scbus.EntityState `json:"status"`
+	Status   []syscarebus.EntityState `json:"status"`
 	RPMName  string              `json:"rpm_name"`
 	Removed  bool                `json:"removed,omitempty"`
 	Entities []EntityInfo        `json:"entities"`
@@ -304,7 +304,7 @@ func (o *Object) Target(ids []string) (string, *godbus.Error) {
 	return string(b), nil
 }
 
-func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	ctx, end := o.s.begin()
 	defer end()
 	if err := o.s.authorize(ctx, sender, method); err != nil {
@@ -321,32 +321,32 @@ func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, 
 }
 
 // Apply takes entities to ACTIVED.
-func (o *Object) Apply(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Apply(sender godbus.Sender, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	return o.transition(sender, "Apply", manager.OpApply, ids, force)
 }
 
 // Active takes DEACTIVED entities to ACTIVED.
-func (o *Object) Active(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Active(sender godbus.Sender, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	return o.transition(sender, "Active", manager.OpActive, ids, force)
 }
 
 // Deactive takes entities to DEACTIVED.
-func (o *Object) Deactive(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Deactive(sender godbus.Sender, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	return o.transition(sender, "Deactive", manager.OpDeactive, ids, force)
 }
 
 // Remove takes entities to NOT-APPLIED.
-func (o *Object) Remove(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Remove(sender godbus.Sender, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	return o.transition(sender, "Remove", manager.OpRemove, ids, force)
 }
 
 // Accept takes ACTIVED entities to ACCEPTED.
-func (o *Object) Accept(sender godbus.Sender, ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Accept(sender godbus.Sender, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	return o.transition(sender, "Accept", manager.OpAccept, ids, force)
 }
 
 // Check verifies entities without changing them.
-func (o *Object) Check(ids []string, force bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Check(ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
 	ctx, end := o.s.begin()
 	defer end()
 	ss, err := o.s.cfg.Manager.Check(ctx, ids)
@@ -367,7 +367,7 @@ func (o *Object) Save(sender godbus.Sender) *godbus.Error {
 }
 
 // Restore replays the saved states.
-func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]scbus.EntityState, *godbus.Error) {
+func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]syscarebus.EntityState, *godbus.Error) {
 	ctx, end := o.s.begin()
 	defer end()
 	if err := o.s.authorize(ctx, sender, "Restore"); err != nil {
@@ -392,17 +392,17 @@ func (o *Object) Rescan(sender godbus.Sender) *godbus.Error {
 }
 
 // ProcessStatus returns per-process states of a user patch.
-func (o *Object) ProcessStatus(id string) ([]scbus.ProcessState, *godbus.Error) {
+func (o *Object) ProcessStatus(id string) ([]syscarebus.ProcessState, *godbus.Error) {
 	ctx, end := o.s.begin()
 	defer end()
 	byEnt, order, err := o.s.cfg.Manager.ProcessStatus(ctx, id)
 	if err != nil {
 		return nil, busError(err)
 	}
-	out := []scbus.ProcessState{}
+	out := []syscarebus.ProcessState{}
 	for _, e := range order {
 		for _, p := range byEnt[e] {
-			out = append(out, scbus.ProcessState{Pid: int32(p.Pid), UUID: e.UUID(), Status: p.State.String(), Detail: p.Detail})
+			out = append(out, syscarebus.ProcessState{Pid: int32(p.Pid), UUID: e.UUID(), Status: p.State.String(), Detail: p.Detail})
 		}
 	}
 	return out, nil

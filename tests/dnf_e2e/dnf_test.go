@@ -26,7 +26,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/rpmbuild/patchrpm"
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
@@ -473,7 +473,7 @@ func TestDNFHotpatch(t *testing.T) {
 
 	t.Run("broken metadata is a clear error", func(t *testing.T) {
 		e.t = t
-		conn, err := scbus.Connect(e.addr)
+		conn, err := syscarebus.Connect(e.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -484,7 +484,7 @@ func TestDNFHotpatch(t *testing.T) {
 		os.WriteFile(prim[0], []byte("not gzip"), 0o644)
 		for dir, want := range map[string]string{broken: "checksum mismatch", e.dir: "no repodata/repomd.xml"} {
 			_, err := conn.Resolve(context.Background(), map[string]godbus.Variant{"metadata_dirs": godbus.MakeVariant([]string{dir})})
-			if err == nil || !strings.Contains(scbus.ErrorMessage(err), want) {
+			if err == nil || !strings.Contains(syscarebus.ErrorMessage(err), want) {
 				t.Errorf("resolve %s: error %v, want one saying %q", dir, err, want)
 			}
 		}

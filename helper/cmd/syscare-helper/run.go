@@ -13,7 +13,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 	"github.com/sirupsen/logrus"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/manager"
 	"github.com/syscare/syscare/helper/server"
 	"github.com/syscare/syscare/runtime/patchmeta"
@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if addr == "" {
 		addr = os.Getenv("DBUS_STARTER_ADDRESS")
 	}
-	conn, err := godbus.Connect(scbus.Address(addr))
+	conn, err := godbus.Connect(syscarebus.Address(addr))
 	if err != nil {
 		return fmt.Errorf("connect to bus: %w", err)
 	}
@@ -116,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := srv.Export(); err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"root": rootDir, "bus": scbus.Address(addr)}).Info("serving")
+	log.WithFields(logrus.Fields{"root": rootDir, "bus": syscarebus.Address(addr)}).Info("serving")
 
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()

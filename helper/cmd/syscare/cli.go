@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	scbus "github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/dbus"
 )
 
 // usageError is a mistake on the command line (exit status 2).
@@ -134,19 +134,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{"processes takes one patch identifier"}
 	}
 
-	c, err := scbus.Connect(o.bus)
+	c, err := syscarebus.Connect(o.bus)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	err = dispatch(ctx, c, o, stdout, stderr)
-	if err != nil && scbus.ErrorName(err) != "" {
-		return errors.New(scbus.ErrorMessage(err))
+	if err != nil && syscarebus.ErrorName(err) != "" {
+		return errors.New(syscarebus.ErrorMessage(err))
 	}
 	return err
 }
 
-func dispatch(ctx context.Context, c *scbus.Client, o options, stdout, stderr io.Writer) error {
+func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stderr io.Writer) error {
 	switch o.cmd {
 	case "list":
 		es, err := c.List(ctx)
@@ -237,10 +237,10 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func printStates(w io.Writer, o options, ss []scbus.EntityState) error {
+func printStates(w io.Writer, o options, ss []syscarebus.EntityState) error {
 	if o.json {
 		if ss == nil {
-			ss = []scbus.EntityState{}
+			ss = []syscarebus.EntityState{}
 		}
 		return printJSON(w, ss)
 	}
@@ -250,7 +250,7 @@ func printStates(w io.Writer, o options, ss []scbus.EntityState) error {
 	return nil
 }
 
-func printList(w, stderr io.Writer, es []scbus.ListEntry) {
+func printList(w, stderr io.Writer, es []syscarebus.ListEntry) {
 	nameW := len("Name")
 	for _, e := range es {
 		nameW = max(nameW, len(e.Name))
