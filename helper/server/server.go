@@ -200,11 +200,11 @@ func (o *Object) Status(ids []string) ([]syscarebus.EntityState, *godbus.Error) 
 // PatchInfo is one element of Info's JSON reply.
 type PatchInfo struct {
 	*patchmeta.Patch
-	Dir      string              `json:"dir"`
+	Dir      string                   `json:"dir"`
 	Status   []syscarebus.EntityState `json:"status"`
-	RPMName  string              `json:"rpm_name"`
-	Removed  bool                `json:"removed,omitempty"`
-	Entities []EntityInfo        `json:"entities"`
+	RPMName  string                   `json:"rpm_name"`
+	Removed  bool                     `json:"removed,omitempty"`
+	Entities []EntityInfo             `json:"entities"`
 }
 
 // EntityInfo is patchmeta.Entity with its display name and status.
