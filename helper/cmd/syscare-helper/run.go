@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/dirwatch"
 	"github.com/syscare/syscare/helper/manager"
 	"github.com/syscare/syscare/helper/server"
 	"github.com/syscare/syscare/runtime/patchmeta"
@@ -110,7 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := m.Start(ctx); err != nil {
 		log.WithError(err).Error("restore at start incomplete")
 	}
-	if err := server.WatchDir(ctx, filepath.Join(rootDir, manager.PatchesDir), 200*time.Millisecond, m.Rescan); err != nil {
+	if err := dirwatch.Watch(ctx, filepath.Join(rootDir, manager.PatchesDir), 200*time.Millisecond, m.Rescan); err != nil {
 		log.WithError(err).Warn("patch directories are not watched; use rescan")
 	}
 	if err := srv.Export(); err != nil {

@@ -1,4 +1,6 @@
-package server
+// Package dirwatch tells syscare-helper when the patch directories change (rpm installing
+// or erasing a patch RPM), so that the manager rescans them without being asked.
+package dirwatch
 
 import (
 	"context"
@@ -9,9 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// WatchDir calls fn after entries of dir are created, removed, renamed or written, at
+// Watch calls fn after entries of dir are created, removed, renamed or written, at
 // most once per settle period, until ctx ends. It returns once the watch is armed.
-func WatchDir(ctx context.Context, dir string, settle time.Duration, fn func()) error {
+func Watch(ctx context.Context, dir string, settle time.Duration, fn func()) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
