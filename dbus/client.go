@@ -2,7 +2,6 @@ package syscarebus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 
@@ -93,6 +92,13 @@ func (c *Client) Transition(ctx context.Context, method string, ids []string, fo
 	return r, c.call(ctx, method, []any{&r}, ids, force)
 }
 
+// Upgrade runs the upgrade policy on the patches the ids name as one transaction.
+func (c *Client) Upgrade(ctx context.Context, ids []string, accept, force bool) ([]UpgradeEntry, error) {
+	var r []UpgradeEntry
+	opts := map[string]godbus.Variant{UpgradeOptAccept: godbus.MakeVariant(accept), UpgradeOptForce: godbus.MakeVariant(force)}
+	return r, c.call(ctx, "Upgrade", []any{&r}, ids, opts)
+}
+
 // Save records every entity's state.
 func (c *Client) Save(ctx context.Context) error { return c.call(ctx, "Save", nil) }
 
@@ -115,34 +121,4 @@ func (c *Client) ProcessStatus(ctx context.Context, id string) ([]ProcessState, 
 func (c *Client) Resolve(ctx context.Context, opts map[string]godbus.Variant) (string, error) {
 	var r string
 	return r, c.call(ctx, "Resolve", []any{&r}, opts)
-}
-
-// ErrorName returns the D-Bus error name of err, or "" when err is not a bus error.
-func ErrorName(err error) string {
-	var e godbus.Error
-	if errors.As(err, &e) {
-		return e.Name
-	}
-	var pe *godbus.Error
-	if errors.As(err, &pe) {
-		return pe.Name
-	}
-	return ""
-}
-
-// ErrorMessage returns the message of a bus error, or err.Error().
-func ErrorMessage(err error) string {
-	var e godbus.Error
-	if errors.As(err, &e) && len(e.Body) > 0 {
-		if s, ok := e.Body[0].(string); ok {
-			return s
-		}
-	}
-	var pe *godbus.Error
-	if errors.As(err, &pe) && len(pe.Body) > 0 {
-		if s, ok := pe.Body[0].(string); ok {
-			return s
-		}
-	}
-	return err.Error()
 }

@@ -21,19 +21,6 @@ const (
 	SignalStateChanged = "StateChanged"
 )
 
-// Named errors the service replies with; the message is safe to show a user.
-const (
-	ErrorPrefix             = "org.openeuler.SysCare1.Error."
-	ErrorNotFound           = ErrorPrefix + "NotFound"
-	ErrorBusy               = ErrorPrefix + "Busy"
-	ErrorConflict           = ErrorPrefix + "Conflict"
-	ErrorVerificationFailed = ErrorPrefix + "VerificationFailed"
-	ErrorAccessDenied       = ErrorPrefix + "AccessDenied"
-	ErrorInvalidState       = ErrorPrefix + "InvalidState"
-	ErrorNotSupported       = ErrorPrefix + "NotSupported"
-	ErrorFailed             = ErrorPrefix + "Failed"
-)
-
 // Status strings, printed exactly like upstream SysCare.
 const (
 	StatusNotApplied = "NOT-APPLIED"
@@ -48,30 +35,6 @@ const (
 //
 //go:embed org.openeuler.SysCare1.xml
 var IntrospectXML string
-
-// EntityState is one (uuid, name, status) row: signature (sss).
-type EntityState struct {
-	UUID   string `json:"uuid"`
-	Name   string `json:"name"`
-	Status string `json:"status"`
-}
-
-// ListEntry is one row of List: signature (sssss).
-type ListEntry struct {
-	UUID    string `json:"uuid"`
-	Name    string `json:"name"`
-	Status  string `json:"status"`
-	Patch   string `json:"patch_uuid"`
-	Problem string `json:"problem,omitempty"`
-}
-
-// ProcessState is one row of ProcessStatus: signature (isss).
-type ProcessState struct {
-	Pid    int32  `json:"pid"`
-	UUID   string `json:"uuid"`
-	Status string `json:"status"`
-	Detail string `json:"detail,omitempty"`
-}
 
 // Method is one method of the contract with its argument signatures in order.
 type Method struct {

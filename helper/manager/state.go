@@ -4,7 +4,6 @@
 package manager
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/syscare/syscare/dbus"
@@ -45,14 +44,15 @@ func ParseState(s string) (State, error) {
 	return NotApplied, fmt.Errorf("unknown state %q", s)
 }
 
-// Sentinel errors; the service maps each to a named bus error.
+// The kinds of failure are the bus contract's: an error wrapping one of them reaches
+// the caller under that kind's bus error name, with no mapping in between.
 var (
-	ErrNotFound     = errors.New("patch not found")
-	ErrConflict     = errors.New("patch conflict")
-	ErrVerify       = errors.New("verification failed")
-	ErrInvalidState = errors.New("invalid state")
-	ErrNotSupported = errors.New("not supported")
-	ErrBusy         = errors.New("target busy")
+	ErrNotFound     = syscarebus.ErrNotFound
+	ErrConflict     = syscarebus.ErrConflict
+	ErrVerify       = syscarebus.ErrVerify
+	ErrInvalidState = syscarebus.ErrInvalidState
+	ErrNotSupported = syscarebus.ErrNotSupported
+	ErrBusy         = syscarebus.ErrBusy
 )
 
 // Op is a command of the state machine.

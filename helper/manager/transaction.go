@@ -41,34 +41,15 @@ func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force boo
 	if op == OpDeactive || op == OpRemove {
 		sort.SliceStable(order, func(a, b int) bool { return es[order[a]].activated > es[order[b]].activated })
 	}
-	type change struct {
-		e   *Entity
-		old State
-	}
-	var done []change
+	var done changes
 	for _, i := range order {
 		e, t := es[i], targets[i]
 		if e.State == t {
 			continue
 		}
-		done = append(done, change{e, e.State})
+		done.record(e)
 		if err := m.walk(ctx, e, t, force); err != nil {
-			err = fmt.Errorf("%s %s: %w", op, e.Name(), err)
-			var rbErrs []error
-			for j := len(done) - 1; j >= 0; j-- {
-				c := done[j]
-				if c.e.State == c.old {
-					continue
-				}
-				if rerr := m.walk(context.WithoutCancel(ctx), c.e, c.old, true); rerr != nil {
-					rbErrs = append(rbErrs, fmt.Errorf("rollback of %s to %s: %w", c.e.Name(), c.old, rerr))
-				}
-			}
-			if len(rbErrs) > 0 {
-				m.cfg.Log.WithError(errors.Join(rbErrs...)).Error("rollback incomplete")
-				return nil, errors.Join(append([]error{err}, rbErrs...)...)
-			}
-			return nil, err
+			return nil, m.rollback(ctx, fmt.Errorf("%s %s: %w", op, e.Name(), err), done)
 		}
 	}
 	out := make([]Status, len(es))
@@ -76,6 +57,38 @@ func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force boo
 		out[i] = status(e)
 	}
 	return out, nil
+}
+
+// changes records the state of each entity before a transaction first moved it, in the
+// order the transaction moved them: what rollback takes them back to.
+type changes []change
+
+type change struct {
+	e   *Entity
+	old State
+}
+
+func (c *changes) record(e *Entity) { *c = append(*c, change{e, e.State}) }
+
+// rollback takes every entity done changed back to its old state, last changed first,
+// after err stopped the transaction; it returns err, joined with whatever could not be
+// undone.
+func (m *Manager) rollback(ctx context.Context, err error, done changes) error {
+	var rbErrs []error
+	for j := len(done) - 1; j >= 0; j-- {
+		c := done[j]
+		if c.e.State == c.old {
+			continue
+		}
+		if rerr := m.walk(context.WithoutCancel(ctx), c.e, c.old, true); rerr != nil {
+			rbErrs = append(rbErrs, fmt.Errorf("rollback of %s to %s: %w", c.e.Name(), c.old, rerr))
+		}
+	}
+	if len(rbErrs) > 0 {
+		m.cfg.Log.WithError(errors.Join(rbErrs...)).Error("rollback incomplete")
+		return errors.Join(append([]error{err}, rbErrs...)...)
+	}
+	return err
 }
 
 // Check verifies every entity the ids name without changing anything.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/syscare/syscare/dbus"
 )
 
 // Request says which repositories to read and which patches to keep.
@@ -25,36 +27,6 @@ type Request struct {
 	All bool
 }
 
-// Candidate is a patch RPM that applies to a package installed on this host.
-type Candidate struct {
-	Advisory string   `json:"advisory"`
-	Severity string   `json:"severity"`
-	Type     string   `json:"type"`
-	Title    string   `json:"title"`
-	CVEs     []string `json:"cves"`
-	// Package is the patch RPM's NEVRA.
-	Package string `json:"package"`
-	// Location is the RPM's path or URL; RepoID the repository's id (a configured
-	// repository) or the metadata directory as passed in Request.MetadataDirs.
-	Location string `json:"location"`
-	RepoID   string `json:"repo_id"`
-	// Target is the installed package the patch applies to.
-	Target       Package `json:"target"`
-	PatchName    string  `json:"patch_name"`
-	PatchVersion string  `json:"patch_version"`
-	PatchRelease string  `json:"patch_release"`
-	// Installed says the patch RPM itself is already installed.
-	Installed bool `json:"installed"`
-}
-
-// Option keys of the D-Bus Resolve method's a{sv} argument.
-const (
-	OptMetadataDirs = "metadata_dirs" // as
-	OptCVEs         = "cves"          // as
-	OptAdvisories   = "advisories"    // as
-	OptAll          = "all"           // b
-)
-
 // ParseOptions turns the D-Bus Resolve options (variant values already unwrapped) into a
 // Request. Root is left for the caller, which knows the host root; unknown keys are
 // refused so a misspelt filter never silently widens the result.
@@ -70,13 +42,13 @@ func ParseOptions(opts map[string]any) (Request, error) {
 	for k, v := range opts {
 		var err error
 		switch k {
-		case OptMetadataDirs:
+		case syscarebus.ResolveOptMetadataDirs:
 			req.MetadataDirs, err = strs(k, v)
-		case OptCVEs:
+		case syscarebus.ResolveOptCVEs:
 			req.CVEs, err = strs(k, v)
-		case OptAdvisories:
+		case syscarebus.ResolveOptAdvisories:
 			req.Advisories, err = strs(k, v)
-		case OptAll:
+		case syscarebus.ResolveOptAll:
 			b, ok := v.(bool)
 			if !ok {
 				err = fmt.Errorf("option %q: want a boolean (b), got %T", k, v)
@@ -101,7 +73,7 @@ func keyOf(p Package) targetKey { return targetKey{p.Name, p.EVR(), p.Arch} }
 
 // Resolve reads the repositories' metadata and returns the patch RPMs whose target is
 // installed at exactly the EVR the patch requires, sorted by target and patch.
-func Resolve(ctx context.Context, req Request) ([]Candidate, error) {
+func Resolve(ctx context.Context, req Request) ([]syscarebus.Candidate, error) {
 	var srcs []*source
 	if len(req.MetadataDirs) > 0 {
 		for _, d := range req.MetadataDirs {
@@ -136,7 +108,7 @@ func Resolve(ctx context.Context, req Request) ([]Candidate, error) {
 }
 
 // resolve is the pure part of Resolve.
-func resolve(repos []*repoData, installed []Package, req Request) []Candidate {
+func resolve(repos []*repoData, installed []Package, req Request) []syscarebus.Candidate {
 	inst := make(map[targetKey]bool, len(installed))
 	for _, p := range installed {
 		inst[keyOf(p)] = true
@@ -146,7 +118,7 @@ func resolve(repos []*repoData, installed []Package, req Request) []Candidate {
 	filtered := len(wantCVE) > 0 || len(wantAdv) > 0
 
 	seen := map[string]bool{}
-	var cands []Candidate
+	var cands []syscarebus.Candidate
 	for _, rd := range repos {
 		byPkg := map[Package][]*Advisory{}
 		for i := range rd.advisories {
@@ -163,7 +135,7 @@ func resolve(repos []*repoData, installed []Package, req Request) []Candidate {
 			if !targetInstalled(inst, pp.Target) {
 				continue
 			}
-			c := Candidate{
+			c := syscarebus.Candidate{
 				Package: nevra, Location: rd.src.location(pp.Location), RepoID: rd.src.id,
 				Target: pp.Target, PatchName: pp.PatchName,
 				PatchVersion: pp.Pkg.Version, PatchRelease: pp.Pkg.Release,
@@ -214,7 +186,7 @@ func resolve(repos []*repoData, installed []Package, req Request) []Candidate {
 	}
 	// Cumulative patches: the newest per target contains the older ones' fixes, so only
 	// it is offered. Sorted ascending, the last of each target run is the newest.
-	var out []Candidate
+	var out []syscarebus.Candidate
 	for i, c := range cands {
 		if i+1 < len(cands) && keyOf(cands[i+1].Target) == keyOf(c.Target) {
 			continue
@@ -226,7 +198,7 @@ func resolve(repos []*repoData, installed []Package, req Request) []Candidate {
 
 // comparePatch orders patches of one target: by patch name with RPM's version rules
 // (HP001 < HP002 < HP010), then by patch version-release.
-func comparePatch(a, b Candidate) int {
+func comparePatch(a, b syscarebus.Candidate) int {
 	if c := Vercmp(a.PatchName, b.PatchName); c != 0 {
 		return c
 	}

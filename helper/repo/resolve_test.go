@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/syscare/syscare/dbus"
 )
 
 var host = []Package{
@@ -39,7 +41,7 @@ func publishedRepo(t *testing.T, extra ...string) string {
 	return dir
 }
 
-func packages(cs []Candidate) []string {
+func packages(cs []syscarebus.Candidate) []string {
 	var out []string
 	for _, c := range cs {
 		out = append(out, c.Package)
@@ -83,7 +85,7 @@ func TestResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	hp1 := got[0]
-	want := Candidate{Advisory: "SA-2024-0001", Severity: "Important", Type: "security",
+	want := syscarebus.Candidate{Advisory: "SA-2024-0001", Severity: "Important", Type: "security",
 		Title: "hot patch for hello-1.0-1, hello-1.0-2", CVEs: []string{"CVE-2024-0001"},
 		Package: "patch-hello-1.0-1-HP001-1-1.x86_64", Location: filepath.Join(dir, "patch-hello-1.0-1-HP001-1-1.x86_64.rpm"),
 		RepoID: filepath.Join(dir, "repodata"), Target: host[0], PatchName: "HP001", PatchVersion: "1", PatchRelease: "1"}
@@ -96,7 +98,7 @@ func TestResolve(t *testing.T) {
 	}
 }
 
-func candEqual(a, b Candidate) bool {
+func candEqual(a, b syscarebus.Candidate) bool {
 	return a.Advisory == b.Advisory && a.Severity == b.Severity && a.Type == b.Type && a.Title == b.Title &&
 		slices.Equal(a.CVEs, b.CVEs) && a.Package == b.Package && a.Location == b.Location && a.RepoID == b.RepoID &&
 		a.Target == b.Target && a.PatchName == b.PatchName && a.PatchVersion == b.PatchVersion &&

@@ -18,6 +18,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/syscare/syscare/dbus"
 )
 
 // recompress rewrites one metadata file of a repository with another compression and
@@ -261,12 +263,12 @@ func TestOpenEulerUpdateinfo(t *testing.T) {
 }
 
 func TestParseOptions(t *testing.T) {
-	req, err := ParseOptions(map[string]any{OptMetadataDirs: []string{"/a"}, OptCVEs: []string{"CVE-1"},
-		OptAdvisories: []string{"SA"}, OptAll: true})
+	req, err := ParseOptions(map[string]any{syscarebus.ResolveOptMetadataDirs: []string{"/a"}, syscarebus.ResolveOptCVEs: []string{"CVE-1"},
+		syscarebus.ResolveOptAdvisories: []string{"SA"}, syscarebus.ResolveOptAll: true})
 	if err != nil || !req.All || req.MetadataDirs[0] != "/a" || req.CVEs[0] != "CVE-1" || req.Advisories[0] != "SA" {
 		t.Fatalf("%+v %v", req, err)
 	}
-	for _, bad := range []map[string]any{{"cve": []string{"x"}}, {OptCVEs: "x"}, {OptAll: "yes"}} {
+	for _, bad := range []map[string]any{{"cve": []string{"x"}}, {syscarebus.ResolveOptCVEs: "x"}, {syscarebus.ResolveOptAll: "yes"}} {
 		if _, err := ParseOptions(bad); err == nil {
 			t.Errorf("accepted %v", bad)
 		}

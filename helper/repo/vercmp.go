@@ -4,30 +4,13 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/syscare/syscare/dbus"
 )
 
-// Package is an RPM package identity: name, epoch, version, release, arch.
-type Package struct {
-	Name    string `json:"name"`
-	Epoch   int    `json:"epoch"`
-	Version string `json:"version"`
-	Release string `json:"release"`
-	Arch    string `json:"arch"`
-}
-
-// EVR returns [epoch:]version-release, the way RPM writes a dependency.
-func (p Package) EVR() string {
-	if p.Epoch > 0 {
-		return fmt.Sprintf("%d:%s-%s", p.Epoch, p.Version, p.Release)
-	}
-	return p.Version + "-" + p.Release
-}
-
-// NEVRA returns name-[epoch:]version-release.arch.
-func (p Package) NEVRA() string { return p.Name + "-" + p.EVR() + "." + p.Arch }
-
-// NVR returns name-version-release.
-func (p Package) NVR() string { return p.Name + "-" + p.Version + "-" + p.Release }
+// Package is the contract's package identity (syscarebus.Package): a syscarebus.Candidate's target
+// is one, and resolution compares them by name, EVR and arch.
+type Package = syscarebus.Package
 
 // ParseNEVRA parses name-[epoch:]version-release.arch.
 func ParseNEVRA(s string) (Package, error) {

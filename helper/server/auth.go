@@ -30,13 +30,13 @@ func (a *BusAuthorizer) Authorize(ctx context.Context, sender string) error {
 	var uid uint32
 	bus := a.Conn.BusObject()
 	if err := bus.CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, sender).Store(&uid); err != nil {
-		return fmt.Errorf("%w: caller identity: %w", ErrAccessDenied, err)
+		return fmt.Errorf("%w: caller identity: %w", syscarebus.ErrAccessDenied, err)
 	}
 	if uid == 0 {
 		return nil
 	}
 	if !a.polkitAvailable(ctx) {
-		return fmt.Errorf("%w: uid %d is not root and polkit is not available", ErrAccessDenied, uid)
+		return fmt.Errorf("%w: uid %d is not root and polkit is not available", syscarebus.ErrAccessDenied, uid)
 	}
 	subject := struct {
 		Kind    string
@@ -51,10 +51,10 @@ func (a *BusAuthorizer) Authorize(ctx context.Context, sender string) error {
 	call := a.Conn.Object(polkitName, polkitPath).CallWithContext(ctx, "org.freedesktop.PolicyKit1.Authority.CheckAuthorization", 0,
 		subject, syscarebus.PolkitAction, map[string]string{}, uint32(allowUserInteraction), "")
 	if err := call.Store(&res); err != nil {
-		return fmt.Errorf("%w: polkit: %w", ErrAccessDenied, err)
+		return fmt.Errorf("%w: polkit: %w", syscarebus.ErrAccessDenied, err)
 	}
 	if !res.Authorized {
-		return fmt.Errorf("%w: uid %d is not authorized for %s", ErrAccessDenied, uid, syscarebus.PolkitAction)
+		return fmt.Errorf("%w: uid %d is not authorized for %s", syscarebus.ErrAccessDenied, uid, syscarebus.PolkitAction)
 	}
 	return nil
 }

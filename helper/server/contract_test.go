@@ -1,6 +1,8 @@
 package server
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
@@ -8,6 +10,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/manager"
 )
 
 // TestContract holds the exported Object against dbus/org.openeuler.SysCare1.xml: the same
@@ -55,7 +58,32 @@ func TestContract(t *testing.T) {
 }
 
 func TestErrorNames(t *testing.T) {
-	if e := busError(ErrAccessDenied); e.Name != syscarebus.ErrorAccessDenied {
+	if e := busError(syscarebus.ErrAccessDenied); e.Name != syscarebus.ErrorAccessDenied {
 		t.Errorf("access denied maps to %s", e.Name)
+	}
+	// An engine's failure reaches the bus under the kind the manager's adapter gave it,
+	// through any wrapping; an error of no kind is Failed.
+	for err, want := range map[error]string{
+		fmt.Errorf("apply x: %w", fmt.Errorf("%w: %w", manager.ErrBusy, errors.New("function busy"))): syscarebus.ErrorBusy,
+		fmt.Errorf("%w: build-id", manager.ErrVerify):                                                 syscarebus.ErrorVerificationFailed,
+		errors.Join(fmt.Errorf("%w: x", manager.ErrConflict), errors.New("rollback")):                 syscarebus.ErrorConflict,
+		errors.New("disk full"): syscarebus.ErrorFailed,
+	} {
+		if e := busError(err); e.Name != want || e.Body[0] != err.Error() {
+			t.Errorf("%v maps to %s %v, want %s with the error text", err, e.Name, e.Body, want)
+		}
+	}
+}
+
+// TestUpgradeOptions: the known options are read, anything else is refused.
+func TestUpgradeOptions(t *testing.T) {
+	uo, err := upgradeOptions(map[string]godbus.Variant{"accept": godbus.MakeVariant(true), "force": godbus.MakeVariant(false)})
+	if err != nil || !uo.Accept || uo.Force {
+		t.Fatalf("accept+force: %+v %v", uo, err)
+	}
+	for _, bad := range []map[string]godbus.Variant{{"acept": godbus.MakeVariant(true)}, {"accept": godbus.MakeVariant("yes")}} {
+		if _, err := upgradeOptions(bad); !errors.Is(err, syscarebus.ErrNotSupported) {
+			t.Errorf("%v: %v, want refused", bad, err)
+		}
 	}
 }

@@ -6,7 +6,6 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,14 +19,7 @@ import (
 
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/manager"
-	"github.com/syscare/syscare/runtime/patchmeta"
 )
-
-// ErrAccessDenied is returned to callers that may not change the system.
-var ErrAccessDenied = errors.New("access denied")
-
-// ErrNotSupported is returned by methods this build cannot serve.
-var ErrNotSupported = errors.New("not supported")
 
 // Resolver answers the Resolve method (repository resolution, helper/repo).
 type Resolver func(ctx context.Context, opts map[string]godbus.Variant) (string, error)
@@ -112,8 +104,10 @@ func (s *Server) Idle() time.Duration {
 	return time.Since(time.Unix(0, s.last.Load()))
 }
 
-// begin marks a call running and returns its context and the function ending it.
-func (s *Server) begin() (context.Context, func()) {
+// begin marks a call of method running and returns its context and the function ending
+// it. Each call is logged at debug level: the log shows which calls a client made.
+func (s *Server) begin(method string) (context.Context, func()) {
+	s.cfg.Log.WithField("method", method).Debug("call")
 	s.inflight.Add(1)
 	s.touch()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
@@ -133,31 +127,8 @@ func (s *Server) authorize(ctx context.Context, sender godbus.Sender, method str
 	return nil
 }
 
-// busError maps an internal error to a named bus error; the message is the error text,
-// which names patches, processes and reasons but no secrets.
-func busError(err error) *godbus.Error {
-	if err == nil {
-		return nil
-	}
-	name := syscarebus.ErrorFailed
-	switch {
-	case errors.Is(err, ErrAccessDenied):
-		name = syscarebus.ErrorAccessDenied
-	case errors.Is(err, manager.ErrNotFound):
-		name = syscarebus.ErrorNotFound
-	case errors.Is(err, manager.ErrConflict):
-		name = syscarebus.ErrorConflict
-	case errors.Is(err, manager.ErrBusy):
-		name = syscarebus.ErrorBusy
-	case errors.Is(err, manager.ErrVerify), errors.Is(err, patchmeta.ErrInvalid):
-		name = syscarebus.ErrorVerificationFailed
-	case errors.Is(err, manager.ErrInvalidState):
-		name = syscarebus.ErrorInvalidState
-	case errors.Is(err, manager.ErrNotSupported), errors.Is(err, ErrNotSupported):
-		name = syscarebus.ErrorNotSupported
-	}
-	return godbus.NewError(name, []any{err.Error()})
-}
+// busError is the contract's one mapping from errors to bus error names.
+func busError(err error) *godbus.Error { return syscarebus.BusError(err) }
 
 func states(ss []manager.Status) []syscarebus.EntityState {
 	out := make([]syscarebus.EntityState, len(ss))
@@ -173,7 +144,7 @@ type Object struct{ s *Server }
 
 // List returns every entity and broken patch directory.
 func (o *Object) List() ([]syscarebus.ListEntry, *godbus.Error) {
-	_, end := o.s.begin()
+	_, end := o.s.begin("List")
 	defer end()
 	es, broken := o.s.cfg.Manager.List()
 	out := make([]syscarebus.ListEntry, 0, len(es)+len(broken))
@@ -188,7 +159,7 @@ func (o *Object) List() ([]syscarebus.ListEntry, *godbus.Error) {
 
 // Status returns entity states.
 func (o *Object) Status(ids []string) ([]syscarebus.EntityState, *godbus.Error) {
-	_, end := o.s.begin()
+	_, end := o.s.begin("Status")
 	defer end()
 	ss, err := o.s.cfg.Manager.Status(ids)
 	if err != nil {
@@ -197,47 +168,22 @@ func (o *Object) Status(ids []string) ([]syscarebus.EntityState, *godbus.Error) 
 	return states(ss), nil
 }
 
-// PatchInfo is one element of Info's JSON reply.
-type PatchInfo struct {
-	*patchmeta.Patch
-	Dir      string                   `json:"dir"`
-	Status   []syscarebus.EntityState `json:"status"`
-	RPMName  string                   `json:"rpm_name"`
-	Removed  bool                     `json:"removed,omitempty"`
-	Entities []EntityInfo             `json:"entities"`
-}
-
-// EntityInfo is patchmeta.Entity with its display name and status.
-type EntityInfo struct {
-	patchmeta.Entity
-	Name   string `json:"name"`
-	Status string `json:"status"`
-	// ReportSummary is the summary line of the builder's patch report for this
-	// entity's target ELF, when the patch carries one.
-	ReportSummary string `json:"report_summary,omitempty"`
-}
-
 // Info returns the patches as JSON.
 func (o *Object) Info(ids []string) (string, *godbus.Error) {
-	_, end := o.s.begin()
+	_, end := o.s.begin("Info")
 	defer end()
 	ps, err := o.s.cfg.Manager.Patches(ids)
 	if err != nil {
 		return "", busError(err)
 	}
-	out := []PatchInfo{}
+	out := []syscarebus.PatchInfo{}
 	for _, p := range ps {
 		st := states(o.s.cfg.Manager.Snapshot(p))
-		pi := PatchInfo{Patch: p.Meta, Dir: p.Dir, Status: st, RPMName: p.Meta.RPMName(), Removed: p.Gone}
 		var sums map[string]string
 		if !p.Gone {
 			sums = reportSummaries(p.Dir, p.Meta.Report)
 		}
-		for i, e := range p.Meta.Entities {
-			pi.Entities = append(pi.Entities, EntityInfo{Entity: e, Name: st[i].Name, Status: st[i].Status,
-				ReportSummary: sums[e.TargetPath]})
-		}
-		out = append(out, pi)
+		out = append(out, patchInfo(p, st, sums))
 	}
 	b, _ := json.Marshal(out)
 	return string(b), nil
@@ -262,10 +208,7 @@ func reportSummaries(dir, file string) map[string]string {
 	if err != nil {
 		return nil
 	}
-	var reports []struct {
-		Target  string `json:"target"`
-		Summary string `json:"summary"`
-	}
+	var reports []syscarebus.ReportSummary
 	if json.Unmarshal(data, &reports) != nil {
 		return nil
 	}
@@ -276,25 +219,18 @@ func reportSummaries(dir, file string) map[string]string {
 	return out
 }
 
-// TargetInfo is one element of Target's JSON reply.
-type TargetInfo struct {
-	UUID   string            `json:"uuid"`
-	Patch  string            `json:"patch"`
-	Target patchmeta.Package `json:"target"`
-	Files  []string          `json:"files"`
-}
-
 // Target returns the target packages as JSON.
 func (o *Object) Target(ids []string) (string, *godbus.Error) {
-	_, end := o.s.begin()
+	_, end := o.s.begin("Target")
 	defer end()
 	ps, err := o.s.cfg.Manager.Patches(ids)
 	if err != nil {
 		return "", busError(err)
 	}
-	out := []TargetInfo{}
+	out := []syscarebus.TargetInfo{}
 	for _, p := range ps {
-		ti := TargetInfo{UUID: p.Meta.UUID, Patch: p.Meta.Name + "-" + p.Meta.Version + "-" + p.Meta.Release, Target: p.Meta.Target}
+		ti := syscarebus.TargetInfo{UUID: p.Meta.UUID, Patch: p.Meta.Name + "-" + p.Meta.Version + "-" + p.Meta.Release,
+			Target: contractPackage(p.Meta.Target)}
 		for _, e := range p.Meta.Entities {
 			ti.Files = append(ti.Files, e.TargetPath)
 		}
@@ -305,7 +241,7 @@ func (o *Object) Target(ids []string) (string, *godbus.Error) {
 }
 
 func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin(method)
 	defer end()
 	if err := o.s.authorize(ctx, sender, method); err != nil {
 		return nil, err
@@ -345,9 +281,55 @@ func (o *Object) Accept(sender godbus.Sender, ids []string, force bool) ([]sysca
 	return o.transition(sender, "Accept", manager.OpAccept, ids, force)
 }
 
+// Upgrade runs the upgrade policy (manager.Upgrade) on the patches the ids name as one
+// transaction and reports what it did to each entity.
+func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]godbus.Variant) ([]syscarebus.UpgradeEntry, *godbus.Error) {
+	ctx, end := o.s.begin("Upgrade")
+	defer end()
+	if err := o.s.authorize(ctx, sender, "Upgrade"); err != nil {
+		return nil, err
+	}
+	uo, err := upgradeOptions(opts)
+	if err != nil {
+		return nil, busError(err)
+	}
+	log := o.s.cfg.Log.WithFields(logrus.Fields{"method": "Upgrade", "ids": ids, "accept": uo.Accept, "force": uo.Force})
+	rs, err := o.s.cfg.Manager.Upgrade(ctx, ids, uo)
+	if err != nil {
+		log.WithError(err).Warn("transaction failed")
+		return nil, busError(err)
+	}
+	for _, r := range rs {
+		log.WithFields(logrus.Fields{"patch": r.Name, "action": r.Action, "from": r.From.String(), "to": r.State.String()}).Info("upgrade")
+	}
+	log.Info("transaction done")
+	return upgradeEntries(rs), nil
+}
+
+// upgradeOptions reads Upgrade's options; an unknown key or a value of the wrong type is
+// refused, so that a misspelt option never silently does less than asked.
+func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
+	var uo manager.UpgradeOptions
+	for k, v := range opts {
+		b, ok := v.Value().(bool)
+		switch {
+		case k != syscarebus.UpgradeOptAccept && k != syscarebus.UpgradeOptForce:
+			return uo, fmt.Errorf("%w: upgrade option %q (known: %s, %s)", syscarebus.ErrNotSupported, k,
+				syscarebus.UpgradeOptAccept, syscarebus.UpgradeOptForce)
+		case !ok:
+			return uo, fmt.Errorf("%w: upgrade option %q: want a boolean (b), got %s", syscarebus.ErrNotSupported, k, v.Signature())
+		case k == syscarebus.UpgradeOptAccept:
+			uo.Accept = b
+		default:
+			uo.Force = b
+		}
+	}
+	return uo, nil
+}
+
 // Check verifies entities without changing them.
 func (o *Object) Check(ids []string, force bool) ([]syscarebus.EntityState, *godbus.Error) {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("Check")
 	defer end()
 	ss, err := o.s.cfg.Manager.Check(ctx, ids)
 	if err != nil {
@@ -358,7 +340,7 @@ func (o *Object) Check(ids []string, force bool) ([]syscarebus.EntityState, *god
 
 // Save records the states.
 func (o *Object) Save(sender godbus.Sender) *godbus.Error {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("Save")
 	defer end()
 	if err := o.s.authorize(ctx, sender, "Save"); err != nil {
 		return err
@@ -368,7 +350,7 @@ func (o *Object) Save(sender godbus.Sender) *godbus.Error {
 
 // Restore replays the saved states.
 func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]syscarebus.EntityState, *godbus.Error) {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("Restore")
 	defer end()
 	if err := o.s.authorize(ctx, sender, "Restore"); err != nil {
 		return nil, err
@@ -382,7 +364,7 @@ func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]syscarebus.
 
 // Rescan re-reads the patch directories.
 func (o *Object) Rescan(sender godbus.Sender) *godbus.Error {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("Rescan")
 	defer end()
 	if err := o.s.authorize(ctx, sender, "Rescan"); err != nil {
 		return err
@@ -393,7 +375,7 @@ func (o *Object) Rescan(sender godbus.Sender) *godbus.Error {
 
 // ProcessStatus returns per-process states of a user patch.
 func (o *Object) ProcessStatus(id string) ([]syscarebus.ProcessState, *godbus.Error) {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("ProcessStatus")
 	defer end()
 	byEnt, order, err := o.s.cfg.Manager.ProcessStatus(ctx, id)
 	if err != nil {
@@ -410,10 +392,10 @@ func (o *Object) ProcessStatus(id string) ([]syscarebus.ProcessState, *godbus.Er
 
 // Resolve asks the repository resolver which patch RPMs apply to this host.
 func (o *Object) Resolve(opts map[string]godbus.Variant) (string, *godbus.Error) {
-	ctx, end := o.s.begin()
+	ctx, end := o.s.begin("Resolve")
 	defer end()
 	if o.s.cfg.Resolve == nil {
-		return "", busError(fmt.Errorf("%w: repository resolution is not built into this helper yet", ErrNotSupported))
+		return "", busError(fmt.Errorf("%w: repository resolution is not built into this helper yet", syscarebus.ErrNotSupported))
 	}
 	js, err := o.s.cfg.Resolve(ctx, opts)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	godbus "github.com/godbus/dbus/v5"
 
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/repo"
 	"github.com/syscare/syscare/helper/server"
 )
@@ -30,7 +31,7 @@ func repoResolver(root string) server.Resolver {
 			return "", fmt.Errorf("resolve: %w", err)
 		}
 		if cs == nil {
-			cs = []repo.Candidate{}
+			cs = []syscarebus.Candidate{}
 		}
 		b, err := json.Marshal(cs)
 		return string(b), err

@@ -41,6 +41,10 @@ Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or 
   deactive ID...       ACTIVED/ACCEPTED -> DEACTIVED
   remove ID...         any state -> NOT-APPLIED
   accept ID...         ACTIVED -> ACCEPTED (kept across reboots)
+  upgrade [--accept] ID...
+                       the patches ID names replace the other patches of their targets,
+                       as one transaction: those go to NOT-APPLIED, these to ACTIVED
+                       (ACCEPTED with --accept); on failure nothing is left changed
   check ID...          verify target package, build-id and patch files
   processes ID         per-process status of a user patch
   save                 record every patch state
@@ -53,6 +57,7 @@ Options:
   --bus ADDR   system (default, or DBUS_SYSTEM_BUS_ADDRESS), session, or a D-Bus address
   --json       machine-readable output
   -f, --force  apply/activate over a conflicting patch
+  --accept     upgrade: accept the patches too
 `
 
 type options struct {
@@ -60,6 +65,7 @@ type options struct {
 	json     bool
 	force    bool
 	accepted bool
+	accept   bool
 	cmd      string
 	args     []string
 }
@@ -82,6 +88,8 @@ func parse(args []string) (options, error) {
 			o.json = true
 		case a == "--accepted" || a == "--accepted-only":
 			o.accepted = true
+		case a == "--accept":
+			o.accept = true
 		case a == "--bus":
 			if i+1 >= len(args) {
 				return o, usageError{"--bus needs a value"}
@@ -121,7 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runRepo(ctx, o.args, stdout, stderr)
 	}
 	needIDs := map[string]bool{"status": true, "info": true, "target": true, "apply": true, "active": true,
-		"deactive": true, "remove": true, "accept": true, "check": true, "processes": true}
+		"deactive": true, "remove": true, "accept": true, "check": true, "processes": true, "upgrade": true}
 	noIDs := map[string]bool{"list": true, "save": true, "restore": true, "rescan": true}
 	switch {
 	case needIDs[o.cmd] && len(o.args) == 0:
@@ -132,6 +140,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("unknown command %q (syscare help lists them)", o.cmd)}
 	case o.cmd == "processes" && len(o.args) != 1:
 		return usageError{"processes takes one patch identifier"}
+	case o.accept && o.cmd != "upgrade":
+		return usageError{"--accept is an option of upgrade (accept ID... accepts patches)"}
 	}
 
 	c, err := syscarebus.Connect(o.bus)
@@ -189,6 +199,25 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 			return err
 		}
 		return printStates(stdout, o, ss)
+	case "upgrade":
+		us, err := c.Upgrade(ctx, o.args, o.accept, o.force)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			if us == nil {
+				us = []syscarebus.UpgradeEntry{}
+			}
+			return printJSON(stdout, us)
+		}
+		for _, u := range us {
+			line := fmt.Sprintf("%s: %s (%s)", u.Name, u.Status, strings.ToLower(u.Action))
+			if u.Detail != "" {
+				line += ": " + u.Detail
+			}
+			fmt.Fprintln(stdout, line)
+		}
+		return nil
 	case "processes":
 		ps, err := c.ProcessStatus(ctx, o.args[0])
 		if err != nil {
@@ -266,59 +295,10 @@ func printList(w, stderr io.Writer, es []syscarebus.ListEntry) {
 	}
 }
 
-// pkgJSON and infoJSON read the helper's Info and Target replies; the CLI keeps its own
-// copy of the few fields it prints so that it does not link the runtime packages.
-type pkgJSON struct {
-	Name    string `json:"name"`
-	Epoch   int    `json:"epoch"`
-	Version string `json:"version"`
-	Release string `json:"release"`
-	Arch    string `json:"arch"`
-	License string `json:"license"`
-}
-
-func (p pkgJSON) NEVRA() string {
-	evr := p.Version + "-" + p.Release
-	if p.Epoch > 0 {
-		evr = fmt.Sprintf("%d:%s", p.Epoch, evr)
-	}
-	return p.Name + "-" + evr + "." + p.Arch
-}
-
-type infoJSON struct {
-	UUID        string  `json:"uuid"`
-	Name        string  `json:"name"`
-	Version     string  `json:"version"`
-	Release     string  `json:"release"`
-	Arch        string  `json:"arch"`
-	Kind        string  `json:"kind"`
-	Target      pkgJSON `json:"target"`
-	Description string  `json:"description"`
-	Report      string  `json:"report"`
-	Sources     []struct {
-		File   string `json:"file"`
-		SHA256 string `json:"sha256"`
-	} `json:"sources"`
-	Dir      string `json:"dir"`
-	RPMName  string `json:"rpm_name"`
-	Removed  bool   `json:"removed"`
-	Entities []struct {
-		UUID       string `json:"uuid"`
-		TargetPath string `json:"target_path"`
-		BuildID    string `json:"build_id"`
-		Functions  []struct {
-			Name string `json:"name"`
-		} `json:"functions"`
-		Name          string `json:"name"`
-		Status        string `json:"status"`
-		ReportSummary string `json:"report_summary"`
-	} `json:"entities"`
-}
-
 const frame = "----------------------------------------------------------------------"
 
 func printInfo(w io.Writer, js string) error {
-	var ps []infoJSON
+	var ps []syscarebus.PatchInfo
 	if err := json.Unmarshal([]byte(js), &ps); err != nil {
 		return fmt.Errorf("info reply: %w", err)
 	}
@@ -369,12 +349,7 @@ func printInfo(w io.Writer, js string) error {
 }
 
 func printTarget(w io.Writer, js string) error {
-	var ts []struct {
-		UUID   string   `json:"uuid"`
-		Patch  string   `json:"patch"`
-		Target pkgJSON  `json:"target"`
-		Files  []string `json:"files"`
-	}
+	var ts []syscarebus.TargetInfo
 	if err := json.Unmarshal([]byte(js), &ts); err != nil {
 		return fmt.Errorf("target reply: %w", err)
 	}

@@ -36,7 +36,7 @@ func TestParse(t *testing.T) {
 		t.Fatalf("build args not passed through: %+v", o)
 	}
 	var ue usageError
-	for _, bad := range [][]string{{"apply"}, {"list", "x"}, {"frobnicate"}, {"--bogus", "list"}} {
+	for _, bad := range [][]string{{"apply"}, {"list", "x"}, {"frobnicate"}, {"--bogus", "list"}, {"upgrade"}, {"--accept", "apply", "x"}} {
 		err := run(context.Background(), bad, &bytes.Buffer{}, &bytes.Buffer{})
 		if !errors.As(err, &ue) {
 			t.Errorf("%v: %v, want usage error", bad, err)

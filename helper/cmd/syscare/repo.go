@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/repo"
 )
 
@@ -163,7 +164,7 @@ func repoResolve(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if len(vals["json"]) > 0 {
 		if cands == nil {
-			cands = []repo.Candidate{}
+			cands = []syscarebus.Candidate{}
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

@@ -1,0 +1,156 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/syscare/syscare/dbus"
+)
+
+// UpgradeOptions says how far Upgrade takes the patches it is given.
+type UpgradeOptions struct {
+	// Accept takes them to ACCEPTED (back after a reboot) instead of ACTIVED.
+	Accept bool
+	// Force activates over a conflicting patch and lets the superseded patches go even
+	// where the engine would refuse (as Transition's force does).
+	Force bool
+}
+
+// UpgradeResult is what Upgrade did to one entity: the state it was in, the state it is
+// in now, and the action (syscarebus.Upgrade*) with its reason.
+type UpgradeResult struct {
+	Status
+	From   State
+	Action string
+	Detail string
+}
+
+// upgradeStep is one entity Upgrade moves, planned before anything changes.
+type upgradeStep struct {
+	e      *Entity
+	from   State
+	to     State
+	action string
+	detail string
+}
+
+// Upgrade is the host's patch upgrade policy, run as one transaction: the patches the
+// ids name (an entity id stands for its whole patch) replace every other patch of the
+// same target package (cumulative patches: the older ones are superseded and go to
+// NOT-APPLIED first, last activated first, so that two patches never replace the same
+// function), then go to ACTIVED, or ACCEPTED with opts.Accept; a patch already there
+// stays as it is. On the first failure every entity already moved goes back to its old
+// state, the superseded patches included, and the error names the entity and step
+// that failed.
+func (m *Manager) Upgrade(ctx context.Context, ids []string, opts UpgradeOptions) ([]UpgradeResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	// The caller has usually just installed the patch RPMs: read the directories now
+	// rather than wait for the directory watch.
+	m.scan()
+	es, err := m.resolve(ids)
+	if err != nil {
+		return nil, err
+	}
+	defer m.batch()()
+	defer m.dropGone()
+	steps := append(m.supersededBy(patchesOf(es)), upgradeSteps(patchesOf(es), opts.Accept)...)
+	var done changes
+	for _, s := range steps {
+		if s.e.State == s.to {
+			continue
+		}
+		done.record(s.e)
+		if err := m.walk(ctx, s.e, s.to, opts.Force); err != nil {
+			return nil, m.rollback(ctx, fmt.Errorf("%s %s: %w", s.op(), s.e.Name(), err), done)
+		}
+	}
+	out := make([]UpgradeResult, len(steps))
+	for i, s := range steps {
+		out[i] = UpgradeResult{Status: status(s.e), From: s.from, Action: s.action, Detail: s.detail}
+	}
+	return out, nil
+}
+
+// patchesOf returns the patches of es, each once, in order.
+func patchesOf(es []*Entity) []*Patch {
+	var out []*Patch
+	seen := map[*Patch]bool{}
+	for _, e := range es {
+		if !seen[e.Patch] {
+			seen[e.Patch] = true
+			out = append(out, e.Patch)
+		}
+	}
+	return out
+}
+
+// supersededBy plans switching off the applied entities of every other patch of the
+// targets of newer, last activated first.
+func (m *Manager) supersededBy(newer []*Patch) []upgradeStep {
+	isNew := map[*Patch]bool{}
+	for _, p := range newer {
+		isNew[p] = true
+	}
+	var out []upgradeStep
+	for _, q := range m.sortedPatches() {
+		if isNew[q] || q.Rebuilt {
+			continue // a rebuilt patch has no target package to compare
+		}
+		for _, p := range newer {
+			if q.Meta.Kind != p.Meta.Kind || q.Meta.Target.NVR() != p.Meta.Target.NVR() {
+				continue
+			}
+			for _, e := range q.Entities {
+				if e.State != NotApplied {
+					out = append(out, upgradeStep{e: e, from: e.State, to: NotApplied, action: syscarebus.UpgradeSuperseded,
+						detail: "superseded by " + p.Meta.Name + "-" + p.Meta.Version + "-" + p.Meta.Release})
+				}
+			}
+			break
+		}
+	}
+	sort.SliceStable(out, func(a, b int) bool { return out[a].e.activated > out[b].e.activated })
+	return out
+}
+
+// upgradeSteps plans taking every entity of ps to ACTIVED (ACCEPTED with accept); an
+// entity already further stays.
+func upgradeSteps(ps []*Patch, accept bool) []upgradeStep {
+	goal := Actived
+	if accept {
+		goal = Accepted
+	}
+	var out []upgradeStep
+	for _, p := range ps {
+		for _, e := range p.Entities {
+			s := upgradeStep{e: e, from: e.State, to: max(e.State, goal)}
+			switch {
+			case s.to == s.from:
+				s.action = syscarebus.UpgradeUnchanged
+			case s.from == NotApplied:
+				s.action = syscarebus.UpgradeApplied
+			case s.from == Deactived:
+				s.action = syscarebus.UpgradeActivated
+			default:
+				s.action = syscarebus.UpgradeAccepted
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// op names the state machine command a step runs, for errors.
+func (s upgradeStep) op() Op {
+	switch {
+	case s.to == NotApplied:
+		return OpRemove
+	case s.from == NotApplied:
+		return OpApply
+	case s.from == Deactived:
+		return OpActive
+	}
+	return OpAccept
+}

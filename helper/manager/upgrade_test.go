@@ -1,0 +1,151 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/runtime/patchmeta"
+)
+
+// recordChanges returns the list the manager's state changes are appended to, as
+// "entity old->new".
+func (e *env) recordChanges() *[]string {
+	var changes []string
+	e.m.cfg.OnChange = func(en *Entity, old, new State) {
+		changes = append(changes, fmt.Sprintf("%s %s->%s", en.UUID(), old, new))
+	}
+	return &changes
+}
+
+// retarget rewrites the patch.json of an installed patch for another release of victim.
+func (e *env) retarget(p *patchmeta.Patch, release string) {
+	p.Target.Release = release
+	f, err := os.Create(filepath.Join(e.root, PatchesDir, p.UUID, patchmeta.FileName))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	if err := p.Encode(f); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) upgrade(accept bool, ids ...string) ([]UpgradeResult, error) {
+	return e.m.Upgrade(context.Background(), ids, UpgradeOptions{Accept: accept})
+}
+
+// TestUpgradeSupersedesAppliesAccepts is what `dnf hotpatch upgrade --accept` asks of the
+// helper: the older patch of the target goes out, then the cumulative one comes in and
+// is accepted, in that order, in one call; a patch of another target is left alone; a
+// second upgrade changes nothing.
+func TestUpgradeSupersedesAppliesAccepts(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.retarget(e.addPatch(pC, eC, "HP005", "1", "h"), "2") // for victim-1.0-2
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100, 101}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	e.installed["victim-1.0-2.x86_64"] = true
+	if err := e.do(OpApply, true, pC); err != nil {
+		t.Fatal(err)
+	}
+	// HP002 arrives (DNF installed its RPM); the upgrade must find it without a rescan.
+	e.addPatch(pB, eB, "HP002", "1", "f")
+	changes := e.recordChanges()
+	rs, err := e.upgrade(true, "victim-1.0-1/HP002-1-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{eA + " ACTIVED->DEACTIVED", eA + " DEACTIVED->NOT-APPLIED",
+		eB + " NOT-APPLIED->DEACTIVED", eB + " DEACTIVED->ACTIVED", eB + " ACTIVED->ACCEPTED"}
+	if !slices.Equal(*changes, want) {
+		t.Fatalf("state changes %v, want %v", *changes, want)
+	}
+	for _, pid := range []int{100, 101} {
+		if e.eng.has(pid, eA) || !e.eng.has(pid, eB) || !e.eng.has(pid, eC) {
+			t.Fatalf("pid %d holds %v, want B and C", pid, e.eng.in[pid])
+		}
+	}
+	got := map[string]UpgradeResult{}
+	for _, r := range rs {
+		got[r.UUID] = r
+	}
+	if a := got[eA]; len(rs) != 2 || a.Action != syscarebus.UpgradeSuperseded || a.From != Actived || a.State != NotApplied ||
+		!strings.Contains(a.Detail, "HP002-1-1") {
+		t.Fatalf("results %+v, want A superseded by HP002 and B", rs)
+	}
+	if b := got[eB]; b.Action != syscarebus.UpgradeApplied || b.From != NotApplied || b.State != Accepted {
+		t.Fatalf("B: %+v, want applied to ACCEPTED", b)
+	}
+	if e.state(eC) != Actived {
+		t.Fatalf("the patch of victim-1.0-2 is %s, want left ACTIVED", e.state(eC))
+	}
+
+	*changes = nil
+	rs, err = e.upgrade(true, pB)
+	if err != nil || len(*changes) != 0 || len(rs) != 1 || rs[0].Action != syscarebus.UpgradeUnchanged {
+		t.Fatalf("second upgrade: %+v %v, changes %v; want B unchanged and nothing done", rs, err, *changes)
+	}
+}
+
+// TestUpgradeActivatesDeactivated: a deactivated patch is activated again, not reloaded.
+func TestUpgradeActivatesDeactivated(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.do(OpDeactive, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := e.upgrade(false, pA)
+	if err != nil || len(rs) != 1 || rs[0].Action != syscarebus.UpgradeActivated || rs[0].State != Actived || !e.eng.has(100, eA) {
+		t.Fatalf("upgrade of a DEACTIVED patch: %+v %v", rs, err)
+	}
+}
+
+// TestUpgradeFailureRollsBackEverything: the second new patch fails in one process after
+// the old patch was superseded and the first new one applied: everything goes back, the
+// superseded patch included, and the error names the step and the entity.
+func TestUpgradeFailureRollsBackEverything(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pB, eB, "HP002", "1", "f")
+	e.addPatch(pC, eC, "HP003", "1", "h")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100, 101}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	e.eng.fail[101] = fmt.Errorf("%w: function h is running", ErrBusy)
+	e.eng.failUUID = eC
+	_, err := e.upgrade(true, pB, pC)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "apply victim-1.0-1/HP003-1-1/victim") ||
+		syscarebus.NameOf(err) != syscarebus.ErrorBusy {
+		t.Fatalf("upgrade: %v, want Busy naming the apply of HP003", err)
+	}
+	if e.state(eA) != Actived || e.state(eB) != NotApplied || e.state(eC) != NotApplied {
+		t.Fatalf("after rollback A %s B %s C %s, want ACTIVED NOT-APPLIED NOT-APPLIED", e.state(eA), e.state(eB), e.state(eC))
+	}
+	for _, pid := range []int{100, 101} {
+		if !e.eng.has(pid, eA) || e.eng.has(pid, eB) || e.eng.has(pid, eC) {
+			t.Fatalf("pid %d holds %v after rollback, want only A", pid, e.eng.in[pid])
+		}
+	}
+	// An unknown id: nothing is touched.
+	changes := e.recordChanges()
+	if _, err := e.upgrade(false, pB, "victim-1.0-1/HP404"); !errors.Is(err, ErrNotFound) || len(*changes) != 0 {
+		t.Fatalf("unknown id: %v, changes %v", err, *changes)
+	}
+}
