@@ -1,7 +1,9 @@
 # dnf hotpatch: install hot patch RPMs from repositories and switch them on in the
 # running system through syscare-helper (D-Bus). This plugin holds no patch logic: the
-# helper resolves which patch RPMs apply and drives the patch state machine; DNF
-# downloads, verifies and installs the RPMs.
+# helper resolves which patch RPMs apply (Resolve) and runs the upgrade policy -
+# supersede the older patches of a target, apply or activate, accept, roll everything
+# back on failure - as one transaction (Upgrade); DNF downloads, verifies, installs and,
+# after a failure, erases the RPMs.
 #
 # Load it without installing: dnf --setopt=pluginpath=DIR hotpatch list
 """DNF 4 plugin providing `dnf hotpatch` and `dnf hotupgrade`."""
@@ -22,6 +24,7 @@ INTERFACE = 'org.openeuler.SysCare1.Manager'
 
 NOT_APPLIED, DEACTIVED, ACTIVED, ACCEPTED = 'NOT-APPLIED', 'DEACTIVED', 'ACTIVED', 'ACCEPTED'
 AVAILABLE = 'AVAILABLE'
+SUPERSEDED = 'SUPERSEDED'
 
 SUBCOMMANDS = ('list', 'info', 'install', 'upgrade', 'apply', 'activate', 'deactivate',
                'accept', 'remove')
@@ -108,6 +111,18 @@ class Helper(object):
     def transition(self, method, ids, force=False):
         rows = self._call(method, _strs(ids), bool(force))
         return [dict(zip(('uuid', 'name', 'status'), row)) for row in rows]
+
+    def upgrade(self, ids, accept=False, force=False):
+        """One transaction in the helper; rows of dicts: uuid, name, old_status, status,
+        action (APPLIED, ACTIVATED, ACCEPTED, SUPERSEDED, UNCHANGED), detail."""
+        opts = {'accept': bool(accept), 'force': bool(force)}
+        try:
+            import dbus
+            opts = dbus.Dictionary(opts, signature='sv')
+        except ImportError:
+            pass
+        keys = ('uuid', 'name', 'old_status', 'status', 'action', 'detail')
+        return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts)]
 
     def save(self):
         self._call('Save')
@@ -196,6 +211,19 @@ def patch_state(states):
     if not known:
         return states[0] if states else NOT_APPLIED
     return min(known, key=order.index)
+
+
+def upgrade_results(keys, rows):
+    """The summary of an upgrade per patch: the patches asked for with the state their
+    entities reached, and SUPERSEDED for the patches they replaced."""
+    results = {k: 'INSTALLED' for k in keys}
+    reached = entity_states(r for r in rows if r['action'] != SUPERSEDED)
+    for r in rows:
+        if r['action'] == SUPERSEDED:
+            results['/'.join(r['name'].split('/')[:2])] = SUPERSEDED
+    for k, states in reached.items():
+        results[k] = patch_state(states)
+    return results
 
 
 def table(rows, headers):
@@ -508,9 +536,6 @@ class HotpatchCommand(dnf.cli.Command):
             self.plan.append(c)
         if not self.plan:
             logger.info('No hot patch to install: every offered hot patch is already active.')
-            return
-        # The state to come back to if anything below fails.
-        helper.save()
 
     def run_transaction(self):
         if self.sub in ('install', 'upgrade'):
@@ -521,61 +546,26 @@ class HotpatchCommand(dnf.cli.Command):
             return
         if self.base.conf.downloadonly:
             return
-        helper = self.helper()
         accept = self.accept_flag or self._conf('accept', False)
-        results = {patch_key(c): 'INSTALLED' for c in self.plan}
+        keys = [patch_key(c) for c in self.plan]
         try:
-            helper.rescan()
-            states = entity_states(helper.list())
-            # Cumulative patches: an older patch of the same target goes out before the
-            # newer one comes in, or the two would replace the same functions.
-            old = set()
-            for c in self.plan:
-                key = patch_key(c)
-                prefix = target_nvr(c['target']) + '/'
-                for k, st in states.items():
-                    if k.startswith(prefix) and k != key and patch_state(st) != NOT_APPLIED:
-                        old.add(k)
-            if old:
-                helper.transition('Remove', sorted(old), self.opts.force)
-                for k in old:
-                    results[k] = 'SUPERSEDED'
-            for c in self.plan:
-                key = patch_key(c)
-                st = patch_state(states.get(key, [NOT_APPLIED]))
-                if st == NOT_APPLIED:
-                    helper.transition('Apply', [key], self.opts.force)
-                elif st == DEACTIVED:
-                    helper.transition('Active', [key], self.opts.force)
-                results[key] = ACTIVED
-                if accept:
-                    helper.transition('Accept', [key])
-                    results[key] = ACCEPTED
+            # Supersede, apply, accept: one transaction, rolled back by the helper.
+            rows = self.helper().upgrade(keys, accept, self.opts.force)
         except HelperError as e:
-            self._rollback(e, results)
+            self._rollback(e, keys)
             raise dnf.exceptions.Error('hot patch activation failed: %s (state restored, '
                                        'installed hot patch packages removed)' % e)
-        self._summary(results)
+        self._summary(upgrade_results(keys, rows))
 
-    def _rollback(self, err, results):
-        helper = self.helper()
+    def _rollback(self, err, keys):
+        """The helper has put every patch back; DNF erases the RPMs this run installed."""
         logger.error('hot patch activation failed: %s; rolling back', err)
-        for c in self.plan:
-            try:
-                helper.transition('Remove', [patch_key(c)], True)
-            except HelperError:
-                pass
-            results[patch_key(c)] = 'FAILED'
-        try:
-            helper.restore(False)
-        except HelperError as e:
-            logger.error('restoring the saved hot patch state: %s', e)
         if self.to_install:
             try:
                 self._erase(self.to_install)
             except Exception as e:  # report, never hide the original failure
                 logger.error('removing the hot patch packages installed by this run: %s', e)
-        self._summary(results)
+        self._summary({k: 'FAILED' for k in keys})
 
     def _erase(self, nevras):
         base = self.base

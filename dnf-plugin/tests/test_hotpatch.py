@@ -1,8 +1,10 @@
 """Unit tests of the dnf hotpatch plugin against a fake syscare-helper proxy.
 
 The real helper, dnf and rpm are exercised by tests/dnf_e2e (Go); these tests pin the
-plugin's own logic: flag spellings, demands, the install/activate/rollback sequence and
-the error mapping. Run: /usr/bin/python3 -m pytest dnf-plugin/tests
+plugin's own logic: flag spellings, demands, the install / one Upgrade call / erase on
+failure sequence and the error mapping. The upgrade policy itself (which patches are
+superseded, applied, accepted, rolled back) is the helper's, tested in
+helper/manager/upgrade_test.go and helper/e2e. Run: /usr/bin/python3 -m pytest dnf-plugin/tests
 """
 
 import argparse
@@ -89,6 +91,20 @@ class FakeProxy(object):
 
     def Remove(self, ids, force, timeout=None):
         return self._transition('Remove', 'NOT-APPLIED', ids, force)
+
+    def Upgrade(self, ids, opts, timeout=None):
+        """The reply is the helper's for these ids: set upgrade_reply to what the helper
+        answers (helper/manager/upgrade_test.go holds the helper to it); by default every
+        patch is applied."""
+        self._rec('Upgrade', list(ids), dict(opts))
+        assert isinstance(opts, dbus.Dictionary) and opts.signature == 'sv'
+        status = 'ACCEPTED' if opts.get('accept') else 'ACTIVED'
+        rows = getattr(self, 'upgrade_reply', None)
+        if rows is None:
+            rows = [('u', i + '/victim', 'NOT-APPLIED', status, 'APPLIED', '') for i in ids]
+        for r in rows:
+            self.entities[r[1]] = r[3]
+        return [dbus.Struct(r) for r in rows]
 
     def Target(self, ids, timeout=None):
         self._rec('Target', list(ids))
@@ -301,17 +317,23 @@ def test_upgrade_installs_newest_supersedes_and_accepts(capsys):
                        cand('HP005', target_rel='2')],  # for another target: the helper never offers it
                       entities={'victim-1.0-1/HP001-1-1/victim': 'ACTIVED'})
     proxy.cands = proxy.cands[:2]
+    # What the helper answers for this host (helper/manager/upgrade_test.go: HP001 goes
+    # out, HP002 comes in and is accepted, in one transaction).
+    proxy.upgrade_reply = [
+        ('a', 'victim-1.0-1/HP001-1-1/victim', 'ACTIVED', 'NOT-APPLIED', 'SUPERSEDED', 'superseded by HP002-1-1'),
+        ('b', 'victim-1.0-1/HP002-1-1/victim', 'NOT-APPLIED', 'ACCEPTED', 'APPLIED', '')]
     cmd = command(['upgrade', '--accept'], proxy)
     cmd.run()
     assert cmd.base.installs == ['patch-victim-1.0-1-HP002-1-1.x86_64']
-    assert 'Save' in names(proxy) and 'Apply' not in names(proxy)  # nothing applied before DNF ran
+    assert 'Apply' not in names(proxy) and 'Upgrade' not in names(proxy)  # nothing applied before DNF ran
     cmd.run_transaction()
-    seq = [c for c in proxy.calls if c[0] in ('Save', 'Rescan', 'Remove', 'Apply', 'Accept')]
-    assert seq == [('Save',), ('Rescan',), ('Remove', ['victim-1.0-1/HP001-1-1'], False),
-                   ('Apply', ['victim-1.0-1/HP002-1-1'], False),
-                   ('Accept', ['victim-1.0-1/HP002-1-1'], False)]
+    changing = ('Save', 'Rescan', 'Remove', 'Apply', 'Accept', 'Restore', 'Upgrade')
+    seq = [c for c in proxy.calls if c[0] in changing]
+    assert seq == [('Upgrade', ['victim-1.0-1/HP002-1-1'], {'accept': True, 'force': False})]
     out = capsys.readouterr().out
     assert 'SUPERSEDED' in out and 'ACCEPTED' in out
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows == [['victim-1.0-1/HP001-1-1', 'SUPERSEDED'], ['victim-1.0-1/HP002-1-1', 'ACCEPTED']]
 
 
 def test_install_by_advisory_passes_filter():
@@ -337,12 +359,14 @@ def test_install_nothing_matches():
 def test_failed_activation_rolls_back(capsys):
     err = dbus.exceptions.DBusException('build-id mismatch',
                                         name='org.openeuler.SysCare1.Error.VerificationFailed')
-    proxy = FakeProxy([cand('HP002')], fail={'Apply': err})
+    proxy = FakeProxy([cand('HP002')], fail={'Upgrade': err})
     cmd = command(['upgrade'], proxy)
     cmd.run()
     with pytest.raises(dnf.exceptions.Error, match='VerificationFailed: build-id mismatch'):
         cmd.run_transaction()
-    assert 'Restore' in names(proxy)
+    # The helper rolled its transaction back: the plugin changes nothing more there.
+    assert names(proxy).count('Upgrade') == 1
+    assert not set(names(proxy)) & {'Remove', 'Restore', 'Apply', 'Accept'}
     assert cmd.base.erased == ['patch-victim-1.0-1-HP002-1-1.x86_64']
     assert 'FAILED' in capsys.readouterr().out
 
@@ -353,7 +377,7 @@ def test_downloadonly_applies_nothing():
     cmd.run()
     cmd.base.conf.downloadonly = True
     cmd.run_transaction()
-    assert 'Apply' not in names(proxy)
+    assert 'Apply' not in names(proxy) and 'Upgrade' not in names(proxy)
 
 
 def test_config_accept_by_default():
@@ -363,7 +387,7 @@ def test_config_accept_by_default():
     cmd = command(['upgrade'], proxy, conf=conf)
     cmd.run()
     cmd.run_transaction()
-    assert 'Accept' in names(proxy)
+    assert [c[2]['accept'] for c in proxy.calls if c[0] == 'Upgrade'] == [True]
 
 
 def test_already_active_is_left_alone():
@@ -373,6 +397,7 @@ def test_already_active_is_left_alone():
     cmd.run()
     cmd.run_transaction()
     assert cmd.base.installs == [] and 'Save' not in names(proxy) and 'Apply' not in names(proxy)
+    assert 'Upgrade' not in names(proxy)
 
 
 # ------------------------------------------------------------------ transitions
@@ -392,6 +417,16 @@ def test_apply_force_and_error_mapping():
     with pytest.raises(hotpatch.HelperError, match='^Conflict: replaces greet of HP001$'):
         command(['apply', 'HP002', '--force'], proxy).run()
     assert proxy.calls[-1] == ('Apply', ['HP002'], True)
+
+
+def test_install_then_one_upgrade_call(capsys):
+    proxy = FakeProxy([cand('HP001', advisory='SA-1', cves=['CVE-1'])])
+    cmd = command(['install', '--cve', 'CVE-1', '--force'], proxy)
+    cmd.run()
+    cmd.run_transaction()
+    assert [c for c in proxy.calls if c[0] == 'Upgrade'] == [
+        ('Upgrade', ['victim-1.0-1/HP001-1-1'], {'accept': False, 'force': True})]
+    assert capsys.readouterr().out.splitlines()[1].split() == ['victim-1.0-1/HP001-1-1', 'ACTIVED']
 
 
 def test_helper_values_are_plain():
