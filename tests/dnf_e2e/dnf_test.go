@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -321,6 +322,34 @@ func (e *env) installed(name string) bool {
 	return exec.Command("rpm", "--root", e.root, "-q", name).Run() == nil
 }
 
+// helperCalls returns the bus methods the helper served since the log had since bytes,
+// in order (the helper logs each call at debug level).
+func (e *env) helperCalls(since int) []string {
+	var out []string
+	for _, line := range strings.Split(e.bus.Log.String()[since:], "\n") {
+		if !strings.Contains(line, "msg=call ") {
+			continue
+		}
+		if _, m, ok := strings.Cut(line, "method="); ok {
+			out = append(out, strings.Fields(m)[0])
+		}
+	}
+	return out
+}
+
+// changing keeps the calls that change the system.
+func changing(calls []string) []string {
+	var out []string
+	for _, c := range calls {
+		switch c {
+		case "List", "Status", "Info", "Target", "Check", "ProcessStatus", "Resolve":
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // victim is the live target process; its latest output line is kept.
 type victim struct {
 	cmd  *exec.Cmd
@@ -399,8 +428,12 @@ func TestDNFHotpatch(t *testing.T) {
 
 	t.Run("install by CVE", func(t *testing.T) {
 		e.t = t
+		since := len(e.bus.Log.String())
 		e.mustDNF("hotpatch", "install", "--cve", "CVE-2024-0001")
 		e.waitOutput("2 10")
+		if calls := changing(e.helperCalls(since)); !slices.Equal(calls, []string{"Upgrade"}) {
+			t.Errorf("install changed the system with %v, want one Upgrade call", calls)
+		}
 		if !e.installed("patch-victim-1.0-1-HP001") || e.installed("patch-victim-1.0-1-HP002") {
 			t.Fatal("install --cve installed the wrong packages")
 		}
@@ -412,8 +445,14 @@ func TestDNFHotpatch(t *testing.T) {
 
 	t.Run("upgrade supersedes with the cumulative patch", func(t *testing.T) {
 		e.t = t
+		since := len(e.bus.Log.String())
 		out := e.mustDNF("hotpatch", "upgrade")
 		e.waitOutput("3 10")
+		// The policy is the helper's: the plugin reads, then changes the system with one
+		// Upgrade call and nothing else.
+		if calls := e.helperCalls(since); !slices.Equal(changing(calls), []string{"Upgrade"}) {
+			t.Errorf("the plugin changed the system with %v, want one Upgrade call (all calls: %v)", changing(calls), calls)
+		}
 		if !strings.Contains(out, "SUPERSEDED") {
 			t.Errorf("summary does not say HP001 was superseded:\n%s", out)
 		}
@@ -422,16 +461,26 @@ func TestDNFHotpatch(t *testing.T) {
 			t.Fatalf("list: %+v", rows)
 		}
 		// Nothing more to do: a second upgrade changes nothing.
+		since = len(e.bus.Log.String())
 		e.mustDNF("hotupgrade")
 		e.waitOutput("3 10")
+		if calls := changing(e.helperCalls(since)); len(calls) != 0 {
+			t.Errorf("an upgrade with nothing to do called %v", calls)
+		}
 	})
 
 	t.Run("failing activation is rolled back", func(t *testing.T) {
 		e.t = t
 		e.syscare("repo", "add", e.repo, bad, "--advisory", "SA-2024-0009", "--cve", "CVE-2024-0009")
+		since := len(e.bus.Log.String())
 		out, errOut, code := e.dnf("--refresh", "hotpatch", "install", "--advisory", "SA-2024-0009")
 		if code == 0 {
 			t.Fatalf("install of a patch for another build succeeded:\n%s%s", out, errOut)
+		}
+		// One Upgrade call, which the helper rolled back; the Remove is the %preun of the
+		// patch RPM DNF erased afterwards (syscare remove), not the plugin.
+		if calls := changing(e.helperCalls(since)); !slices.Equal(calls, []string{"Upgrade", "Remove"}) {
+			t.Errorf("the failed install changed the system with %v, want Upgrade, then the erased RPM's Remove", calls)
 		}
 		if !strings.Contains(out+errOut, "state restored") {
 			caches, _ := filepath.Glob(filepath.Join(e.root, "var/cache/dnf/*/repodata"))
