@@ -124,15 +124,6 @@ class Helper(object):
         keys = ('uuid', 'name', 'old_status', 'status', 'action', 'detail')
         return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts)]
 
-    def save(self):
-        self._call('Save')
-
-    def restore(self, accepted_only=False):
-        return self._call('Restore', bool(accepted_only))
-
-    def rescan(self):
-        self._call('Rescan')
-
     def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False):
         """Candidates (dicts of helper/repo.Candidate), oldest first within a target."""
         opts = {}

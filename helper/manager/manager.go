@@ -509,6 +509,11 @@ func (m *Manager) Patches(ids []string) ([]*Patch, error) {
 	if err != nil {
 		return nil, err
 	}
+	return patchesOf(es), nil
+}
+
+// patchesOf returns the patches of es, each once, in order.
+func patchesOf(es []*Entity) []*Patch {
 	var out []*Patch
 	seen := map[*Patch]bool{}
 	for _, e := range es {
@@ -517,7 +522,7 @@ func (m *Manager) Patches(ids []string) ([]*Patch, error) {
 			out = append(out, e.Patch)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Status returns the states of the entities the ids name.

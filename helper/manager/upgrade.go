@@ -73,19 +73,6 @@ func (m *Manager) Upgrade(ctx context.Context, ids []string, opts UpgradeOptions
 	return out, nil
 }
 
-// patchesOf returns the patches of es, each once, in order.
-func patchesOf(es []*Entity) []*Patch {
-	var out []*Patch
-	seen := map[*Patch]bool{}
-	for _, e := range es {
-		if !seen[e.Patch] {
-			seen[e.Patch] = true
-			out = append(out, e.Patch)
-		}
-	}
-	return out
-}
-
 // supersededBy plans switching off the applied entities of every other patch of the
 // targets of newer, last activated first.
 func (m *Manager) supersededBy(newer []*Patch) []upgradeStep {
