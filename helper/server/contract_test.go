@@ -58,7 +58,7 @@ func TestContract(t *testing.T) {
 }
 
 func TestErrorNames(t *testing.T) {
-	if e := busError(syscarebus.ErrAccessDenied); e.Name != syscarebus.ErrorAccessDenied {
+	if e := syscarebus.BusError(syscarebus.ErrAccessDenied); e.Name != syscarebus.ErrorAccessDenied {
 		t.Errorf("access denied maps to %s", e.Name)
 	}
 	// An engine's failure reaches the bus under the kind the manager's adapter gave it,
@@ -69,7 +69,7 @@ func TestErrorNames(t *testing.T) {
 		errors.Join(fmt.Errorf("%w: x", manager.ErrConflict), errors.New("rollback")):                 syscarebus.ErrorConflict,
 		errors.New("disk full"): syscarebus.ErrorFailed,
 	} {
-		if e := busError(err); e.Name != want || e.Body[0] != err.Error() {
+		if e := syscarebus.BusError(err); e.Name != want || e.Body[0] != err.Error() {
 			t.Errorf("%v maps to %s %v, want %s with the error text", err, e.Name, e.Body, want)
 		}
 	}

@@ -1,6 +1,8 @@
 // Package server exports syscare-helper's patch manager on D-Bus as the contract in
-// dbus/ describes: method dispatch, caller authorization, error mapping, signals, and the
-// activity clock the idle exit reads.
+// dbus/ (package syscarebus) describes: method dispatch, caller authorization, the
+// manager's records turned into contract messages, signals, and the activity clock the
+// idle exit reads. Errors reach the bus under the name of the contract's error kind
+// they wrap (syscarebus.BusError); the server adds no mapping of its own.
 package server
 
 import (
@@ -122,13 +124,10 @@ func (s *Server) begin(method string) (context.Context, func()) {
 func (s *Server) authorize(ctx context.Context, sender godbus.Sender, method string) *godbus.Error {
 	if err := s.cfg.Auth.Authorize(ctx, string(sender)); err != nil {
 		s.cfg.Log.WithFields(logrus.Fields{"sender": string(sender), "method": method}).WithError(err).Warn("caller denied")
-		return busError(err)
+		return syscarebus.BusError(err)
 	}
 	return nil
 }
-
-// busError is the contract's one mapping from errors to bus error names.
-func busError(err error) *godbus.Error { return syscarebus.BusError(err) }
 
 func states(ss []manager.Status) []syscarebus.EntityState {
 	out := make([]syscarebus.EntityState, len(ss))
@@ -163,7 +162,7 @@ func (o *Object) Status(ids []string) ([]syscarebus.EntityState, *godbus.Error) 
 	defer end()
 	ss, err := o.s.cfg.Manager.Status(ids)
 	if err != nil {
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	return states(ss), nil
 }
@@ -174,7 +173,7 @@ func (o *Object) Info(ids []string) (string, *godbus.Error) {
 	defer end()
 	ps, err := o.s.cfg.Manager.Patches(ids)
 	if err != nil {
-		return "", busError(err)
+		return "", syscarebus.BusError(err)
 	}
 	out := []syscarebus.PatchInfo{}
 	for _, p := range ps {
@@ -225,7 +224,7 @@ func (o *Object) Target(ids []string) (string, *godbus.Error) {
 	defer end()
 	ps, err := o.s.cfg.Manager.Patches(ids)
 	if err != nil {
-		return "", busError(err)
+		return "", syscarebus.BusError(err)
 	}
 	out := []syscarebus.TargetInfo{}
 	for _, p := range ps {
@@ -250,7 +249,7 @@ func (o *Object) transition(sender godbus.Sender, method string, op manager.Op, 
 	ss, err := o.s.cfg.Manager.Transition(ctx, op, ids, force)
 	if err != nil {
 		log.WithError(err).Warn("transaction failed")
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	log.Info("transaction done")
 	return states(ss), nil
@@ -291,13 +290,13 @@ func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]god
 	}
 	uo, err := upgradeOptions(opts)
 	if err != nil {
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	log := o.s.cfg.Log.WithFields(logrus.Fields{"method": "Upgrade", "ids": ids, "accept": uo.Accept, "force": uo.Force})
 	rs, err := o.s.cfg.Manager.Upgrade(ctx, ids, uo)
 	if err != nil {
 		log.WithError(err).Warn("transaction failed")
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	for _, r := range rs {
 		log.WithFields(logrus.Fields{"patch": r.Name, "action": r.Action, "from": r.From.String(), "to": r.State.String()}).Info("upgrade")
@@ -333,7 +332,7 @@ func (o *Object) Check(ids []string, force bool) ([]syscarebus.EntityState, *god
 	defer end()
 	ss, err := o.s.cfg.Manager.Check(ctx, ids)
 	if err != nil {
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	return states(ss), nil
 }
@@ -345,7 +344,7 @@ func (o *Object) Save(sender godbus.Sender) *godbus.Error {
 	if err := o.s.authorize(ctx, sender, "Save"); err != nil {
 		return err
 	}
-	return busError(o.s.cfg.Manager.Save())
+	return syscarebus.BusError(o.s.cfg.Manager.Save())
 }
 
 // Restore replays the saved states.
@@ -357,7 +356,7 @@ func (o *Object) Restore(sender godbus.Sender, acceptedOnly bool) ([]syscarebus.
 	}
 	ss, err := o.s.cfg.Manager.Restore(ctx, acceptedOnly)
 	if err != nil {
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	return states(ss), nil
 }
@@ -379,7 +378,7 @@ func (o *Object) ProcessStatus(id string) ([]syscarebus.ProcessState, *godbus.Er
 	defer end()
 	byEnt, order, err := o.s.cfg.Manager.ProcessStatus(ctx, id)
 	if err != nil {
-		return nil, busError(err)
+		return nil, syscarebus.BusError(err)
 	}
 	out := []syscarebus.ProcessState{}
 	for _, e := range order {
@@ -395,11 +394,11 @@ func (o *Object) Resolve(opts map[string]godbus.Variant) (string, *godbus.Error)
 	ctx, end := o.s.begin("Resolve")
 	defer end()
 	if o.s.cfg.Resolve == nil {
-		return "", busError(fmt.Errorf("%w: repository resolution is not built into this helper yet", syscarebus.ErrNotSupported))
+		return "", syscarebus.BusError(fmt.Errorf("%w: repository resolution is not built into this helper yet", syscarebus.ErrNotSupported))
 	}
 	js, err := o.s.cfg.Resolve(ctx, opts)
 	if err != nil {
-		return "", busError(err)
+		return "", syscarebus.BusError(err)
 	}
 	return js, nil
 }
