@@ -450,9 +450,11 @@ func TestDNFHotpatch(t *testing.T) {
 		e.waitOutput("3 10")
 		// The policy is the helper's: the plugin reads, then changes the system with one
 		// Upgrade call and nothing else.
-		if calls := e.helperCalls(since); !slices.Equal(changing(calls), []string{"Upgrade"}) {
+		calls := e.helperCalls(since)
+		if !slices.Equal(changing(calls), []string{"Upgrade"}) {
 			t.Errorf("the plugin changed the system with %v, want one Upgrade call (all calls: %v)", changing(calls), calls)
 		}
+		t.Logf("bus calls of dnf hotpatch upgrade: %v", calls)
 		if !strings.Contains(out, "SUPERSEDED") {
 			t.Errorf("summary does not say HP001 was superseded:\n%s", out)
 		}
