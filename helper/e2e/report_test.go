@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/diff"
 	"github.com/syscare/syscare/runtime/patchmeta"
@@ -57,13 +58,7 @@ func TestInfoReportSummary(t *testing.T) {
 	if !strings.Contains(info, "      report: "+want+"\n") {
 		t.Errorf("info lacks the report summary %q:\n%s", want, info)
 	}
-	var ps []struct {
-		UUID     string `json:"uuid"`
-		Report   string `json:"report"`
-		Entities []struct {
-			ReportSummary string `json:"report_summary"`
-		} `json:"entities"`
-	}
+	var ps []syscarebus.PatchInfo
 	if err := json.Unmarshal([]byte(s.must("--json", "info", hp1.uuid, hp2.uuid, hp3.uuid)), &ps); err != nil || len(ps) != 3 {
 		t.Fatalf("info --json: %v %+v", err, ps)
 	}

@@ -145,6 +145,7 @@ func (d *KernelDriver) Presence(_ context.Context, es []*Entity) (map[*Entity]Pr
 	return out, errors.Join(errs...)
 }
 
+// classifyKernel wraps a livepatch error in its kind, as classify does for the user engine.
 func classifyKernel(err error) error {
 	switch {
 	case err == nil:

@@ -12,8 +12,8 @@ import (
 	"github.com/syscare/syscare/runtime/upatch"
 )
 
-// UpatchEngine adapts runtime/upatch to Engine and turns its sentinel errors into the
-// manager's.
+// UpatchEngine adapts runtime/upatch to Engine and gives each of its sentinel errors its
+// kind (classify): the one place that says which bus error an engine failure is.
 type UpatchEngine struct{ E *upatch.Engine }
 
 // NewUpatchEngine returns the real engine; root prefixes /usr/lib/debug lookups.
@@ -108,6 +108,8 @@ func classifyAll(res []upatch.Result, harmless error) []error {
 	return errs
 }
 
+// classify wraps an engine error in its kind, keeping the engine's error for the message
+// and for errors.Is; the kind carries the bus error name (package syscarebus).
 func classify(err error) error {
 	switch {
 	case err == nil:
