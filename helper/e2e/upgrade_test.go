@@ -29,7 +29,8 @@ func TestUpgrade(t *testing.T) {
 	s.install(bad)
 
 	_, errOut, code := s.syscare("upgrade", "--accept", hp3.uuid, bad.uuid)
-	if code != 1 || !strings.Contains(errOut, "apply victim-1.0-1/HP004-1-1/victim") || !strings.Contains(errOut, "sha256") {
+	if code != 1 || !strings.Contains(errOut, "apply victim-1.0-1/HP004-1-1/victim") || !strings.Contains(errOut, "sha256") ||
+		!strings.Contains(errOut, "put back: victim-1.0-1/HP001-1-1/victim (ACTIVED), victim-1.0-1/HP003-1-1/victim (NOT-APPLIED)") {
 		t.Fatalf("upgrade with a corrupt patch: exit %d: %s", code, errOut)
 	}
 	s.waitOutput(v, "2 10")

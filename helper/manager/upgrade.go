@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/syscare/syscare/dbus"
 )
@@ -42,7 +43,7 @@ type upgradeStep struct {
 // function), then go to ACTIVED, or ACCEPTED with opts.Accept; a patch already there
 // stays as it is. On the first failure every entity already moved goes back to its old
 // state, the superseded patches included, and the error names the entity and step
-// that failed.
+// that failed and the entities put back.
 func (m *Manager) Upgrade(ctx context.Context, ids []string, opts UpgradeOptions) ([]UpgradeResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -63,7 +64,11 @@ func (m *Manager) Upgrade(ctx context.Context, ids []string, opts UpgradeOptions
 		}
 		done.record(s.e)
 		if err := m.walk(ctx, s.e, s.to, opts.Force); err != nil {
-			return nil, m.rollback(ctx, fmt.Errorf("%s %s: %w", s.op(), s.e.Name(), err), done)
+			err = m.rollback(ctx, fmt.Errorf("%s %s: %w", s.op(), s.e.Name(), err), done)
+			if back := done.putBack(s.e); back != "" {
+				err = fmt.Errorf("%w; put back: %s", err, back)
+			}
+			return nil, err
 		}
 	}
 	out := make([]UpgradeResult, len(steps))
@@ -71,6 +76,18 @@ func (m *Manager) Upgrade(ctx context.Context, ids []string, opts UpgradeOptions
 		out[i] = UpgradeResult{Status: status(s.e), From: s.from, Action: s.action, Detail: s.detail}
 	}
 	return out, nil
+}
+
+// putBack lists the entities of c other than failed that are in their old state again,
+// as "name (STATE)", for the error that tells what a failed upgrade undid.
+func (c changes) putBack(failed *Entity) string {
+	var out []string
+	for _, ch := range c {
+		if ch.e != failed && ch.e.State == ch.old {
+			out = append(out, fmt.Sprintf("%s (%s)", ch.e.Name(), ch.old))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // supersededBy plans switching off the applied entities of every other patch of the

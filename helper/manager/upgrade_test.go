@@ -132,8 +132,9 @@ func TestUpgradeFailureRollsBackEverything(t *testing.T) {
 	e.eng.failUUID = eC
 	_, err := e.upgrade(true, pB, pC)
 	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "apply victim-1.0-1/HP003-1-1/victim") ||
-		syscarebus.NameOf(err) != syscarebus.ErrorBusy {
-		t.Fatalf("upgrade: %v, want Busy naming the apply of HP003", err)
+		syscarebus.NameOf(err) != syscarebus.ErrorBusy ||
+		!strings.HasSuffix(err.Error(), "; put back: victim-1.0-1/HP001-1-1/victim (ACTIVED), victim-1.0-1/HP002-1-1/victim (NOT-APPLIED)") {
+		t.Fatalf("upgrade: %v, want Busy naming the apply of HP003 and what was put back", err)
 	}
 	if e.state(eA) != Actived || e.state(eB) != NotApplied || e.state(eC) != NotApplied {
 		t.Fatalf("after rollback A %s B %s C %s, want ACTIVED NOT-APPLIED NOT-APPLIED", e.state(eA), e.state(eB), e.state(eC))
