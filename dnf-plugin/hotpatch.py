@@ -125,7 +125,7 @@ class Helper(object):
         return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts)]
 
     def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False):
-        """Candidates (dicts of helper/repo.Candidate), oldest first within a target."""
+        """Candidates (dicts of syscarebus.Candidate, dbus/messages.go), oldest first within a target."""
         opts = {}
         if metadata_dirs:
             opts['metadata_dirs'] = _strs(metadata_dirs)
