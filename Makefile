@@ -8,6 +8,10 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Every directory <component>/cmd/<name> is a binary, built into bin/<name>.
 CMDS := $(wildcard */cmd/*)
 
+# A long end-to-end test calls testenv.NeedE2E, which skips it unless SYSCARE_E2E=1;
+# `make test-e2e` runs every package holding one with the switch on.
+E2E_PKGS := $(sort $(patsubst %/,./%,$(dir $(shell grep -rl --include='*_test.go' 'testenv\.NeedE2E' . | sed 's|^\./||'))))
+
 .PHONY: all build test test-go test-python test-e2e demo bench soak lint deps check-deps help clean
 
 all: build ## build every binary into bin/
@@ -32,14 +36,14 @@ test-python:
 		$(PYTHON) -m pytest -q dnf-plugin/tests; \
 	else echo "test-python: no plugin tests yet"; fi
 
-test-e2e: check-deps build ## long end-to-end tests (real upstream package)
-	SYSCARE_E2E=1 $(GO) test $(GOTESTFLAGS) -run E2E ./tests/...
+test-e2e: check-deps build ## long end-to-end tests (qemu kernel, upstream sources, nginx, redis)
+	SYSCARE_E2E=1 $(GO) test $(GOTESTFLAGS) $(E2E_PKGS)
 
 demo: check-deps build ## hot-patch a running program end to end
 	tests/demo.sh
 
 bench: check-deps build ## run the benchmarks and print figures
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
+	SYSCARE_E2E=1 $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
 
 soak: check-deps build ## kill upatch-manage (SOAK_TRIALS, 500) and the helper (SOAK_HELPER_TRIALS, 100) at random instants, print the counts
 	@mkdir -p $(BIN)

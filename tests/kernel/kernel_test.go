@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // cacheRoot keeps the extracted kernel image between runs.
@@ -221,6 +222,7 @@ type step struct {
 }
 
 func TestLivepatchUnderQemu(t *testing.T) {
+	testenv.NeedE2E(t)
 	if os.Getuid() != 0 {
 		t.Fatal("kernel test: needs root to install the kernel headers package")
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // libyaml 0.2.5 as Debian 12 ships its source: a git export without configure, so the
@@ -45,6 +46,7 @@ const (
 // one entity targets the library; upatch-manage applies it to the library mapped in the
 // running program (--binary) and removes it again.
 func TestUpstreamLibyamlE2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "autoreconf", "automake", "libtoolize")

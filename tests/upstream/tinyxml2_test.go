@@ -14,6 +14,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // TinyXML-2 9.0.0 as Debian 12 ships its source, built with CMake (which calls the
@@ -42,6 +43,7 @@ var charRefProbes = []struct{ doc, broken, fixed string }{
 // into a patch RPM replacing the member function XMLUtil::GetCharacterRef; upatch-manage
 // applies it to the library in the running program and removes it again.
 func TestUpstreamTinyxml2E2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")

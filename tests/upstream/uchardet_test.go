@@ -14,6 +14,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // uchardet 0.0.7 as Debian 12 ships its source: CMake builds the C++ library as a static
@@ -32,6 +33,7 @@ const uchardetVersion = "0.0.7"
 // so with FIFOs as the files the process is alive between answers. A member function
 // defined inside its class (inline, in a COMDAT group) is refused, with the reason.
 func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")

@@ -20,6 +20,7 @@ import (
 	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/runtime/symbols"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // The upstream tarball: the orig tarball of Debian 12's lua5.4 source package, which
@@ -298,6 +299,7 @@ func (r *repl) expect(t *testing.T, when, stmt, want string) {
 // applied to the running interpreter with upatch-manage, which then refuses the bad
 // strings, and removed again, after which it accepts them as before.
 func TestUpstreamLuaE2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	pkgs := buildLua(t)

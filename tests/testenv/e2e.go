@@ -1,0 +1,22 @@
+package testenv
+
+import (
+	"os"
+	"testing"
+)
+
+// E2EVar switches the long end-to-end tests on (`make test-e2e` sets it).
+const E2EVar = "SYSCARE_E2E"
+
+// E2E reports whether the long end-to-end tests run.
+func E2E() bool { return os.Getenv(E2EVar) == "1" }
+
+// NeedE2E runs the test only with the long end-to-end tests switched on; otherwise it
+// skips it, saying how to run it. This is a deliberate switch, so it skips in CI too:
+// CI runs `make test-e2e` as its own step.
+func NeedE2E(t testing.TB) {
+	t.Helper()
+	if !E2E() {
+		t.Skipf("long end-to-end test: runs with %s=1 (make test-e2e)", E2EVar)
+	}
+}
