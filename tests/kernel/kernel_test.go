@@ -223,9 +223,7 @@ type step struct {
 
 func TestLivepatchUnderQemu(t *testing.T) {
 	testenv.NeedE2E(t)
-	if os.Getuid() != 0 {
-		t.Fatal("kernel test: needs root to install the kernel headers package")
-	}
+	testenv.NeedRoot(t, "the kernel test installs the kernel headers package")
 	for _, c := range []string{"apt-get", "apt-cache", "dpkg-deb", "make", "gcc", "qemu-system-x86_64"} {
 		if _, err := exec.LookPath(c); err != nil {
 			t.Fatalf("kernel test: %s not found (Debian with tests/deps.sh installed is required)", c)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 var (
@@ -46,9 +47,7 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: ptrace of the servers (nginx's workers run as another user)")
-	}
+	testenv.NeedRoot(t, "ptrace of the servers (nginx's workers run as another user)")
 	if binErr != "" {
 		t.Fatal(binErr)
 	}

@@ -92,9 +92,7 @@ func needBinaries(t testing.TB) {
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
-	}
+	testenv.NeedRoot(t, "mount namespaces for the compiler capture and ptrace for the loader")
 }
 
 var luaOrigTarball = &debsrc.Orig{Source: "lua5.4", File: luaOrigName, SHA256: luaOrigSHA, Env: "SYSCARE_LUA_ORIG"}

@@ -21,6 +21,7 @@ import (
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // The tests run the real binaries: syscare-build (this command) and the loader,
@@ -110,9 +111,7 @@ func (l *lines) waitFor(t *testing.T, want string, timeout time.Duration) {
 // patch objects out of the patch RPMs, apply them to the running process with
 // upatch-manage, see the fixes, and take them out again.
 func TestBuildAndApply(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
-	}
+	testenv.NeedRoot(t, "mount namespaces for the compiler capture and ptrace for the loader")
 	pkg := testpkg.Build(t, "scdemo")
 	root := t.TempDir()
 	if err := rpmfile.Extract(context.Background(), pkg.RPM, root, io.Discard); err != nil {
