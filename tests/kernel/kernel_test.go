@@ -19,9 +19,6 @@ import (
 	"github.com/syscare/syscare/tests/testenv"
 )
 
-// cacheRoot keeps the extracted kernel image between runs.
-const cacheRoot = "/var/cache/syscare-tests/kernel"
-
 func run(t *testing.T, dir string, env []string, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
@@ -87,12 +84,9 @@ func headers(t *testing.T, abi string) string {
 // kernelImage returns the vmlinuz of linux-image-<abi>, downloaded with apt-get download
 // and extracted once into the cache.
 func kernelImage(t *testing.T, abi string) string {
-	cache := filepath.Join(cacheRoot, abi)
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		cache = filepath.Join(os.TempDir(), "syscare-tests-kernel", abi)
-		if err := os.MkdirAll(cache, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	cache, err := testenv.CacheDir(filepath.Join("kernel", abi))
+	if err != nil {
+		t.Fatal(err)
 	}
 	vmlinuz := filepath.Join(cache, "vmlinuz")
 	if _, err := os.Stat(vmlinuz); err == nil {
