@@ -16,6 +16,7 @@ import (
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
 	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // libyaml 0.2.5 as Debian 12 ships its source: a git export without configure, so the
@@ -92,7 +93,7 @@ func TestUpstreamLibyamlE2E(t *testing.T) {
 		t.Errorf("patch.json build-id %s, shipped library %x", e.BuildID, id)
 	}
 	// The replaced functions are static: the loader finds them in the debug file.
-	productionHost(t, lib)
+	prodhost.Check(t, "", lib)
 	prog := filepath.Join(t.TempDir(), "emitprobe")
 	libdir := filepath.Join(root, "usr/lib64")
 	if out, err := exec.Command("gcc", "-O2", "-o", prog, filepath.Join("libyaml", "emitprobe.c"),

@@ -15,6 +15,7 @@ import (
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
 	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // TinyXML-2 9.0.0 as Debian 12 ships its source, built with CMake (which calls the
@@ -83,7 +84,7 @@ func TestUpstreamTinyxml2E2E(t *testing.T) {
 	}
 	// XMLUtil is an exported class, so the function is in .dynsym; the debug file is
 	// installed all the same, as a machine that takes patches has it.
-	productionHost(t, lib)
+	prodhost.Check(t, "", lib)
 	prog := filepath.Join(t.TempDir(), "refprobe")
 	if out, err := exec.Command("g++", "-O2", "-o", prog, filepath.Join("tinyxml2", "refprobe.cpp"),
 		"-I"+filepath.Join(root, "usr/include"), "-L"+libdir, "-ltinyxml2", "-Wl,-rpath,"+libdir).CombinedOutput(); err != nil {

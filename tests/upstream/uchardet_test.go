@@ -15,6 +15,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/tests/internal/debsrc"
 	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // uchardet 0.0.7 as Debian 12 ships its source: CMake builds the C++ library as a static
@@ -76,7 +77,7 @@ func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
 	if err := rpmfile.Extract(context.Background(), pkgs.rpm, root, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	productionHost(t, filepath.Join(root, "usr/bin/uchardet"))
+	prodhost.Check(t, "", filepath.Join(root, "usr/bin/uchardet"))
 	fifos := t.TempDir()
 	var names []string
 	for i := 1; i <= 3; i++ {

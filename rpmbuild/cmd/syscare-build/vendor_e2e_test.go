@@ -17,6 +17,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // The scvend fixture (tests/fixtures/build/scvend): a server that links a vendored
@@ -95,7 +96,7 @@ func TestVendoredArchiveAndSharedObject(t *testing.T) {
 	if loaderMissed != "" {
 		t.Fatal(loaderMissed)
 	}
-	productionHost(t, filepath.Join(root, "usr/bin/scvend-server"))
+	prodhost.Check(t, "", filepath.Join(root, "usr/bin/scvend-server"))
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scvend-server"))
 	out := startLines(t, cmd)
 	out.waitFor(t, "server 25", 5*time.Second)
