@@ -84,6 +84,10 @@ func (o *Orig) keep(path, cache string) (string, error) {
 		tmp.Close()
 		return path, nil
 	}
+	if err := tmp.Chmod(0o644); err != nil { // CreateTemp makes it 0600
+		tmp.Close()
+		return path, nil
+	}
 	if err := tmp.Close(); err != nil {
 		return path, nil
 	}
