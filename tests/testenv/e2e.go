@@ -5,7 +5,11 @@ import (
 	"testing"
 )
 
-// E2EVar switches the long end-to-end tests on (`make test-e2e` sets it).
+// E2EVar switches the long end-to-end tests on (`make test-e2e` sets it). A test is long
+// when it boots a virtual machine, or downloads and builds a third-party source tree
+// (tests/kernel, tests/upstream, tests/realworld: minutes each on a 2-core machine);
+// everything else, real processes, dbus-daemon, rpm, dnf installroots and the demo
+// included, runs in `make test`.
 const E2EVar = "SYSCARE_E2E"
 
 // E2E reports whether the long end-to-end tests run.
