@@ -3,10 +3,20 @@ GO      ?= go
 BIN     := bin
 PYTHON  := /usr/bin/python3
 GOTESTFLAGS ?= -count=1 -timeout 40m
+# The recipes below pipe go test into tests/testreport: pipefail keeps go test's status.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# testreport prints one line per package, failed tests' output, skipped tests with their
+# reason and the slowest tests; it keeps the raw stream in bin/ for CI's summary.
+TESTREPORT = $(GO) run ./tests/testreport -save
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 # Every directory <component>/cmd/<name> is a binary, built into bin/<name>.
 CMDS := $(wildcard */cmd/*)
+
+# A long end-to-end test calls testenv.NeedE2E, which skips it unless SYSCARE_E2E=1;
+# `make test-e2e` runs every package holding one with the switch on.
+E2E_PKGS := $(sort $(patsubst %/,./%,$(dir $(shell grep -rl --include='*_test.go' 'testenv\.NeedE2E' . | sed 's|^\./||'))))
 
 .PHONY: all build test test-go test-python test-e2e demo bench soak lint deps check-deps help clean
 
@@ -22,24 +32,26 @@ check-deps: ## install the system packages if one is missing
 deps: ## install the system packages (apt or dnf)
 	tests/deps.sh
 
-test: check-deps build test-go test-python ## run every test (needs root)
+test: check-deps build test-go test-python ## unit and component tests (needs root); the long ones: test-e2e
 
 test-go:
-	$(GO) test $(GOTESTFLAGS) ./...
+	@mkdir -p $(BIN)
+	$(GO) test -json $(GOTESTFLAGS) ./... 2>&1 | $(TESTREPORT) $(BIN)/test-fast.json
 
 test-python:
 	@if ls dnf-plugin/tests/test_*.py >/dev/null 2>&1; then \
 		$(PYTHON) -m pytest -q dnf-plugin/tests; \
 	else echo "test-python: no plugin tests yet"; fi
 
-test-e2e: check-deps build ## long end-to-end tests (real upstream package)
-	SYSCARE_E2E=1 $(GO) test $(GOTESTFLAGS) -run E2E ./tests/...
+test-e2e: check-deps build ## long end-to-end tests (qemu kernel, upstream sources, nginx, redis)
+	@mkdir -p $(BIN)
+	SYSCARE_E2E=1 $(GO) test -json $(GOTESTFLAGS) $(E2E_PKGS) 2>&1 | $(TESTREPORT) $(BIN)/test-e2e.json
 
 demo: check-deps build ## hot-patch a running program end to end
 	tests/demo.sh
 
 bench: check-deps build ## run the benchmarks and print figures
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
+	SYSCARE_E2E=1 $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./... | grep -Ev '^(ok|PASS|\?)'
 
 soak: check-deps build ## kill upatch-manage (SOAK_TRIALS, 500) and the helper (SOAK_HELPER_TRIALS, 100) at random instants, print the counts
 	@mkdir -p $(BIN)
@@ -48,10 +60,11 @@ soak: check-deps build ## kill upatch-manage (SOAK_TRIALS, 500) and the helper (
 		$(GO) test -v -count=1 -timeout 60m -run 'KillCampaign' ./runtime/upatch/ ./helper/e2e/ >$(BIN)/soak.log 2>&1; rc=$$?; \
 		grep -E '^(campaign|---|FAIL|ok)|trial' $(BIN)/soak.log; exit $$rc
 
-lint: ## gofmt, go vet, staticcheck, python syntax
+lint: ## gofmt, go vet, staticcheck, go mod tidy, python syntax
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 	@if ls dnf-plugin/*.py >/dev/null 2>&1; then $(PYTHON) -m py_compile dnf-plugin/*.py; fi
 
 clean: ## remove build output

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // demo is one run of tests/demo.sh with freshly built binaries and a private TMPDIR.
@@ -48,9 +50,7 @@ func (d *demo) output() string {
 // own (as a terminal would), telling when its output contains waitOn.
 func startDemo(t *testing.T, waitOn string) *demo {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the demo needs root (ptrace, installroot)")
-	}
+	testenv.NeedRoot(t, "the demo uses ptrace and a dnf installroot")
 	for _, tool := range []string{"rpmbuild", "createrepo_c", "dnf", "dbus-daemon", "gcc", "/bin/busybox"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is a demo dependency (tests/deps.sh): %v", tool, err)

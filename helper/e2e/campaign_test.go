@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/upatch"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // The helper's kill campaign: `syscare apply` and `syscare remove` of a patch
@@ -27,13 +27,6 @@ import (
 // running, and print "1 10" with both functions original or "2 20" with both
 // patched, its code agreeing. SYSCARE_SOAK_HELPER_TRIALS sets the number of
 // trials (default 12; `make soak` runs 100).
-
-func helperTrials() int {
-	if n, err := strconv.Atoi(os.Getenv("SYSCARE_SOAK_HELPER_TRIALS")); err == nil && n > 0 {
-		return n
-	}
-	return 12
-}
 
 var hpBoth = patchSpec{uuid: "44444444-0000-4000-8000-000000000004", entity: "44444444-0000-4000-8000-0000000000e4",
 	name: "HP004", object: "both", funcs: []string{"greet", "world"}}
@@ -139,16 +132,8 @@ func freshLine(v *victim, d time.Duration) (string, bool) {
 }
 
 func TestKillCampaignHelper(t *testing.T) {
-	trials := helperTrials()
-	// SYSCARE_SOAK_LOAD busy loops load the machine meanwhile.
-	load, _ := strconv.Atoi(os.Getenv("SYSCARE_SOAK_LOAD"))
-	for i := 0; i < load; i++ {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-	}
+	trials := testenv.SoakTrials("SYSCARE_SOAK_HELPER_TRIALS", 12)
+	testenv.SoakLoad(t)
 	s := newSandbox(t)
 	s.install(hpBoth)
 	exe := filepath.Join(s.root, "usr/bin/victim")

@@ -25,7 +25,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
-	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // Fixtures built once per test binary.
@@ -220,7 +220,8 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 	if err := sh(dir, "rpm", "--root", s.root, "-i", "--nodeps", "--noscripts", fx.rpm); err != nil {
 		t.Fatal(err)
 	}
-	s.productionHost()
+	prodhost.Check(t, s.root, filepath.Join(s.root, "usr/bin/victim"), filepath.Join(s.root, "usr/bin/victimlib"),
+		filepath.Join(s.root, "usr/lib/libgreet.so"))
 	idle := "60s"
 	for _, o := range opts {
 		if v, ok := strings.CutPrefix(o, "idle="); ok {
@@ -241,22 +242,6 @@ func newSandbox(t testing.TB, opts ...string) *sandbox {
 	s.bus, s.addr, s.log = bus, bus.Addr, bus.Log
 	t.Cleanup(s.close)
 	return s
-}
-
-// productionHost checks that the root is as a production host has it: the package's
-// files are stripped and no debuginfo for them is where the helper looks, so a patch
-// applies only through the offsets it carries.
-func (s *sandbox) productionHost() {
-	s.t.Helper()
-	for _, rel := range []string{"usr/bin/victim", "usr/bin/victimlib", "usr/lib/libgreet.so"} {
-		ef, err := symbols.Open(filepath.Join(s.root, rel), symbols.Options{Root: s.root})
-		if err != nil {
-			s.t.Fatal(err)
-		}
-		if ef.HasSymtab() {
-			s.t.Fatalf("%s: the helper finds a symbol table (debug file %q): not a production host", rel, ef.DebugFile)
-		}
-	}
 }
 
 func (s *sandbox) close() {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 const polkitd = "/usr/lib/polkit-1/polkitd"
@@ -121,9 +122,8 @@ func (s *sandbox) startPolkit(rule string) {
 // the rule, with a rule saying NO, or with a rule for another user, nobody is denied by
 // polkit's answer and nothing changes.
 func TestPolkitGrants(t *testing.T) {
-	if _, err := os.Stat(polkitd); err != nil {
-		t.Skip("polkitd is not installed")
-	}
+	_, err := os.Stat(polkitd)
+	testenv.Require(t, err == nil, "polkitd is not installed")
 	t.Run("granted", func(t *testing.T) {
 		s := newSandbox(t)
 		s.startPolkit(grantNobody)

@@ -23,12 +23,11 @@ import (
 	"github.com/syscare/syscare/runtime/patchmeta"
 )
 
-// Errors a caller tells apart (the command maps them to exit codes).
+// Errors a caller tells apart (the command maps them to exit codes). Two outcomes are
+// the differ's own and come back unchanged: diff.ErrNoChange when the fix changes no
+// function of any shipped ELF, and a *diff.UnpatchableError (function, section and
+// reason) when a change cannot be hot patched.
 var (
-	// ErrNoChange: the fix changes no function of any shipped ELF.
-	ErrNoChange = errors.New("no functional change")
-	// ErrUnpatchable wraps the differ's refusal (function, section and reason).
-	ErrUnpatchable = errors.New("cannot be hot patched")
 	// ErrBadInput: an input file is not what its flag says (corrupt, wrong kind, wrong version).
 	ErrBadInput = errors.New("bad input")
 	// ErrMissingTool: a program the build needs is not installed.

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
+	"github.com/syscare/syscare/rpmbuild/diff"
 )
 
 // tu is one recorded translation unit.
@@ -128,7 +129,7 @@ func (b *build) buildPatched(ctx context.Context) (string, error) {
 	}
 	changed := changedTUs(b.tus)
 	if len(changed) == 0 {
-		return "", fmt.Errorf("%w: the patches change no file that any compiled unit reads", ErrNoChange)
+		return "", fmt.Errorf("%w: the patches change no file that any compiled unit reads", diff.ErrNoChange)
 	}
 	dir := filepath.Join(b.work, "patched")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -147,7 +147,7 @@ func TestCrossCheckArchives(t *testing.T) {
 			}
 
 			b = ccBuild(t, k.archive, k.link, comment, k.files)
-			if _, err := b.crossCheckStep(t.Context()); !errors.Is(err, ErrNoChange) {
+			if _, err := b.crossCheckStep(t.Context()); !errors.Is(err, diff.ErrNoChange) {
 				t.Fatalf("comment only: %v", err)
 			}
 		})
@@ -162,7 +162,7 @@ func TestCrossCheckUnseenBinary(t *testing.T) {
 		[]string{"-o", "server", "server.o", "../deps/mini/src/libmini.a"}, comment, nil)
 	b.index.Targets = append(b.index.Targets, debuginfo.Target{Path: "/usr/bin/prebuilt"})
 	_, err := b.crossCheckStep(t.Context())
-	if err == nil || errors.Is(err, ErrNoChange) || !strings.Contains(err.Error(), "/usr/bin/prebuilt: no recorded link makes a file of that name") {
+	if err == nil || errors.Is(err, diff.ErrNoChange) || !strings.Contains(err.Error(), "/usr/bin/prebuilt: no recorded link makes a file of that name") {
 		t.Fatalf("got %v", err)
 	}
 	if len(b.res.Binaries) != 2 || b.res.Binaries[1].Checked || !strings.Contains(b.res.Binaries[1].Line(), "not cross-checked") {

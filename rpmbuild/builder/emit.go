@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -30,20 +31,28 @@ type ObjectDiff struct {
 	Changed, New []string
 }
 
-// errObjectUnchanged is what a DiffFunc returns for an object without functional change.
-var errObjectUnchanged = errors.New("object unchanged")
-
-// DiffFunc diffs one original object against its rebuild. It returns
-// errObjectUnchanged-wrapping (see NoChange) for no functional change and an error
-// wrapping ErrUnpatchable and the differ's *diff.UnpatchableError for a change that
-// cannot be hot patched.
-type DiffFunc func(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error)
-
-// NoChange is the error a DiffFunc returns for an object without functional change.
-func NoChange(err error) error { return fmt.Errorf("%w: %w", errObjectUnchanged, err) }
-
-// Differ is set by the package that wires in rpmbuild/diff.
-var Differ DiffFunc
+// diffObject diffs one original object against its rebuild, resolving the target's
+// symbols through loc. It returns diff.ErrNoChange for no functional change and the
+// differ's *diff.UnpatchableError for a change that cannot be hot patched.
+func diffObject(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error) {
+	o, err := os.ReadFile(orig)
+	if err != nil {
+		return nil, err
+	}
+	p, err := os.ReadFile(patched)
+	if err != nil {
+		return nil, err
+	}
+	r, err := diff.Diff(bytes.NewReader(o), bytes.NewReader(p), diff.Options{Locator: loc, Resolver: loc, AliasPrefix: aliasPrefix})
+	if err != nil {
+		return nil, err
+	}
+	frag, err := r.Object()
+	if err != nil {
+		return nil, fmt.Errorf("emit patch object: %w", err)
+	}
+	return &ObjectDiff{Fragment: frag, Classification: r.String(), Report: r.Report(), Changed: r.Changed(), New: r.New()}, nil
+}
 
 // targetPatch collects the patch of one shipped ELF.
 type targetPatch struct {
@@ -88,9 +97,6 @@ func (b *build) targetFor(t *debuginfo.Target) (*targetPatch, error) {
 // makes the patch report of each ELF. A refusal does not stop it: every object is
 // diffed, so that the report is complete, and the first refusal is the error.
 func (b *build) diff(ctx context.Context) (string, error) {
-	if Differ == nil {
-		return "", errors.New("no object differ linked into this program")
-	}
 	recs, err := b.cap.Records()
 	if err != nil {
 		return "", err
@@ -134,14 +140,14 @@ func (b *build) diff(ctx context.Context) (string, error) {
 			}
 			n++
 			fmt.Fprintf(b.logw, "==> diff %s (%s) for %s\n", file, filepath.Base(t.rec.Object), tg.Path)
-			d, err := Differ(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
+			d, err := diffObject(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
 			if err != nil {
 				part := diff.ReportError(file, err)
 				if part == nil {
 					return "", fmt.Errorf("%s (%s): %w", file, tg.Path, err)
 				}
 				tp.parts = append(tp.parts, part)
-				if errors.Is(err, errObjectUnchanged) {
+				if errors.Is(err, diff.ErrNoChange) {
 					fmt.Fprintf(b.logw, "no functional change\n")
 					continue
 				}
@@ -204,9 +210,9 @@ func (b *build) verdict(unchecked []string) error {
 			return fmt.Errorf("the differ found no function to replace, but shipped binaries could not be cross-checked (%s)", strings.Join(unchecked, "; "))
 		}
 		if len(b.notes) > 0 {
-			return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF (%s)", ErrNoChange, strings.Join(b.notes, "; "))
+			return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF (%s)", diff.ErrNoChange, strings.Join(b.notes, "; "))
 		}
-		return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", ErrNoChange)
+		return fmt.Errorf("%w: the rebuilt objects differ in no function of a shipped ELF", diff.ErrNoChange)
 	}
 	b.targets = kept
 	b.res.Reports = nil
@@ -286,7 +292,7 @@ func (b *build) link(ctx context.Context) (string, error) {
 			tp.funcs = append(tp.funcs, patchmeta.Function{Name: f.OldName, Pos: f.OldPos})
 		}
 		if len(tp.funcs) == 0 {
-			return "", fmt.Errorf("%w: the patch of %s replaces no function", ErrNoChange, tp.target.Path)
+			return "", fmt.Errorf("%w: the patch of %s replaces no function", diff.ErrNoChange, tp.target.Path)
 		}
 		names = append(names, fmt.Sprintf("%s: %d functions", filepath.Base(tp.target.Path), len(tp.funcs)))
 	}

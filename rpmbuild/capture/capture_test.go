@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // The test binary doubles as the compiler wrapper and the namespace helper, like
@@ -185,9 +187,7 @@ func TestWrapperRecordsAndRewrites(t *testing.T) {
 // C++ goes to the real g++ and is recorded as such.
 func TestWrapperCXX(t *testing.T) {
 	c := newCapture(t, false)
-	if c.RealCXX == "" {
-		t.Skip("no g++ on this machine")
-	}
+	testenv.Require(t, c.RealCXX != "", "no g++ on this machine")
 	d := t.TempDir()
 	os.WriteFile(filepath.Join(d, "k.cc"), []byte("struct K { int f(int x); };\nint K::f(int x) { return x + 1; }\n"), 0o644)
 	runIn(t, c, d, `$CXX -O2 -c k.cc`)
@@ -203,9 +203,7 @@ func TestWrapperCXX(t *testing.T) {
 // A compiler called by absolute path escapes PATH shims; the mount namespace catches it
 // and leaves the host's /usr/bin/gcc untouched.
 func TestNamespaceBindCatchesAbsolutePath(t *testing.T) {
-	if !CanBind() {
-		t.Skip("mount namespaces need root")
-	}
+	testenv.NeedRoot(t, "mount namespaces")
 	gcc, err := exec.LookPath("gcc")
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/debuginfo"
 	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // e2eCase is a two-file program: main.c prints what lib.c computes, in a loop.
@@ -33,9 +34,7 @@ type e2eCase struct {
 // is stripped and its debuginfo is nowhere the loader looks: the differ resolves the
 // target's symbols from the separate debug file, and the patch carries their offsets.
 func TestPatchRunningProcess(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("ptrace of a child needs root here (tests run as root in CI)")
-	}
+	testenv.NeedRoot(t, "ptrace of a child")
 	manage := filepath.Join(t.TempDir(), "upatch-manage")
 	build := exec.Command("go", "build", "-o", manage, "github.com/syscare/syscare/runtime/cmd/upatch-manage")
 	if out, err := build.CombinedOutput(); err != nil {

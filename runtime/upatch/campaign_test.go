@@ -19,6 +19,7 @@ import (
 
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // The kill campaign: upatch-manage patches and unpatches an 8-thread process
@@ -29,14 +30,6 @@ import (
 // replaced functions, the header the process holds and the program's own
 // answer agree. `make test` runs a few dozen trials; `make soak` runs
 // SYSCARE_SOAK_TRIALS (500) and prints the counts.
-
-// campaignTrials is the number of trials: SYSCARE_SOAK_TRIALS, default 40.
-func campaignTrials() int {
-	if n, err := strconv.Atoi(os.Getenv("SYSCARE_SOAK_TRIALS")); err == nil && n > 0 {
-		return n
-	}
-	return 40
-}
 
 // campaignTarget is the running target and what original and patched look like.
 type campaignTarget struct {
@@ -322,21 +315,8 @@ func busyWait(d time.Duration) {
 	}
 }
 
-// loadMachine starts SYSCARE_SOAK_LOAD busy loops (default none) for the
-// duration of the test, so that a soak can run on a loaded machine.
-func loadMachine(t *testing.T) {
-	n, _ := strconv.Atoi(os.Getenv("SYSCARE_SOAK_LOAD"))
-	for i := 0; i < n; i++ {
-		c := exec.Command("sh", "-c", "while :; do :; done")
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
-	}
-}
-
 func TestKillCampaignUpatchManage(t *testing.T) {
-	trials := campaignTrials()
+	trials := testenv.SoakTrials("SYSCARE_SOAK_TRIALS", 40)
 	dir := t.TempDir()
 	// SYSCARE_CAMPAIGN_TOOL runs the campaign against another build (an older
 	// one, to see what the campaign catches).
@@ -348,7 +328,7 @@ func TestKillCampaignUpatchManage(t *testing.T) {
 			t.Fatalf("build upatch-manage: %v\n%s", err, out)
 		}
 	}
-	loadMachine(t)
+	testenv.SoakLoad(t)
 	bin := filepath.Join(dir, "campaign_target")
 	gcc(t, "-O2", "-no-pie", "-pthread", testdata("campaign_target.c"), "-o", bin)
 	objPath, _ := buildPatch(t, "bench_fix.c", bin, "")

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // fixtures are the C programs of testdata/, compiled once per test binary.
@@ -85,13 +87,11 @@ func buildFixtures(dir string) error {
 	return nil
 }
 
-// needRoot skips where the test cannot work at all (eBPF, signals to other users' processes
+// needRoot skips (fails in CI) where the test cannot work at all (eBPF, signals to other users' processes
 // and the proc connector need root) and fails when the fixtures did not build.
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: uprobes and the proc connector are privileged")
-	}
+	testenv.NeedRoot(t, "uprobes and the proc connector are privileged")
 	if fix.buildErr != nil {
 		t.Fatal(fix.buildErr)
 	}

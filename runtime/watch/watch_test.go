@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syscare/syscare/tests/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,9 +20,7 @@ func TestExecutableStopsAtEntry(t *testing.T) {
 	kinds := map[string]string{"pie": fix.pie, "no-pie": fix.noPIE, "static": fix.static}
 	for name, path := range kinds {
 		t.Run(name, func(t *testing.T) {
-			if path == "" {
-				t.Skip("no static libc installed (libc6-dev provides libc.a)")
-			}
+			testenv.Require(t, path != "", "no static libc installed (libc6-dev provides libc.a)")
 			w := newEBPF(t)
 			if err := w.Add(path); err != nil {
 				t.Fatal(err)

@@ -33,7 +33,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
-	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 const victimC = `#include <stdio.h>
@@ -203,20 +203,6 @@ func (e *env) close() {
 	e.bus.Close()
 	if e.t.Failed() {
 		e.t.Logf("bus and helper log:\n%s", e.bus.Log)
-	}
-}
-
-// productionHost checks that the installroot is as a production host has it: the
-// victim is stripped and no debuginfo for it is where the helper looks, so a patch
-// applies only through the offsets it carries.
-func (e *env) productionHost() {
-	e.t.Helper()
-	ef, err := symbols.Open(filepath.Join(e.root, "usr/bin/victim"), symbols.Options{Root: e.root})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if ef.HasSymtab() {
-		e.t.Fatalf("the helper finds a symbol table for victim (debug file %q): not a production host", ef.DebugFile)
 	}
 }
 
@@ -416,7 +402,7 @@ func TestDNFHotpatch(t *testing.T) {
 	}
 
 	e.mustDNF("-q", "install", "victim-1.0-1", "syscare")
-	e.productionHost()
+	prodhost.Check(e.t, e.root, filepath.Join(e.root, "usr/bin/victim"))
 	e.startVictim()
 
 	// Everything the repository offers for victim-1.0-1, nothing for 1.0-2.

@@ -16,10 +16,8 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/tests/testenv"
 )
-
-// cacheRoot keeps the extracted kernel image between runs.
-const cacheRoot = "/var/cache/syscare-tests/kernel"
 
 func run(t *testing.T, dir string, env []string, name string, args ...string) string {
 	t.Helper()
@@ -86,12 +84,9 @@ func headers(t *testing.T, abi string) string {
 // kernelImage returns the vmlinuz of linux-image-<abi>, downloaded with apt-get download
 // and extracted once into the cache.
 func kernelImage(t *testing.T, abi string) string {
-	cache := filepath.Join(cacheRoot, abi)
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		cache = filepath.Join(os.TempDir(), "syscare-tests-kernel", abi)
-		if err := os.MkdirAll(cache, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	cache, err := testenv.CacheDir(filepath.Join("kernel", abi))
+	if err != nil {
+		t.Fatal(err)
 	}
 	vmlinuz := filepath.Join(cache, "vmlinuz")
 	if _, err := os.Stat(vmlinuz); err == nil {
@@ -221,9 +216,8 @@ type step struct {
 }
 
 func TestLivepatchUnderQemu(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("kernel test: needs root to install the kernel headers package")
-	}
+	testenv.NeedE2E(t)
+	testenv.NeedRoot(t, "the kernel test installs the kernel headers package")
 	for _, c := range []string{"apt-get", "apt-cache", "dpkg-deb", "make", "gcc", "qemu-system-x86_64"} {
 		if _, err := exec.LookPath(c); err != nil {
 			t.Fatalf("kernel test: %s not found (Debian with tests/deps.sh installed is required)", c)

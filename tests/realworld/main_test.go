@@ -11,7 +11,8 @@ import (
 	"testing"
 
 	"github.com/syscare/syscare/rpmbuild/selfcontain"
-	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 var (
@@ -46,9 +47,7 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: ptrace of the servers (nginx's workers run as another user)")
-	}
+	testenv.NeedRoot(t, "ptrace of the servers (nginx's workers run as another user)")
 	if binErr != "" {
 		t.Fatal(binErr)
 	}
@@ -118,13 +117,7 @@ func production(t *testing.T, bin string) string {
 	if err := selfcontain.SplitDebug(context.Background(), bin, debug); err != nil {
 		t.Fatal(err)
 	}
-	ef, err := symbols.Open(bin, symbols.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ef.HasSymtab() {
-		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", bin, ef.DebugFile)
-	}
+	prodhost.Check(t, "", bin)
 	return debug
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 var nginxOrig = &debsrc.Orig{Source: "nginx", File: "nginx_1.22.1.orig.tar.gz",
@@ -149,6 +150,7 @@ func wantPatchedBy(t *testing.T, what string, seen map[string]int, pids []int) {
 // workers, which inherit the patch), then removes it from every process with unpatch
 // --all.
 func TestNginx(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	t.Parallel()
 	nginx, src := buildNginx(t)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 var redisOrig = &debsrc.Orig{Source: "redis", File: "redis_7.0.15.orig.tar.gz",
@@ -156,6 +157,7 @@ UPATCH_FUNC(bioProcessBackgroundJobs, bio_v2);
 // function the main thread is sleeping in, or the bio threads live in, is refused as
 // busy and the server keeps running unharmed.
 func TestRedis(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	t.Parallel()
 	server, src := buildRedis(t)

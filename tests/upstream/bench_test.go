@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/rpmbuild/diff"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // BenchmarkUpstreamLuaHotPatch measures, in one run, syscare-build making the hot patch
@@ -22,6 +23,7 @@ import (
 // both twice, alternated, and keeps the faster of each: on a shared machine another
 // build's burst otherwise decides the ratio.
 func BenchmarkUpstreamLuaHotPatch(b *testing.B) {
+	testenv.NeedE2E(b)
 	needRoot(b)
 	needBinaries(b)
 	pkgs := buildLua(b)
@@ -67,6 +69,7 @@ func BenchmarkUpstreamLuaHotPatch(b *testing.B) {
 // the fixed lutf8lib.c against its original, every other unit against itself (the no
 // change path still correlates and compares every section and symbol).
 func BenchmarkUpstreamLuaDiff(b *testing.B) {
+	testenv.NeedE2E(b)
 	pairs := luaObjects(b)
 	var total int64
 	for _, p := range pairs {

@@ -15,6 +15,8 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // libyaml 0.2.5 as Debian 12 ships its source: a git export without configure, so the
@@ -45,6 +47,7 @@ const (
 // one entity targets the library; upatch-manage applies it to the library mapped in the
 // running program (--binary) and removes it again.
 func TestUpstreamLibyamlE2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "autoreconf", "automake", "libtoolize")
@@ -90,7 +93,7 @@ func TestUpstreamLibyamlE2E(t *testing.T) {
 		t.Errorf("patch.json build-id %s, shipped library %x", e.BuildID, id)
 	}
 	// The replaced functions are static: the loader finds them in the debug file.
-	productionHost(t, lib)
+	prodhost.Check(t, "", lib)
 	prog := filepath.Join(t.TempDir(), "emitprobe")
 	libdir := filepath.Join(root, "usr/lib64")
 	if out, err := exec.Command("gcc", "-O2", "-o", prog, filepath.Join("libyaml", "emitprobe.c"),

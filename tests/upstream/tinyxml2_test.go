@@ -14,6 +14,8 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // TinyXML-2 9.0.0 as Debian 12 ships its source, built with CMake (which calls the
@@ -42,6 +44,7 @@ var charRefProbes = []struct{ doc, broken, fixed string }{
 // into a patch RPM replacing the member function XMLUtil::GetCharacterRef; upatch-manage
 // applies it to the library in the running program and removes it again.
 func TestUpstreamTinyxml2E2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")
@@ -81,7 +84,7 @@ func TestUpstreamTinyxml2E2E(t *testing.T) {
 	}
 	// XMLUtil is an exported class, so the function is in .dynsym; the debug file is
 	// installed all the same, as a machine that takes patches has it.
-	productionHost(t, lib)
+	prodhost.Check(t, "", lib)
 	prog := filepath.Join(t.TempDir(), "refprobe")
 	if out, err := exec.Command("g++", "-O2", "-o", prog, filepath.Join("tinyxml2", "refprobe.cpp"),
 		"-I"+filepath.Join(root, "usr/include"), "-L"+libdir, "-ltinyxml2", "-Wl,-rpath,"+libdir).CombinedOutput(); err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // uchardet 0.0.7 as Debian 12 ships its source: CMake builds the C++ library as a static
@@ -32,6 +34,7 @@ const uchardetVersion = "0.0.7"
 // so with FIFOs as the files the process is alive between answers. A member function
 // defined inside its class (inline, in a COMDAT group) is refused, with the reason.
 func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	needTools(t, "cmake", "g++")
@@ -74,7 +77,7 @@ func TestUpstreamUchardetCMakeExecutable(t *testing.T) {
 	if err := rpmfile.Extract(context.Background(), pkgs.rpm, root, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	productionHost(t, filepath.Join(root, "usr/bin/uchardet"))
+	prodhost.Check(t, "", filepath.Join(root, "usr/bin/uchardet"))
 	fifos := t.TempDir()
 	var names []string
 	for i := 1; i <= 3; i++ {

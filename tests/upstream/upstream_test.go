@@ -18,8 +18,9 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
-	"github.com/syscare/syscare/runtime/symbols"
 	"github.com/syscare/syscare/tests/internal/debsrc"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // The upstream tarball: the orig tarball of Debian 12's lua5.4 source package, which
@@ -91,9 +92,7 @@ func needBinaries(t testing.TB) {
 
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
-	}
+	testenv.NeedRoot(t, "mount namespaces for the compiler capture and ptrace for the loader")
 }
 
 var luaOrigTarball = &debsrc.Orig{Source: "lua5.4", File: luaOrigName, SHA256: luaOrigSHA, Env: "SYSCARE_LUA_ORIG"}
@@ -203,20 +202,6 @@ func patchDir(t testing.TB, rpm string) (string, *patchmeta.Patch) {
 	return dirs[0], p
 }
 
-// productionHost checks that path is as a production host has it: stripped, and no
-// debuginfo for it where the loader looks. A patch applies there only if it carries
-// its target's offsets.
-func productionHost(t *testing.T, path string) {
-	t.Helper()
-	ef, err := symbols.Open(path, symbols.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ef.HasSymtab() {
-		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", path, ef.DebugFile)
-	}
-}
-
 // repl is a running interactive interpreter: a line in, its printed lines out.
 type repl struct {
 	cmd   *exec.Cmd
@@ -298,6 +283,7 @@ func (r *repl) expect(t *testing.T, when, stmt, want string) {
 // applied to the running interpreter with upatch-manage, which then refuses the bad
 // strings, and removed again, after which it accepts them as before.
 func TestUpstreamLuaE2E(t *testing.T) {
+	testenv.NeedE2E(t)
 	needRoot(t)
 	needBinaries(t)
 	pkgs := buildLua(t)
@@ -358,7 +344,7 @@ func TestUpstreamLuaE2E(t *testing.T) {
 	if hex.EncodeToString(id) != e.BuildID {
 		t.Errorf("patch.json build-id %s, shipped lua %x", e.BuildID, id)
 	}
-	productionHost(t, lua)
+	prodhost.Check(t, "", lua)
 
 	r := startREPL(t, lua)
 	if banner := r.next(t, "the banner"); !strings.HasPrefix(banner, "Lua "+luaVersion+" ") {

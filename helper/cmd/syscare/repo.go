@@ -10,6 +10,7 @@ import (
 
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/repo"
+	"github.com/syscare/syscare/rpmbuild/publish"
 )
 
 const repoUsage = `usage:
@@ -119,7 +120,7 @@ func repoAdd(ctx context.Context, args []string, stdout io.Writer) error {
 	if last(vals["advisory"]) == "" {
 		return usageError{"repo add needs --advisory ID"}
 	}
-	res, err := repo.Add(ctx, repo.AddRequest{
+	res, err := publish.Add(ctx, publish.AddRequest{
 		RepoDir: pos[0], RPMs: pos[1:], Advisory: last(vals["advisory"]), CVEs: splitList(vals["cve"]),
 		Severity: last(vals["severity"]), Type: last(vals["type"]), Title: last(vals["title"]),
 		Description: last(vals["description"]),

@@ -20,7 +20,8 @@ import (
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/runtime/patchmeta"
-	"github.com/syscare/syscare/runtime/symbols"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // The tests run the real binaries: syscare-build (this command) and the loader,
@@ -110,9 +111,7 @@ func (l *lines) waitFor(t *testing.T, want string, timeout time.Duration) {
 // patch objects out of the patch RPMs, apply them to the running process with
 // upatch-manage, see the fixes, and take them out again.
 func TestBuildAndApply(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
-	}
+	testenv.NeedRoot(t, "mount namespaces for the compiler capture and ptrace for the loader")
 	pkg := testpkg.Build(t, "scdemo")
 	root := t.TempDir()
 	if err := rpmfile.Extract(context.Background(), pkg.RPM, root, io.Discard); err != nil {
@@ -206,7 +205,7 @@ func TestBuildAndApply(t *testing.T) {
 		t.Fatal(loaderMissed)
 	}
 	for _, c := range checks {
-		productionHost(t, filepath.Join(root, c.path))
+		prodhost.Check(t, "", filepath.Join(root, c.path))
 	}
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
@@ -474,20 +473,6 @@ func BenchmarkHotPatchVsRpmbuild(b *testing.B) {
 	b.ReportMetric(plain.Seconds()/float64(b.N), "rpmbuild-s")
 	b.ReportMetric(hot.Seconds()/float64(b.N), "hotpatch-s")
 	b.ReportMetric(hot.Seconds()/plain.Seconds(), "ratio")
-}
-
-// productionHost checks that path is as a production host has it: stripped, with no
-// debuginfo where the loader looks, so that a patch applies only if it carries the
-// offsets of what it uses.
-func productionHost(t *testing.T, path string) {
-	t.Helper()
-	ef, err := symbols.Open(path, symbols.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ef.HasSymtab() {
-		t.Fatalf("%s: the loader finds a symbol table (debug file %q): not a production host", path, ef.DebugFile)
-	}
 }
 
 // startLines starts cmd, killed when the test ends, and hands its output lines to

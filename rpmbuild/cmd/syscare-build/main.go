@@ -160,18 +160,9 @@ func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 type usageError struct{ error }
 
-// runDiff is `syscare-build diff`, wired in by differ.go.
-var runDiff func(args []string, stdout, stderr io.Writer) error
-
-// unpatchable tells whether err is the differ's refusal (wired in by differ.go).
-var unpatchable = func(err error) bool { return errors.Is(err, builder.ErrUnpatchable) }
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "diff" {
-		if runDiff == nil {
-			return errors.New("diff: no object differ in this build")
-		}
-		return runDiff(args[1:], stdout, stderr)
+		return diff.RunDiff(args[1:], stdout, stderr)
 	}
 	if len(args) > 0 && args[0] == "resolve" {
 		return runResolve(ctx, args[1:], stdout)
@@ -281,16 +272,13 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &u):
 		return exitUsage
-	case errors.Is(err, builder.ErrNoChange) || isDiffNoChange(err):
+	case errors.Is(err, diff.ErrNoChange):
 		return exitNoChange
-	case unpatchable(err):
+	case errors.As(err, new(*diff.UnpatchableError)):
 		return exitUnpatchable
 	}
 	return exitError
 }
-
-// isDiffNoChange is wired in by differ.go (the differ's own sentinel).
-var isDiffNoChange = func(error) bool { return false }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == capture.NSExecArg {

@@ -16,6 +16,8 @@ import (
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
 	"github.com/syscare/syscare/runtime/patchmeta"
+	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
 // The scvend fixture (tests/fixtures/build/scvend): a server that links a vendored
@@ -26,9 +28,7 @@ import (
 // only, failed on the client's empty patch object. Both must build a patch of the
 // server alone, which then works in the running server.
 func TestVendoredArchiveAndSharedObject(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mount namespaces for the compiler capture and ptrace for the loader")
-	}
+	testenv.NeedRoot(t, "mount namespaces for the compiler capture and ptrace for the loader")
 	pkg := testpkg.Build(t, "scvend")
 	root := t.TempDir()
 	if err := rpmfile.Extract(context.Background(), pkg.RPM, root, io.Discard); err != nil {
@@ -96,7 +96,7 @@ func TestVendoredArchiveAndSharedObject(t *testing.T) {
 	if loaderMissed != "" {
 		t.Fatal(loaderMissed)
 	}
-	productionHost(t, filepath.Join(root, "usr/bin/scvend-server"))
+	prodhost.Check(t, "", filepath.Join(root, "usr/bin/scvend-server"))
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scvend-server"))
 	out := startLines(t, cmd)
 	out.waitFor(t, "server 25", 5*time.Second)

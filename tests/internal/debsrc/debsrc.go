@@ -2,7 +2,8 @@
 // package with apt-get source through a private apt configuration holding one deb-src
 // line: the system's sources and package caches are left alone, apt checks the files
 // against the signed Sources index, and the tarball is checked against a known sha256.
-// Tarballs are fetched at test time and never committed.
+// Tarballs are fetched at test time and never committed; a verified one is kept in the
+// tests' cache (testenv.CacheDir) for later runs.
 package debsrc
 
 import (
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // SourcesList is the only apt source the private configuration has.
@@ -52,6 +55,51 @@ func (o *Orig) fetch(dir string) (string, error) {
 	if p := os.Getenv(o.Env); p != "" {
 		return p, o.check(p)
 	}
+	cache, cacheErr := testenv.CacheDir("debsrc")
+	if cacheErr == nil {
+		if p := filepath.Join(cache, o.File); o.check(p) == nil {
+			return p, nil
+		}
+	}
+	p, err := o.download(dir)
+	if err != nil || cacheErr != nil {
+		return p, err
+	}
+	return o.keep(p, cache)
+}
+
+// keep copies the verified tarball into the cache, by rename so that a parallel or
+// interrupted run never sees a partial file, and returns the cached path.
+func (o *Orig) keep(path, cache string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(cache, "."+o.File+".*")
+	if err != nil {
+		return path, nil // an unwritable cache only costs the next run a download
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return path, nil
+	}
+	if err := tmp.Chmod(0o644); err != nil { // CreateTemp makes it 0600
+		tmp.Close()
+		return path, nil
+	}
+	if err := tmp.Close(); err != nil {
+		return path, nil
+	}
+	dst := filepath.Join(cache, o.File)
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return path, nil
+	}
+	return dst, nil
+}
+
+// download fetches the tarball with apt-get source into dir and checks it.
+func (o *Orig) download(dir string) (string, error) {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		return "", fmt.Errorf("apt-get not found: set %s to a copy of %s (sha256 %s)", o.Env, o.File, o.SHA256)
 	}

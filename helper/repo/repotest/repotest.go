@@ -1,4 +1,8 @@
-package repo
+// Package repotest builds, for tests, small real RPMs (targets, hot patches for them,
+// look-alikes that are not hot patches) with rpmbuild and repositories of them with
+// createrepo_c; both the resolver's tests (helper/repo) and the publisher's
+// (rpmbuild/publish) use them.
+package repotest
 
 import (
 	"bytes"
@@ -24,7 +28,7 @@ AutoProv: no
 %s
 
 %%description
-Test package for helper/repo.
+Test package for helper/repo and rpmbuild/publish.
 
 %%install
 mkdir -p %%{buildroot}%s
@@ -75,9 +79,9 @@ var (
 	fixtureErr  error
 )
 
-// fixtureRPMs builds the fixture RPMs once per test binary with the real rpmbuild and
-// returns the directory holding them, keyed by name-version-release.
-func fixtureRPMs(t testing.TB) map[string]string {
+// RPMs builds the fixture RPMs once per test binary with the real rpmbuild and returns
+// their paths, keyed by name-version-release. The test binary's TestMain calls Cleanup.
+func RPMs(t testing.TB) map[string]string {
 	t.Helper()
 	fixtureOnce.Do(func() {
 		fixtureDir, fixtureErr = os.MkdirTemp("", "syscare-repo-rpms-")
@@ -136,10 +140,11 @@ func fixtureRPMs(t testing.TB) map[string]string {
 	return m
 }
 
-// newRepo copies the named fixture RPMs into a fresh directory and runs createrepo_c.
-func newRepo(t testing.TB, extra []string, nvrs ...string) string {
+// NewRepo copies the named fixture RPMs into a fresh directory and runs createrepo_c
+// with the extra arguments.
+func NewRepo(t testing.TB, extra []string, nvrs ...string) string {
 	t.Helper()
-	rpms := fixtureRPMs(t)
+	rpms := RPMs(t)
 	dir := t.TempDir()
 	for _, n := range nvrs {
 		src, ok := rpms[n]
@@ -161,10 +166,9 @@ func newRepo(t testing.TB, extra []string, nvrs ...string) string {
 	return dir
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
+// Cleanup removes the fixture RPMs (TestMain calls it after the tests).
+func Cleanup() {
 	if fixtureDir != "" {
 		os.RemoveAll(fixtureDir)
 	}
-	os.Exit(code)
 }

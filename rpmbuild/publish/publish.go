@@ -1,4 +1,10 @@
-package repo
+// Package publish is the packager's side of a hot patch repository: it copies patch RPMs
+// into a repository directory, records their advisory (CVEs, severity) in updateinfo
+// and refreshes the metadata with createrepo_c. It sits with the builder because the
+// packager runs it after syscare build (`syscare repo add`); the host's side, which
+// reads repositories to resolve what applies, is helper/repo, whose reading of RPM
+// files and metadata this package reuses.
+package publish
 
 import (
 	"bytes"
@@ -18,7 +24,7 @@ import (
 	"strings"
 	"time"
 
-	rpmfile "github.com/cavaliergopher/rpm"
+	"github.com/syscare/syscare/helper/repo"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,7 +55,7 @@ type AddResult struct {
 	// Copied lists the RPM file names copied into the repository.
 	Copied []string
 	// Published is the advisory as it is in the repository now.
-	Published Advisory
+	Published repo.Advisory
 	// Changed is false when everything was already published (Add is idempotent).
 	Changed bool
 }
@@ -61,93 +67,15 @@ var (
 
 var severities = map[string]string{"critical": "Critical", "important": "Important", "moderate": "Moderate", "low": "Low", "none": "None"}
 
-// readRPMHeader reads an RPM's header; the parser is third-party code fed with files
-// from packagers, so a panic on a malformed file becomes an error.
-func readRPMHeader(path string) (p *rpmfile.Package, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			p, err = nil, fmt.Errorf("malformed rpm header: %v", r)
-		}
-	}()
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	p, err = rpmfile.Read(f)
-	if err != nil {
-		return nil, fmt.Errorf("not an RPM package: %s", notRPMReason(f, err))
-	}
-	return p, nil
-}
-
-// notRPMReason says in words why the RPM reader refused f with err; its own messages
-// ("invalid file descriptor", "unexpected EOF") do not tell that the file is no RPM,
-// or where it ends. (rpmbuild/rpmfile.Why says the same for the builder.)
-func notRPMReason(f *os.File, err error) string {
-	var size int64 = -1
-	if fi, serr := f.Stat(); serr == nil {
-		size = fi.Size()
-	}
-	head := make([]byte, 4)
-	n, _ := f.ReadAt(head, 0)
-	switch {
-	case size == 0:
-		return "the file is empty"
-	case n < 4 || !bytes.Equal(head, []byte{0xed, 0xab, 0xee, 0xdb}):
-		return fmt.Sprintf("it does not start with the RPM magic ed ab ee db (it starts with %q)", head[:n])
-	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
-		where := "the signature or the header"
-		if size >= 0 && size < 96 {
-			where = "the 96-byte lead"
-		}
-		return fmt.Sprintf("truncated: the file ends at byte %d, inside %s", size, where)
-	}
-	return strings.TrimPrefix(err.Error(), "rpm: ")
-}
-
-// inspectPatchRPM checks that path is a hot patch RPM and returns it as primary.xml
-// would describe it.
-func inspectPatchRPM(path string) (*patchPackage, error) {
-	h, err := readRPMHeader(path)
-	if err != nil {
-		return nil, err
-	}
-	if h.SourceRPM() == "" {
-		return nil, fmt.Errorf("%s is a source RPM", h.String())
-	}
-	var pp primaryPackage
-	pp.Name, pp.Arch = h.Name(), h.Architecture()
-	pp.Version.Ver, pp.Version.Rel = h.Version(), h.Release()
-	if h.Epoch() > 0 {
-		pp.Version.Epoch = fmt.Sprint(h.Epoch())
-	}
-	for _, d := range h.Requires() {
-		e := rpmEntry{Name: d.Name(), Ver: d.Version(), Rel: d.Release()}
-		if d.Flags()&(rpmfile.DepFlagLesser|rpmfile.DepFlagGreater|rpmfile.DepFlagEqual) == rpmfile.DepFlagEqual {
-			e.Flags = "EQ"
-		}
-		if d.Epoch() > 0 {
-			e.Epoch = fmt.Sprint(d.Epoch())
-		}
-		pp.Format.Requires = append(pp.Format.Requires, e)
-	}
-	patch, ok, err := pp.asPatch()
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("%s is not a hot patch RPM (want Name: patch-<target>-<version>-<release>-<patch> and Requires: <target> = <version>-<release>)", pp.Name)
-	}
-	if !patch.RequiresSysc {
-		return nil, fmt.Errorf("%s does not require syscare", pp.Name)
-	}
-	return patch, nil
+// patchFile is a patch RPM being published, with its file name in the repository.
+type patchFile struct {
+	*repo.PatchRPM
+	Location string
 }
 
 // normalize validates the request and fills in defaults.
-func (r *AddRequest) normalize(patches []*patchPackage) (Advisory, error) {
-	a := Advisory{ID: strings.TrimSpace(r.Advisory), Title: strings.TrimSpace(r.Title),
+func (r *AddRequest) normalize(patches []*patchFile) (repo.Advisory, error) {
+	a := repo.Advisory{ID: strings.TrimSpace(r.Advisory), Title: strings.TrimSpace(r.Title),
 		Description: strings.TrimSpace(r.Description)}
 	if !advisoryRe.MatchString(a.ID) {
 		return a, fmt.Errorf("advisory id %q: want letters, digits and ._:+-", r.Advisory)
@@ -200,14 +128,14 @@ func (r *AddRequest) normalize(patches []*patchPackage) (Advisory, error) {
 	return a, nil
 }
 
-func sortPackages(ps []Package) {
+func sortPackages(ps []repo.Package) {
 	sort.Slice(ps, func(i, j int) bool { return ps[i].NEVRA() < ps[j].NEVRA() })
 }
 
 // sameAdvisory compares what an operator sees of an advisory; dates are left out so an
 // identical re-run on another day stays a no-op.
-func sameAdvisory(a, b Advisory) bool {
-	norm := func(x Advisory) Advisory {
+func sameAdvisory(a, b repo.Advisory) bool {
+	norm := func(x repo.Advisory) repo.Advisory {
 		x.CVEs = slices.Clone(x.CVEs)
 		sort.Strings(x.CVEs)
 		x.Packages = slices.Clone(x.Packages)
@@ -240,14 +168,13 @@ func Add(ctx context.Context, req AddRequest) (*AddResult, error) {
 	}
 	defer unlock()
 
-	var patches []*patchPackage
+	var patches []*patchFile
 	for _, f := range req.RPMs {
-		p, err := inspectPatchRPM(f)
+		p, err := repo.InspectPatchRPM(f)
 		if err != nil {
 			return nil, fmt.Errorf("patch rpm %s: %w", f, err)
 		}
-		p.Location = filepath.Base(f)
-		patches = append(patches, p)
+		patches = append(patches, &patchFile{PatchRPM: p, Location: filepath.Base(f)})
 	}
 	adv, err := req.normalize(patches)
 	if err != nil {
@@ -258,7 +185,7 @@ func Add(ctx context.Context, req AddRequest) (*AddResult, error) {
 	}
 
 	// Read what the repository has now.
-	existing, oldXML, inPrimary, err := readPublished(ctx, dir)
+	existing, oldXML, inPrimary, err := repo.ReadPublished(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -397,52 +324,6 @@ func copyIfAbsent(src, dst string) (bool, error) {
 	return true, os.Rename(tmp.Name(), dst)
 }
 
-// readPublished returns the repository's advisories, its updateinfo.xml text (nil if
-// none) and the NEVRAs of the patch packages in its primary.
-func readPublished(ctx context.Context, dir string) ([]Advisory, []byte, map[string]bool, error) {
-	inPrimary := map[string]bool{}
-	s := &source{id: dir, base: dir}
-	raw, err := s.read(ctx, "repodata/repomd.xml")
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, inPrimary, nil
-	}
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	md, err := parseRepomd(raw)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository %s: %w", dir, err)
-	}
-	rc, err := s.readMeta(ctx, md, "primary")
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository %s: %w", dir, err)
-	}
-	if rc != nil {
-		pps, err := parsePrimary(rc)
-		rc.Close()
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("repository %s: %w", dir, err)
-		}
-		for _, p := range pps {
-			inPrimary[p.Pkg.NEVRA()] = true
-		}
-	}
-	rc, err = s.readMeta(ctx, md, "updateinfo")
-	if err != nil || rc == nil {
-		return nil, nil, inPrimary, err
-	}
-	defer rc.Close()
-	text, err := io.ReadAll(rc)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository %s: updateinfo: %w", dir, err)
-	}
-	advs, err := parseUpdateinfo(bytes.NewReader(text))
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("repository %s: %w", dir, err)
-	}
-	return advs, text, inPrimary, nil
-}
-
 // Elements of a written <update>; DNF reads <collection>, openEuler's hot patch tools
 // read <hot_patch_collection>, so each patch package is listed in both.
 type xUpdate struct {
@@ -491,7 +372,7 @@ type xPkg struct {
 }
 
 // mergeUpdateinfo returns old (kept byte for byte) with adv appended when add is set.
-func mergeUpdateinfo(old []byte, adv Advisory, patches []*patchPackage, issued time.Time, add bool) ([]byte, error) {
+func mergeUpdateinfo(old []byte, adv repo.Advisory, patches []*patchFile, issued time.Time, add bool) ([]byte, error) {
 	if len(bytes.TrimSpace(old)) == 0 {
 		old = []byte("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<updates>\n</updates>\n")
 	}
@@ -522,7 +403,7 @@ func mergeUpdateinfo(old []byte, adv Advisory, patches []*patchPackage, issued t
 			old = bytes.Replace(old, []byte("<updates/>"), []byte("<updates>\n</updates>"), 1)
 			end = bytes.LastIndex(old, []byte("</updates>"))
 		} else {
-			return nil, metaErr("updateinfo: no closing </updates>")
+			return nil, fmt.Errorf("%w: updateinfo: no closing </updates>", repo.ErrMetadata)
 		}
 	}
 	var out bytes.Buffer

@@ -1,4 +1,4 @@
-package repo
+package publish
 
 import (
 	"context"
@@ -8,11 +8,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/syscare/syscare/helper/repo"
+	"github.com/syscare/syscare/helper/repo/repotest"
 )
 
 func TestAddIdempotentAndConflict(t *testing.T) {
 	ctx := context.Background()
-	rpms := fixtureRPMs(t)
+	rpms := repotest.RPMs(t)
 	dir := filepath.Join(t.TempDir(), "repo") // Add creates the repository from nothing
 	req := AddRequest{RepoDir: dir, Advisory: "SA-1", CVEs: []string{"CVE-2024-1111"}, Severity: "Critical",
 		Title: "fix the greeting", RPMs: []string{rpms["patch-hello-1.0-1-HP001-1-1"]}}
@@ -61,7 +64,7 @@ func TestAddIdempotentAndConflict(t *testing.T) {
 	if _, err := Add(ctx, AddRequest{RepoDir: dir, Advisory: "SA-2", RPMs: []string{rpms["patch-hello-1.0-1-HP002-1-1"]}}); err != nil {
 		t.Fatal(err)
 	}
-	advs, _, inPrimary, err := readPublished(ctx, dir)
+	advs, _, inPrimary, err := repo.ReadPublished(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +79,7 @@ func TestAddIdempotentAndConflict(t *testing.T) {
 
 func TestAddRefuses(t *testing.T) {
 	ctx := context.Background()
-	rpms := fixtureRPMs(t)
+	rpms := repotest.RPMs(t)
 	dir := t.TempDir()
 	cases := map[string]AddRequest{
 		"not a patch":     {Advisory: "A", RPMs: []string{rpms["hello-1.0-1"]}},
@@ -136,4 +139,10 @@ func TestLockSymlinkNotFollowed(t *testing.T) {
 	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("symlink target created: %v", err)
 	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	repotest.Cleanup()
+	os.Exit(code)
 }
