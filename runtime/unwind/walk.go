@@ -18,6 +18,9 @@ type Regs struct {
 	PC  uint64
 	Val [numRegs]uint64
 	Set [numRegs]bool
+	// PCAt is where PC was read from on the stack (0 for frame 0, or when the
+	// return address came from a register).
+	PCAt uint64
 }
 
 // NewRegs are the registers of a stopped thread (DWARF order: rax rdx rcx rbx rsi rdi
@@ -67,6 +70,9 @@ type state struct {
 type Frame struct {
 	PC uint64 // the instruction pointer (frame 0) or the return address
 	SP uint64 // the stack pointer in the frame
+	// PCAt is the stack slot the return address PC was read from (0 for frame 0):
+	// writing another address there changes where the callee returns.
+	PCAt uint64
 }
 
 // Walk unwinds from r, calling visit for each frame (frame 0 first) until the
@@ -75,7 +81,7 @@ type Frame struct {
 func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bool) error {
 	signal := false
 	for depth := 0; depth < maxFrames; depth++ {
-		if !visit(Frame{PC: r.PC, SP: r.Val[regRSP]}) {
+		if !visit(Frame{PC: r.PC, SP: r.Val[regRSP], PCAt: r.PCAt}) {
 			return nil
 		}
 		// A return address follows its call: look up the call itself, which may be
@@ -172,6 +178,9 @@ func step(r Regs, st state, raReg uint64, mem Memory) (Regs, bool, error) {
 		return Regs{}, false, fmt.Errorf("its return address is not saved")
 	}
 	next.PC = next.Val[raReg]
+	if ru := st.regs[raReg]; ru.kind == ruleOffset {
+		next.PCAt = uint64(int64(cfa) + ru.n)
+	}
 	next.Val[regRSP], next.Set[regRSP] = cfa, true
 	return next, false, nil
 }

@@ -19,5 +19,7 @@
 // earlier patch, or rules given as DWARF expressions, such as a signal frame), the rest
 // of the stack, from that frame to the end of its mapping, is scanned for any 8-byte
 // word that is such an address: conservative, as the whole check was before. A busy
-// process is retried, then refused with ErrBusy naming thread and function.
+// process is retried, then refused with ErrBusy naming thread and function; with
+// Options.Timeout the engine instead waits, in the same attach, for each busy thread
+// to return from its outermost busy frame (wait.go), and patches once none is busy.
 package upatch

@@ -53,6 +53,13 @@ type Options struct {
 	Retries int
 	// RetryDelay is the first wait between tries; it doubles each time (default 100ms).
 	RetryDelay time.Duration
+	// Timeout, when positive, bounds a wait for busy threads to leave the functions
+	// (see wait.go): the process runs meanwhile and is patched as soon as they left,
+	// in the same attach. Zero means no waiting: a busy process is retried.
+	Timeout time.Duration
+	// Cancel, when closed, ends a wait early; the process is left as it was and the
+	// error wraps ptrace.ErrCanceled.
+	Cancel <-chan struct{}
 	// Warn receives warnings (no build-id recorded, ...); may be nil.
 	Warn func(string)
 }
@@ -78,6 +85,9 @@ type Stats struct {
 	// Stop is the part of Freeze spent stopping the threads, Work the part spent
 	// with all of them stopped; the rest is resuming them.
 	Stop, Work time.Duration
+	// Wait is the time the process ran while the engine waited for busy threads
+	// to leave (not part of Freeze).
+	Wait time.Duration
 	// Tries is the number of attempts (more than 1 when threads were busy).
 	Tries int
 }
@@ -427,6 +437,7 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try int) error, op func(*ptrace.Process) error) (Stats, error) {
 	var st Stats
 	delay := o.delay()
+	deadline := time.Now().Add(o.Timeout)
 	for try := 1; ; try++ {
 		st.Tries = try
 		if err := before(try); err != nil {
@@ -444,14 +455,19 @@ func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try in
 			}
 			stopped := time.Now()
 			err = op(pr)
+			var waited time.Duration
+			if o.Timeout > 0 && errors.Is(err, ErrBusy) {
+				waited, err = waitOut(pr, err, deadline, o.Timeout, o.Cancel, op)
+			}
 			done := time.Now()
 			if derr := pr.Detach(); derr != nil && err == nil {
 				err = fmt.Errorf("resume pid %d: %w", pid, derr)
 			}
-			st.Freeze += time.Since(start)
+			st.Freeze += time.Since(start) - waited
 			st.Stop += stopped.Sub(start)
-			st.Work += done.Sub(stopped)
-			if errors.Is(err, ErrBusy) {
+			st.Work += done.Sub(stopped) - waited
+			st.Wait += waited
+			if errors.Is(err, ErrBusy) && waited == 0 {
 				busy, err = err, nil
 			}
 			return err
@@ -465,7 +481,11 @@ func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try in
 		if try >= o.retries() {
 			return st, fmt.Errorf("%w after %d tries", busy, try)
 		}
-		time.Sleep(delay)
+		select {
+		case <-o.Cancel:
+			return st, fmt.Errorf("%w (%w before try %d)", busy, ptrace.ErrCanceled, try+1)
+		case <-time.After(delay):
+		}
 		delay *= 2
 	}
 }
@@ -731,7 +751,9 @@ type busyRange struct {
 	name   string
 }
 
-// checkThreads implements the safety check described in the package doc.
+// checkThreads implements the safety check described in the package doc. A busy
+// process gives a *busyError naming the first busy thread, with where every busy
+// thread leaves its busy frames when that is known (see wait.go).
 func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
@@ -750,11 +772,12 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 		if err != nil {
 			return fmt.Errorf("registers of thread %d: %w", tid, err)
 		}
-		if br := find(r.Rip); br != nil {
-			return fmt.Errorf("%w: function %q is running in thread %d", ErrBusy, br.name, tid)
-		}
 		lo, hi := stackBounds(maps, r.Rsp)
 		if hi <= lo {
+			if br := find(r.Rip); br != nil {
+				return &busyError{msg: fmt.Sprintf("%v: function %q is running in thread %d", ErrBusy, br.name, tid), tid: tid, name: br.name,
+					stuck: "its stack pointer is in no mapping"}
+			}
 			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, r.Rsp)
 		}
 		addrs, stacks, owners = append(addrs, lo), append(stacks, make([]byte, hi-lo)), append(owners, tid)
@@ -764,10 +787,30 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 	if err := pr.ReadMemv(addrs, stacks); err != nil {
 		return fmt.Errorf("thread stacks: %w", err)
 	}
+	var be *busyError
 	for i, b := range stacks {
-		if r, where := busyFrame(regs[i], b, addrs[i], mods, find); r != nil {
-			return fmt.Errorf("%w: function %q is busy in thread %d (%s)", ErrBusy, r.name, owners[i], where)
+		bf := busyFrame(regs[i], b, addrs[i], mods, find)
+		if bf.hit == nil {
+			continue
 		}
+		if be == nil {
+			be = &busyError{tid: owners[i], name: bf.hit.name}
+			if bf.running {
+				be.msg = fmt.Sprintf("%v: function %q is running in thread %d", ErrBusy, bf.hit.name, owners[i])
+			} else {
+				be.msg = fmt.Sprintf("%v: function %q is busy in thread %d (%s)", ErrBusy, bf.hit.name, owners[i], bf.where)
+			}
+		}
+		if bf.stuck != "" {
+			if be.stuck == "" {
+				be.stuck = fmt.Sprintf("thread %d: %s", owners[i], bf.stuck)
+			}
+			continue
+		}
+		be.waits = append(be.waits, waitPoint{tid: owners[i], slot: bf.leave.PCAt, ret: bf.leave.PC, name: bf.hit.name})
+	}
+	if be != nil {
+		return be
 	}
 	return nil
 }

@@ -172,38 +172,66 @@ func vdsoModule(pid int, m proc.Mapping) (unwind.Module, bool) {
 	return unwind.Module{Lo: m.Start, Hi: m.End, Bias: m.Start - t.MinVaddr, Table: t}, true
 }
 
+// busyFrames is what busyFrame found in one thread.
+type busyFrames struct {
+	hit     *busyRange // the innermost busy function, nil if none
+	running bool       // hit is where the thread's instruction pointer is
+	where   string     // how hit was found
+	// leave is the frame the outermost busy frame returns to: once the thread
+	// returns there it is out of every busy function. Valid when stuck is "".
+	leave unwind.Frame
+	stuck string // why the thread cannot be waited for
+}
+
 // busyFrame walks the frames of one thread whose stack bytes (from lo) were read, and
-// returns the first address that find reports busy: a frame's instruction pointer or
+// reports the frames that find says are busy: a frame's instruction pointer or
 // return address, or, above the first frame that cannot be unwound, any word.
-func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange) (*busyRange, string) {
+func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange) busyFrames {
 	mem := func(addr uint64) (uint64, bool) {
 		if addr < lo || addr%8 != 0 || addr-lo+8 > uint64(len(stack)) {
 			return 0, false
 		}
 		return binary.LittleEndian.Uint64(stack[addr-lo:]), true
 	}
-	var hit *busyRange
+	var out busyFrames
 	last := regs.Rsp
+	depth, afterHit := 0, false
 	err := unwind.Walk(unwind.NewRegs(regs.Rip, dwarfRegs(regs)), mods, mem, maxFrames, func(f unwind.Frame) bool {
 		last = f.SP
-		hit = find(f.PC)
-		return hit == nil
+		if afterHit {
+			out.leave, afterHit = f, false
+		}
+		if r := find(f.PC); r != nil {
+			if out.hit == nil {
+				out.hit, out.running, out.where = r, depth == 0, "in a frame"
+			}
+			out.leave, afterHit = unwind.Frame{}, true
+		}
+		depth++
+		return true
 	})
-	if hit != nil {
-		return hit, "in a frame"
+	if out.hit != nil && out.leave.PCAt == 0 {
+		out.stuck = "its outermost busy frame does not return (the thread's first function, or a return address not on the stack)"
 	}
 	if err == nil {
-		return nil, ""
+		return out
 	}
 	// Conservative from the frame that could not be unwound.
 	start := max(last&^7, lo)
 	for a := start; a+8 <= lo+uint64(len(stack)); a += 8 {
 		w, _ := mem(a)
 		if r := find(w); r != nil {
-			return r, fmt.Sprintf("on its stack, above a frame that could not be unwound (%v)", err)
+			if out.hit == nil {
+				out.hit, out.where = r, fmt.Sprintf("on its stack, above a frame that could not be unwound (%v)", err)
+			}
+			out.stuck = fmt.Sprintf("a frame could not be unwound (%v)", err)
+			return out
 		}
 	}
-	return nil, ""
+	if out.hit != nil && afterHit {
+		out.stuck = fmt.Sprintf("the frame its busy function returns to could not be unwound (%v)", err)
+	}
+	return out
 }
 
 // dwarfRegs orders the general registers as DWARF numbers them on x86-64.
