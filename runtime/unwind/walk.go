@@ -21,6 +21,9 @@ type Regs struct {
 	// PCAt is where PC was read from on the stack (0 for frame 0, or when the
 	// return address came from a register).
 	PCAt uint64
+	// Return says that PC is a return address even in the first frame of a Walk
+	// (which then looks up the call before it): a walk resumed at a caller.
+	Return bool
 }
 
 // NewRegs are the registers of a stopped thread (DWARF order: rax rdx rcx rbx rsi rdi
@@ -88,7 +91,7 @@ func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bo
 		// the last instruction of its function. Frame 0 and a frame interrupted by a
 		// signal are at the instruction itself.
 		look := r.PC
-		if depth > 0 && !signal {
+		if (depth > 0 || r.Return) && !signal {
 			look--
 		}
 		m := moduleOf(mods, look)
@@ -113,7 +116,7 @@ func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bo
 		if outer || next.PC == 0 {
 			return nil
 		}
-		if next.Val[regRSP] <= r.Val[regRSP] && depth > 0 {
+		if next.Val[regRSP] <= r.Val[regRSP] && (depth > 0 || r.Return) {
 			return fmt.Errorf("frame %d at %#x: %w: the stack pointer does not grow (%#x after %#x)", depth, r.PC, ErrNoInfo, next.Val[regRSP], r.Val[regRSP])
 		}
 		signal = f.cie.signal

@@ -523,7 +523,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, mods, ranges); err != nil {
+	if err := checkThreads(pr, maps, mods, ranges, nil); err != nil {
 		return err
 	}
 
@@ -754,7 +754,10 @@ type busyRange struct {
 // checkThreads implements the safety check described in the package doc. A busy
 // process gives a *busyError naming the first busy thread, with where every busy
 // thread leaves its busy frames when that is known (see wait.go).
-func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange) error {
+//
+// entries, for unpatch, are the replaced functions: a direct call of one leads into
+// the patch, whose code has no call-frame information (see callSites).
+func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange, entries map[uint64]bool) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -787,9 +790,13 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 	if err := pr.ReadMemv(addrs, stacks); err != nil {
 		return fmt.Errorf("thread stacks: %w", err)
 	}
+	var sites *callSites
+	if entries != nil {
+		sites = &callSites{code: pr, entries: entries, mods: mods}
+	}
 	var be *busyError
 	for i, b := range stacks {
-		bf := busyFrame(regs[i], b, addrs[i], mods, find)
+		bf := busyFrame(regs[i], b, addrs[i], mods, find, sites)
 		if bf.hit == nil {
 			continue
 		}

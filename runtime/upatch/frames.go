@@ -183,20 +183,61 @@ type busyFrames struct {
 	stuck string // why the thread cannot be waited for
 }
 
+// callSites recognises return addresses by the call before them, where call-frame
+// information is missing (the patch's own code has none): a word of the stack is a
+// return address into the caller of busy code if the instruction before it is a
+// direct call whose target is busy code, or one of entries (a replaced function,
+// whose jump leads into the patch).
+type callSites struct {
+	code    memReader
+	entries map[uint64]bool
+	mods    []unwind.Module
+}
+
+// callReturn reports whether w follows a direct call into busy code.
+func (c *callSites) callReturn(w uint64, find func(uint64) *busyRange) bool {
+	if w < 5 || (find(w) == nil && !inModule(c.mods, w)) {
+		return false
+	}
+	var b [5]byte
+	if c.code.ReadMem(w-5, b[:]) != nil || b[0] != 0xe8 {
+		return false
+	}
+	target := uint64(int64(w) + int64(int32(binary.LittleEndian.Uint32(b[1:]))))
+	return c.entries[target] || find(target) != nil
+}
+
+func inModule(mods []unwind.Module, pc uint64) bool {
+	for _, m := range mods {
+		if pc >= m.Lo && pc < m.Hi {
+			return true
+		}
+	}
+	return false
+}
+
 // busyFrame walks the frames of one thread whose stack bytes (from lo) were read, and
 // reports the frames that find says are busy: a frame's instruction pointer or
 // return address, or, above the first frame that cannot be unwound, any word.
-func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange) busyFrames {
+//
+// With sites, a walk that stops in busy code without call-frame information goes on
+// at the first word above that follows a direct call into busy code and does not
+// itself return into busy code: the return address of the outermost busy frame, as
+// far as the call sites tell. That only chooses where to wait for the thread; the
+// frame found is not trusted to clear anything, as the walk resumed there found
+// every further frame busy or not, and the check that follows any wait starts again.
+func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange, sites *callSites) busyFrames {
 	mem := func(addr uint64) (uint64, bool) {
 		if addr < lo || addr%8 != 0 || addr-lo+8 > uint64(len(stack)) {
 			return 0, false
 		}
 		return binary.LittleEndian.Uint64(stack[addr-lo:]), true
 	}
+	end := lo + uint64(len(stack))
 	var out busyFrames
 	last := regs.Rsp
 	depth, afterHit := 0, false
-	err := unwind.Walk(unwind.NewRegs(regs.Rip, dwarfRegs(regs)), mods, mem, maxFrames, func(f unwind.Frame) bool {
+	visit := func(f unwind.Frame) bool {
 		last = f.SP
 		if afterHit {
 			out.leave, afterHit = f, false
@@ -209,7 +250,29 @@ func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Modu
 		}
 		depth++
 		return true
-	})
+	}
+	r := unwind.NewRegs(regs.Rip, dwarfRegs(regs))
+	var err error
+	for {
+		err = unwind.Walk(r, mods, mem, maxFrames, visit)
+		if err == nil || !afterHit || sites == nil {
+			break
+		}
+		// Stopped in busy code: look for its caller by the call sites.
+		found := false
+		for a := max(last&^7, lo); a+8 <= end; a += 8 {
+			w, _ := mem(a)
+			if sites.callReturn(w, find) && find(w) == nil {
+				r = unwind.Regs{PC: w, PCAt: a, Return: true}
+				r.Val[7], r.Set[7] = a+8, true // rsp
+				found = true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+	}
 	if out.hit != nil && out.leave.PCAt == 0 {
 		out.stuck = "its outermost busy frame does not return (the thread's first function, or a return address not on the stack)"
 	}
@@ -218,7 +281,7 @@ func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Modu
 	}
 	// Conservative from the frame that could not be unwound.
 	start := max(last&^7, lo)
-	for a := start; a+8 <= lo+uint64(len(stack)); a += 8 {
+	for a := start; a+8 <= end; a += 8 {
 		w, _ := mem(a)
 		if r := find(w); r != nil {
 			if out.hit == nil {

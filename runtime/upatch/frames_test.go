@@ -54,7 +54,7 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 		return nil
 	}
 	regs := unix.PtraceRegs{Rip: 0x500000, Rsp: lo + 16}
-	bf := busyFrame(regs, stack, lo, nil, find)
+	bf := busyFrame(regs, stack, lo, nil, find, nil)
 	r, where := bf.hit, bf.where
 	if r == nil || r.name != "greet" || !strings.Contains(where, "could not be unwound") {
 		t.Fatalf("busyFrame without tables = %v, %q; want greet found by the word scan", r, where)
@@ -62,7 +62,7 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 	// A word below the stack pointer is not live: not reported.
 	binary.LittleEndian.PutUint64(stack[40:], 0)
 	binary.LittleEndian.PutUint64(stack[8:], 0x401010)
-	if r := busyFrame(regs, stack, lo, nil, find).hit; r != nil {
+	if r := busyFrame(regs, stack, lo, nil, find, nil).hit; r != nil {
 		t.Fatalf("a word below the stack pointer reported busy: %v", r)
 	}
 }

@@ -90,10 +90,14 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uu
 	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, live, ranges[1:]); err != nil {
+	entries := make(map[uint64]bool, len(h.Funcs))
+	for _, f := range h.Funcs {
+		entries[f.Old] = true
+	}
+	if err := checkThreads(pr, maps, live, ranges[1:], entries); err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, live, ranges[:1]); err != nil {
+	if err := checkThreads(pr, maps, live, ranges[:1], entries); err != nil {
 		return err
 	}
 	// Original bytes back and memory unmapped as one step (commit.go).

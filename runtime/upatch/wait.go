@@ -25,7 +25,12 @@ import (
 // leaves, lets the process run, and checks again once it did.
 //
 // Where a thread leaves is the return address of its outermost busy frame, found
-// by the same unwinding as the check. The engine does not put a breakpoint there:
+// by the same unwinding as the check. The patch's own code has no call-frame
+// information, so for unpatch the frame that called into the patch is found by its
+// call site instead (callSites in frames.go): the first word above the busy frame
+// that follows a direct call of a replaced function (or of patch code) and does not
+// itself return into the patch. That only chooses the slot to redirect; whether the
+// thread is out is decided by the full check after the wait. The engine does not put a breakpoint there:
 // an int3 left in the code by a tool that dies (SIGKILL, OOM) kills the process
 // with SIGTRAP the next time any thread gets there, and a hardware breakpoint
 // (debug registers set through PTRACE_POKEUSER) stays armed in the thread after

@@ -202,3 +202,48 @@ func stackAndText(t *testing.T, pid int) []byte {
 	}
 	return buf
 }
+
+// Unpatch while the thread is inside the patch (the new slow() blocked in read):
+// the patch's code has no call-frame information, so the frame it returns to is
+// found by its call site; the engine waits for it to return, then unpatches.
+func TestUnpatchWaitsForThreadInPatch(t *testing.T) {
+	v, e, o, obj := startSlow(t)
+	if err := e.Patch(v.pid(), obj, o); err == nil {
+		t.Fatal("patch succeeded while slow() was busy without waiting")
+	}
+	o.Timeout = 10 * time.Second
+	done := make(chan error, 1)
+	go func() { done <- e.Patch(v.pid(), obj, o) }()
+	time.Sleep(200 * time.Millisecond)
+	if line := v.send(t, "x", isSlow); line != "slow=1" {
+		t.Fatalf("%q, want slow=1", line)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // back in read(), now inside slow_v2
+	o.Timeout = 0
+	err := e.Unpatch(v.pid(), uuid1, o)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), `"slow"`) {
+		t.Fatalf("unpatch while the new slow() runs, without waiting: %v, want busy", err)
+	}
+	o.Timeout = 10 * time.Second
+	go func() { done <- e.Unpatch(v.pid(), uuid1, o) }()
+	select {
+	case err := <-done:
+		t.Fatalf("unpatch returned while the patch was busy: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if line := v.send(t, "x", isSlow); line != "slow=2" {
+		t.Fatalf("the running call printed %q, want the patched slow=2", line)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("unpatch after the new slow() returned: %v", err)
+	}
+	if line := v.send(t, "x", isSlow); line != "slow=1" {
+		t.Fatalf("after unpatch: %q, want slow=1", line)
+	}
+	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
+		t.Fatalf("info after unpatch: %+v", applied)
+	}
+}
