@@ -732,3 +732,50 @@ func reapTracedZombies(pid, tracer int) (reaped []int) {
 	}
 	return reaped
 }
+
+func (t *Tracer) attachThread(pid int) (*Process, error) {
+	if _, ok := t.procs[pid]; ok {
+		return nil, fmt.Errorf("attach pid %d: already attached by this tracer", pid)
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("attach pid %d: %w", pid, unix.EINVAL)
+	}
+	p := &Process{Pid: pid, t: t, byTid: map[int]*thread{}, memFd: -1, memTid: pid, notify: -1}
+	t.procs[pid] = p
+	fail := func(err error) (*Process, error) {
+		_ = p.detach()
+		return nil, fmt.Errorf("attach a thread of pid %d: %w", pid, err)
+	}
+	tids, err := proc.Threads(pid)
+	if err != nil {
+		if proc.IsGone(err) {
+			err = ErrExited
+		}
+		return fail(err)
+	}
+	// The last listed thread: not the leader when there are others, whose end
+	// would be reported only after theirs.
+	for i := len(tids) - 1; i >= 0; i-- {
+		if err := p.seizeThread(tids[i]); err != nil {
+			return fail(err)
+		}
+		if err := p.waitPending(); err != nil {
+			return fail(err)
+		}
+		if p.execed {
+			return fail(ErrExec)
+		}
+		if len(p.Threads()) > 0 {
+			break
+		}
+	}
+	if len(p.Threads()) == 0 {
+		return fail(ErrExited)
+	}
+	if th := p.byTid[pid]; th == nil || th.state != stStopped {
+		if st, err := proc.ThreadState(pid, pid); err != nil || st == 'Z' || st == 'X' {
+			p.memTid = p.Threads()[0]
+		}
+	}
+	return p, nil
+}

@@ -146,3 +146,23 @@ func (t *Tracer) Attach(pid int) (*Process, error) {
 	}
 	return p, nil
 }
+
+// AttachThread stops one thread of process pid (one other than the group leader
+// when there is one) and leaves the others running: enough to run injected code
+// that needs no stopped process, such as mapping memory no code uses yet. The
+// returned Process holds only that thread.
+func (t *Tracer) AttachThread(pid int) (*Process, error) {
+	var p *Process
+	err := t.run(func() error {
+		if len(t.zombies) > 0 {
+			t.reapZombies()
+		}
+		var err error
+		p, err = t.attachThread(pid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}

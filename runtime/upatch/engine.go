@@ -253,6 +253,7 @@ type prepared struct {
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
+	stage *staged // the region written before the freeze, until committed
 }
 
 type oldFunc struct {
@@ -427,7 +428,14 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 		p.mods = e.frameModules(pid, maps)
 		return nil
 	}
-	return e.frozen(t, pid, o, refresh, p.apply)
+	if err := e.stage(t, p); err != nil {
+		return Stats{}, err
+	}
+	st, err := e.frozen(t, pid, o, refresh, p.apply)
+	if err != nil {
+		e.unstage(t, p)
+	}
+	return st, err
 }
 
 // frozen stops every thread of pid, runs op and resumes the process. While op
@@ -529,14 +537,70 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 
 	// One read for every function: the bytes a jump will overwrite, and the
 	// padding after a function shorter than the jump.
-	hdr := Header{UUID: p.uuid, Seq: seq, Bias: p.tgt.bias, Target: p.tgt.path, Pending: true}
+	st := p.stage
 	addrs, heads := make([]uint64, len(p.funcs)), make([][]byte, len(p.funcs))
 	for i, f := range p.funcs {
 		addrs[i], heads[i] = f.addr, make([]byte, min(f.room, maxJumpLen))
-		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr})
 	}
 	if err := pr.ReadMemv(addrs, heads); err != nil {
 		return exited(p.pid, fmt.Errorf("read replaced functions: %w", err))
+	}
+	hdr := st.hdr
+	hdr.Seq = seq
+	hdr.Funcs = append([]HeaderFunc(nil), st.hdr.Funcs...)
+	for i, old := range p.funcs {
+		n := len(st.jumps[i].Data)
+		if err := checkRoom(old, originalHead(applied, old.addr, heads[i]), n); err != nil {
+			return err
+		}
+		hdr.Funcs[i].Orig = heads[i][:n]
+	}
+	hb, err := hdr.Encode()
+	if err != nil {
+		return err
+	}
+	// The staged region is still writable: one process_vm_writev.
+	if err := pr.WriteMem(st.base, hb); err != nil {
+		return exited(p.pid, fmt.Errorf("write patch header: %w", err))
+	}
+	// Code and header become r-x (data stays rw-) in the same run as the jumps.
+	first := []ptrace.Op{ptrace.SyscallOp(unix.SYS_MPROTECT, st.base, st.textSize, unix.PROT_READ|unix.PROT_EXEC)}
+	if err := commitTable(pr, st.base+st.tableOff, st.jumps, first, nil); err != nil {
+		// Roll back whatever went in: the header says what that can be.
+		if h, rerr := readHeaderAt(pr, st.base); rerr == nil && !h.Pending {
+			p.stage = nil
+			return nil // the commit completed after all
+		} else if rerr == nil && rollback(pr, h) == nil {
+			p.stage = nil
+		}
+		return exited(p.pid, fmt.Errorf("commit patch: %w", err))
+	}
+	p.stage = nil
+	return nil
+}
+
+// staged is a patch image written into its region before the process is stopped;
+// the region stays rw- (so invisible to readHeaders, which looks at r-x mappings)
+// until the commit makes its code r-x.
+type staged struct {
+	base, total, textSize, tableOff uint64
+	hdr                             Header         // pending; Seq and the original bytes come in the freeze
+	jumps                           []ptrace.Write // then the write that clears the pending mark
+}
+
+// stage maps the patch's region near the target, links the patch for it and writes
+// it, with only one thread of the process stopped (the region is new memory that no
+// code uses, and an IFUNC resolver reads only CPU features), so that none of this
+// lengthens the freeze.
+func (e *Engine) stage(t *ptrace.Tracer, p *prepared) error {
+	pr, err := t.AttachThread(p.pid)
+	if err != nil {
+		return exited(p.pid, fmt.Errorf("stop a thread of pid %d: %w", p.pid, err))
+	}
+	defer pr.Detach()
+	hdr := Header{UUID: p.uuid, Bias: p.tgt.bias, Target: p.tgt.path, Pending: true}
+	for _, f := range p.funcs {
+		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr})
 	}
 	// The jump table (one entry per jump, then the one that clears the
 	// pending mark) follows the header.
@@ -574,11 +638,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		}
 		hdr.Funcs[i].New, hdr.Funcs[i].NewSize = f.New, f.NewSize
 		jumps[i] = ptrace.Write{Addr: old.addr, Data: jumpBytes(old.addr, f.New)}
-		if err := checkRoom(old, originalHead(applied, old.addr, heads[i]), len(jumps[i].Data)); err != nil {
-			undo()
-			return err
-		}
-		hdr.Funcs[i].Orig = heads[i][:len(jumps[i].Data)]
+		hdr.Funcs[i].Orig = make([]byte, len(jumps[i].Data)) // read in the freeze
 	}
 	hdr.Size, hdr.TextSize = total, textSize
 	hb, err := hdr.Encode()
@@ -589,28 +649,30 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	jumps = append(jumps, ptrace.Write{Addr: base + headerStateOff, Data: make([]byte, 4)})
 	hb = append(hb, encodeTable(jumps)...)
 	writes := []ptrace.Write{{Addr: base, Data: hb}, {Addr: base + hdrPages, Data: img.Text}}
-	dataAddr := base + textSize
 	if len(img.Data) > 0 {
-		writes = append(writes, ptrace.Write{Addr: dataAddr, Data: img.Data})
+		writes = append(writes, ptrace.Write{Addr: base + textSize, Data: img.Data})
 	}
 	if err := pr.WriteMemv(writes); err != nil {
 		undo()
 		return exited(p.pid, fmt.Errorf("write patch: %w", err))
 	}
-	var first []ptrace.Op
-	if total > textSize {
-		first = append(first, ptrace.SyscallOp(unix.SYS_MPROTECT, dataAddr, total-textSize, unix.PROT_READ|unix.PROT_WRITE))
-	}
-	if err := commitTable(pr, base+tableOff, jumps, first, nil); err != nil {
-		// Roll back whatever went in: the header says what that can be.
-		if h, rerr := readHeaderAt(pr, base); rerr == nil && !h.Pending {
-			return nil // the commit completed after all
-		} else if rerr == nil {
-			_ = rollback(pr, h)
-		}
-		return exited(p.pid, fmt.Errorf("commit patch: %w", err))
-	}
+	p.stage = &staged{base: base, total: total, textSize: textSize, tableOff: tableOff, hdr: hdr, jumps: jumps}
 	return nil
+}
+
+// unstage unmaps a staged region that was never committed.
+func (e *Engine) unstage(t *ptrace.Tracer, p *prepared) {
+	if p.stage == nil {
+		return
+	}
+	pr, err := t.AttachThread(p.pid)
+	if err != nil {
+		return // exited: nothing left to clean
+	}
+	defer pr.Detach()
+	if _, err := pr.Syscall(unix.SYS_MUNMAP, p.stage.base, p.stage.total); err == nil {
+		p.stage = nil
+	}
 }
 
 // originalHead returns the bytes at addr as they were before any applied patch: a
@@ -651,12 +713,17 @@ func checkRoom(old oldFunc, head []byte, n int) error {
 	return nil
 }
 
-// allocNear maps size bytes r-x within ±2 GiB of [lo, hi) so that 5-byte jumps and the
+// allocNear maps size bytes rw- within ±2 GiB of [lo, hi) so that 5-byte jumps and the
 // patch's PC-relative references reach the target.
 func allocNear(pr *ptrace.Process, maps []proc.Mapping, lo, hi, size uint64) (uint64, error) {
 	for _, hint := range holesNear(maps, lo, hi, size) {
-		addr, err := pr.Syscall(unix.SYS_MMAP, hint, size, unix.PROT_READ|unix.PROT_EXEC,
+		addr, err := pr.Syscall(unix.SYS_MMAP, hint, size, unix.PROT_READ|unix.PROT_WRITE,
 			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0)
+		if errors.Is(err, ptrace.ErrRan) && int64(addr) > 0 && int64(addr) < 1<<47 && len(pr.Threads()) == 1 {
+			// The one thread stopped for staging went back to its own code before
+			// the tracer took it (a starved tracer): the mapping is made all the same.
+			err = nil
+		}
 		if errors.Is(err, ptrace.ErrRan) {
 			// A thread ran while the others were stopped: the safety check no
 			// longer holds. Give the memory back and try again later.
