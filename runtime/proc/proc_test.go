@@ -348,3 +348,35 @@ func BenchmarkParseMaps(b *testing.B) {
 		}
 	}
 }
+
+// A query answers for every mapping what maps says about it.
+func TestQueryMatchesMaps(t *testing.T) {
+	pid := os.Getpid()
+	q, err := OpenQuery(pid)
+	if err != nil {
+		t.Fatalf("OpenQuery: %v (the kernel of this machine has PROCMAP_QUERY)", err)
+	}
+	defer q.Close()
+	ms, err := Maps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range ms {
+		if want.Inode == 0 {
+			continue // anonymous memory of the Go runtime may change meanwhile; [vsyscall] is no VMA
+		}
+		for _, a := range []uint64{want.Start, want.End - 1} {
+			got, ok, err := q.At(a)
+			if err != nil || !ok {
+				t.Fatalf("At(%#x): %v %v, want %s", a, ok, err, want.Format())
+			}
+			want.Path, want.Deleted = "", false
+			if got != want {
+				t.Errorf("At(%#x) = %+v, want %+v", a, got, want)
+			}
+		}
+	}
+	if _, ok, err := q.At(8); ok || err != nil {
+		t.Errorf("At(8) = %v %v, want no mapping", ok, err)
+	}
+}

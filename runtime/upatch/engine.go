@@ -253,7 +253,8 @@ type prepared struct {
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
-	stage *staged // the region written before the freeze, until committed
+	stage *staged     // the region written before the freeze, until committed
+	query *proc.Query // mapping queries for the freeze; nil: it reads maps
 }
 
 type oldFunc struct {
@@ -431,6 +432,8 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 	if err := e.stage(t, p); err != nil {
 		return Stats{}, err
 	}
+	p.query = openQuery(pid)
+	defer p.query.Close()
 	st, err := e.frozen(t, pid, o, refresh, p.apply)
 	if err != nil {
 		e.unstage(t, p)
@@ -527,11 +530,11 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	for i, f := range p.funcs {
 		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
 	}
-	maps, mods, err := stoppedMaps(pr, p.mods)
+	vm, mods, err := stoppedMaps(pr, p.mods, p.query)
 	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, mods, ranges, nil); err != nil {
+	if err := checkThreads(pr, vm, mods, ranges, nil); err != nil {
 		return err
 	}
 
@@ -824,7 +827,7 @@ type busyRange struct {
 //
 // entries, for unpatch, are the replaced functions: a direct call of one leads into
 // the patch, whose code has no call-frame information (see callSites).
-func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module, ranges []busyRange, entries map[uint64]bool) error {
+func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, entries map[uint64]bool) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -842,7 +845,7 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 		if err != nil {
 			return fmt.Errorf("registers of thread %d: %w", tid, err)
 		}
-		lo, hi := stackBounds(maps, r.Rsp)
+		lo, hi := stackBounds(vm, r.Rsp)
 		if hi <= lo {
 			if br := find(r.Rip); br != nil {
 				return &busyError{msg: fmt.Sprintf("%v: function %q is running in thread %d", ErrBusy, br.name, tid), tid: tid, name: br.name,
@@ -890,12 +893,10 @@ func checkThreads(pr *ptrace.Process, maps []proc.Mapping, mods []unwind.Module,
 }
 
 // stackBounds returns the live part [sp, end of its mapping) of a thread's stack.
-func stackBounds(maps []proc.Mapping, sp uint64) (uint64, uint64) {
+func stackBounds(vm *vmas, sp uint64) (uint64, uint64) {
 	sp &^= 7
-	for _, m := range maps {
-		if sp >= m.Start && sp < m.End {
-			return sp, m.End
-		}
+	if m, ok := vm.at(sp); ok {
+		return sp, m.End
 	}
 	return 0, 0
 }

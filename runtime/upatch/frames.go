@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"sort"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -110,37 +111,71 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 	return out
 }
 
-// stoppedMaps reads the mappings of a stopped process, and keeps of the modules read
-// before the stop those still mapped: the stack check works from both.
-func stoppedMaps(pr *ptrace.Process, loaded []frameModule) ([]proc.Mapping, []unwind.Module, error) {
-	maps, err := proc.Maps(pr.Pid)
-	if err != nil {
-		return nil, nil, exited(pr.Pid, err)
-	}
-	return maps, stillMapped(loaded, maps), nil
+// vmas tells which mapping covers an address of a stopped process: through
+// PROCMAP_QUERY (one ioctl per address) where the kernel has it, else from the maps
+// read once the process was stopped. Only a few addresses matter in a freeze (each
+// thread's stack pointer, each module's start), so a query saves reading every line
+// of maps while the process waits.
+type vmas struct {
+	q    *proc.Query
+	maps []proc.Mapping // sorted, when q is nil
 }
 
-// stillMapped keeps the modules whose mapping is unchanged in maps, read with the
-// process stopped: a library unloaded, or another put in its place, between the
-// reading of the tables and the stop must not lend its rules to other code.
-func stillMapped(mods []frameModule, maps []proc.Mapping) []unwind.Module {
-	type key struct{ start, end, offset, dev, inode uint64 }
-	now := map[key]bool{}
-	for _, m := range maps {
-		if m.Executable() {
-			now[key{m.Start, m.End, m.Offset, m.Dev, m.Inode}] = true
-			if m.Path == "[vdso]" {
-				now[key{m.Start, m.End, 0, 0, 0}] = true
-			}
-		}
+func (v *vmas) at(addr uint64) (proc.Mapping, bool) {
+	if v.q != nil {
+		m, ok, err := v.q.At(addr)
+		return m, ok && err == nil
 	}
+	i := sort.Search(len(v.maps), func(i int) bool { return v.maps[i].End > addr })
+	if i < len(v.maps) && v.maps[i].Start <= addr {
+		return v.maps[i], true
+	}
+	return proc.Mapping{}, false
+}
+
+// testNoQuery, set by a test, makes the freeze read maps as on kernels without
+// PROCMAP_QUERY.
+var testNoQuery bool
+
+// openQuery opens the mapping queries of pid, nil where the kernel has none (the
+// freeze then reads maps).
+func openQuery(pid int) *proc.Query {
+	if testNoQuery {
+		return nil
+	}
+	q, err := proc.OpenQuery(pid)
+	if err != nil {
+		return nil
+	}
+	return q
+}
+
+// stoppedMaps gives the mappings of a stopped process (through q when not nil), and
+// keeps of the modules read before the stop those still mapped: the stack check
+// works from both.
+func stoppedMaps(pr *ptrace.Process, loaded []frameModule, q *proc.Query) (*vmas, []unwind.Module, error) {
+	v := &vmas{q: q}
+	if q == nil {
+		maps, err := proc.Maps(pr.Pid)
+		if err != nil {
+			return nil, nil, exited(pr.Pid, err)
+		}
+		v.maps = maps
+	}
+	return v, stillMapped(loaded, v), nil
+}
+
+// stillMapped keeps the modules whose mapping is unchanged, seen with the process
+// stopped: a library unloaded, or another put in its place, between the reading of
+// the tables and the stop must not lend its rules to other code.
+func stillMapped(mods []frameModule, v *vmas) []unwind.Module {
 	out := make([]unwind.Module, 0, len(mods))
 	for _, fm := range mods {
-		k := key{fm.Lo, fm.Hi, fm.offset, fm.dev, fm.inode}
-		if fm.vdso {
-			k = key{fm.Lo, fm.Hi, 0, 0, 0}
+		m, ok := v.at(fm.Lo)
+		if !ok || m.Start != fm.Lo || m.End != fm.Hi || !m.Executable() {
+			continue
 		}
-		if now[k] {
+		if fm.vdso && m.Inode == 0 || !fm.vdso && m.Offset == fm.offset && m.Dev == fm.dev && m.Inode == fm.inode {
 			out = append(out, fm.Module)
 		}
 	}

@@ -66,3 +66,11 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 		t.Fatalf("a word below the stack pointer reported busy: %v", r)
 	}
 }
+
+// On a kernel without PROCMAP_QUERY the freeze reads maps instead: the same check
+// blocks and clears the same threads.
+func TestCheckWithoutMappingQueries(t *testing.T) {
+	testNoQuery = true
+	defer func() { testNoQuery = false }()
+	TestStaleStackWordsDoNotBlock(t)
+}

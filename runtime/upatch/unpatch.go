@@ -38,10 +38,12 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 		mods = e.frameModules(pid, maps)
 		return nil
 	}
-	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, uuid) })
+	q := openQuery(pid)
+	defer q.Close()
+	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid) })
 }
 
-func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uuid string) error {
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string) error {
 	headers, err := readHeaders(pr, maps)
 	if err != nil {
 		return err
@@ -86,7 +88,7 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uu
 		ranges = append(ranges, busyRange{lo: f.New, hi: f.New + max(f.NewSize, 1), name: f.Name})
 	}
 	// Name the function when a thread is inside a specific one.
-	maps, live, err := stoppedMaps(pr, mods)
+	vm, live, err := stoppedMaps(pr, mods, q)
 	if err != nil {
 		return err
 	}
@@ -94,10 +96,10 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, uu
 	for _, f := range h.Funcs {
 		entries[f.Old] = true
 	}
-	if err := checkThreads(pr, maps, live, ranges[1:], entries); err != nil {
+	if err := checkThreads(pr, vm, live, ranges[1:], entries); err != nil {
 		return err
 	}
-	if err := checkThreads(pr, maps, live, ranges[:1], entries); err != nil {
+	if err := checkThreads(pr, vm, live, ranges[:1], entries); err != nil {
 		return err
 	}
 	// Original bytes back and memory unmapped as one step (commit.go).

@@ -282,7 +282,7 @@ func (l *leaver) release() {
 		if err != nil || l.contains(r.Rip) {
 			return
 		}
-		lo, hi := stackBounds(maps, r.Rsp)
+		lo, hi := stackBounds(&vmas{maps: maps}, r.Rsp)
 		if hi <= lo {
 			return
 		}
