@@ -534,7 +534,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, vm, mods, ranges, nil); err != nil {
+	if err := checkThreads(pr, vm, mods, ranges, nil, nil); err != nil {
 		return err
 	}
 
@@ -825,14 +825,19 @@ type busyRange struct {
 // process gives a *busyError naming the first busy thread, with where every busy
 // thread leaves its busy frames when that is known (see wait.go).
 //
-// entries, for unpatch, are the replaced functions: a direct call of one leads into
-// the patch, whose code has no call-frame information (see callSites).
-func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, entries map[uint64]bool) error {
+// For unpatch, outer is the whole patch, which holds the ranges (the new functions,
+// named first when a thread is in one), and entries are the replaced functions: a
+// direct call of one leads into the patch, whose code has no call-frame information
+// (see callSites).
+func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, outer *busyRange, entries map[uint64]bool) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
 		if i < len(ranges) && ranges[i].lo <= addr {
 			return &ranges[i]
+		}
+		if outer != nil && addr >= outer.lo && addr < outer.hi {
+			return outer
 		}
 		return nil
 	}

@@ -73,33 +73,32 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 			}
 		}
 	}
-	for _, f := range h.Funcs {
-		want := jumpBytes(f.Old, f.New)
-		cur := make([]byte, len(want))
-		if err := pr.ReadMem(f.Old, cur); err != nil {
-			return exited(pr.Pid, fmt.Errorf("read function %q: %w", f.Name, err))
-		}
-		if !bytes.Equal(cur, want) {
+	// One read for the jumps of every function.
+	addrs, cur := make([]uint64, len(h.Funcs)), make([][]byte, len(h.Funcs))
+	for i, f := range h.Funcs {
+		addrs[i], cur[i] = f.Old, make([]byte, len(jumpBytes(f.Old, f.New)))
+	}
+	if err := pr.ReadMemv(addrs, cur); err != nil {
+		return exited(pr.Pid, fmt.Errorf("read replaced functions: %w", err))
+	}
+	for i, f := range h.Funcs {
+		if !bytes.Equal(cur[i], jumpBytes(f.Old, f.New)) {
 			return fmt.Errorf("function %q at %#x no longer jumps to patch %s: refusing to restore it", f.Name, f.Old, uuid)
 		}
 	}
-	ranges := []busyRange{{lo: h.Base, hi: h.Base + h.TextSize, name: "patch " + uuid}}
+	// A thread inside a new function is named by it, elsewhere in the patch by the patch.
+	patch := &busyRange{lo: h.Base, hi: h.Base + h.TextSize, name: "patch " + uuid}
+	ranges := make([]busyRange, 0, len(h.Funcs))
+	entries := make(map[uint64]bool, len(h.Funcs))
 	for _, f := range h.Funcs {
 		ranges = append(ranges, busyRange{lo: f.New, hi: f.New + max(f.NewSize, 1), name: f.Name})
+		entries[f.Old] = true
 	}
-	// Name the function when a thread is inside a specific one.
 	vm, live, err := stoppedMaps(pr, mods, q)
 	if err != nil {
 		return err
 	}
-	entries := make(map[uint64]bool, len(h.Funcs))
-	for _, f := range h.Funcs {
-		entries[f.Old] = true
-	}
-	if err := checkThreads(pr, vm, live, ranges[1:], entries); err != nil {
-		return err
-	}
-	if err := checkThreads(pr, vm, live, ranges[:1], entries); err != nil {
+	if err := checkThreads(pr, vm, live, ranges, patch, entries); err != nil {
 		return err
 	}
 	// Original bytes back and memory unmapped as one step (commit.go).
