@@ -871,7 +871,7 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 	}
 	var be *busyError
 	for i, b := range stacks {
-		bf := busyFrame(regs[i], b, addrs[i], mods, find, sites)
+		bf := safeBusyFrame(regs[i], b, addrs[i], mods, find, sites)
 		if bf.hit == nil {
 			continue
 		}

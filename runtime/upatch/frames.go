@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 	"sort"
 	"sync"
 
@@ -53,20 +54,44 @@ func (c *frameTables) get(path string) (*unwind.Table, error) {
 			c.m.CompareAndDelete(k, e) // a passing failure (EMFILE, EIO) is tried again next time
 		}
 	}()
-	e.once.Do(func() {
-		f, err := elfsafe.Open(path)
-		if err != nil {
-			e.err = err
-			return
-		}
-		defer f.Close()
-		e.err = elfsafe.Guard("call-frame information of "+path, func() error {
-			var err error
-			e.t, err = unwind.Parse(f.File)
-			return err
-		})
-	})
+	e.once.Do(func() { e.t, e.err = mapTable(path, st.Size) })
 	return e.t, e.err
+}
+
+// mapTable reads the call-frame table of the file at path by mapping the file
+// read-only: a lookup then touches only the pages of the one description it needs,
+// where reading would copy the whole .eh_frame (a few hundred KiB for libc) on every
+// run of the tool. The mapping lives as long as the table (the cache's life). A
+// fault on it (the file truncated under the mapping) is a panic here and during
+// the walks (see safeBusyFrame), not a crash.
+func mapTable(path string, size int64) (*unwind.Table, error) {
+	if size <= 0 || size > 1<<32 {
+		return nil, fmt.Errorf("call-frame information of %s: size %d", path, size)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("call-frame information of %s: %w", path, err)
+	}
+	image, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_PRIVATE)
+	unix.Close(fd)
+	if err != nil {
+		return nil, fmt.Errorf("call-frame information of %s: map: %w", path, err)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var t *unwind.Table
+	err = elfsafe.Guard("call-frame information of "+path, func() error {
+		f, err := elfsafe.NewFile(bytes.NewReader(image))
+		if err != nil {
+			return err
+		}
+		t, err = unwind.ParseImage(f, image)
+		return err
+	})
+	if err != nil {
+		_ = unix.Munmap(image)
+		return nil, err
+	}
+	return t, nil
 }
 
 // frameModule is one executable mapping with the call-frame table of its file, and
@@ -330,6 +355,22 @@ func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Modu
 		out.stuck = fmt.Sprintf("the frame its busy function returns to could not be unwound (%v)", err)
 	}
 	return out
+}
+
+// safeBusyFrame is busyFrame where reading a mapped table may fault (its file was
+// truncated): the fault is a panic, and the thread's whole stack is then scanned
+// word by word, as for a frame that could not be unwound.
+func safeBusyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange, sites *callSites) (out busyFrames) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			out = busyFrame(regs, stack, lo, nil, find, nil)
+			if out.hit != nil {
+				out.stuck = fmt.Sprintf("call-frame information could not be read (%v)", r)
+			}
+		}
+	}()
+	return busyFrame(regs, stack, lo, mods, find, sites)
 }
 
 // dwarfRegs orders the general registers as DWARF numbers them on x86-64.
