@@ -122,6 +122,7 @@ type Engine struct {
 	root   string
 	elfs   *symbols.Cache
 	frames frameTables
+	vdso   vdsoTable
 	plans  sync.Map // *patchobj.Object -> *planEntry
 	pool   sync.Pool
 }
@@ -199,14 +200,23 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 		}
 	}
 	t := &target{path: name}
+	// The several mappings of one file share the device and inode maps prints: the
+	// file behind them is stat'ed once.
+	confirmed := map[[2]uint64]bool{}
 	for _, m := range maps {
 		match := false
 		if m.Path == name && binary != "" {
 			match = true
 		} else if ino != 0 && m.Inode == ino {
 			// Same inode number: confirm the device too (and learn the kernel's spelling).
-			d, i, err := devIno(pid, m)
-			if match = err == nil && d == dev && i == ino; match && binary != "" {
+			k := [2]uint64{m.Dev, m.Inode}
+			ok, seen := confirmed[k]
+			if !seen {
+				d, i, err := devIno(pid, m)
+				ok = err == nil && d == dev && i == ino
+				confirmed[k] = ok
+			}
+			if match = ok; match && binary != "" {
 				t.path = m.Path
 			}
 		}
@@ -429,8 +439,12 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 		p.mods = e.frameModules(pid, maps)
 		return nil
 	}
-	if err := e.stage(t, p); err != nil {
-		return Stats{}, err
+	// With several threads the patch is staged with one of them stopped, out of the
+	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
+	if tids, err := proc.Threads(pid); err == nil && len(tids) > 1 {
+		if err := e.stage(t, p); err != nil {
+			return Stats{}, err
+		}
 	}
 	p.query = openQuery(pid)
 	defer p.query.Close()
@@ -538,6 +552,11 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 		return err
 	}
 
+	if p.stage == nil {
+		if err := p.stageIn(pr); err != nil {
+			return err
+		}
+	}
 	// One read for every function: the bytes a jump will overwrite, and the
 	// padding after a function shorter than the jump.
 	st := p.stage
@@ -594,13 +613,18 @@ type staged struct {
 // stage maps the patch's region near the target, links the patch for it and writes
 // it, with only one thread of the process stopped (the region is new memory that no
 // code uses, and an IFUNC resolver reads only CPU features), so that none of this
-// lengthens the freeze.
+// lengthens the freeze. A failed freeze leaves the region to unstage.
 func (e *Engine) stage(t *ptrace.Tracer, p *prepared) error {
 	pr, err := t.AttachThread(p.pid)
 	if err != nil {
 		return exited(p.pid, fmt.Errorf("stop a thread of pid %d: %w", p.pid, err))
 	}
 	defer pr.Detach()
+	return p.stageIn(pr)
+}
+
+// stageIn stages the patch in pr, stopped in part or in whole.
+func (p *prepared) stageIn(pr *ptrace.Process) error {
 	hdr := Header{UUID: p.uuid, Bias: p.tgt.bias, Target: p.tgt.path, Pending: true}
 	for _, f := range p.funcs {
 		hdr.Funcs = append(hdr.Funcs, HeaderFunc{Name: f.name, Pos: uint32(f.pos), Old: f.addr})

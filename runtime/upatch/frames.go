@@ -114,7 +114,7 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 			continue
 		}
 		if m.Path == "[vdso]" {
-			if mod, ok := vdsoModule(pid, m); ok {
+			if mod, ok := e.vdso.module(pid, m); ok {
 				out = append(out, frameModule{Module: mod, vdso: true})
 			}
 			continue
@@ -207,9 +207,17 @@ func stillMapped(mods []frameModule, v *vmas) []unwind.Module {
 	return out
 }
 
-// vdsoModule reads the kernel's vDSO image from the process: it is small, and
-// clock_gettime and friends run in it.
-func vdsoModule(pid int, m proc.Mapping) (unwind.Module, bool) {
+// vdsoTable keeps the call-frame table of the last vDSO image seen: every process
+// of one kernel maps the same image, so its table is read once, not per process.
+type vdsoTable struct {
+	mu  sync.Mutex
+	img []byte
+	t   *unwind.Table
+}
+
+// module reads the kernel's vDSO image from the process (it is small, and
+// clock_gettime and friends run in it) and gives its table.
+func (c *vdsoTable) module(pid int, m proc.Mapping) (unwind.Module, bool) {
 	if m.End-m.Start > 1<<20 {
 		return unwind.Module{}, false
 	}
@@ -217,19 +225,33 @@ func vdsoModule(pid int, m proc.Mapping) (unwind.Module, bool) {
 	if err := (ptrace.Remote{Pid: pid}).ReadMem(m.Start, img); err != nil {
 		return unwind.Module{}, false
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.t == nil || !bytes.Equal(img, c.img) {
+		t, ok := vdsoTableOf(img)
+		if !ok {
+			return unwind.Module{}, false
+		}
+		c.img, c.t = img, t
+	}
+	return unwind.Module{Lo: m.Start, Hi: m.End, Bias: m.Start - c.t.MinVaddr, Table: c.t}, true
+}
+
+// vdsoTableOf parses the table of a vDSO image.
+func vdsoTableOf(img []byte) (*unwind.Table, bool) {
 	f, err := elfsafe.NewFile(bytes.NewReader(img))
 	if err != nil {
-		return unwind.Module{}, false
+		return nil, false
 	}
 	var t *unwind.Table
 	if elfsafe.Guard("vDSO call-frame information", func() error {
 		var err error
-		t, err = unwind.Parse(f)
+		t, err = unwind.ParseImage(f, img)
 		return err
 	}) != nil || t.Len() == 0 {
-		return unwind.Module{}, false
+		return nil, false
 	}
-	return unwind.Module{Lo: m.Start, Hi: m.End, Bias: m.Start - t.MinVaddr, Table: t}, true
+	return t, true
 }
 
 // busyFrames is what busyFrame found in one thread.
