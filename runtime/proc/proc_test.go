@@ -380,3 +380,18 @@ func TestQueryMatchesMaps(t *testing.T) {
 		t.Errorf("At(8) = %v %v, want no mapping", ok, err)
 	}
 }
+
+// The caught signals of a process are the handlers it installed: the Go runtime of
+// this test catches SIGURG (preemption).
+func TestCaughtSignals(t *testing.T) {
+	m, err := CaughtSignals(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m&(1<<(unix.SIGURG-1)) == 0 {
+		t.Errorf("SigCgt %#x lacks SIGURG", m)
+	}
+	if _, err := CaughtSignals(1 << 30); err == nil {
+		t.Error("a missing process has caught signals")
+	}
+}

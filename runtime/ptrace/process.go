@@ -298,7 +298,10 @@ func (p *Process) waitPending() error {
 		if p.execed {
 			return nil
 		}
-		if th := p.pendingNonLeader(); th != nil {
+		if th := p.pendingNonLeader(); th != nil || p.soleLeader() {
+			if th == nil {
+				th = p.threads[0]
+			}
 			// Block on one thread rather than spin: spinning holds a CPU the
 			// tracees need to reach their stops. A thread other than the
 			// leader reports its stop or its death without waiting on any
@@ -335,6 +338,13 @@ func (p *Process) waitPending() error {
 		}
 	}
 	return nil
+}
+
+// soleLeader reports whether the only thread known is the group leader, on its way
+// to a stop: nothing else can hold its report back (its clone, exec or death is
+// reported at once), so waiting on it blocks rather than polls.
+func (p *Process) soleLeader() bool {
+	return len(p.threads) == 1 && p.threads[0].tid == p.Pid && p.threads[0].state == stRunning
 }
 
 func (p *Process) pendingNonLeader() *thread {
