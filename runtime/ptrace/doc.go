@@ -22,6 +22,12 @@
 //
 // The package is written for x86-64 (the injected code and register layout).
 //
+// Two lighter forms of holding a process: AttachThread stops a single thread
+// (enough to inject a call that needs no stopped process, such as mapping new
+// memory), and RunUntil lets a stopped process run again, still attached,
+// until a thread stops itself at a given place (run.go), then stops every
+// thread again.
+//
 // # Surviving the death of the tracer
 //
 // Whoever uses this package can be killed at any instant (SIGKILL, the OOM

@@ -5,7 +5,9 @@
 //
 // The work on one process is a short critical section between stopping every thread
 // and detaching; everything that does not need the process stopped (parsing, symbol
-// lookup, layout planning) happens before it.
+// lookup, layout planning) happens before it, and so does staging: the patch's region
+// is mapped, linked and written with a single thread stopped, so the freeze only reads
+// the bytes it replaces, checks the threads, and commits.
 //
 // # Safety check
 //
