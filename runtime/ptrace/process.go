@@ -35,6 +35,9 @@ type thread struct {
 	haveRegs bool
 	regs     unix.PtraceRegs
 	haveMask bool // mask holds the blocked signals (read once per attach)
+	// groupStop: the stop is a job-control stop (SIGSTOP and friends), which
+	// RunUntil must not override by letting the thread run.
+	groupStop bool
 	mask     uint64
 	deferred []deferredSignal
 }
@@ -408,6 +411,7 @@ func (p *Process) apply(th *thread, ws unix.WaitStatus) {
 		// An interrupt stop, the first stop of an auto-attached thread, or
 		// a group-stop (SIGSTOP and friends): all leave the thread parked.
 		th.state = stStopped
+		th.groupStop = groupStop(ws)
 	case eventExit:
 		// Not requested (see seizeOptions), but a Call may meet one.
 		_ = cont(tid, 0)

@@ -22,6 +22,16 @@ var ErrDeadline = errors.New("deadline passed")
 // ErrCanceled is wrapped by RunUntil when its cancel channel was closed first.
 var ErrCanceled = errors.New("canceled")
 
+// ErrJobStopped is wrapped by RunUntil when the process is, or becomes, stopped by
+// job control (SIGSTOP, SIGTSTP...): letting it run would override that stop.
+var ErrJobStopped = errors.New("process stopped by job control")
+
+// groupStop tells a group-stop from the other PTRACE_EVENT_STOPs (an interrupt,
+// a new thread's first stop), which report SIGTRAP.
+func groupStop(ws unix.WaitStatus) bool {
+	return ws.StopSignal() != unix.SIGTRAP
+}
+
 // RunUntil resumes every thread of p and waits until a thread stops with its
 // instruction pointer in [lo, hi) (a place that stops the thread itself, such
 // as code that sends it a signal), or a thread of want exits, or deadline
@@ -30,12 +40,18 @@ var ErrCanceled = errors.New("canceled")
 // when it is resumed. Other stops are answered as the kernel would without a
 // tracer (signals delivered, new threads let go). Whatever ended the wait,
 // every thread is then stopped again, new ones included, as after Attach.
-// The error wraps ErrDeadline or ErrCanceled when those ended the wait, and
-// ErrExited or ErrExec when the process went away.
+// The error wraps ErrDeadline or ErrCanceled when those ended the wait,
+// ErrJobStopped when the process is stopped by job control (it is not let run)
+// or was stopped so while it ran, and ErrExited or ErrExec when it went away.
 func (p *Process) RunUntil(lo, hi uint64, notify int, want []int, deadline time.Time, cancel <-chan struct{}) error {
 	return p.t.run(func() error {
 		if p.detached {
 			return ErrDetached
+		}
+		for _, th := range p.threads {
+			if th.state == stStopped && th.groupStop {
+				return fmt.Errorf("run pid %d: %w", p.Pid, ErrJobStopped)
+			}
 		}
 		wanted := make(map[int]bool, len(want))
 		for _, tid := range want {
@@ -67,7 +83,7 @@ func (p *Process) runUntil(lo, hi uint64, notify int, want map[int]bool, deadlin
 	start := time.Now()
 	sleep := 20 * time.Microsecond
 	for {
-		arrived := false
+		arrived, jobStopped := false, false
 		for i := 0; i < len(p.threads); i++ { // a clone event adds threads
 			th := p.threads[i]
 			if th.state != stRunning {
@@ -116,10 +132,21 @@ func (p *Process) runUntil(lo, hi uint64, notify int, want map[int]bool, deadlin
 					continue
 				}
 				resume(th, sig)
+			case eventStop:
+				if groupStop(ws) {
+					// Stopped by job control while it ran: it stays stopped, and
+					// the wait ends (the other threads join the stop when let go).
+					th.state, th.groupStop, th.haveRegs = stStopped, true, false
+					jobStopped = true
+					continue
+				}
+				resume(th, 0) // a new thread's first stop
 			default:
-				// An interrupt, group or new-thread stop: let it go on.
 				resume(th, 0)
 			}
+		}
+		if jobStopped {
+			return fmt.Errorf("wait in pid %d: %w", p.Pid, ErrJobStopped), nil
 		}
 		if arrived {
 			return nil, nil
@@ -175,7 +202,7 @@ func (p *Process) resumeAll() error {
 			}
 			return fmt.Errorf("resume thread %d: %w", th.tid, err)
 		}
-		th.state, th.sigStop, th.haveRegs, th.haveMask = stRunning, false, false, false
+		th.state, th.sigStop, th.haveRegs, th.haveMask, th.groupStop = stRunning, false, false, false, false
 		for _, d := range rest {
 			_ = unix.Tgkill(p.Pid, th.tid, unix.Signal(d.sig))
 		}

@@ -400,6 +400,8 @@ func waitOut(pr *ptrace.Process, err error, deadline time.Time, timeout time.Dur
 			rerr = serr
 		}
 		switch {
+		case errors.Is(rerr, ptrace.ErrJobStopped):
+			return waited, fmt.Errorf("%w (cannot wait for it: %v)", err, rerr)
 		case errors.Is(rerr, ptrace.ErrCanceled):
 			return waited, fmt.Errorf("%w: canceled while thread %d was still in function %q", rerr, be.tid, be.name)
 		case rerr != nil && !errors.Is(rerr, ptrace.ErrDeadline):

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,5 +246,66 @@ func TestUnpatchWaitsForThreadInPatch(t *testing.T) {
 	}
 	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
 		t.Fatalf("info after unpatch: %+v", applied)
+	}
+}
+
+// A process stopped by job control is not let run to wait for a busy thread: the
+// patch is refused at once, and the process stays stopped, then goes on unchanged.
+func TestNoWaitInStoppedProcess(t *testing.T) {
+	v, e, o, obj := startSlow(t)
+	o.Timeout = 10 * time.Second
+	if err := v.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, v.pid(), 'T')
+	t0 := time.Now()
+	err := e.Patch(v.pid(), obj, o)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "job control") {
+		t.Fatalf("patch of a stopped process with a busy thread: %v, want busy, stopped by job control", err)
+	}
+	if el := time.Since(t0); el > 5*time.Second {
+		t.Errorf("took %v", el)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if st, _ := proc.ThreadState(v.pid(), v.pid()); st != 'T' {
+		t.Errorf("state %c after the refusal, want still stopped (T)", st)
+	}
+	v.cmd.Process.Signal(syscall.SIGCONT)
+	if line := v.send(t, "x", isSlow); line != "slow=1" {
+		t.Fatalf("after SIGCONT: %q, want slow=1", line)
+	}
+}
+
+// SIGSTOP while the engine waits: the wait ends, the process stays stopped.
+func TestWaitEndsOnJobStop(t *testing.T) {
+	v, e, o, obj := startSlow(t)
+	o.Timeout = 20 * time.Second
+	time.AfterFunc(300*time.Millisecond, func() { v.cmd.Process.Signal(syscall.SIGSTOP) })
+	err := e.Patch(v.pid(), obj, o)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "job control") {
+		t.Fatalf("SIGSTOP during the wait: %v, want busy, stopped by job control", err)
+	}
+	waitState(t, v.pid(), 'T')
+	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
+		t.Fatalf("patch left: %+v", applied)
+	}
+	v.cmd.Process.Signal(syscall.SIGCONT)
+	if line := v.send(t, "x", isSlow); line != "slow=1" {
+		t.Fatalf("after SIGCONT: %q, want slow=1", line)
+	}
+}
+
+// waitState waits until pid's leader is in state st.
+func waitState(t *testing.T, pid int, st byte) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if s, err := proc.ThreadState(pid, pid); err == nil && s == st {
+			return
+		}
+		if i > 500 {
+			s, _ := proc.ThreadState(pid, pid)
+			t.Fatalf("pid %d: state %c, want %c", pid, s, st)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
