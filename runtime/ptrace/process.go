@@ -38,8 +38,8 @@ type thread struct {
 	// groupStop: the stop is a job-control stop (SIGSTOP and friends), which
 	// RunUntil must not override by letting the thread run.
 	groupStop bool
-	mask     uint64
-	deferred []deferredSignal
+	mask      uint64
+	deferred  []deferredSignal
 }
 
 // deferredSignal is a signal that arrived while a syscall was being injected;
