@@ -139,6 +139,10 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if err != nil {
 		return err
 	}
+	// The target as found before the stop: an execve in between replaced it.
+	if m, ok := vm.at(p.tgt.lo); !ok || m.Start != p.tgt.lo || m.Dev != p.tgt.dev || m.Inode != p.tgt.inode {
+		return fmt.Errorf("pid %d: %s is no longer mapped at %#x (the process ran execve?); try again", p.pid, p.tgt.path, p.tgt.lo)
+	}
 	if err := checkThreads(pr, vm, mods, ranges, nil, nil); err != nil {
 		return err
 	}

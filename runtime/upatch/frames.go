@@ -180,7 +180,13 @@ func openQuery(pid int) *proc.Query {
 // works from both.
 func stoppedMaps(pr *ptrace.Process, loaded []frameModule, q *proc.Query) (*vmas, []unwind.Module, error) {
 	v := &vmas{q: q}
-	if q == nil {
+	if q != nil {
+		// The queries reach the memory the process had when q was opened: after
+		// an execve they fail, where maps read now would describe the new image.
+		if _, _, err := q.At(0); err != nil {
+			return nil, nil, exited(pr.Pid, fmt.Errorf("mappings of pid %d: %w", pr.Pid, err))
+		}
+	} else {
 		maps, err := proc.Maps(pr.Pid)
 		if err != nil {
 			return nil, nil, exited(pr.Pid, err)
