@@ -12,7 +12,9 @@ import (
 
 // staged is a patch image written into its region before the process is stopped;
 // the region stays rw- (so invisible to readHeaders, which looks at r-x mappings)
-// until the commit makes its code r-x.
+// until the commit makes its code r-x. A tool that dies between staging and commit
+// leaves the region mapped (never executed, no jump leads to it): memory leaked, the
+// process otherwise as it was.
 type staged struct {
 	base, total, textSize, tableOff uint64
 	hdr                             Header         // pending; Seq and the original bytes come in the freeze
