@@ -395,3 +395,25 @@ func TestCaughtSignals(t *testing.T) {
 		t.Error("a missing process has caught signals")
 	}
 }
+
+// StatMapped names and stats the very file behind a mapping.
+func TestStatMapped(t *testing.T) {
+	ms, err := Maps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Inode == 0 || !strings.HasPrefix(m.Path, "/") {
+			continue
+		}
+		path, st, err := StatMapped(os.Getpid(), m)
+		if err != nil || path != MappedFile(os.Getpid(), m) || st.Ino != m.Inode {
+			t.Fatalf("StatMapped(%s) = %q, inode %d, %v; want %q, inode %d", m.Format(), path, st.Ino, err, MappedFile(os.Getpid(), m), m.Inode)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no file mapping in the test process")
+	}
+}

@@ -41,11 +41,7 @@ type tableEntry struct {
 	err  error
 }
 
-func (c *frameTables) get(path string) (*unwind.Table, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return nil, err
-	}
+func (c *frameTables) get(path string, st unix.Stat_t) (*unwind.Table, error) {
 	k := tableKey{uint64(st.Dev), st.Ino, st.Size, st.Mtim.Nano()}
 	v, _ := c.m.LoadOrStore(k, &tableEntry{})
 	e := v.(*tableEntry)
@@ -122,7 +118,11 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 		if m.Inode == 0 {
 			continue
 		}
-		t, err := e.frames.get(proc.MappedFile(pid, m))
+		path, st, err := proc.StatMapped(pid, m)
+		if err != nil {
+			continue
+		}
+		t, err := e.frames.get(path, st)
 		if err != nil || t.Len() == 0 {
 			continue
 		}

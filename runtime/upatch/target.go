@@ -97,8 +97,8 @@ func devIno(pid int, m proc.Mapping) (uint64, uint64, error) {
 	if m.Inode == 0 {
 		return 0, 0, errors.New("anonymous")
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(proc.MappedFile(pid, m), &st); err != nil {
+	_, st, err := proc.StatMapped(pid, m)
+	if err != nil {
 		return 0, 0, err
 	}
 	return uint64(st.Dev), st.Ino, nil
