@@ -13,8 +13,10 @@ import (
 // testHookStopped, when set by a test, runs right after the process was stopped.
 var testHookStopped func(pid int)
 
-// frozen stops every thread of pid, runs op and resumes the process. While op
-// reports a busy function it lets the process run, waits (doubling the wait each
+// frozen stops every thread of pid, runs op and resumes the process. When op
+// reports a busy function and o.Timeout allows, it waits in the same attach for
+// the busy threads to return (wait.go) and runs op again. Otherwise, while op
+// reports a busy function, it lets the process go, waits (doubling the wait each
 // time) and tries again, up to o.retries() times. before runs ahead of each try,
 // with the process running.
 func (e *Engine) frozen(t *ptrace.Tracer, pid int, o Options, before func(try int) error, op func(*ptrace.Process) error) (Stats, error) {
