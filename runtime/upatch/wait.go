@@ -65,7 +65,9 @@ import (
 // exception thrown through it ends in std::terminate, a backtrace() stops there),
 // so threads with a shadow stack are not waited for (their return would fault);
 // nor are threads whose outermost busy frame cannot be found (a frame that could
-// not be unwound), nor processes that catch both notification signals.
+// not be unwound), nor processes that catch both notification signals, nor a
+// process stopped by job control (SIGSTOP): letting it run would override the stop,
+// and a SIGSTOP that comes during a wait ends it, the process left stopped.
 
 // leaveCode is testdata/leave_amd64.s assembled (TestLeaveCodeMatchesSource).
 var leaveCode = []byte{
