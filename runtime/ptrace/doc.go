@@ -16,7 +16,8 @@
 //
 // Known limits: a thread in an uninterruptible sleep delays the attach until
 // it wakes (an error after 2 s of polling for the leader; a blocking wait for
-// other threads); an injected syscall that a seccomp filter forbids fails or
+// other threads, and for a leader alone that entered the sleep after the
+// tracer looked); an injected syscall that a seccomp filter forbids fails or
 // kills the process; a process exec'ing during Attach gives ErrExec even if
 // its new image could have been attached.
 //

@@ -344,10 +344,16 @@ func (p *Process) waitPending() error {
 }
 
 // soleLeader reports whether the only thread known is the group leader, on its way
-// to a stop: nothing else can hold its report back (its clone, exec or death is
-// reported at once), so waiting on it blocks rather than polls.
+// to a stop, and not in an uninterruptible sleep: nothing else can hold its report
+// back (its clone, exec or death is reported at once), so waiting on it blocks
+// rather than polls. One in an uninterruptible sleep is polled, so that the attach
+// gives up after stopTimeout.
 func (p *Process) soleLeader() bool {
-	return len(p.threads) == 1 && p.threads[0].tid == p.Pid && p.threads[0].state == stRunning
+	if len(p.threads) != 1 || p.threads[0].tid != p.Pid || p.threads[0].state != stRunning {
+		return false
+	}
+	st, err := proc.ThreadState(p.Pid, p.Pid)
+	return err == nil && st != 'D'
 }
 
 func (p *Process) pendingNonLeader() *thread {
