@@ -57,9 +57,10 @@ func (c *frameTables) get(path string, st unix.Stat_t) (*unwind.Table, error) {
 // mapTable reads the call-frame table of the file at path by mapping the file
 // read-only: a lookup then touches only the pages of the one description it needs,
 // where reading would copy the whole .eh_frame (a few hundred KiB for libc) on every
-// run of the tool. The mapping lives as long as the table (the cache's life). A
-// fault on it (the file truncated under the mapping) is a panic here and during
-// the walks (see safeBusyFrame), not a crash.
+// run of the tool. The mapping lives as long as the table (the cache's life: a
+// long-running helper keeps a replaced library's old file, deleted, until it exits,
+// as the processes still running it do). A fault on it (the file truncated under
+// the mapping) is a panic here and during the walks (see safeBusyFrame), not a crash.
 func mapTable(path string, size int64) (*unwind.Table, error) {
 	if size <= 0 || size > 1<<32 {
 		return nil, fmt.Errorf("call-frame information of %s: size %d", path, size)
