@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/proc"
@@ -22,15 +23,19 @@ func NewUpatchEngine(root string) UpatchEngine { return UpatchEngine{E: upatch.N
 // Processes returns the pids that map path.
 func (a UpatchEngine) Processes(path string) ([]int, error) { return upatch.Processes(path) }
 
+// busyWait bounds how long the engine waits for a thread busy in a replaced function
+// (or in the patch) to return from it before it reports the process busy.
+const busyWait = 5 * time.Second
+
 // PatchAll patches every pid.
 func (a UpatchEngine) PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool) []error {
-	res := a.E.PatchAll(pids, obj, upatch.Options{Binary: binary, UUID: uuid, Force: force})
+	res := a.E.PatchAll(pids, obj, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait})
 	return classifyAll(res, upatch.ErrAlreadyApplied)
 }
 
 // UnpatchAll unpatches every pid.
 func (a UpatchEngine) UnpatchAll(pids []int, binary, uuid string, force bool) []error {
-	res := a.E.UnpatchAll(pids, uuid, upatch.Options{Binary: binary, UUID: uuid, Force: force})
+	res := a.E.UnpatchAll(pids, uuid, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait})
 	return classifyAll(res, upatch.ErrNotApplied)
 }
 

@@ -300,6 +300,24 @@ func MappedFile(pid int, m Mapping) string {
 	return p
 }
 
+// StatMapped is MappedFile with the stat(2) of the file it names, found with one
+// stat where the group leader is alive (MappedFile checks the path first, and the
+// caller would stat it again).
+func StatMapped(pid int, m Mapping) (string, unix.Stat_t, error) {
+	var st unix.Stat_t
+	p := mappedFile(pid, m)
+	err := unix.Stat(p, &st)
+	if err == nil {
+		return p, st, nil
+	}
+	if q := MappedFile(pid, m); q != p {
+		if err = unix.Stat(q, &st); err == nil {
+			return q, st, nil
+		}
+	}
+	return p, st, &os.PathError{Op: "stat", Path: p, Err: err}
+}
+
 func mappedFile(pid int, m Mapping) string {
 	b := make([]byte, 0, 64)
 	b = append(b, "/proc/"...)

@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -325,4 +326,31 @@ func readSmall(path string, buf []byte) ([]byte, error) {
 		}
 		return buf[:n], nil
 	}
+}
+
+// CaughtSignals returns the signals process pid has handlers for (SigCgt in its
+// status; bit n-1 for signal n).
+func CaughtSignals(pid int) (uint64, error) {
+	buf := getBuf()
+	defer putBuf(buf)
+	data, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/status", buf)
+	if err != nil {
+		return 0, fmt.Errorf("status of pid %d: %w", pid, err)
+	}
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("SigCgt:")); ok {
+			n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
+			if err != nil {
+				return 0, fmt.Errorf("status of pid %d: SigCgt %q: %w", pid, v, ErrMalformed)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("status of pid %d: no SigCgt: %w", pid, ErrMalformed)
 }

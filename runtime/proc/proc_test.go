@@ -348,3 +348,72 @@ func BenchmarkParseMaps(b *testing.B) {
 		}
 	}
 }
+
+// A query answers for every mapping what maps says about it.
+func TestQueryMatchesMaps(t *testing.T) {
+	pid := os.Getpid()
+	q, err := OpenQuery(pid)
+	if err != nil {
+		t.Fatalf("OpenQuery: %v (the kernel of this machine has PROCMAP_QUERY)", err)
+	}
+	defer q.Close()
+	ms, err := Maps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range ms {
+		if want.Inode == 0 {
+			continue // anonymous memory of the Go runtime may change meanwhile; [vsyscall] is no VMA
+		}
+		for _, a := range []uint64{want.Start, want.End - 1} {
+			got, ok, err := q.At(a)
+			if err != nil || !ok {
+				t.Fatalf("At(%#x): %v %v, want %s", a, ok, err, want.Format())
+			}
+			want.Path, want.Deleted = "", false
+			if got != want {
+				t.Errorf("At(%#x) = %+v, want %+v", a, got, want)
+			}
+		}
+	}
+	if _, ok, err := q.At(8); ok || err != nil {
+		t.Errorf("At(8) = %v %v, want no mapping", ok, err)
+	}
+}
+
+// The caught signals of a process are the handlers it installed: the Go runtime of
+// this test catches SIGURG (preemption).
+func TestCaughtSignals(t *testing.T) {
+	m, err := CaughtSignals(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m&(1<<(unix.SIGURG-1)) == 0 {
+		t.Errorf("SigCgt %#x lacks SIGURG", m)
+	}
+	if _, err := CaughtSignals(1 << 30); err == nil {
+		t.Error("a missing process has caught signals")
+	}
+}
+
+// StatMapped names and stats the very file behind a mapping.
+func TestStatMapped(t *testing.T) {
+	ms, err := Maps(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Inode == 0 || !strings.HasPrefix(m.Path, "/") {
+			continue
+		}
+		path, st, err := StatMapped(os.Getpid(), m)
+		if err != nil || path != MappedFile(os.Getpid(), m) || st.Ino != m.Inode {
+			t.Fatalf("StatMapped(%s) = %q, inode %d, %v; want %q, inode %d", m.Format(), path, st.Ino, err, MappedFile(os.Getpid(), m), m.Inode)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Fatal("no file mapping in the test process")
+	}
+}

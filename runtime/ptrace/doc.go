@@ -16,11 +16,18 @@
 //
 // Known limits: a thread in an uninterruptible sleep delays the attach until
 // it wakes (an error after 2 s of polling for the leader; a blocking wait for
-// other threads); an injected syscall that a seccomp filter forbids fails or
+// other threads, and for a leader alone that entered the sleep after the
+// tracer looked); an injected syscall that a seccomp filter forbids fails or
 // kills the process; a process exec'ing during Attach gives ErrExec even if
 // its new image could have been attached.
 //
 // The package is written for x86-64 (the injected code and register layout).
+//
+// Two lighter forms of holding a process: AttachThread stops a single thread
+// (enough to inject a call that needs no stopped process, such as mapping new
+// memory), and RunUntil lets a stopped process run again, still attached,
+// until a thread stops itself at a given place (run.go), then stops every
+// thread again.
 //
 // # Surviving the death of the tracer
 //

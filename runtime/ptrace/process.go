@@ -35,8 +35,11 @@ type thread struct {
 	haveRegs bool
 	regs     unix.PtraceRegs
 	haveMask bool // mask holds the blocked signals (read once per attach)
-	mask     uint64
-	deferred []deferredSignal
+	// groupStop: the stop is a job-control stop (SIGSTOP and friends), which
+	// RunUntil must not override by letting the thread run.
+	groupStop bool
+	mask      uint64
+	deferred  []deferredSignal
 }
 
 // deferredSignal is a signal that arrived while a syscall was being injected;
@@ -298,7 +301,10 @@ func (p *Process) waitPending() error {
 		if p.execed {
 			return nil
 		}
-		if th := p.pendingNonLeader(); th != nil {
+		if th := p.pendingNonLeader(); th != nil || p.soleLeader() {
+			if th == nil {
+				th = p.threads[0]
+			}
 			// Block on one thread rather than spin: spinning holds a CPU the
 			// tracees need to reach their stops. A thread other than the
 			// leader reports its stop or its death without waiting on any
@@ -335,6 +341,19 @@ func (p *Process) waitPending() error {
 		}
 	}
 	return nil
+}
+
+// soleLeader reports whether the only thread known is the group leader, on its way
+// to a stop, and not in an uninterruptible sleep: nothing else can hold its report
+// back (its clone, exec or death is reported at once), so waiting on it blocks
+// rather than polls. One in an uninterruptible sleep is polled, so that the attach
+// gives up after stopTimeout.
+func (p *Process) soleLeader() bool {
+	if len(p.threads) != 1 || p.threads[0].tid != p.Pid || p.threads[0].state != stRunning {
+		return false
+	}
+	st, err := proc.ThreadState(p.Pid, p.Pid)
+	return err == nil && st != 'D'
 }
 
 func (p *Process) pendingNonLeader() *thread {
@@ -398,6 +417,7 @@ func (p *Process) apply(th *thread, ws unix.WaitStatus) {
 		// An interrupt stop, the first stop of an auto-attached thread, or
 		// a group-stop (SIGSTOP and friends): all leave the thread parked.
 		th.state = stStopped
+		th.groupStop = groupStop(ws)
 	case eventExit:
 		// Not requested (see seizeOptions), but a Call may meet one.
 		_ = cont(tid, 0)
@@ -731,4 +751,51 @@ func reapTracedZombies(pid, tracer int) (reaped []int) {
 		}
 	}
 	return reaped
+}
+
+func (t *Tracer) attachThread(pid int) (*Process, error) {
+	if _, ok := t.procs[pid]; ok {
+		return nil, fmt.Errorf("attach pid %d: already attached by this tracer", pid)
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("attach pid %d: %w", pid, unix.EINVAL)
+	}
+	p := &Process{Pid: pid, t: t, byTid: map[int]*thread{}, memFd: -1, memTid: pid, notify: -1}
+	t.procs[pid] = p
+	fail := func(err error) (*Process, error) {
+		_ = p.detach()
+		return nil, fmt.Errorf("attach a thread of pid %d: %w", pid, err)
+	}
+	tids, err := proc.Threads(pid)
+	if err != nil {
+		if proc.IsGone(err) {
+			err = ErrExited
+		}
+		return fail(err)
+	}
+	// The last listed thread: not the leader when there are others, whose end
+	// would be reported only after theirs.
+	for i := len(tids) - 1; i >= 0; i-- {
+		if err := p.seizeThread(tids[i]); err != nil {
+			return fail(err)
+		}
+		if err := p.waitPending(); err != nil {
+			return fail(err)
+		}
+		if p.execed {
+			return fail(ErrExec)
+		}
+		if len(p.Threads()) > 0 {
+			break
+		}
+	}
+	if len(p.Threads()) == 0 {
+		return fail(ErrExited)
+	}
+	if th := p.byTid[pid]; th == nil || th.state != stStopped {
+		if st, err := proc.ThreadState(pid, pid); err != nil || st == 'Z' || st == 'X' {
+			p.memTid = p.Threads()[0]
+		}
+	}
+	return p, nil
 }

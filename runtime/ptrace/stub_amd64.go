@@ -524,10 +524,26 @@ func sigBit(sig int) uint64 {
 // process install a handler between two attaches, the handler could see one
 // spurious signal, and only if this tracer died in the microseconds between
 // the stub's signal and its stop.)
+//
+// Before the first run the tracer reads the caught signals from /proc/PID/status
+// (SigCgt, what the stub would learn with rt_sigaction): knowing the signal, it can
+// sleep in wait4 from the first run on rather than poll.
 func (p *Process) notifySignal() int {
 	if p.notify < 0 {
 		if n, ok := p.t.notifies[p.Pid]; ok {
 			p.notify = n
+		} else if caught, err := proc.CaughtSignals(p.memTid); err == nil {
+			p.notify = 0
+			for _, sig := range []int{int(unix.SIGURG), int(unix.SIGWINCH)} {
+				if caught&sigBit(sig) == 0 {
+					p.notify = sig
+					break
+				}
+			}
+			if len(p.t.notifies) > 4096 {
+				clear(p.t.notifies)
+			}
+			p.t.notifies[p.Pid] = p.notify
 		}
 	}
 	return p.notify

@@ -42,6 +42,9 @@ type request struct {
 	done chan error
 }
 
+// tracerNice is the nice value of tracer threads.
+const tracerNice = -10
+
 // NewTracer starts a tracer thread. Close it when done.
 func NewTracer() *Tracer {
 	t := &Tracer{
@@ -65,6 +68,12 @@ func (t *Tracer) loop(ready chan<- struct{}) {
 	// forgotten Process is never left stopped.
 	runtime.LockOSThread()
 	t.tid = unix.Gettid()
+	// A freeze is a chain of handoffs between this thread and the tracees, and
+	// each tracee woken (interrupted, resumed, detached) may preempt this thread
+	// on a busy machine, stretching the freeze. A higher weight for this one
+	// thread (it sleeps in wait4 whenever a tracee has work to do) keeps it on
+	// its CPU. Allowed for root only; otherwise it runs at the default.
+	_ = unix.Setpriority(unix.PRIO_PROCESS, t.tid, tracerNice)
 	close(ready)
 	defer close(t.done)
 	for {
@@ -139,6 +148,26 @@ func (t *Tracer) Attach(pid int) (*Process, error) {
 		}
 		var err error
 		p, err = t.attach(pid)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// AttachThread stops one thread of process pid (one other than the group leader
+// when there is one) and leaves the others running: enough to run injected code
+// that needs no stopped process, such as mapping memory no code uses yet. The
+// returned Process holds only that thread.
+func (t *Tracer) AttachThread(pid int) (*Process, error) {
+	var p *Process
+	err := t.run(func() error {
+		if len(t.zombies) > 0 {
+			t.reapZombies()
+		}
+		var err error
+		p, err = t.attachThread(pid)
 		return err
 	})
 	if err != nil {

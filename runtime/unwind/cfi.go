@@ -78,6 +78,20 @@ func (t *Table) Bias(start, off uint64) (uint64, bool) {
 
 // Parse reads the .eh_frame section of f. A file without one has an empty table.
 func Parse(f *elf.File) (*Table, error) {
+	return parse(f, nil)
+}
+
+// ParseImage is Parse for a file whose bytes are all in image (f was read from it):
+// the table refers to image instead of copies of its sections, so a file mapped into
+// memory is read only where a lookup goes.
+func ParseImage(f *elf.File, image []byte) (*Table, error) {
+	if image == nil {
+		image = []byte{}
+	}
+	return parse(f, image)
+}
+
+func parse(f *elf.File, image []byte) (*Table, error) {
 	t := &Table{}
 	first := true
 	for _, p := range f.Progs {
@@ -92,12 +106,12 @@ func Parse(f *elf.File) (*Table, error) {
 	if s == nil || s.Type == elf.SHT_NOBITS {
 		return t, nil
 	}
-	data, err := elfsafe.SectionData(s)
+	data, err := sectionBytes(s, image)
 	if err != nil {
 		return nil, fmt.Errorf("section .eh_frame: %w", err)
 	}
 	if h := f.Section(".eh_frame_hdr"); h != nil && h.Type != elf.SHT_NOBITS {
-		if hb, err := elfsafe.SectionData(h); err == nil && t.useIndex(hb, h.Addr, data, s.Addr) {
+		if hb, err := sectionBytes(h, image); err == nil && t.useIndex(hb, h.Addr, data, s.Addr) {
 			return t, nil
 		}
 	}
@@ -105,6 +119,18 @@ func Parse(f *elf.File) (*Table, error) {
 		return nil, fmt.Errorf("section .eh_frame: %w", err)
 	}
 	return t, nil
+}
+
+// sectionBytes returns the contents of s: a slice of image when there is one, else
+// a copy read from the file.
+func sectionBytes(s *elf.Section, image []byte) ([]byte, error) {
+	if image == nil {
+		return elfsafe.SectionData(s)
+	}
+	if s.Flags&elf.SHF_COMPRESSED != 0 || s.Offset > uint64(len(image)) || s.Size > uint64(len(image))-s.Offset {
+		return nil, fmt.Errorf("%d bytes at offset %#x: past the end of the file (%d bytes) or compressed", s.Size, s.Offset, len(image))
+	}
+	return image[s.Offset : s.Offset+s.Size : s.Offset+s.Size], nil
 }
 
 // tableEnc is the encoding of .eh_frame_hdr search tables that linkers write:

@@ -1,6 +1,7 @@
 package unwind
 
 import (
+	"bytes"
 	"debug/elf"
 	"fmt"
 	"os"
@@ -186,5 +187,46 @@ func TestBiasOfEachMapping(t *testing.T) {
 				t.Errorf("%s: biases %#x differ", file, bs)
 			}
 		}
+	}
+}
+
+// A table read from the file's bytes in memory finds the same descriptions, with the
+// same rules, as one read from the file.
+func TestParseImageMatchesParse(t *testing.T) {
+	out, err := exec.Command("gcc", "-print-file-name=libc.so.6").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := strings.TrimSpace(string(out))
+	image, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ef, err := elf.NewFile(bytes.NewReader(image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := Parse(ef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapped, err := ParseImage(ef, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mapped.Len() != read.Len() || mapped.Len() < 1000 {
+		t.Fatalf("%d descriptions from the image, %d read", mapped.Len(), read.Len())
+	}
+	for i := 0; i < read.Len(); i += 37 {
+		pc := read.hdrAddr + uint64(int64(int32(le.Uint32(read.index[8*i:]))))
+		a, errA := read.find(pc)
+		b, errB := mapped.find(pc)
+		if errA != nil || errB != nil || a == nil || b == nil || a.lo != b.lo || a.hi != b.hi || !bytes.Equal(a.insns, b.insns) {
+			t.Fatalf("find(%#x): read %+v %v, image %+v %v", pc, a, errA, b, errB)
+		}
+	}
+	// A section past the end of the image is an error, not a panic.
+	if _, err := ParseImage(ef, image[:len(image)/2]); err == nil {
+		t.Error("ParseImage of a truncated image succeeded")
 	}
 }

@@ -18,6 +18,12 @@ type Regs struct {
 	PC  uint64
 	Val [numRegs]uint64
 	Set [numRegs]bool
+	// PCAt is where PC was read from on the stack (0 for frame 0, or when the
+	// return address came from a register).
+	PCAt uint64
+	// Return says that PC is a return address even in the first frame of a Walk
+	// (which then looks up the call before it): a walk resumed at a caller.
+	Return bool
 }
 
 // NewRegs are the registers of a stopped thread (DWARF order: rax rdx rcx rbx rsi rdi
@@ -67,6 +73,9 @@ type state struct {
 type Frame struct {
 	PC uint64 // the instruction pointer (frame 0) or the return address
 	SP uint64 // the stack pointer in the frame
+	// PCAt is the stack slot the return address PC was read from (0 for frame 0):
+	// writing another address there changes where the callee returns.
+	PCAt uint64
 }
 
 // Walk unwinds from r, calling visit for each frame (frame 0 first) until the
@@ -75,14 +84,14 @@ type Frame struct {
 func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bool) error {
 	signal := false
 	for depth := 0; depth < maxFrames; depth++ {
-		if !visit(Frame{PC: r.PC, SP: r.Val[regRSP]}) {
+		if !visit(Frame{PC: r.PC, SP: r.Val[regRSP], PCAt: r.PCAt}) {
 			return nil
 		}
 		// A return address follows its call: look up the call itself, which may be
 		// the last instruction of its function. Frame 0 and a frame interrupted by a
 		// signal are at the instruction itself.
 		look := r.PC
-		if depth > 0 && !signal {
+		if (depth > 0 || r.Return) && !signal {
 			look--
 		}
 		m := moduleOf(mods, look)
@@ -107,7 +116,7 @@ func Walk(r Regs, mods []Module, mem Memory, maxFrames int, visit func(Frame) bo
 		if outer || next.PC == 0 {
 			return nil
 		}
-		if next.Val[regRSP] <= r.Val[regRSP] && depth > 0 {
+		if next.Val[regRSP] <= r.Val[regRSP] && (depth > 0 || r.Return) {
 			return fmt.Errorf("frame %d at %#x: %w: the stack pointer does not grow (%#x after %#x)", depth, r.PC, ErrNoInfo, next.Val[regRSP], r.Val[regRSP])
 		}
 		signal = f.cie.signal
@@ -172,6 +181,9 @@ func step(r Regs, st state, raReg uint64, mem Memory) (Regs, bool, error) {
 		return Regs{}, false, fmt.Errorf("its return address is not saved")
 	}
 	next.PC = next.Val[raReg]
+	if ru := st.regs[raReg]; ru.kind == ruleOffset {
+		next.PCAt = uint64(int64(cfa) + ru.n)
+	}
 	next.Val[regRSP], next.Set[regRSP] = cfa, true
 	return next, false, nil
 }

@@ -145,25 +145,3 @@ func repairPending(pr *ptrace.Process, headers []*Header) ([]*Header, error) {
 	}
 	return out, nil
 }
-
-// readHeaderAt reads the header of the patch region at base.
-func readHeaderAt(pr memReader, base uint64) (*Header, error) {
-	prefix := make([]byte, headerFixedSize)
-	if err := pr.ReadMem(base, prefix); err != nil {
-		return nil, err
-	}
-	textSize := binary.LittleEndian.Uint64(prefix[80:])
-	if string(prefix[:8]) != headerMagic || textSize < headerFixedSize {
-		return nil, errNotHeader
-	}
-	b := make([]byte, min(textSize, 1<<20))
-	if err := pr.ReadMem(base, b); err != nil {
-		return nil, fmt.Errorf("read patch header at %#x: %w", base, err)
-	}
-	h, err := decodeHeader(b)
-	if err != nil {
-		return nil, fmt.Errorf("patch header at %#x: %w", base, err)
-	}
-	h.Base = base
-	return h, nil
-}

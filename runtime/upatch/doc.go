@@ -5,7 +5,9 @@
 //
 // The work on one process is a short critical section between stopping every thread
 // and detaching; everything that does not need the process stopped (parsing, symbol
-// lookup, layout planning) happens before it.
+// lookup, layout planning) happens before it, and so does staging: the patch's region
+// is mapped, linked and written with a single thread stopped, so the freeze only reads
+// the bytes it replaces, checks the threads, and commits.
 //
 // # Safety check
 //
@@ -19,5 +21,27 @@
 // earlier patch, or rules given as DWARF expressions, such as a signal frame), the rest
 // of the stack, from that frame to the end of its mapping, is scanned for any 8-byte
 // word that is such an address: conservative, as the whole check was before. A busy
-// process is retried, then refused with ErrBusy naming thread and function.
+// process is retried, then refused with ErrBusy naming thread and function; with
+// Options.Timeout the engine instead waits, in the same attach, for each busy thread
+// to return from its outermost busy frame (wait.go), and patches once none is busy.
+//
+// # Where things are
+//
+//	engine.go   the Engine, its options and results, and every entry point:
+//	            Patch, Unpatch, PatchAll, UnpatchAll, Info (PatchBinary in binary.go)
+//	batch.go    one operation over many processes, several at a time
+//	target.go   the patched ELF in a process, the functions a patch replaces
+//	resolve.go  the symbols a patch leaves undefined
+//	apply.go    patch one process: what is computed first, then the critical section
+//	stage.go    the patch image written before the freeze
+//	alloc.go    memory for a patch within reach of its target
+//	freeze.go   every thread stopped around an operation, retried while busy
+//	safety.go   the check that no thread runs or returns into what is replaced
+//	frames.go   the call-frame tables and the walk of each thread's frames
+//	wait.go     waiting, in the same attach, for busy threads to return
+//	jump.go     the jump at each replaced function; padding.go the room for it
+//	commit.go   the commit as one step, rollback of a half-applied patch
+//	header.go   the header that makes a process self-describing
+//	unpatch.go  remove a patch from one process
+//	exited.go   telling a process that exited from other failures
 package upatch

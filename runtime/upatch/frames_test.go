@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/unwind"
 )
 
 // A thread whose stack holds stale copies of greet's address, but no frame of greet,
@@ -54,14 +56,78 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 		return nil
 	}
 	regs := unix.PtraceRegs{Rip: 0x500000, Rsp: lo + 16}
-	r, where := busyFrame(regs, stack, lo, nil, find)
+	bf := busyFrame(regs, stack, lo, nil, find, nil)
+	r, where := bf.hit, bf.where
 	if r == nil || r.name != "greet" || !strings.Contains(where, "could not be unwound") {
 		t.Fatalf("busyFrame without tables = %v, %q; want greet found by the word scan", r, where)
 	}
 	// A word below the stack pointer is not live: not reported.
 	binary.LittleEndian.PutUint64(stack[40:], 0)
 	binary.LittleEndian.PutUint64(stack[8:], 0x401010)
-	if r, _ := busyFrame(regs, stack, lo, nil, find); r != nil {
+	if r := busyFrame(regs, stack, lo, nil, find, nil).hit; r != nil {
 		t.Fatalf("a word below the stack pointer reported busy: %v", r)
+	}
+}
+
+// On a kernel without PROCMAP_QUERY the freeze reads maps instead: the same check
+// blocks and clears the same threads.
+func TestCheckWithoutMappingQueries(t *testing.T) {
+	testNoQuery = true
+	defer func() { testNoQuery = false }()
+	TestStaleStackWordsDoNotBlock(t)
+}
+
+// codeMem is code bytes at fixed addresses, for callSites.
+type codeMem map[uint64][]byte
+
+func (c codeMem) ReadMem(addr uint64, b []byte) error {
+	for base, code := range c {
+		if addr >= base && addr+uint64(len(b)) <= base+uint64(len(code)) {
+			copy(b, code[addr-base:])
+			return nil
+		}
+	}
+	return errors.New("unmapped")
+}
+
+// callAt encodes a direct call at addr to target (5 bytes).
+func callAt(addr, target uint64) []byte {
+	b := []byte{0xe8, 0, 0, 0, 0}
+	binary.LittleEndian.PutUint32(b[1:], uint32(int32(int64(target)-int64(addr+5))))
+	return b
+}
+
+// In busy code without call-frame information (a patch), the frame the thread
+// leaves to is the first word above that follows a direct call of a replaced
+// function: words that follow no call, or a call of something else, are passed over.
+func TestCallSiteFindsTheCaller(t *testing.T) {
+	const lo, code, entry = 0x7ffd0000, 0x401000, 0x401800
+	patch := busyRange{lo: 0x500000, hi: 0x501000, name: "greet"}
+	find := func(a uint64) *busyRange {
+		if a >= patch.lo && a < patch.hi {
+			return &patch
+		}
+		return nil
+	}
+	text := make([]byte, 0x1000)
+	copy(text[0x100:], []byte{0x90, 0x90, 0x90, 0x90, 0x90}) // no call before 0x401105
+	copy(text[0x200:], callAt(code+0x200, code+0x600))       // a call of something else
+	copy(text[0x300:], callAt(code+0x300, entry))            // the call of the replaced function
+	mods := []unwind.Module{{Lo: code, Hi: code + 0x1000}}
+	stack := make([]byte, 64)
+	for i, w := range []uint64{code + 0x105, code + 0x205, code + 0x305} {
+		binary.LittleEndian.PutUint64(stack[8+8*i:], w)
+	}
+	regs := unix.PtraceRegs{Rip: 0x500010, Rsp: lo + 8}
+	sites := &callSites{code: codeMem{code: text}, entries: map[uint64]bool{entry: true}, mods: mods}
+	bf := busyFrame(regs, stack, lo, mods, find, sites)
+	if bf.hit == nil || bf.stuck != "" || bf.leave.PC != code+0x305 || bf.leave.PCAt != lo+24 {
+		t.Fatalf("busyFrame = %+v; want greet busy, leaving to %#x through the slot at %#x", bf, code+0x305, lo+24)
+	}
+	// Without the replaced function among the entries, no caller is found: the thread
+	// cannot be waited for (and is still busy).
+	sites.entries = nil
+	if bf := busyFrame(regs, stack, lo, mods, find, sites); bf.hit == nil || bf.stuck == "" {
+		t.Fatalf("busyFrame without entries = %+v; want busy and not waitable", bf)
 	}
 }

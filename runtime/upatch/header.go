@@ -5,6 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/syscare/syscare/runtime/proc"
 )
 
 // The header is the first thing in every patch region mapped into a process. It makes
@@ -159,5 +163,66 @@ func decodeHeader(b []byte) (*Header, error) {
 		})
 	}
 	h.EncodedSz = uint64(h.encodedSize())
+	return h, nil
+}
+
+// memReader reads a process's memory: a stopped *ptrace.Process, or ptrace.Remote
+// for a running one.
+type memReader interface {
+	ReadMem(addr uint64, buf []byte) error
+}
+
+// readHeaders finds the patch headers in the process: anonymous r-x mappings that
+// start with the header magic.
+func readHeaders(pr memReader, maps []proc.Mapping) ([]*Header, error) {
+	var out []*Header
+	prefix := make([]byte, headerFixedSize)
+	for _, m := range maps {
+		if m.Inode != 0 || m.Path != "" || !strings.HasPrefix(m.Perms, "r-x") || m.End-m.Start < pageSize {
+			continue
+		}
+		if err := pr.ReadMem(m.Start, prefix); err != nil || string(prefix[:8]) != headerMagic {
+			continue
+		}
+		n := int(binary.LittleEndian.Uint32(prefix[12:]))
+		textSize := binary.LittleEndian.Uint64(prefix[80:])
+		if n <= 0 || textSize < headerFixedSize || textSize > m.End-m.Start {
+			continue
+		}
+		size := min(textSize, 1<<20)
+		b := make([]byte, size)
+		if err := pr.ReadMem(m.Start, b); err != nil {
+			return nil, fmt.Errorf("read patch header at %#x: %w", m.Start, err)
+		}
+		h, err := decodeHeader(b)
+		if err != nil {
+			return nil, fmt.Errorf("patch header at %#x: %w", m.Start, err)
+		}
+		h.Base = m.Start
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
+}
+
+// readHeaderAt reads the header of the patch region at base.
+func readHeaderAt(pr memReader, base uint64) (*Header, error) {
+	prefix := make([]byte, headerFixedSize)
+	if err := pr.ReadMem(base, prefix); err != nil {
+		return nil, err
+	}
+	textSize := binary.LittleEndian.Uint64(prefix[80:])
+	if string(prefix[:8]) != headerMagic || textSize < headerFixedSize {
+		return nil, errNotHeader
+	}
+	b := make([]byte, min(textSize, 1<<20))
+	if err := pr.ReadMem(base, b); err != nil {
+		return nil, fmt.Errorf("read patch header at %#x: %w", base, err)
+	}
+	h, err := decodeHeader(b)
+	if err != nil {
+		return nil, fmt.Errorf("patch header at %#x: %w", base, err)
+	}
+	h.Base = base
 	return h, nil
 }

@@ -143,10 +143,36 @@ func (v *victim) pid() int { return v.cmd.Process.Pid }
 // waitFor waits for a new output line that satisfies ok and returns it.
 func (v *victim) waitFor(t testing.TB, ok func(string) bool) string {
 	t.Helper()
+	return v.waitFrom(t, -1, ok)
+}
+
+// mark returns the number of lines read so far, for waitFrom.
+func (v *victim) mark() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.lines)
+}
+
+// send writes s to the program's stdin and returns the first output line after
+// that which satisfies ok.
+func (v *victim) send(t testing.TB, s string, ok func(string) bool) string {
+	t.Helper()
+	seen := v.mark()
+	if _, err := v.stdin.Write([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	return v.waitFrom(t, seen, ok)
+}
+
+// waitFrom is waitFor counting from line seen (-1: from now).
+func (v *victim) waitFrom(t testing.TB, seen int, ok func(string) bool) string {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	seen := len(v.lines)
+	if seen < 0 || seen > len(v.lines) {
+		seen = len(v.lines)
+	}
 	timer := time.AfterFunc(10*time.Second, func() { v.mu.Lock(); v.cond.Broadcast(); v.mu.Unlock() })
 	defer timer.Stop()
 	for {

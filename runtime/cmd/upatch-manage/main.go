@@ -25,8 +25,8 @@ import (
 )
 
 const usage = `Usage:
-  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--retries N] [--debug-root DIR] [--json]
-  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--retries N] [--json]
+  upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--timeout D] [--retries N] [--debug-root DIR] [--json]
+  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--timeout D] [--retries N] [--json]
   upatch-manage info    --pid PID [--json]
 
 Apply a user-space hot patch to running processes, remove it, or list the patches a
@@ -54,7 +54,12 @@ Options:
   --uuid UUID         the patch's identifier in the process (default: a new random UUID,
                       printed on success)
   --force             patch even though the object records no target build-id
-  --retries N         tries when a thread is busy in a replaced function (default 3)
+  --timeout D         how long to wait for a thread busy in a replaced function (or,
+                      for unpatch, in the patch) to return from it, while the process
+                      runs; the patch goes in as soon as no thread is busy (default 5s,
+                      0 for no waiting). SIGINT or SIGTERM ends a wait at once and
+                      leaves the process as it was
+  --retries N         tries when a busy thread cannot be waited for (default 3)
   --debug-root DIR    look for the target's separate debuginfo (by build-id) under
                       DIR/usr/lib/debug instead of /usr/lib/debug
   --json              machine-readable output: info's patches, or for patch and unpatch
@@ -83,10 +88,19 @@ func (e usageError) Error() string { return e.msg }
 
 func main() {
 	// The process being patched must never be left half done because this tool was
-	// interrupted: hold SIGINT/SIGTERM/SIGHUP until the operation is over.
+	// interrupted: hold SIGINT/SIGTERM/SIGHUP until the operation is over. A signal
+	// ends a wait for busy threads at once (the engine leaves the process as it was).
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)
+	ctx, cancel := context.WithCancel(context.Background())
+	var got os.Signal
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		got = <-sigs
+		cancel()
+	}()
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	code := exitCode(err)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "upatch-manage: %v\n", err)
@@ -97,13 +111,12 @@ func main() {
 			fmt.Fprintf(os.Stderr, "upatch-manage: %s\n", hint)
 		}
 	}
-	select {
-	case s := <-sigs:
-		fmt.Fprintf(os.Stderr, "upatch-manage: interrupted by %v after the operation completed\n", s)
-		if code == 0 {
-			code = 128 + int(s.(syscall.Signal))
+	if ctx.Err() != nil {
+		<-done
+		fmt.Fprintf(os.Stderr, "upatch-manage: interrupted by %v\n", got)
+		if code == 0 || errors.Is(err, ptrace.ErrCanceled) {
+			code = 128 + int(got.(syscall.Signal))
 		}
-	default:
 	}
 	os.Exit(code)
 }
@@ -143,6 +156,7 @@ type options struct {
 	uuid    string
 	force   bool
 	retries int
+	timeout time.Duration
 	json    bool
 	debug   string
 }
@@ -158,6 +172,7 @@ func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.uuid, "uuid", "", "")
 	fs.BoolVar(&o.force, "force", false, "")
 	fs.IntVar(&o.retries, "retries", 3, "")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "")
 	fs.BoolVar(&o.json, "json", false, "")
 	fs.StringVar(&o.debug, "debug-root", "/", "")
 	if err := fs.Parse(args); err != nil {
@@ -174,6 +189,9 @@ func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
 			}
 			o.pids = append(o.pids, pid)
 		}
+	}
+	if o.timeout < 0 {
+		return nil, usageError{fmt.Sprintf("%s: --timeout must not be negative", cmd)}
 	}
 	if o.retries < 1 {
 		return nil, usageError{fmt.Sprintf("%s: --retries must be at least 1", cmd)}
@@ -224,7 +242,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	eng := upatch.NewEngine(o.debug)
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
-	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn}
+	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn,
+		Timeout: o.timeout, Cancel: ctx.Done()}
 	switch cmd {
 	case "patch":
 		if o.patch == "" {

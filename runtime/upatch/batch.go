@@ -1,0 +1,35 @@
+package upatch
+
+import (
+	"runtime"
+	"sync"
+
+	"github.com/syscare/syscare/runtime/ptrace"
+)
+
+// Running one operation over many processes, several at a time.
+
+func (e *Engine) batch(pids []int, op func(*ptrace.Tracer, int) (Stats, error)) []Result {
+	res := make([]Result, len(pids))
+	workers := min(runtime.GOMAXPROCS(0)*2, len(pids))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := e.tracer()
+			defer e.release(t)
+			for i := range next {
+				st, err := op(t, pids[i])
+				res[i] = Result{Pid: pids[i], Err: err, Stats: st}
+			}
+		}()
+	}
+	for i := range pids {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	return res
+}
