@@ -1,0 +1,237 @@
+// Package nsroot runs test processes as a container would: in their own mount and pid
+// namespaces, under a private root that holds its own copies of the programs (the host's
+// /usr is bind-mounted in read-only for the shared libraries). It uses unshare, nsenter
+// and pivot_root from util-linux, as root.
+package nsroot
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// setupScript builds the root and pivots into it, then execs its arguments as the
+// namespace's pid 1. Run by `unshare --mount --pid --fork`.
+const setupScript = `set -e
+R=$1; shift
+mount --make-rprivate /
+mount --bind "$R" "$R"
+mkdir -p "$R/usr" "$R/proc" "$R/.old"
+mount --rbind /usr "$R/usr"
+mount -o remount,bind,ro "$R/usr"
+for d in bin sbin lib lib64; do
+	if [ -L "/$d" ]; then ln -sfn "$(readlink "/$d")" "$R/$d"
+	elif [ -d "/$d" ]; then mkdir -p "$R/$d"; mount --rbind "/$d" "$R/$d"; fi
+done
+cd "$R"
+pivot_root . .old
+mount -t proc proc /proc
+umount -l /.old
+rmdir /.old
+exec "$@"
+`
+
+// NS is a mount and pid namespace with a private root; its pid 1 sleeps until the
+// test ends, and processes are started in it with Start.
+type NS struct {
+	// Root is the host directory that is the namespace's "/".
+	Root string
+	// Init is the host pid of the namespace's pid 1.
+	Init  int
+	keep  *exec.Cmd
+	procs []*exec.Cmd
+}
+
+// New makes a namespace whose root holds a copy of each host file in files (path in
+// the namespace -> host path), with its mode, as a container image would.
+func New(t testing.TB, files map[string]string) *NS {
+	t.Helper()
+	root := t.TempDir()
+	for in, host := range files {
+		CopyFile(t, host, filepath.Join(root, in))
+	}
+	script := filepath.Join(t.TempDir(), "nsroot-setup.sh")
+	if err := os.WriteFile(script, []byte(setupScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keep := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "/bin/sh", script, root, "/bin/sleep", "infinity")
+	var errOut strings.Builder
+	keep.Stderr = &errOut
+	if err := keep.Start(); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	ns := &NS{Root: root, keep: keep}
+	t.Cleanup(ns.close)
+	// pid 1 of the namespace is unshare's child; it is ready once it runs sleep.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if pid := childOf(keep.Process.Pid); pid > 0 {
+			if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil && strings.HasSuffix(exe, "/sleep") {
+				ns.Init = pid
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("namespace did not start: %s", errOut.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return ns
+}
+
+// MntNS returns the inode of the namespace's mount namespace.
+func (ns *NS) MntNS(t testing.TB) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(ns.Init)+"/ns/mnt", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// Proc is a process started in a namespace.
+type Proc struct {
+	// Pid is its pid on the host.
+	Pid   int
+	cmd   *exec.Cmd
+	lines chan string
+}
+
+// Start runs argv (a path inside the namespace) in the namespace and returns once it
+// has executed argv[0]; its standard output is read line by line through Lines.
+func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
+	t.Helper()
+	args := append([]string{"--target", strconv.Itoa(ns.Init), "--mount", "--pid", "--root", "--wd", "--"}, argv...)
+	cmd := exec.Command("nsenter", args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("nsenter: %v", err)
+	}
+	ns.procs = append(ns.procs, cmd)
+	p := &Proc{cmd: cmd, lines: make(chan string, 256)}
+	go func() {
+		defer close(p.lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		io.Copy(io.Discard, out)
+	}()
+	// nsenter forks for the pid namespace: the program is its child.
+	want := filepath.Join(ns.Root, argv[0])
+	var wantSt unix.Stat_t
+	if err := unix.Stat(want, &wantSt); err != nil {
+		t.Fatalf("%s is not in the namespace's root: %v", argv[0], err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Pid == 0 {
+		if pid := childOf(cmd.Process.Pid); pid > 0 {
+			var st unix.Stat_t
+			if unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st) == nil && st.Ino == wantSt.Ino && st.Dev == wantSt.Dev {
+				p.Pid = pid
+			}
+		}
+		if p.Pid == 0 && time.Now().After(deadline) {
+			t.Fatalf("%s did not start in the namespace", argv[0])
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return p
+}
+
+// Line returns the next line the process printed, failing the test after d.
+func (p *Proc) Line(t testing.TB, d time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			t.Fatalf("pid %d closed its output", p.Pid)
+		}
+		return l
+	case <-time.After(d):
+		t.Fatalf("pid %d printed nothing for %v", p.Pid, d)
+	}
+	return ""
+}
+
+// WaitFor reads lines until one contains want, failing the test after d.
+func (p *Proc) WaitFor(t testing.TB, want string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("pid %d never printed %q", p.Pid, want)
+		}
+		if strings.Contains(p.Line(t, left), want) {
+			return
+		}
+	}
+}
+
+// Kill ends the process.
+func (p *Proc) Kill() {
+	unix.Kill(p.Pid, unix.SIGKILL)
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
+
+func (ns *NS) close() {
+	// Killing pid 1 of a pid namespace kills every process in it.
+	if ns.Init > 0 {
+		unix.Kill(ns.Init, unix.SIGKILL)
+	}
+	ns.keep.Process.Kill()
+	ns.keep.Wait()
+	for _, c := range ns.procs {
+		c.Process.Kill()
+		c.Wait()
+	}
+}
+
+// childOf returns the first child of pid (from /proc/PID/task/PID/children), 0 if none.
+func childOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	c, _ := strconv.Atoi(f[0])
+	return c
+}
+
+// CopyFile copies host file src to dst (creating its directory), keeping its mode: a
+// private copy, another inode with the same bytes and so the same build-id.
+func CopyFile(t testing.TB, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, st.Mode().Perm()); err != nil {
+		t.Fatal(err)
+	}
+}
