@@ -180,3 +180,30 @@ func offsetZero(line []byte) bool {
 	v, _, ok := hexField(rest, ' ')
 	return ok && v == 0
 }
+
+// ProcessesOfFile returns every process but the caller that maps the file at path or a
+// copy of it: a file with the same GNU build-id, whatever its path or mount namespace.
+// A file without a build-id is matched by device and inode only, as ProcessesMapping
+// does.
+func ProcessesOfFile(path string) ([]int, error) {
+	id, err := FileBuildID(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(id) == 0 {
+		dev, ino, err := FileID(path)
+		if err != nil {
+			return nil, err
+		}
+		return ProcessesMapping(dev, ino)
+	}
+	ims, err := ProcessesWithBuildID(id)
+	if err != nil {
+		return nil, err
+	}
+	pids := make([]int, len(ims))
+	for i, im := range ims {
+		pids[i] = im.Pid
+	}
+	return pids, nil
+}

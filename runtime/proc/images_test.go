@@ -114,12 +114,12 @@ func TestProcessesWithBuildIDAcrossNamespaces(t *testing.T) {
 func TestContainerID(t *testing.T) {
 	id := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	for in, want := range map[string]string{
-		"0::/system.slice/docker-" + id + ".scope\n":      id,
-		"12:memory:/docker/" + id + "\n0::/docker/" + id: id,
-		"0::/machine.slice/libpod-" + id + ".scope":       id,
-		"0::/user.slice/user-0.slice/session-1.scope\n":   "",
+		"0::/system.slice/docker-" + id + ".scope\n":               id,
+		"12:memory:/docker/" + id + "\n0::/docker/" + id:           id,
+		"0::/machine.slice/libpod-" + id + ".scope":                id,
+		"0::/user.slice/user-0.slice/session-1.scope\n":            "",
 		"4:memory:/process_api/26e2b293fdf2264479e05062c9ff5c06\n": "",
-		"0::/x/" + id + "0\n": "", // 65 digits is not an id
+		"0::/x/" + id + "0\n":                                      "", // 65 digits is not an id
 	} {
 		if got := ContainerID([]byte(in)); got != want {
 			t.Errorf("ContainerID(%q) = %q, want %q", in, got, want)

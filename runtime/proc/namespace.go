@@ -1,6 +1,7 @@
 package proc
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 
@@ -53,3 +54,40 @@ func ContainerID(cgroup []byte) string {
 }
 
 func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
+
+// InnerIDs returns the thread-group id and the thread id of thread tid as the
+// innermost pid namespace of the thread numbers them (the last values of NStgid and
+// NSpid in /proc/TID/status): what the thread itself gets from getpid and gettid, and
+// so what code running inside it must pass to tgkill. Outside any nested pid
+// namespace they are the caller's ids.
+func InnerIDs(tid int) (tgid, id int, err error) {
+	var b [2048]byte
+	data, err := readSmall("/proc/"+strconv.Itoa(tid)+"/status", b[:])
+	if err != nil {
+		return 0, 0, fmt.Errorf("pid namespace ids of thread %d: %w", tid, err)
+	}
+	tgid, okG := lastOfLine(data, "\nNStgid:")
+	id, okP := lastOfLine(data, "\nNSpid:")
+	if !okG || !okP {
+		return 0, 0, fmt.Errorf("pid namespace ids of thread %d: %w", tid, ErrMalformed)
+	}
+	return tgid, id, nil
+}
+
+// lastOfLine returns the last number on the line that starts with key.
+func lastOfLine(data []byte, key string) (int, bool) {
+	i := bytes.Index(data, []byte(key))
+	if i < 0 {
+		return 0, false
+	}
+	line := data[i+len(key):]
+	if j := bytes.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	f := bytes.Fields(line)
+	if len(f) == 0 {
+		return 0, false
+	}
+	v, err := strconv.Atoi(string(f[len(f)-1]))
+	return v, err == nil
+}

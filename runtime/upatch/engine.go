@@ -144,14 +144,9 @@ func (e *Engine) plan(obj *patchobj.Object) (*layout.Plan, error) {
 	return pe.plan, pe.err
 }
 
-// Processes returns the pids of every process that maps the file at path.
-func Processes(path string) ([]int, error) {
-	dev, ino, err := proc.FileID(path)
-	if err != nil {
-		return nil, err
-	}
-	return proc.ProcessesMapping(dev, ino)
-}
+// Processes returns the pids of every process that maps the file at path, or a copy
+// of it with the same build-id (a container's own copy; see copies.go).
+func Processes(path string) ([]int, error) { return proc.ProcessesOfFile(path) }
 
 // target is the patched ELF as mapped in one process.
 type target struct {
@@ -213,6 +208,11 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 			t.lo = m.Start
 		}
 		t.hi = max(t.hi, m.End)
+	}
+	if t.file == "" && binary != "" {
+		if c, ok := copyOf(pid, maps, name); ok {
+			return c, nil
+		}
 	}
 	if t.file == "" {
 		return nil, fmt.Errorf("pid %d: %w: %s", pid, ErrNoTarget, name)

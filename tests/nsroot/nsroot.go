@@ -126,7 +126,12 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 		defer close(p.lines)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			p.lines <- sc.Text()
+			// A full queue drops the line rather than block the program in write(2):
+			// tests wait for a line to come, not for every line.
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
 		}
 		io.Copy(io.Discard, out)
 	}()
