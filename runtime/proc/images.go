@@ -207,3 +207,7 @@ func ProcessesOfFile(path string) ([]int, error) {
 	}
 	return pids, nil
 }
+
+// ExeBuildID returns the build-id of the executable of pid, read through /proc/PID/exe,
+// through the package's shared cache.
+func ExeBuildID(pid int) ([]byte, error) { return defaultBuildIDs.Exe(pid) }

@@ -36,6 +36,9 @@ type procConnBackend struct {
 
 	mu      sync.Mutex
 	targets map[uint64]*target
+
+	// onExec, if set, sees every exec first; true means it handled the process.
+	onExec func(pid int, noticed int64) bool
 }
 
 func newProcConnBackend() (*procConnBackend, error) {
@@ -107,9 +110,13 @@ func (p *procConnBackend) run(w *Watcher) {
 				continue
 			}
 			pid := int(binary.LittleEndian.Uint32(d[cnMsgLen+20:])) // exec_proc_event.process_tgid
+			// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
+			noticed := int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:]))
+			if p.onExec != nil && p.onExec(pid, noticed) {
+				continue
+			}
 			if id, ok := p.match(pid); ok {
-				// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
-				w.deliver(pid, id, false, int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:])))
+				w.deliver(pid, id, false, noticed)
 			}
 		}
 	}

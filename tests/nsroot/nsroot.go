@@ -1,6 +1,6 @@
 // Package nsroot runs test processes as a container would: in their own mount and pid
 // namespaces, under a private root that holds its own copies of the programs (the host's
-// /usr is bind-mounted in read-only for the shared libraries). It uses unshare, nsenter
+// /usr is bind-mounted in read-only for the shared libraries, and /dev as it is). It uses unshare, nsenter
 // and pivot_root from util-linux, as root.
 package nsroot
 
@@ -25,7 +25,8 @@ const setupScript = `set -e
 R=$1; shift
 mount --make-rprivate /
 mount --bind "$R" "$R"
-mkdir -p "$R/usr" "$R/proc" "$R/.old"
+mkdir -p "$R/usr" "$R/proc" "$R/dev" "$R/.old"
+mount --rbind /dev "$R/dev"
 mount --rbind /usr "$R/usr"
 mount -o remount,bind,ro "$R/usr"
 for d in bin sbin lib lib64; do
@@ -49,6 +50,7 @@ type NS struct {
 	Init  int
 	keep  *exec.Cmd
 	procs []*exec.Cmd
+	seen  map[int]bool // programs already handed out by Start
 }
 
 // New makes a namespace whose root holds a copy of each host file in files (path in
@@ -69,7 +71,7 @@ func New(t testing.TB, files map[string]string) *NS {
 	if err := keep.Start(); err != nil {
 		t.Fatalf("unshare: %v", err)
 	}
-	ns := &NS{Root: root, keep: keep}
+	ns := &NS{Root: root, keep: keep, seen: map[int]bool{}}
 	t.Cleanup(ns.close)
 	// pid 1 of the namespace is unshare's child; it is ready once it runs sleep.
 	deadline := time.Now().Add(10 * time.Second)
@@ -104,15 +106,53 @@ type Proc struct {
 	Pid   int
 	cmd   *exec.Cmd
 	lines chan string
+	stdin io.WriteCloser
+}
+
+// Printed returns how many lines the process printed that were not read yet.
+func (p *Proc) Printed() int { return len(p.lines) }
+
+// CloseStdin closes the process's standard input.
+func (p *Proc) CloseStdin() { p.stdin.Close() }
+
+// Output waits for the process to end and returns the lines it printed and nobody read.
+func (p *Proc) Output(t testing.TB, d time.Duration) []string {
+	t.Helper()
+	var out []string
+	deadline := time.After(d)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				return out
+			}
+			out = append(out, l)
+		case <-deadline:
+			t.Fatalf("pid %d did not end within %v; printed %q", p.Pid, d, out)
+		}
+	}
 }
 
 // Start runs argv (a path inside the namespace) in the namespace and returns once it
 // has executed argv[0]; its standard output is read line by line through Lines.
 func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 	t.Helper()
-	args := append([]string{"--target", strconv.Itoa(ns.Init), "--mount", "--pid", "--root", "--wd", "--"}, argv...)
+	// nsenter forks into the pid namespace and waits, relaying its child's stops to
+	// itself (it stays stopped after the child was stopped and continued by someone
+	// else, holding the output open). So the program runs as an orphan of a shell that
+	// exits at once, and the namespace's pid 1 adopts it.
+	args := append([]string{"--target", strconv.Itoa(ns.Init), "--mount", "--pid", "--root", "--wd", "--",
+		// An asynchronous command's standard input is /dev/null before its own
+		// redirections, so the input goes through descriptor 3.
+		"/bin/sh", "-c", `exec 3<&0; "$@" 0<&3 3<&- &`, "sh"}, argv...)
 	cmd := exec.Command("nsenter", args...)
 	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Standard input stays open until Kill or the end of the test, for programs that
+	// wait for its end.
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +161,7 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 		t.Fatalf("nsenter: %v", err)
 	}
 	ns.procs = append(ns.procs, cmd)
-	p := &Proc{cmd: cmd, lines: make(chan string, 256)}
+	p := &Proc{cmd: cmd, lines: make(chan string, 256), stdin: stdin}
 	go func() {
 		defer close(p.lines)
 		sc := bufio.NewScanner(out)
@@ -135,7 +175,6 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 		}
 		io.Copy(io.Discard, out)
 	}()
-	// nsenter forks for the pid namespace: the program is its child.
 	want := filepath.Join(ns.Root, argv[0])
 	var wantSt unix.Stat_t
 	if err := unix.Stat(want, &wantSt); err != nil {
@@ -143,10 +182,12 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for p.Pid == 0 {
-		if pid := childOf(cmd.Process.Pid); pid > 0 {
+		for _, pid := range childrenOf(ns.Init) {
 			var st unix.Stat_t
-			if unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st) == nil && st.Ino == wantSt.Ino && st.Dev == wantSt.Dev {
+			if !ns.seen[pid] && unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st) == nil && st.Ino == wantSt.Ino && st.Dev == wantSt.Dev {
 				p.Pid = pid
+				ns.seen[pid] = true
+				break
 			}
 		}
 		if p.Pid == 0 && time.Now().After(deadline) {
@@ -189,6 +230,7 @@ func (p *Proc) WaitFor(t testing.TB, want string, d time.Duration) {
 
 // Kill ends the process.
 func (p *Proc) Kill() {
+	p.stdin.Close()
 	unix.Kill(p.Pid, unix.SIGKILL)
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
@@ -207,18 +249,27 @@ func (ns *NS) close() {
 	}
 }
 
-// childOf returns the first child of pid (from /proc/PID/task/PID/children), 0 if none.
+// childOf returns the first child of pid, 0 if none.
 func childOf(pid int) int {
+	if c := childrenOf(pid); len(c) > 0 {
+		return c[0]
+	}
+	return 0
+}
+
+// childrenOf returns the children of pid (from /proc/PID/task/PID/children).
+func childrenOf(pid int) []int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
-		return 0
+		return nil
 	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
+	var out []int
+	for _, f := range strings.Fields(string(b)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			out = append(out, c)
+		}
 	}
-	c, _ := strconv.Atoi(f[0])
-	return c
+	return out
 }
 
 // CopyFile copies host file src to dst (creating its directory), keeping its mode: a

@@ -1,0 +1,179 @@
+package watch
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+
+	procfs "github.com/syscare/syscare/runtime/proc"
+)
+
+// Copies of a watched file.
+//
+// A container runs its own copy of a binary: the same bytes, so the same GNU build-id, in
+// another inode, at a path that means something only inside its mount namespace. A
+// uprobe is per inode, so each copy needs a probe of its own. Copies are found two
+// ways: at AddWithCopies, among the files that running processes map (through
+// /proc/PID/map_files, by build-id); and later, for executables, by the exec
+// notifications of the proc connector (a discovery socket next to the eBPF backend),
+// whose process's /proc/PID/exe is checked the same way. Either way the file is opened
+// only through those kernel links, which name the very file mapped or executed: no path
+// that a container's user can plant is ever resolved. The probe is attached through a
+// /proc/self/fd link of a descriptor held during the attach, and the kernel then holds
+// the inode itself.
+
+// fileID is a file's identity.
+type fileID struct{ dev, ino uint64 }
+
+// addRunningCopies probes the copies of t mapped by running processes. w.mu is held.
+func (w *Watcher) addRunningCopies(t *target) {
+	ims, err := procfs.ProcessesWithBuildID(t.buildID)
+	if err != nil {
+		return
+	}
+	for _, im := range ims {
+		w.addCopyLocked(t, im.File())
+	}
+}
+
+// addCopyLocked probes the file behind link (a /proc magic link) as a copy of t, unless
+// it is a file already watched. It returns the copy's target, or nil. w.mu is held.
+func (w *Watcher) addCopyLocked(t *target, link string) *target {
+	fd, err := unix.Open(link, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil
+	}
+	if w.watchedLocked(fileID{st.Dev, st.Ino}) {
+		return nil
+	}
+	// The descriptor's own link reopens this inode, whatever its path says now.
+	file := "/proc/self/fd/" + strconv.Itoa(fd)
+	pp, err := findProbePoint(file)
+	if err != nil || pp.kind != t.probe.kind {
+		return nil
+	}
+	w.nextID++
+	c := &target{id: w.nextID, path: t.path, probe: pp, dev: st.Dev, ino: st.Ino, file: file}
+	if err := w.be.attach(c); err != nil {
+		return nil
+	}
+	c.file = "" // the descriptor closes on return; the probe holds the inode
+	t.copies[fileID{st.Dev, st.Ino}] = c
+	w.byID[c.id] = c
+	return c
+}
+
+// watchedLocked tells whether a file is watched already (as a target or as a copy): a
+// second probe on one inode would stop its processes twice.
+func (w *Watcher) watchedLocked(id fileID) bool {
+	for _, t := range w.byID {
+		if t.dev == id.dev && t.ino == id.ino {
+			return true
+		}
+	}
+	return false
+}
+
+// discovery reads exec notifications and hands each new process to onExec.
+type discovery struct {
+	be   *procConnBackend
+	done chan struct{}
+}
+
+// startDiscovery starts the discovery socket once. w.mu is held. Without it (no proc
+// connector) only the copies found at AddWithCopies are watched.
+func (w *Watcher) startDiscovery() {
+	if w.discovery != nil {
+		return
+	}
+	be, err := newProcConnBackend()
+	if err != nil {
+		return
+	}
+	d := &discovery{be: be, done: make(chan struct{})}
+	be.onExec = w.discoverExec
+	w.discovery = d
+	go func() {
+		defer close(d.done)
+		be.run(w)
+	}()
+}
+
+func (w *Watcher) stopDiscovery() {
+	w.mu.Lock()
+	d := w.discovery
+	w.discovery = nil
+	w.mu.Unlock()
+	if d == nil {
+		return
+	}
+	d.be.stop()
+	<-d.done
+}
+
+// discoverExec checks a process that just executed a program: if the program is an
+// unwatched copy of a watched executable, the copy gets its probe and the process is
+// stopped and reported now (late: it has run since the exec, as in proc-connector mode).
+func (w *Watcher) discoverExec(pid int, noticed int64) bool {
+	exe := "/proc/" + strconv.Itoa(pid) + "/exe"
+	var st unix.Stat_t
+	if unix.Stat(exe, &st) != nil {
+		return false
+	}
+	w.mu.Lock()
+	if w.closed || w.watchedLocked(fileID{st.Dev, st.Ino}) {
+		// A watched file: its probe (or the backend's own match) reports the process.
+		w.mu.Unlock()
+		return false
+	}
+	var want []*target
+	for _, t := range w.byPath {
+		if len(t.buildID) > 0 && t.probe.kind == kindExecutable {
+			want = append(want, t)
+		}
+	}
+	w.mu.Unlock()
+	if len(want) == 0 {
+		return false
+	}
+	id, err := procfs.ExeBuildID(pid)
+	if err != nil || len(id) == 0 {
+		return false
+	}
+	for _, t := range want {
+		if !bytes.Equal(id, t.buildID) {
+			continue
+		}
+		w.mu.Lock()
+		var c *target
+		if w.byPath[t.path] == t && !w.closed {
+			c = w.addCopyLocked(t, exe)
+		}
+		w.mu.Unlock()
+		if c == nil {
+			return false
+		}
+		w.deliver(pid, c.id, false, noticed)
+		return true
+	}
+	return false
+}
+
+// Copies returns how many copies of the file at path are probed (for tests and
+// diagnostics).
+func (w *Watcher) Copies(path string) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := w.byPath[path]
+	if t == nil {
+		return 0, fmt.Errorf("copies of %s: not watched", path)
+	}
+	return len(t.copies), nil
+}
