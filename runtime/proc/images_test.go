@@ -138,3 +138,22 @@ func TestBuildIDOfNonELF(t *testing.T) {
 		t.Fatalf("FileBuildID(/dev/null) = %x, %v", id, err)
 	}
 }
+
+// InnerIDs gives the ids a process has inside its own pid namespace.
+func TestInnerIDs(t *testing.T) {
+	self := os.Getpid()
+	if g, id, err := InnerIDs(self); err != nil || g != self || id != self {
+		t.Fatalf("InnerIDs(self) = %d, %d, %v", g, id, err)
+	}
+	ns := nsroot.New(t, map[string]string{"/app/mapper": mapperBin})
+	// The namespace's init is pid 1 inside; the first program started there gets another.
+	if g, id, err := InnerIDs(ns.Init); err != nil || g != 1 || id != 1 {
+		t.Fatalf("InnerIDs(init of a pid namespace) = %d, %d, %v; want 1, 1", g, id, err)
+	}
+	p := ns.Start(t, "/app/mapper", "/app/mapper")
+	p.WaitFor(t, "ready", 10*time.Second)
+	g, id, err := InnerIDs(p.Pid)
+	if err != nil || g != id || g <= 1 || g == p.Pid {
+		t.Fatalf("InnerIDs(%d) = %d, %d, %v; want its own small pid", p.Pid, g, id, err)
+	}
+}
