@@ -81,16 +81,24 @@ func (w *Watcher) watchedLocked(id fileID) bool {
 	return false
 }
 
-// discovery reads exec notifications and hands each new process to onExec.
+// discovery reads exec notifications and hands each new process to onExec; be is nil
+// when the proc-connector backend does it.
 type discovery struct {
 	be   *procConnBackend
 	done chan struct{}
 }
 
 // startDiscovery starts the discovery socket once. w.mu is held. Without it (no proc
-// connector) only the copies found at AddWithCopies are watched.
+// connector) only the copies found at AddWithCopies are watched. In proc-connector mode
+// the backend's own socket does it, on the goroutine that matches the same exec, so
+// that a copy found at an exec is not matched, and reported, a second time.
 func (w *Watcher) startDiscovery() {
 	if w.discovery != nil {
+		return
+	}
+	if pc, ok := w.be.(*procConnBackend); ok {
+		pc.setOnExec(w.discoverExec)
+		w.discovery = &discovery{}
 		return
 	}
 	be, err := newProcConnBackend()
@@ -98,7 +106,7 @@ func (w *Watcher) startDiscovery() {
 		return
 	}
 	d := &discovery{be: be, done: make(chan struct{})}
-	be.onExec = w.discoverExec
+	be.setOnExec(w.discoverExec)
 	w.discovery = d
 	go func() {
 		defer close(d.done)
@@ -111,7 +119,7 @@ func (w *Watcher) stopDiscovery() {
 	d := w.discovery
 	w.discovery = nil
 	w.mu.Unlock()
-	if d == nil {
+	if d == nil || d.be == nil {
 		return
 	}
 	d.be.stop()

@@ -104,3 +104,39 @@ func TestContainerCopies(t *testing.T) {
 	holder.Kill()
 	first.Kill()
 }
+
+// In proc-connector mode copies are matched at exec too: a running container's copy and
+// one nothing ran yet both report their new processes (late, as this mode always is),
+// each once, and another build stays unreported.
+func TestContainerCopiesProcConnector(t *testing.T) {
+	needRoot(t)
+	w, err := newWatcher(options{mode: ModeProcConnector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	running := nsroot.New(t, map[string]string{"/app/victim": fix.pie})
+	unseen := nsroot.New(t, map[string]string{"/app/victim": fix.pie})
+	holder := running.Start(t, "/app/victim", "hold")
+	holder.WaitFor(t, "main flag=0", 10*time.Second)
+	if err := w.AddWithCopies(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []*nsroot.NS{running, unseen, unseen} {
+		p := ns.Start(t, "/app/victim")
+		ev := nextEvent(t, w)
+		if ev.Pid != p.Pid || ev.Path != fix.pie {
+			t.Fatalf("event %+v, want pid %d path %s", ev, p.Pid, fix.pie)
+		}
+		w.Resume(ev.Pid)
+		if out := p.Output(t, 10*time.Second); !slices.Equal(out, []string{"main flag=0", "done"}) {
+			t.Fatalf("output %q", out)
+		}
+		// One report per process, even for the copy found at this very exec.
+		noEvent(t, w, 200*time.Millisecond)
+	}
+	if n, _ := w.Copies(fix.pie); n != 2 {
+		t.Fatalf("copies = %d, want 2", n)
+	}
+	holder.Kill()
+}

@@ -37,8 +37,15 @@ type procConnBackend struct {
 	mu      sync.Mutex
 	targets map[uint64]*target
 
-	// onExec, if set, sees every exec first; true means it handled the process.
+	// onExec, if set, sees every exec first; true means it handled the process. Guarded
+	// by mu: it is set while run runs.
 	onExec func(pid int, noticed int64) bool
+}
+
+func (p *procConnBackend) setOnExec(f func(pid int, noticed int64) bool) {
+	p.mu.Lock()
+	p.onExec = f
+	p.mu.Unlock()
 }
 
 func newProcConnBackend() (*procConnBackend, error) {
@@ -112,7 +119,10 @@ func (p *procConnBackend) run(w *Watcher) {
 			pid := int(binary.LittleEndian.Uint32(d[cnMsgLen+20:])) // exec_proc_event.process_tgid
 			// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
 			noticed := int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:]))
-			if p.onExec != nil && p.onExec(pid, noticed) {
+			p.mu.Lock()
+			onExec := p.onExec
+			p.mu.Unlock()
+			if onExec != nil && onExec(pid, noticed) {
 				continue
 			}
 			if id, ok := p.match(pid); ok {
