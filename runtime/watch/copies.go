@@ -39,46 +39,50 @@ func (w *Watcher) addRunningCopies(t *target) {
 }
 
 // addCopyLocked probes the file behind link (a /proc magic link) as a copy of t, unless
-// it is a file already watched. It returns the copy's target, or nil. w.mu is held.
-func (w *Watcher) addCopyLocked(t *target, link string) *target {
+// it is a file already watched. It returns the copy's target, or nil and the target that
+// watches the file already (nil if none). w.mu is held.
+func (w *Watcher) addCopyLocked(t *target, link string) (*target, *target) {
 	fd, err := unix.Open(link, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil
+		return nil, nil
 	}
-	if w.watchedLocked(fileID{st.Dev, st.Ino}) {
-		return nil
+	if x := w.watcherOfLocked(fileID{st.Dev, st.Ino}); x != nil {
+		return nil, x
 	}
 	// The descriptor's own link reopens this inode, whatever its path says now.
 	file := "/proc/self/fd/" + strconv.Itoa(fd)
 	pp, err := findProbePoint(file)
 	if err != nil || pp.kind != t.probe.kind {
-		return nil
+		return nil, nil
 	}
 	w.nextID++
 	c := &target{id: w.nextID, path: t.path, probe: pp, dev: st.Dev, ino: st.Ino, file: file}
 	if err := w.be.attach(c); err != nil {
-		return nil
+		return nil, nil
 	}
 	c.file = "" // the descriptor closes on return; the probe holds the inode
 	t.copies[fileID{st.Dev, st.Ino}] = c
 	w.byID[c.id] = c
-	return c
+	return c, nil
 }
 
 // watchedLocked tells whether a file is watched already (as a target or as a copy): a
 // second probe on one inode would stop its processes twice.
-func (w *Watcher) watchedLocked(id fileID) bool {
+func (w *Watcher) watchedLocked(id fileID) bool { return w.watcherOfLocked(id) != nil }
+
+// watcherOfLocked returns the target (or copy) that watches a file, or nil.
+func (w *Watcher) watcherOfLocked(id fileID) *target {
 	for _, t := range w.byID {
 		if t.dev == id.dev && t.ino == id.ino {
-			return true
+			return t
 		}
 	}
-	return false
+	return nil
 }
 
 // discovery reads exec notifications and hands each new process to onExec; be is nil
@@ -129,6 +133,10 @@ func (w *Watcher) stopDiscovery() {
 // discoverExec checks a process that just executed a program: if the program is an
 // unwatched copy of a watched executable, the copy gets its probe and the process is
 // stopped and reported now (late: it has run since the exec, as in proc-connector mode).
+// On overlayfs the executed inode is not the mapped one, so the check of exe above does
+// not see that the mapped file is watched already: then the copy's probe reports the
+// process (it was attached before the process started), or, in proc-connector mode,
+// this exec does.
 func (w *Watcher) discoverExec(pid int, noticed int64) bool {
 	exe := "/proc/" + strconv.Itoa(pid) + "/exe"
 	var st unix.Stat_t
@@ -159,13 +167,28 @@ func (w *Watcher) discoverExec(pid int, noticed int64) bool {
 		if !bytes.Equal(id, t.buildID) {
 			continue
 		}
+		// The probe goes on the file the process maps, which is not always the one it
+		// executed: on overlayfs (container images) exe is the overlay's inode and the
+		// mapping the underlying layer's, and only the latter's probe ever fires.
+		maps, err := procfs.Maps(pid)
+		if err != nil {
+			return false
+		}
+		im, ok := procfs.ImageIn(pid, maps, id)
+		if !ok {
+			return false
+		}
 		w.mu.Lock()
-		var c *target
+		var c, known *target
 		if w.byPath[t.path] == t && !w.closed {
-			c = w.addCopyLocked(t, exe)
+			c, known = w.addCopyLocked(t, im.File())
 		}
 		w.mu.Unlock()
 		if c == nil {
+			if _, noProbes := w.be.(*procConnBackend); known != nil && noProbes {
+				w.deliver(pid, known.id, false, noticed)
+				return true
+			}
 			return false
 		}
 		w.deliver(pid, c.id, false, noticed)

@@ -140,3 +140,48 @@ func TestContainerCopiesProcConnector(t *testing.T) {
 	}
 	holder.Kill()
 }
+
+// On overlayfs, as container images are mounted, a process executes the overlay's inode
+// but maps the layer's: the copy found at the first exec is probed on the mapped file,
+// so that the probe fires for the next process, which is stopped before it prints.
+func TestContainerCopiesOverlay(t *testing.T) {
+	w := newEBPF(t)
+	ns := nsroot.NewOverlay(t, map[string]string{"/app/victim": fix.pie})
+	if err := w.AddWithCopies(fix.pie); err != nil {
+		t.Fatal(err)
+	}
+	first := ns.Start(t, "/app/victim")
+	ev := nextEvent(t, w)
+	if ev.Pid != first.Pid {
+		t.Fatalf("first exec of the overlay's copy: event %+v, want pid %d", ev, first.Pid)
+	}
+	w.Resume(ev.Pid)
+	// Resumed before its entry point, it hits the probe just attached: reported again.
+	for {
+		select {
+		case ev := <-w.Events():
+			if ev.Pid != first.Pid {
+				t.Fatalf("unexpected event %+v", ev)
+			}
+			w.Resume(ev.Pid)
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	first.Output(t, 10*time.Second)
+	next := ns.Start(t, "/app/victim")
+	ev = nextEvent(t, w)
+	if ev.Pid != next.Pid {
+		t.Fatalf("second process: event %+v, want pid %d", ev, next.Pid)
+	}
+	assertStopped(t, ev.Pid)
+	if n := next.Printed(); n != 0 {
+		t.Fatalf("the second process printed %d lines before it was reported: its probe is not on the mapped file", n)
+	}
+	w.Resume(ev.Pid)
+	if out := next.Output(t, 10*time.Second); !slices.Equal(out, []string{"main flag=0", "done"}) {
+		t.Fatalf("output %q", out)
+	}
+	noEvent(t, w, 200*time.Millisecond)
+}

@@ -24,6 +24,9 @@ import (
 const setupScript = `set -e
 R=$1; shift
 mount --make-rprivate /
+if [ -n "$NSROOT_LOWER" ]; then
+	mount -t overlay overlay -o "lowerdir=$NSROOT_LOWER,upperdir=$NSROOT_UPPER,workdir=$NSROOT_WORK" "$R"
+fi
 mount --bind "$R" "$R"
 mkdir -p "$R/usr" "$R/proc" "$R/dev" "$R/.old"
 mount --rbind /dev "$R/dev"
@@ -44,7 +47,8 @@ exec "$@"
 // NS is a mount and pid namespace with a private root; its pid 1 sleeps until the
 // test ends, and processes are started in it with Start.
 type NS struct {
-	// Root is the host directory that is the namespace's "/".
+	// Root is the host directory that is the namespace's "/" (for NewOverlay, the
+	// overlay's mount point, which is mounted in the namespace only).
 	Root string
 	// Init is the host pid of the namespace's pid 1.
 	Init  int
@@ -55,17 +59,32 @@ type NS struct {
 
 // New makes a namespace whose root holds a copy of each host file in files (path in
 // the namespace -> host path), with its mode, as a container image would.
-func New(t testing.TB, files map[string]string) *NS {
+func New(t testing.TB, files map[string]string) *NS { return newNS(t, files, false) }
+
+// NewOverlay is New with the root an overlayfs mount whose lower layer holds the
+// files, as container images are mounted: a process's executable (the overlay's inode)
+// is then not the file it maps (the layer's inode).
+func NewOverlay(t testing.TB, files map[string]string) *NS { return newNS(t, files, true) }
+
+func newNS(t testing.TB, files map[string]string, overlay bool) *NS {
 	t.Helper()
 	root := t.TempDir()
+	layer := root
+	var env []string
+	if overlay {
+		layer = t.TempDir()
+		up, work := t.TempDir(), t.TempDir()
+		env = []string{"NSROOT_LOWER=" + layer, "NSROOT_UPPER=" + up, "NSROOT_WORK=" + work}
+	}
 	for in, host := range files {
-		CopyFile(t, host, filepath.Join(root, in))
+		CopyFile(t, host, filepath.Join(layer, in))
 	}
 	script := filepath.Join(t.TempDir(), "nsroot-setup.sh")
 	if err := os.WriteFile(script, []byte(setupScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	keep := exec.Command("unshare", "--mount", "--pid", "--fork", "--kill-child", "/bin/sh", script, root, "/bin/sleep", "infinity")
+	keep.Env = append(os.Environ(), env...)
 	var errOut strings.Builder
 	keep.Stderr = &errOut
 	if err := keep.Start(); err != nil {
@@ -175,7 +194,8 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 		}
 		io.Copy(io.Discard, out)
 	}()
-	want := filepath.Join(ns.Root, argv[0])
+	// The program as the namespace sees it (through its overlay, if any).
+	want := fmt.Sprintf("/proc/%d/root%s", ns.Init, argv[0])
 	var wantSt unix.Stat_t
 	if err := unix.Stat(want, &wantSt); err != nil {
 		t.Fatalf("%s is not in the namespace's root: %v", argv[0], err)
