@@ -31,7 +31,8 @@ func TestContainers(t *testing.T) {
 
 	host := s.startVictim()
 	inside := nsroot.New(t, map[string]string{"/opt/app/victim": target})
-	fresh := nsroot.New(t, map[string]string{"/srv/victim": target})
+	// Mounted as container images are (overlayfs), to be found at its first exec.
+	fresh := nsroot.NewOverlay(t, map[string]string{"/srv/victim": target})
 	foreign := nsroot.New(t, map[string]string{"/opt/app/victim": other})
 	running := inside.Start(t, "/opt/app/victim")
 	stranger := foreign.Start(t, "/opt/app/victim")
@@ -78,8 +79,9 @@ func TestContainers(t *testing.T) {
 	if l := late.Line(t, 10*time.Second); l != "2 10" {
 		t.Fatalf("process started in the container after the apply printed %q first", l)
 	}
-	// A copy nothing ran when the patch was applied: its first process is caught at its
-	// exec (late, so only eventually patched), and the next one at its entry point.
+	// A copy nothing ran when the patch was applied, on an overlay root: its first process
+	// is caught at its exec (late, so only eventually patched), and the next one at its
+	// entry point.
 	first := fresh.Start(t, "/srv/victim")
 	first.WaitFor(t, "2 10", 10*time.Second)
 	second := fresh.Start(t, "/srv/victim")
