@@ -123,12 +123,14 @@ func TestContainerCopiesProcConnector(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ns := range []*nsroot.NS{running, unseen, unseen} {
-		p := ns.Start(t, "/app/victim")
+		// "hold": this mode stops a process late, and a short one could end first.
+		p := ns.Start(t, "/app/victim", "hold")
 		ev := nextEvent(t, w)
 		if ev.Pid != p.Pid || ev.Path != fix.pie {
 			t.Fatalf("event %+v, want pid %d path %s", ev, p.Pid, fix.pie)
 		}
 		w.Resume(ev.Pid)
+		p.CloseStdin()
 		if out := p.Output(t, 10*time.Second); !slices.Equal(out, []string{"main flag=0", "done"}) {
 			t.Fatalf("output %q", out)
 		}
@@ -150,7 +152,8 @@ func TestContainerCopiesOverlay(t *testing.T) {
 	if err := w.AddWithCopies(fix.pie); err != nil {
 		t.Fatal(err)
 	}
-	first := ns.Start(t, "/app/victim")
+	// "hold": the first process is stopped late, and a short one could end first.
+	first := ns.Start(t, "/app/victim", "hold")
 	ev := nextEvent(t, w)
 	if ev.Pid != first.Pid {
 		t.Fatalf("first exec of the overlay's copy: event %+v, want pid %d", ev, first.Pid)
@@ -169,6 +172,7 @@ func TestContainerCopiesOverlay(t *testing.T) {
 		}
 		break
 	}
+	first.CloseStdin()
 	first.Output(t, 10*time.Second)
 	next := ns.Start(t, "/app/victim")
 	ev = nextEvent(t, w)
