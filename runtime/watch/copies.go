@@ -118,16 +118,57 @@ func (w *Watcher) startDiscovery() {
 	}()
 }
 
+// stopDiscovery stops exec discovery and waits until it delivers nothing more (Close).
 func (w *Watcher) stopDiscovery() {
 	w.mu.Lock()
-	d := w.discovery
-	w.discovery = nil
+	w.idleDiscoveryLocked()
+	if w.discovery != nil {
+		w.stopLocked(w.discovery)
+	}
+	stopping := w.stopping
+	w.stopping = nil
 	w.mu.Unlock()
-	if d == nil || d.be == nil {
+	for _, d := range stopping {
+		<-d.done
+	}
+}
+
+// idleDiscoveryLocked stops exec discovery when no watched file has copies to find (after
+// Remove): every exec on the host costs it a look at the process. w.mu is held.
+func (w *Watcher) idleDiscoveryLocked() {
+	if w.discovery == nil {
+		return
+	}
+	for _, t := range w.byPath {
+		if len(t.buildID) > 0 {
+			return
+		}
+	}
+	w.stopLocked(w.discovery)
+}
+
+// stopLocked stops d without waiting for it (its reader may be delivering a process,
+// which needs w.mu). w.mu is held.
+func (w *Watcher) stopLocked(d *discovery) {
+	if w.discovery == d {
+		w.discovery = nil
+	}
+	if d.be == nil {
+		if pc, ok := w.be.(*procConnBackend); ok {
+			pc.setOnExec(nil)
+		}
 		return
 	}
 	d.be.stop()
-	<-d.done
+	live := w.stopping[:0]
+	for _, s := range w.stopping {
+		select {
+		case <-s.done:
+		default:
+			live = append(live, s)
+		}
+	}
+	w.stopping = append(live, d)
 }
 
 // discoverExec checks a process that just executed a program: if the program is an

@@ -92,9 +92,15 @@ func TestContainerCopies(t *testing.T) {
 	}
 	noEvent(t, w, 200*time.Millisecond)
 
-	// Remove takes the copies' probes too.
+	// Remove takes the copies' probes too, and ends the exec discovery.
 	if err := w.Remove(fix.pie); err != nil {
 		t.Fatal(err)
+	}
+	w.mu.Lock()
+	d, left := w.discovery, len(w.byID)
+	w.mu.Unlock()
+	if d != nil || left != 0 {
+		t.Fatalf("after Remove: discovery %v, %d probes left", d, left)
 	}
 	after := running.Start(t, "/app/victim")
 	if out := after.Output(t, 10*time.Second); !slices.Equal(out, []string{"main flag=0", "done"}) {

@@ -89,8 +89,11 @@ type Watcher struct {
 	pending map[int]int // pid -> pidfd (or -1) of processes reported and not resumed
 
 	// discovery reads exec notifications to find copies of watched files that nothing
-	// ran before (copies.go); nil until AddWithCopies needs it.
+	// ran before (copies.go); nil until AddWithCopies needs it, and again once no
+	// watched file has copies to find. stopping are those being stopped, which Close
+	// waits for.
 	discovery *discovery
+	stopping  []*discovery
 }
 
 type options struct {
@@ -261,6 +264,7 @@ func (w *Watcher) Remove(path string) error {
 		return fmt.Errorf("unwatch %s: %w", path, os.ErrNotExist)
 	}
 	delete(w.byPath, path)
+	w.idleDiscoveryLocked()
 	if err := w.detachAll(t); err != nil {
 		return fmt.Errorf("unwatch %s: %w", path, err)
 	}
