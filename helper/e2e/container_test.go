@@ -73,6 +73,16 @@ func TestContainers(t *testing.T) {
 		t.Errorf("processes:\n%s\nlacks %q", text, want)
 	}
 
+	// A restarted helper finds the patch in the container's process too (ACTIVED, not
+	// partial), from the header in the process.
+	s.killHelper()
+	if st := s.status(hp1.uuid); st != "ACTIVED" {
+		t.Fatalf("status after a helper restart: %s", st)
+	}
+	if text := s.must("processes", hp1.uuid); !strings.Contains(text, fmt.Sprintf("%d: ACTIVED mnt:[%d]", running.Pid, inside.MntNS(t))) {
+		t.Fatalf("processes after a helper restart:\n%s", text)
+	}
+
 	// Started in the container after the apply: stopped at its entry point by the probe
 	// on the container's copy, so the very first line already shows the fix.
 	late := inside.Start(t, "/opt/app/victim")
