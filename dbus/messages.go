@@ -22,12 +22,18 @@ type ListEntry struct {
 	Problem string `json:"problem,omitempty"`
 }
 
-// ProcessState is one row of ProcessStatus: signature (isss).
+// ProcessState is one row of ProcessStatus: signature (isssts).
 type ProcessState struct {
 	Pid    int32  `json:"pid"`
 	UUID   string `json:"uuid"`
 	Status string `json:"status"`
 	Detail string `json:"detail,omitempty"`
+	// MountNS is the inode of the process's mount namespace (/proc/PID/ns/mnt), 0 if
+	// it could not be read: processes of a container have another one than the host's.
+	MountNS uint64 `json:"mount_ns"`
+	// Container is the container id that the process's cgroup names (docker, podman,
+	// containerd, CRI-O), "" if none.
+	Container string `json:"container,omitempty"`
 }
 
 // UpgradeEntry is one row of Upgrade's reply: signature (ssssss). Action is one of the

@@ -55,6 +55,15 @@ type ProcessState struct {
 	Pid    int
 	State  State
 	Detail string
+	// MountNS and Container say where the process runs (see NamespaceReader).
+	MountNS   uint64
+	Container string
+}
+
+// NamespaceReader is an Engine that can tell where a process runs: the inode of its
+// mount namespace and the container id its cgroup names ("" if none).
+type NamespaceReader interface {
+	Namespace(pid int) (mountNS uint64, container string, err error)
 }
 
 // ProcessReporter is a Driver that can tell per-process state.

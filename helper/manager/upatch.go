@@ -20,12 +20,19 @@ type UpatchEngine struct{ E *upatch.Engine }
 // NewUpatchEngine returns the real engine; root prefixes /usr/lib/debug lookups.
 func NewUpatchEngine(root string) UpatchEngine { return UpatchEngine{E: upatch.NewEngine(root)} }
 
-// Processes returns the pids that map path.
+// Processes returns the pids that map path or a copy of it with the same build-id (a
+// container's own copy included).
 func (a UpatchEngine) Processes(path string) ([]int, error) { return upatch.Processes(path) }
 
 // busyWait bounds how long the engine waits for a thread busy in a replaced function
 // (or in the patch) to return from it before it reports the process busy.
 const busyWait = 5 * time.Second
+
+// Namespace returns the mount namespace and container of pid.
+func (a UpatchEngine) Namespace(pid int) (uint64, string, error) {
+	ns, err := proc.NamespaceOf(pid)
+	return ns.MntNS, ns.Container, err
+}
 
 // PatchAll patches every pid.
 func (a UpatchEngine) PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool) []error {

@@ -363,6 +363,9 @@ func (u *UserDriver) Processes(_ context.Context, e *Entity) ([]ProcessState, er
 	var out []ProcessState
 	for _, pid := range pids {
 		ps := ProcessState{Pid: pid, State: NotApplied}
+		if nr, ok := u.Engine.(NamespaceReader); ok {
+			ps.MountNS, ps.Container, _ = nr.Namespace(pid)
+		}
 		ids, err := u.Engine.Applied(pid)
 		if errors.Is(err, ErrProcessGone) {
 			continue

@@ -383,7 +383,8 @@ func (o *Object) ProcessStatus(id string) ([]syscarebus.ProcessState, *godbus.Er
 	out := []syscarebus.ProcessState{}
 	for _, e := range order {
 		for _, p := range byEnt[e] {
-			out = append(out, syscarebus.ProcessState{Pid: int32(p.Pid), UUID: e.UUID(), Status: p.State.String(), Detail: p.Detail})
+			out = append(out, syscarebus.ProcessState{Pid: int32(p.Pid), UUID: e.UUID(), Status: p.State.String(), Detail: p.Detail,
+				MountNS: p.MountNS, Container: p.Container})
 		}
 	}
 	return out, nil

@@ -1,4 +1,6 @@
-// Package proc reads process facts from /proc: mappings, threads, processes mapping a file.
+// Package proc reads process facts from /proc: mappings, threads, processes mapping a file
+// (by device and inode, or by GNU build-id in any mount namespace), and where a process
+// runs (mount namespace, container).
 package proc
 
 import (

@@ -44,6 +44,11 @@ func (c *Cache) Open(path string) (*ELF, error) {
 	if err := syscall.Stat(path, &st); err != nil {
 		return nil, fmt.Errorf("open ELF %q: %w", path, &os.PathError{Op: "stat", Path: path, Err: err})
 	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		// A process may map a device (a container's user can put one at any path of its
+		// root): never open one on its behalf, opening some devices has effects.
+		return nil, fmt.Errorf("open ELF %q: not a regular file (mode %#o)", path, st.Mode)
+	}
 	key := fileKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeSec: st.Mtim.Sec, mtimeNsec: st.Mtim.Nsec}
 	c.mu.Lock()
 	if e, ok := c.m[key]; ok {

@@ -144,14 +144,9 @@ func (e *Engine) plan(obj *patchobj.Object) (*layout.Plan, error) {
 	return pe.plan, pe.err
 }
 
-// Processes returns the pids of every process that maps the file at path.
-func Processes(path string) ([]int, error) {
-	dev, ino, err := proc.FileID(path)
-	if err != nil {
-		return nil, err
-	}
-	return proc.ProcessesMapping(dev, ino)
-}
+// Processes returns the pids of every process that maps the file at path, or a copy
+// of it with the same build-id (a container's own copy; see copies.go).
+func Processes(path string) ([]int, error) { return proc.ProcessesOfFile(path) }
 
 // Patch applies obj to the process pid.
 func (e *Engine) Patch(pid int, obj *patchobj.Object, o Options) error {

@@ -86,6 +86,11 @@ func findTarget(pid int, maps []proc.Mapping, binary string) (*target, error) {
 		}
 		t.hi = max(t.hi, m.End)
 	}
+	if t.file == "" && binary != "" {
+		if c, ok := copyOf(pid, maps, name); ok {
+			return c, nil
+		}
+	}
 	if t.file == "" {
 		return nil, fmt.Errorf("pid %d: %w: %s", pid, ErrNoTarget, name)
 	}

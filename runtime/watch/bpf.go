@@ -153,9 +153,9 @@ func (b *bpfBackend) attachAt(path string, offset, cookie uint64, pid int) (link
 }
 
 func (b *bpfBackend) attach(t *target) error {
-	l, err := b.attachAt(t.path, t.probe.offset, t.id, 0)
+	l, err := b.attachAt(t.probeFile(), t.probe.offset, t.id, 0)
 	if err != nil {
-		return fmt.Errorf("uprobe at %s+%#x: %w", t.path, t.probe.offset, err)
+		return fmt.Errorf("uprobe at %s+%#x: %w", t.probeFile(), t.probe.offset, err)
 	}
 	b.links[t.id] = l
 	return nil

@@ -24,6 +24,17 @@
 // have executed some (usually all of its early) code by then. Libraries are matched in this mode
 // only if they are already mapped when the notification is handled.
 //
+// # Copies in other mount namespaces
+//
+// A container runs its own copy of a host binary: same bytes and GNU build-id, another
+// inode. [Watcher.AddWithCopies] watches those too, with one probe per copy: copies that
+// running processes map are probed at once, and a copy of an executable that nothing ran
+// yet is found by the exec notifications of the proc connector, which stop its first
+// process late (as in proc-connector mode); its later processes hit the probe. Files of
+// other processes are only ever opened through /proc/PID/map_files and /proc/PID/exe
+// (see copies.go). A shared library's copy that no running process maps yet is not
+// found: at exec time it is not mapped, and nothing of it is probed.
+//
 // # Contract with the caller
 //
 // Every [Event] names a process in group-stop (state T), held there by a pending stop rather

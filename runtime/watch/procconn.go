@@ -36,6 +36,16 @@ type procConnBackend struct {
 
 	mu      sync.Mutex
 	targets map[uint64]*target
+
+	// onExec, if set, sees every exec first; true means it handled the process. Guarded
+	// by mu: it is set while run runs.
+	onExec func(pid int, noticed int64) bool
+}
+
+func (p *procConnBackend) setOnExec(f func(pid int, noticed int64) bool) {
+	p.mu.Lock()
+	p.onExec = f
+	p.mu.Unlock()
 }
 
 func newProcConnBackend() (*procConnBackend, error) {
@@ -107,9 +117,16 @@ func (p *procConnBackend) run(w *Watcher) {
 				continue
 			}
 			pid := int(binary.LittleEndian.Uint32(d[cnMsgLen+20:])) // exec_proc_event.process_tgid
+			// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
+			noticed := int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:]))
+			p.mu.Lock()
+			onExec := p.onExec
+			p.mu.Unlock()
+			if onExec != nil && onExec(pid, noticed) {
+				continue
+			}
 			if id, ok := p.match(pid); ok {
-				// proc_event.timestamp_ns is ktime_get_ns at the exec, CLOCK_MONOTONIC.
-				w.deliver(pid, id, false, int64(binary.LittleEndian.Uint64(d[cnMsgLen+8:])))
+				w.deliver(pid, id, false, noticed)
 			}
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	procfs "github.com/syscare/syscare/runtime/proc"
 )
 
 // Modes reported by [Watcher.Mode].
@@ -38,6 +40,22 @@ type target struct {
 	path     string
 	probe    probePoint
 	dev, ino uint64
+	// buildID is the file's GNU build-id (nil if it has none): copies of the file with
+	// the same build-id, such as a container's, are watched too (see copies.go).
+	buildID []byte
+	// copies are the probes on such copies, by inode; nil for a copy itself.
+	copies map[fileID]*target
+	// file, for a copy, is the path its probe is attached through (a descriptor link,
+	// valid only during the attach); path stays the parent's, which events report.
+	file string
+}
+
+// probeFile is the path the probe is attached through.
+func (t *target) probeFile() string {
+	if t.file != "" {
+		return t.file
+	}
+	return t.path
 }
 
 // backend is the mechanism that notices new processes.
@@ -69,6 +87,13 @@ type Watcher struct {
 	byPath  map[string]*target
 	byID    map[uint64]*target
 	pending map[int]int // pid -> pidfd (or -1) of processes reported and not resumed
+
+	// discovery reads exec notifications to find copies of watched files that nothing
+	// ran before (copies.go); nil until AddWithCopies needs it, and again once no
+	// watched file has copies to find. stopping are those being stopped, which Close
+	// waits for.
+	discovery *discovery
+	stopping  []*discovery
 }
 
 type options struct {
@@ -147,7 +172,18 @@ func (w *Watcher) Events() <-chan Event { return w.events }
 // watched: a copy elsewhere is not, a hard link is. Adding a path again is a no-op while it
 // names the same file, and moves the watch to the new file after the path was replaced (as
 // a package update does).
-func (w *Watcher) Add(path string) error {
+func (w *Watcher) Add(path string) error { return w.add(path, false) }
+
+// AddWithCopies is Add, and also watches every copy of the file: any executable or
+// library with the same GNU build-id, at any path and in any mount namespace, as a
+// container runs its own copy of a host binary. A copy that a running process maps is
+// probed at once; a copy of an executable that nothing runs yet is found when a
+// process executes it (exec notifications): that first process is stopped late, as in
+// proc-connector mode, and the copy is probed for every later one. A file without a
+// build-id is watched as by Add. See copies.go.
+func (w *Watcher) AddWithCopies(path string) error { return w.add(path, true) }
+
+func (w *Watcher) add(path string, withCopies bool) error {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		return fmt.Errorf("watch %s: %w", path, err)
@@ -172,11 +208,19 @@ func (w *Watcher) Add(path string) error {
 		}
 	}
 	w.nextID++
-	t := &target{id: w.nextID, path: path, probe: pp, dev: st.Dev, ino: st.Ino}
+	t := &target{id: w.nextID, path: path, probe: pp, dev: st.Dev, ino: st.Ino, copies: map[fileID]*target{}}
+	if withCopies {
+		// Without a build-id only the file itself is watched, as by Add.
+		t.buildID, _ = procfs.FileBuildID(path)
+	}
 	if err := w.be.attach(t); err != nil {
 		return fmt.Errorf("watch %s: %w", path, err)
 	}
 	w.byPath[path], w.byID[t.id] = t, t
+	if len(t.buildID) > 0 {
+		w.addRunningCopies(t)
+		w.startDiscovery()
+	}
 	// Processes a crashed predecessor left stopped at this probe are reported like new ones.
 	// Scanned after the attach, so that none can fall between the scan and the probe.
 	for _, pid := range findOrphans(t) {
@@ -187,12 +231,24 @@ func (w *Watcher) Add(path string) error {
 		}()
 	}
 	if old != nil {
-		delete(w.byID, old.id)
-		if err := w.be.detach(old); err != nil {
+		if err := w.detachAll(old); err != nil {
 			return fmt.Errorf("unwatch replaced %s: %w", path, err)
 		}
 	}
 	return nil
+}
+
+// detachAll removes t and its copies' probes; w.mu is held.
+func (w *Watcher) detachAll(t *target) error {
+	var errs []error
+	for k, c := range t.copies {
+		delete(w.byID, c.id)
+		delete(t.copies, k)
+		errs = append(errs, w.be.detach(c))
+	}
+	delete(w.byID, t.id)
+	errs = append(errs, w.be.detach(t))
+	return errors.Join(errs...)
 }
 
 // Remove stops watching path. A process caught at that moment and not reported yet is
@@ -208,8 +264,8 @@ func (w *Watcher) Remove(path string) error {
 		return fmt.Errorf("unwatch %s: %w", path, os.ErrNotExist)
 	}
 	delete(w.byPath, path)
-	delete(w.byID, t.id)
-	if err := w.be.detach(t); err != nil {
+	w.idleDiscoveryLocked()
+	if err := w.detachAll(t); err != nil {
 		return fmt.Errorf("unwatch %s: %w", path, err)
 	}
 	return nil
@@ -253,6 +309,7 @@ func (w *Watcher) Close() error {
 	<-w.runDone
 	w.adopting.Wait()
 	closeErr := w.be.close()
+	w.stopDiscovery()
 
 	w.mu.Lock()
 	for pid, fd := range w.pending {

@@ -187,7 +187,8 @@ func (l *lazyWatcher) get() (*watch.Watcher, error) {
 func (l *lazyWatcher) Add(path string) error {
 	w, err := l.get()
 	if err == nil {
-		err = w.Add(path)
+		// Copies too: a container runs its own copy of the target (same build-id).
+		err = w.AddWithCopies(path)
 	}
 	if err != nil {
 		l.log.WithError(err).WithField("target", path).Error("new processes of this target will not be patched")

@@ -46,7 +46,8 @@ Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or 
                        as one transaction: those go to NOT-APPLIED, these to ACTIVED
                        (ACCEPTED with --accept); on failure nothing is left changed
   check ID...          verify target package, build-id and patch files
-  processes ID         per-process status of a user patch
+  processes ID         per-process status of a user patch, with each process's mount
+                       namespace and container
   save                 record every patch state
   restore [--accepted] replay the recorded states
   rescan               re-read the patch directories
@@ -227,11 +228,7 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 			return printJSON(stdout, ps)
 		}
 		for _, p := range ps {
-			line := fmt.Sprintf("%d: %s", p.Pid, p.Status)
-			if p.Detail != "" {
-				line += " (" + p.Detail + ")"
-			}
-			fmt.Fprintln(stdout, line)
+			fmt.Fprintln(stdout, processLine(p))
 		}
 		return nil
 	case "save":
@@ -392,4 +389,21 @@ func runBuild(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func fileExists(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir()
+}
+
+// processLine is one process of `syscare processes`: pid, status, where it runs (its
+// mount namespace as `readlink /proc/PID/ns/mnt` prints it, and its container when its
+// cgroup names one, shortened as container tools show ids), and the detail.
+func processLine(p syscarebus.ProcessState) string {
+	line := fmt.Sprintf("%d: %s", p.Pid, p.Status)
+	if p.MountNS != 0 {
+		line += fmt.Sprintf(" mnt:[%d]", p.MountNS)
+	}
+	if p.Container != "" {
+		line += " container " + p.Container[:min(12, len(p.Container))]
+	}
+	if p.Detail != "" {
+		line += " (" + p.Detail + ")"
+	}
+	return line
 }

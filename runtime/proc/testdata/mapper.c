@@ -1,7 +1,8 @@
 /* Test program for runtime/proc, built at test time:
  *   gcc -O2 -pthread -o mapper mapper.c
  * Usage: mapper FILE [zleader]. Maps FILE read-only, prints "ready", sleeps.
- * With "zleader" the main thread exits and a second thread keeps the process. */
+ * With "zleader" the main thread exits and a second thread keeps the process.
+ * Built again with -DOTHER_BUILD=1 it is the same program with another build-id. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +15,11 @@ static void *idle(void *arg) {
 	for (;;) pause();
 	return NULL;
 }
+
+#ifdef OTHER_BUILD
+/* Built with -DOTHER_BUILD=1: other code, so another build-id (tests of build-id matching). */
+const char other_build[] = "other build";
+#endif
 
 int main(int argc, char **argv) {
 	int fd = open(argv[1], O_RDONLY);
