@@ -116,7 +116,7 @@ func TestAttachWhileThreadsAreCreated(t *testing.T) {
 // still works.
 func TestSyscallWhileBlockedInRead(t *testing.T) {
 	v := startVictim(t, "read")
-	time.Sleep(20 * time.Millisecond) // let it enter read
+	waitInSyscall(t, v.pid, unix.SYS_READ)
 	tr := NewTracer()
 	defer tr.Close()
 	p, err := tr.Attach(v.pid)
@@ -356,8 +356,16 @@ func TestKilledDuringOperations(t *testing.T) {
 
 func TestZombieLeader(t *testing.T) {
 	v := startVictim(t, "zleader", "8")
-	time.Sleep(20 * time.Millisecond)
-	if st, err := proc.ThreadState(v.pid, v.pid); err != nil || st != 'Z' {
+	// The leader's pthread_exit runs after the victim's ready line: on a loaded machine
+	// it can take far longer than a fixed sleep, so wait for the state, bounded.
+	var st byte
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if st, err = proc.ThreadState(v.pid, v.pid); err == nil && st == 'Z' {
+			break
+		}
+	}
+	if err != nil || st != 'Z' {
 		t.Fatalf("leader state %c, %v; want a zombie", st, err)
 	}
 	tr := NewTracer()
@@ -748,4 +756,18 @@ func TestTracerKilledWhileInjecting(t *testing.T) {
 			t.Fatalf("kill %d: SIGALRM count stuck at %d", i, a)
 		}
 	}
+}
+
+// waitInSyscall waits (bounded) until thread pid is blocked in system call nr, as
+// /proc/PID/syscall shows it: a fixed sleep is too short on a loaded machine.
+func waitInSyscall(t *testing.T, pid int, nr int) {
+	t.Helper()
+	want := strconv.Itoa(nr) + " "
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/syscall")
+		if err == nil && strings.HasPrefix(string(b), want) {
+			return
+		}
+	}
+	t.Fatalf("pid %d did not block in system call %d within 10s", pid, nr)
 }
