@@ -1,0 +1,175 @@
+// Package kbuild tests kernel hot patch builds end to end: it makes, from Debian's
+// packages of the kernel tests/kernel boots, the RPMs a kernel packager would ship (a
+// kernel source RPM whose %prep yields the tree with its config, and a kernel-debuginfo
+// RPM holding /usr/lib/debug/lib/modules/<release>/vmlinux), builds patches from them
+// with syscare-build and switches the guest kernel's behaviour with the modules.
+package kbuild
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/syscare/syscare/tests/kernel/qemuboot"
+)
+
+// Inputs are the cached packages of one kernel.
+type Inputs struct {
+	ABI       string // the running kernel's release, "6.1.0-48-amd64"
+	Version   string // the RPMs' Version, the upstream part of Debian's version
+	Release   string // the RPMs' Release, Debian's revision
+	SRPM      string // kernel-V-R.src.rpm: linux-source tarball and config
+	Debuginfo string // kernel-debuginfo-V-R.x86_64.rpm: the vmlinux with debug info
+	// NoConfigSRPM is the same source RPM without the config (a bad input).
+	NoConfigSRPM string
+	Vmlinuz      string // the bootable image
+	Cache        string // the cache directory of this ABI
+}
+
+// Prepare downloads Debian's packages of the current kernel ABI (once) and makes the
+// RPMs from them (once); both stay in qemuboot.CacheRoot/<abi>.
+func Prepare(t testing.TB) *Inputs {
+	t.Helper()
+	abi := qemuboot.ABI(t)
+	cache := qemuboot.Cache(t, abi)
+	debs := filepath.Join(cache, "debs")
+	image := qemuboot.Download(t, debs, "linux-image-"+abi)
+	debVersion := qemuboot.DebVersion(t, image)
+	version, release, ok := strings.Cut(debVersion, "-")
+	if !ok {
+		t.Fatalf("kernel test: linux-image-%s has version %q, want UPSTREAM-REVISION", abi, debVersion)
+	}
+	in := &Inputs{ABI: abi, Version: version, Release: release, Cache: cache, Vmlinuz: qemuboot.Image(t, abi)}
+	rpms := filepath.Join(cache, "rpms")
+	in.SRPM = filepath.Join(rpms, fmt.Sprintf("kernel-%s-%s.src.rpm", version, release))
+	in.Debuginfo = filepath.Join(rpms, fmt.Sprintf("kernel-debuginfo-%s-%s.x86_64.rpm", version, release))
+	in.NoConfigSRPM = filepath.Join(rpms, "noconfig", fmt.Sprintf("kernel-%s-%s.src.rpm", version, release))
+	if exists(in.SRPM) && exists(in.Debuginfo) && exists(in.NoConfigSRPM) {
+		return in
+	}
+	series := strings.Join(strings.SplitN(version, ".", 3)[:2], ".") // 6.1.172 -> 6.1
+	source := qemuboot.Download(t, debs, "linux-source-"+series+"="+debVersion)
+	headers := qemuboot.Download(t, debs, "linux-headers-"+abi+"="+debVersion)
+	dbg := qemuboot.Download(t, debs, "linux-image-"+abi+"-dbg="+debVersion)
+
+	work, err := os.MkdirTemp(cache, ".rpms-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	top := filepath.Join(work, "top")
+	for _, d := range []string{"SOURCES", "SPECS", "BUILD", "BUILDROOT", "RPMS", "SRPMS"} {
+		os.MkdirAll(filepath.Join(top, d), 0o755)
+	}
+	src := filepath.Join(work, "src")
+	qemuboot.Run(t, work, nil, "sh", "-c", fmt.Sprintf(
+		"dpkg-deb --fsys-tarfile %s | tar -x -C %s ./usr/src/linux-source-%s.tar.xz", source, mkdir(t, src), series))
+	tarball := fmt.Sprintf("linux-source-%s.tar.xz", series)
+	if err := os.Rename(filepath.Join(src, "usr/src", tarball), filepath.Join(top, "SOURCES", tarball)); err != nil {
+		t.Fatal(err)
+	}
+	hdr := filepath.Join(work, "hdr")
+	qemuboot.Run(t, work, nil, "sh", "-c", fmt.Sprintf(
+		"dpkg-deb --fsys-tarfile %s | tar -x -C %s ./usr/src/linux-headers-%s/.config", headers, mkdir(t, hdr), abi))
+	config := "config-" + abi
+	if err := os.Rename(filepath.Join(hdr, "usr/src/linux-headers-"+abi, ".config"), filepath.Join(top, "SOURCES", config)); err != nil {
+		t.Fatal(err)
+	}
+	noPayloadCompression := []string{"--define", "_source_payload w0.ufdio", "--define", "_binary_payload w0.ufdio"}
+	rpmbuild := func(args ...string) {
+		t.Helper()
+		base := []string{"--nodeps", "--define", "_topdir " + top}
+		qemuboot.Run(t, top, nil, "rpmbuild", append(append(base, noPayloadCompression...), args...)...)
+	}
+
+	// The source RPM: %prep untars the tree and puts the config in place, as
+	// openEuler's kernel.spec does.
+	spec := func(withConfig bool) string {
+		s := fmt.Sprintf(`Name: kernel
+Version: %s
+Release: %s
+Summary: Debian's Linux %s as a kernel source RPM (syscare tests)
+License: GPL-2.0-only
+Source0: %s
+`, version, release, series, tarball)
+		if withConfig {
+			s += "Source1: " + config + "\n"
+		}
+		s += fmt.Sprintf(`
+%%description
+The source of Debian's kernel %s, packaged the way an RPM distribution ships it.
+
+%%prep
+%%setup -q -n linux-source-%s
+`, abi, series)
+		if withConfig {
+			s += "cp %{SOURCE1} .config\n"
+		}
+		return s + "\n%build\n\n%files\n"
+	}
+	specPath := filepath.Join(top, "SPECS", "kernel.spec")
+	os.WriteFile(specPath, []byte(spec(false)), 0o644)
+	rpmbuild("-bs", specPath)
+	mkdir(t, filepath.Dir(in.NoConfigSRPM))
+	moveInto(t, filepath.Join(top, "SRPMS", filepath.Base(in.SRPM)), in.NoConfigSRPM)
+	os.WriteFile(specPath, []byte(spec(true)), 0o644)
+	rpmbuild("-bs", specPath)
+
+	// The debuginfo RPM, built from a spec of the same name, version and release so
+	// that its SOURCERPM is the source RPM above.
+	dbgDir := filepath.Join(work, "dbg")
+	qemuboot.Run(t, work, nil, "sh", "-c", fmt.Sprintf(
+		"dpkg-deb --fsys-tarfile %s | tar -x -C %s ./usr/lib/debug/boot/vmlinux-%s", dbg, mkdir(t, dbgDir), abi))
+	vmlinux := filepath.Join(dbgDir, "usr/lib/debug/boot", "vmlinux-"+abi)
+	dbgSpec := fmt.Sprintf(`Name: kernel
+Version: %s
+Release: %s
+Summary: Debian's Linux %s (syscare tests)
+License: GPL-2.0-only
+%%global debug_package %%{nil}
+%%global __os_install_post %%{nil}
+%%global _build_id_links none
+
+%%description
+Debian's kernel %s.
+
+%%package debuginfo
+Summary: Debug information of the kernel %s
+
+%%description debuginfo
+The kernel image with its debug information.
+
+%%install
+mkdir -p %%{buildroot}/usr/lib/debug/lib/modules/%s
+ln %s %%{buildroot}/usr/lib/debug/lib/modules/%s/vmlinux
+
+%%files debuginfo
+/usr/lib/debug/lib/modules/%s
+`, version, release, series, abi, abi, abi, vmlinux, abi, abi)
+	dbgSpecPath := filepath.Join(top, "SPECS", "kernel-debuginfo.spec")
+	os.WriteFile(dbgSpecPath, []byte(dbgSpec), 0o644)
+	rpmbuild("-bb", dbgSpecPath)
+	moveInto(t, filepath.Join(top, "RPMS", "x86_64", filepath.Base(in.Debuginfo)), in.Debuginfo)
+	moveInto(t, filepath.Join(top, "SRPMS", filepath.Base(in.SRPM)), in.SRPM)
+	return in
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func mkdir(t testing.TB, d string) string {
+	t.Helper()
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func moveInto(t testing.TB, from, to string) {
+	t.Helper()
+	mkdir(t, filepath.Dir(to))
+	if err := os.Rename(from, to); err != nil {
+		t.Fatalf("kernel test: %v", err)
+	}
+}
