@@ -37,9 +37,6 @@ func (b *build) prepare(ctx context.Context) (string, error) {
 	if !b.src.Source {
 		return "", fmt.Errorf("%w: %s is a binary RPM; --source takes the source RPM (.src.rpm)", ErrBadInput, o.Source)
 	}
-	if b.src.IsKernel() {
-		return "", fmt.Errorf("%w: %s builds a kernel; syscare build makes user-space patches only for now (kernel livepatch builds are not supported)", ErrKernel, b.src.NVR())
-	}
 	for _, p := range o.Patches {
 		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
 			return "", fmt.Errorf("%w: patch file %s: not a readable file", ErrBadInput, p)

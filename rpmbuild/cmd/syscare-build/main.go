@@ -37,7 +37,7 @@ SYNOPSIS
         [--patch-description TEXT] --source PKG.src.rpm --debuginfo PKG-debuginfo.rpm
         [--debuginfo ...] --patch FIX.patch [--patch ...] [--output DIR] [--jobs N]
         [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--dry-run]
-        [--verbose]
+        [--kernel-config FILE] [--kernel-cache DIR] [--verbose]
     syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
     syscare-build resolve --debug-file TARGET.debug -o OUT.o PATCH.o
 
@@ -97,7 +97,32 @@ PATCH REPORT
     package. "syscare-build resolve" does the same for a hand-written patch object
     (runtime/include/upatch.h), from the target's debug file.
 
-    Kernel source RPMs are refused: only user-space patches are built for now.
+KERNEL PATCHES
+    With a kernel source RPM (named kernel* or linux*, its %prep yielding a tree with
+    Makefile and Kconfig) and its kernel-debuginfo RPM (holding
+    /usr/lib/debug/lib/modules/<release>/vmlinux), the build makes a livepatch module
+    instead of patch objects. The tree is prepared once: %prep, the configuration (the
+    tree's .config, else a config in the debuginfo package, else --kernel-config), then
+    make olddefconfig modules_prepare with KERNELRELEASE set to <release> (the running
+    kernel's uname -r). With --kernel-cache DIR the prepared tree is kept there and later
+    builds of the same source RPM use a hard-linked copy of it.
+
+    Only the C files the fix changes are compiled, by kbuild (make path/file.o) with
+    -ffunction-sections -fdata-sections added, before and after the fix. The kernel's
+    tables (ORC unwind data, ftrace call sites, return-thunk sites) are set aside before
+    the diff. Refused, naming the function and section: a fix to assembly (.S), to
+    __init code, one that changes the exported-symbol table, a changed struct layout or
+    initialised data (as for user space), and for now a replaced function with entries
+    in the exception table, alternatives, static keys or calls, BUG/WARN or paravirt
+    tables; headers and Makefiles are refused as well (only named C files are rebuilt).
+
+    The module has one klp_func per replaced function (old_sympos from the debuginfo's
+    vmlinux for duplicate local names); exported kernel symbols it uses are resolved by
+    the module loader with the CRCs read from the vmlinux (modversions), the others
+    through .klp.rela.vmlinux.* relocations that livepatch resolves. Its vermagic is
+    checked against the vmlinux's. The patch RPM (kind "kernel") requires
+    kernel = EVR and installs the .ko and patch.json; "syscare apply" loads it.
+    Kernel modules (in-tree or out-of-tree) are not patched yet: vmlinux only.
 
 OPTIONS
     --patch-name NAME        patch name (HP001, CVE-2021-32675); required
@@ -120,6 +145,9 @@ OPTIONS
                              write no RPM; exit 0 when the patch would build, 3 or 4
                              as below when it would not
     --verbose                copy the full build log to standard error
+    --kernel-config FILE     the kernel configuration, when neither the kernel source
+                             RPM's tree nor the debuginfo package has one
+    --kernel-cache DIR       keep prepared kernel trees in DIR and reuse them
     -h, --help               show this text
 
 STEPS
@@ -136,7 +164,8 @@ EXIT STATUS
         of another version-release), a patch that does not apply, a missing tool, a
         compiler mismatch, a failing package build, a kernel source RPM, a shipped
         binary that differs beyond the patch (cross-check), or one that could not be
-        cross-checked when nothing else changed
+        cross-checked when nothing else changed; for a kernel: no usable
+        configuration, a debuginfo RPM of another kernel build
     2   bad command line
     3   no functional change: the fix changes no function of a shipped binary, and
         the cross-check found every shipped binary the same
@@ -146,11 +175,15 @@ EXIT STATUS
 REQUIREMENTS
     rpmbuild, rpm2cpio, cpio, patch, gcc (the version that built the package), ld,
     objcopy. The compiler binding needs root (mount namespaces); without it only PATH
-    and CC/CXX are covered.
+    and CC/CXX are covered. Kernel patches also need make, flex, bison, bc and the
+    kernel's build dependencies (libelf-dev, libssl-dev, dwarves).
 
 EXAMPLE
     syscare-build --patch-name HP001 --source redis-6.2.5-1.src.rpm \
         --debuginfo redis-debuginfo-6.2.5-1.x86_64.rpm --patch 0001-fix.patch --output out/
+    syscare-build --patch-name HP002 --source kernel-6.1.172-1.src.rpm \
+        --debuginfo kernel-debuginfo-6.1.172-1.x86_64.rpm --patch 0001-loadavg.patch \
+        --kernel-cache /var/cache/syscare-build --output out/
 `
 
 type multi []string
@@ -194,6 +227,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.SkipCompilerCheck, "skip-compiler-check", false, "")
 	fs.BoolVar(&o.Verbose, "verbose", false, "")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
+	fs.StringVar(&o.KernelConfig, "kernel-config", "", "")
+	fs.StringVar(&o.KernelCache, "kernel-cache", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			io.WriteString(stdout, usage)
