@@ -28,6 +28,8 @@ type kernelBuild struct {
 	tree     *kernel.Tree
 	objects  []kernel.PatchObject
 	module   *kernel.Module
+	// modDebug maps a module's name to its debug file in the unpacked debuginfo.
+	modDebug map[string]string
 }
 
 // isKernelSource tells whether the --source RPM builds a kernel (read early, to pick
@@ -121,6 +123,16 @@ func (b *build) kernelPrepare(ctx context.Context) (string, error) {
 	if k.vm.Release() != k.release {
 		return "", fmt.Errorf("%w: the vmlinux under modules/%s says it is release %q (vermagic %q)", ErrBadInput, k.release, k.vm.Release(), k.vm.Vermagic)
 	}
+	k.modDebug = map[string]string{}
+	filepath.WalkDir(filepath.Join(dir, "usr/lib/debug/lib/modules", k.release), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			base := strings.TrimSuffix(d.Name(), ".debug")
+			if strings.HasSuffix(base, ".ko") {
+				k.modDebug[strings.ReplaceAll(strings.TrimSuffix(base, ".ko"), "-", "_")] = p
+			}
+		}
+		return nil
+	})
 	for _, c := range []string{"usr/lib/debug/lib/modules/" + k.release + "/config", "lib/modules/" + k.release + "/config",
 		"boot/config-" + k.release, "usr/lib/debug/boot/config-" + k.release} {
 		if p := filepath.Join(dir, c); isRegular(p) {
@@ -208,7 +220,21 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 	var changed []string
 	for _, tu := range k.tus {
 		orig, patched := filepath.Join(b.work, "orig", tu.Object), filepath.Join(b.work, "patched", tu.Object)
-		r, obj, err := kernel.Diff(ctx, b.logw, tu, orig, patched, filepath.Join(b.work, "diff", tu.Object), k.vm)
+		var loc diff.Locator = k.vm
+		var target *kernel.ModuleSyms
+		if tu.Module != "" {
+			p, ok := k.modDebug[tu.Module]
+			if !ok {
+				return "", fmt.Errorf("%w: %s is built into the module %s, and the debuginfo RPM has no debug file of it (lib/modules/%s/.../%s.ko)",
+					ErrBadInput, tu.Source, tu.Module, k.release, tu.Module)
+			}
+			ms, err := kernel.ReadModule(p)
+			if err != nil {
+				return "", fmt.Errorf("%w: %w", ErrBadInput, err)
+			}
+			loc, target = ms, ms
+		}
+		r, obj, err := kernel.Diff(ctx, b.logw, tu, orig, patched, filepath.Join(b.work, "diff", tu.Object), loc)
 		if r != nil {
 			fmt.Fprintf(b.logw, "%s", r.String())
 		}
@@ -225,7 +251,7 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("diff %s: %w", tu.Source, err)
 		}
 		parts = append(parts, withFile(r.Report(), tu.Source))
-		k.objects = append(k.objects, kernel.PatchObject{TU: tu, Object: obj})
+		k.objects = append(k.objects, kernel.PatchObject{TU: tu, Object: obj, Target: target})
 		changed = append(changed, r.Changed()...)
 	}
 	rp := diff.MergeReports("vmlinux", parts...)
@@ -233,6 +259,7 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 		rp.Notes = append(rp.Notes, f+": not code, left out")
 	}
 	b.res.Reports = []*diff.Report{rp}
+	b.res.Reports[0].Target = reportTarget(k.tus)
 	if len(k.objects) == 0 {
 		return "", fmt.Errorf("%w: the fix changes no kernel function", ErrNoChange)
 	}
@@ -283,6 +310,9 @@ func (b *build) kernelPack(ctx context.Context) (string, error) {
 	}
 	var payload []string
 	rf := filepath.Join(b.work, "out", ReportFile)
+	if err := os.MkdirAll(filepath.Dir(rf), 0o755); err != nil {
+		return "", err
+	}
 	if err := WriteReportFile(rf, b.res.Reports); err != nil {
 		return "", err
 	}
@@ -297,6 +327,20 @@ func (b *build) kernelPack(ctx context.Context) (string, error) {
 	payload = append(payload, k.module.Path)
 	// The patch's source RPM carries the kernel's spec and the fix; the kernel's own
 	// sources stay in the kernel source RPM it names.
+	if b.spec == "" {
+		// The tree came from the cache: take the spec alone out of the source RPM.
+		dir := filepath.Join(b.work, "kernel-spec")
+		os.MkdirAll(dir, 0o755)
+		cmd := fmt.Sprintf("rpm2cpio %q | cpio -idm --quiet --no-absolute-filenames '*.spec'", b.opts.Source)
+		if err := b.command(ctx, dir, "sh", "-c", cmd); err != nil {
+			return "", fmt.Errorf("spec of %s: %w", b.src.NVR(), err)
+		}
+		specs, _ := filepath.Glob(filepath.Join(dir, "*.spec"))
+		if len(specs) == 0 {
+			return "", fmt.Errorf("%w: the source RPM holds no .spec file", ErrBadInput)
+		}
+		b.spec = specs[0]
+	}
 	sources := append([]string{b.spec}, b.opts.Patches...)
 	out, err := patchrpm.Build(ctx, filepath.Join(b.work, "patchrpm"), patchrpm.Input{Patch: p, Payload: payload, Sources: sources}, b.logw)
 	if err != nil {
@@ -316,6 +360,24 @@ func (b *build) kernelPack(ctx context.Context) (string, error) {
 	b.res.Patch = p
 	b.res.ModuleSize = k.module.Size
 	return filepath.Base(b.res.RPM), nil
+}
+
+// reportTarget names what the patch changes: vmlinux and/or the modules.
+func reportTarget(tus []kernel.TU) string {
+	seen := map[string]bool{}
+	var names []string
+	for _, tu := range tus {
+		n := tu.Module
+		if n == "" {
+			n = "vmlinux"
+		}
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, " ")
 }
 
 func isRegular(p string) bool {

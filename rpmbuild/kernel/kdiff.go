@@ -23,8 +23,9 @@ import (
 // uses); then come the kernel's refusals: a changed exported-symbol table, changed
 // __init code or data, and a replaced function that has entries in a table the module
 // does not carry yet. Refusals are *diff.UnpatchableError naming function, section
-// and reason; an unchanged object gives diff.ErrNoChange.
-func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string, vm *Vmlinux) (*diff.Result, []byte, error) {
+// and reason; an unchanged object gives diff.ErrNoChange. loc places the local symbols
+// of the object the unit is linked into (vmlinux or the module).
+func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string, loc diff.Locator) (*diff.Result, []byte, error) {
 	usesO, presentO, err := kernelTables(orig)
 	if err != nil {
 		return nil, nil, err
@@ -61,7 +62,7 @@ func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string,
 	}
 	h := fnv.New32a()
 	h.Write([]byte(tu.Source))
-	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: vm, AliasPrefix: fmt.Sprintf("__syscare_klp_%08x_", h.Sum32())})
+	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: loc, AliasPrefix: fmt.Sprintf("__syscare_klp_%08x_", h.Sum32())})
 	if err != nil {
 		return r, nil, err
 	}

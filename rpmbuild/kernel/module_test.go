@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -17,10 +18,12 @@ import (
 
 // cachedVmlinux unpacks the cached kernel-debuginfo RPM's vmlinux (once per test).
 func cachedVmlinux(t *testing.T, release string) *Vmlinux {
-	m, _ := filepath.Glob(filepath.Join("/var/cache/syscare-tests/kernel", release, "rpms/kernel-debuginfo-*.rpm"))
+	m, _ := filepath.Glob(filepath.Join("/var/cache/syscare-tests/kernel", release, "rpms/debuginfo-*/kernel-debuginfo-*.rpm"))
 	if len(m) == 0 {
-		t.Fatal("no cached kernel-debuginfo RPM (tests/kbuild TestInputs makes it)")
+		t.Fatal("no cached kernel-debuginfo RPM (tests/kbuild TestInputsE2E makes it)")
 	}
+	sort.Strings(m)
+	m = m[len(m)-1:]
 	dir := t.TempDir()
 	if out, err := exec.Command("sh", "-c", "cd "+dir+" && rpm2cpio "+m[0]+" | cpio -idm --quiet").CombinedOutput(); err != nil {
 		t.Fatalf("%v %s", err, out)
@@ -123,6 +126,22 @@ func TestInitRefused(t *testing.T) {
 	var u *diff.UnpatchableError
 	if !errors.As(err, &u) || u.Function != "proc_loadavg_init" || u.Section != ".init.text" || !strings.Contains(u.Reason, "__init") {
 		t.Fatalf("diff of an __init fix: %v, want a refusal of proc_loadavg_init in .init.text", err)
+	}
+	t.Log(err)
+}
+
+// TestLayoutRefused: a fix that adds a member to a struct the changed function uses
+// (binfmt_misc's Node) is refused, naming the function and the layout change.
+func TestLayoutRefused(t *testing.T) {
+	fp := compileFix(t, "layout")
+	vm := cachedVmlinux(t, fp.release)
+	if fp.tu.Module != "binfmt_misc" {
+		t.Errorf("fs/binfmt_misc.c builds into module %q, want binfmt_misc", fp.tu.Module)
+	}
+	_, _, err := Diff(context.Background(), fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), vm)
+	var u *diff.UnpatchableError
+	if !errors.As(err, &u) || !strings.Contains(u.Function, "entry_status") || !strings.Contains(u.Reason, "member syscare_extra added at offset 16") {
+		t.Fatalf("diff of a layout change: %v, want a refusal of entry_status naming syscare_extra", err)
 	}
 	t.Log(err)
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -25,16 +26,18 @@ func prepFromSRPM(srpm string, log *strings.Builder) func(ctx context.Context, t
 	}
 }
 
-// kernelSRPM is the tests/kbuild source RPM, made by its TestInputs (SYSCARE_E2E=1).
+// kernelSRPM is the tests/kbuild source RPM, made by its TestInputsE2E (SYSCARE_E2E=1).
 func kernelSRPM(t *testing.T) (srpm, release string) {
 	if os.Getenv("SYSCARE_E2E") != "1" {
 		t.Skip("kernel tree test: set SYSCARE_E2E=1 (needs tests/kbuild's cached kernel RPMs)")
 	}
 	m, _ := filepath.Glob("/var/cache/syscare-tests/kernel/*/rpms/kernel-*.src.rpm")
 	if len(m) == 0 {
-		t.Fatal("no cached kernel source RPM: run go test ./tests/kbuild -run TestInputs with SYSCARE_E2E=1 first")
+		t.Fatal("no cached kernel source RPM: run go test ./tests/kbuild -run TestInputsE2E with SYSCARE_E2E=1 first")
 	}
-	return m[0], filepath.Base(filepath.Dir(filepath.Dir(m[0])))
+	sort.Strings(m)
+	srpm = m[len(m)-1]
+	return srpm, filepath.Base(filepath.Dir(filepath.Dir(srpm)))
 }
 
 // TestPrepareTreeCached prepares the tree once into the shared cache (minutes), then

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
@@ -44,7 +43,13 @@ type Vmlinux struct {
 	BuildID  string
 	Vermagic string
 	Exports  map[string]Export
-	byName   map[string][]*ksym // in address order, as kallsyms counts them
+	Symbols
+}
+
+// Symbols are the symbols of one patched object (vmlinux or a module) by name, each
+// list in the order livepatch counts positions in.
+type Symbols struct {
+	byName map[string][]*ksym
 }
 
 // ReadVmlinux reads the vmlinux at path.
@@ -61,7 +66,7 @@ func ReadVmlinux(path string) (*Vmlinux, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: symbol table: %w", ErrDebuginfo, path, err)
 	}
-	v := &Vmlinux{Path: path, Exports: map[string]Export{}, byName: map[string][]*ksym{}}
+	v := &Vmlinux{Path: path, Exports: map[string]Export{}, Symbols: Symbols{byName: map[string][]*ksym{}}}
 	file := ""
 	all := map[string]elf.Symbol{}
 	for _, s := range syms {
@@ -181,7 +186,7 @@ func (v *Vmlinux) WriteSymvers(w io.Writer) error {
 // Pos tells the position kallsyms gives the symbol name defined in source file file
 // (its STT_FILE name) among the same-named symbols: 0 when the name is unique, else
 // its 1-based rank in address order (what klp_func.old_sympos and .klp.sym take).
-func (v *Vmlinux) Pos(name, file string, isFunc bool) (uint64, error) {
+func (v *Symbols) Pos(name, file string, isFunc bool) (uint64, error) {
 	l := v.byName[name]
 	switch len(l) {
 	case 0:
@@ -206,7 +211,7 @@ func (v *Vmlinux) Pos(name, file string, isFunc bool) (uint64, error) {
 
 // GlobalPos tells the position of the global definition of name among the same-named
 // symbols (0 when unique), and whether the kernel has one.
-func (v *Vmlinux) GlobalPos(name string) (uint64, bool) {
+func (v *Symbols) GlobalPos(name string) (uint64, bool) {
 	l := v.byName[name]
 	for i, s := range l {
 		if s.bind != elf.STB_LOCAL {
@@ -220,10 +225,56 @@ func (v *Vmlinux) GlobalPos(name string) (uint64, bool) {
 }
 
 // Has tells whether the kernel has a symbol name.
-func (v *Vmlinux) Has(name string) bool { return len(v.byName[name]) > 0 }
+func (v *Symbols) Has(name string) bool { return len(v.byName[name]) > 0 }
 
-// readFileString is a small helper for tests and callers that hold paths.
-func readFileString(p string) string {
-	b, _ := os.ReadFile(p)
-	return string(b)
+// ModuleSyms is a kernel module's symbols, read from its debug file.
+type ModuleSyms struct {
+	Name string
+	Symbols
+}
+
+// ReadModule reads the symbols of a module's debug file (an unstripped .ko). Livepatch
+// counts a module's symbols in its symbol table's order, over the symbols the module
+// keeps for kallsyms (defined in allocated sections).
+func ReadModule(path string) (*ModuleSyms, error) {
+	f, err := elfsafe.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrDebuginfo, path, err)
+	}
+	defer f.Close()
+	if f.Type != elf.ET_REL || f.Machine != elf.EM_X86_64 {
+		return nil, fmt.Errorf("%w: %s is not an x86-64 kernel module", ErrDebuginfo, path)
+	}
+	syms, err := f.Symbols()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: symbol table: %w", ErrDebuginfo, path, err)
+	}
+	m := &ModuleSyms{Symbols: Symbols{byName: map[string][]*ksym{}}}
+	file := ""
+	for _, s := range syms {
+		typ := elf.ST_TYPE(s.Info)
+		if typ == elf.STT_FILE {
+			file = s.Name
+			continue
+		}
+		if s.Name == "" || typ == elf.STT_SECTION || s.Section == elf.SHN_UNDEF || int(s.Section) >= len(f.Sections) ||
+			f.Sections[s.Section].Flags&elf.SHF_ALLOC == 0 {
+			continue
+		}
+		bind := elf.ST_BIND(s.Info)
+		m.byName[s.Name] = append(m.byName[s.Name], &ksym{name: s.Name, typ: typ, bind: bind, value: s.Value, size: s.Size, file: file})
+	}
+	if sec := f.Section(".gnu.linkonce.this_module"); sec != nil {
+		if data, err := sec.Data(); err == nil && len(data) > 24 {
+			// struct module's name field: after the state and the list head.
+			name := data[24:]
+			if i := bytes.IndexByte(name, 0); i > 0 {
+				m.Name = string(name[:i])
+			}
+		}
+	}
+	if m.Name == "" {
+		return nil, fmt.Errorf("%w: %s: no module name (.gnu.linkonce.this_module)", ErrDebuginfo, path)
+	}
+	return m, nil
 }

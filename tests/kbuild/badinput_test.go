@@ -59,10 +59,10 @@ func listDir(dir string) []string {
 	return out
 }
 
-// TestKernelBadInput: each bad input fails with its exit status and a message naming
+// TestKernelBadInputE2E: each bad input fails with its exit status and a message naming
 // the cause; the output directory holds the log and nothing else, the work directory
 // is gone and the tree cache gains no half-prepared tree.
-func TestKernelBadInput(t *testing.T) {
+func TestKernelBadInputE2E(t *testing.T) {
 	needE2E(t)
 	in := Prepare(t)
 	bin := syscareBuild(t)

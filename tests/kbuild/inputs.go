@@ -15,6 +15,10 @@ import (
 	"github.com/syscare/syscare/tests/kernel/qemuboot"
 )
 
+// DebugModules are the modules whose debug files the test's kernel-debuginfo RPM
+// carries (a packager's carries all; these are the ones the tests patch).
+var DebugModules = []string{"fs/binfmt_misc.ko"}
+
 // Inputs are the cached packages of one kernel.
 type Inputs struct {
 	ABI       string // the running kernel's release, "6.1.0-48-amd64"
@@ -44,7 +48,8 @@ func Prepare(t testing.TB) *Inputs {
 	in := &Inputs{ABI: abi, Version: version, Release: release, Cache: cache, Vmlinuz: qemuboot.Image(t, abi)}
 	rpms := filepath.Join(cache, "rpms")
 	in.SRPM = filepath.Join(rpms, fmt.Sprintf("kernel-%s-%s.src.rpm", version, release))
-	in.Debuginfo = filepath.Join(rpms, fmt.Sprintf("kernel-debuginfo-%s-%s.x86_64.rpm", version, release))
+	// "debuginfo-2": the debuginfo RPM carries DebugModules too.
+	in.Debuginfo = filepath.Join(rpms, "debuginfo-2", fmt.Sprintf("kernel-debuginfo-%s-%s.x86_64.rpm", version, release))
 	in.NoConfigSRPM = filepath.Join(rpms, "noconfig", fmt.Sprintf("kernel-%s-%s.src.rpm", version, release))
 	if exists(in.SRPM) && exists(in.Debuginfo) && exists(in.NoConfigSRPM) {
 		return in
@@ -63,6 +68,26 @@ func Prepare(t testing.TB) *Inputs {
 	for _, d := range []string{"SOURCES", "SPECS", "BUILD", "BUILDROOT", "RPMS", "SRPMS"} {
 		os.MkdirAll(filepath.Join(top, d), 0o755)
 	}
+	if !exists(in.SRPM) || !exists(in.NoConfigSRPM) {
+		sourceRPMs(t, in, top, work, source, headers, series)
+	}
+	if !exists(in.Debuginfo) {
+		debuginfoRPM(t, in, top, work, dbg, series)
+	}
+	return in
+}
+
+// rpmbuildIn runs rpmbuild in top without payload compression (the payloads are
+// compressed tarballs and a 600 MB vmlinux; compressing them again takes minutes).
+func rpmbuildIn(t testing.TB, top string, args ...string) {
+	t.Helper()
+	base := []string{"--nodeps", "--define", "_topdir " + top, "--define", "_source_payload w0.ufdio", "--define", "_binary_payload w0.ufdio"}
+	qemuboot.Run(t, top, nil, "rpmbuild", append(base, args...)...)
+}
+
+// sourceRPMs makes the kernel source RPM and its config-less twin.
+func sourceRPMs(t testing.TB, in *Inputs, top, work, source, headers, series string) {
+	abi, version, release := in.ABI, in.Version, in.Release
 	src := filepath.Join(work, "src")
 	qemuboot.Run(t, work, nil, "sh", "-c", fmt.Sprintf(
 		"dpkg-deb --fsys-tarfile %s | tar -x -C %s ./usr/src/linux-source-%s.tar.xz", source, mkdir(t, src), series))
@@ -77,12 +102,7 @@ func Prepare(t testing.TB) *Inputs {
 	if err := os.Rename(filepath.Join(hdr, "usr/src/linux-headers-"+abi, ".config"), filepath.Join(top, "SOURCES", config)); err != nil {
 		t.Fatal(err)
 	}
-	noPayloadCompression := []string{"--define", "_source_payload w0.ufdio", "--define", "_binary_payload w0.ufdio"}
-	rpmbuild := func(args ...string) {
-		t.Helper()
-		base := []string{"--nodeps", "--define", "_topdir " + top}
-		qemuboot.Run(t, top, nil, "rpmbuild", append(append(base, noPayloadCompression...), args...)...)
-	}
+	rpmbuild := func(args ...string) { rpmbuildIn(t, top, args...) }
 
 	// The source RPM: %prep untars the tree and puts the config in place, as
 	// openEuler's kernel.spec does.
@@ -116,12 +136,23 @@ The source of Debian's kernel %s, packaged the way an RPM distribution ships it.
 	moveInto(t, filepath.Join(top, "SRPMS", filepath.Base(in.SRPM)), in.NoConfigSRPM)
 	os.WriteFile(specPath, []byte(spec(true)), 0o644)
 	rpmbuild("-bs", specPath)
+	moveInto(t, filepath.Join(top, "SRPMS", filepath.Base(in.SRPM)), in.SRPM)
+}
+
+// debuginfoRPM makes the kernel-debuginfo RPM with the vmlinux and DebugModules.
+func debuginfoRPM(t testing.TB, in *Inputs, top, work, dbg, series string) {
+	abi, version, release := in.ABI, in.Version, in.Release
+	rpmbuild := func(args ...string) { rpmbuildIn(t, top, args...) }
 
 	// The debuginfo RPM, built from a spec of the same name, version and release so
 	// that its SOURCERPM is the source RPM above.
 	dbgDir := filepath.Join(work, "dbg")
+	members := "./usr/lib/debug/boot/vmlinux-" + abi
+	for _, m := range DebugModules {
+		members += " ./usr/lib/debug/lib/modules/" + abi + "/kernel/" + m
+	}
 	qemuboot.Run(t, work, nil, "sh", "-c", fmt.Sprintf(
-		"dpkg-deb --fsys-tarfile %s | tar -x -C %s ./usr/lib/debug/boot/vmlinux-%s", dbg, mkdir(t, dbgDir), abi))
+		"dpkg-deb --fsys-tarfile %s | tar -x -C %s %s", dbg, mkdir(t, dbgDir), members))
 	vmlinux := filepath.Join(dbgDir, "usr/lib/debug/boot", "vmlinux-"+abi)
 	dbgSpec := fmt.Sprintf(`Name: kernel
 Version: %s
@@ -144,16 +175,34 @@ The kernel image with its debug information.
 %%install
 mkdir -p %%{buildroot}/usr/lib/debug/lib/modules/%s
 ln %s %%{buildroot}/usr/lib/debug/lib/modules/%s/vmlinux
+cp -r %s/usr/lib/debug/lib/modules/%s/kernel %%{buildroot}/usr/lib/debug/lib/modules/%s/
 
 %%files debuginfo
 /usr/lib/debug/lib/modules/%s
-`, version, release, series, abi, abi, abi, vmlinux, abi, abi)
+`, version, release, series, abi, abi, abi, vmlinux, abi, dbgDir, abi, abi, abi)
 	dbgSpecPath := filepath.Join(top, "SPECS", "kernel-debuginfo.spec")
 	os.WriteFile(dbgSpecPath, []byte(dbgSpec), 0o644)
 	rpmbuild("-bb", dbgSpecPath)
 	moveInto(t, filepath.Join(top, "RPMS", "x86_64", filepath.Base(in.Debuginfo)), in.Debuginfo)
-	moveInto(t, filepath.Join(top, "SRPMS", filepath.Base(in.SRPM)), in.SRPM)
-	return in
+}
+
+// Module returns the shipped module at path (under lib/modules/<abi>/kernel, as in
+// DebugModules) from the kernel image package, extracted once into the cache.
+func (in *Inputs) Module(t testing.TB, path string) string {
+	t.Helper()
+	dst := filepath.Join(in.Cache, "modules", path)
+	if exists(dst) {
+		return dst
+	}
+	image := qemuboot.Download(t, filepath.Join(in.Cache, "debs"), "linux-image-"+in.ABI)
+	tmp := t.TempDir()
+	qemuboot.Run(t, tmp, nil, "sh", "-c", fmt.Sprintf("dpkg-deb --fsys-tarfile %s | tar -x ./lib/modules/%s/kernel/%s", image, in.ABI, path))
+	mkdir(t, filepath.Dir(dst))
+	qemuboot.CopyFile(t, filepath.Join(tmp, "lib/modules", in.ABI, "kernel", path), dst+".part", 0o644)
+	if err := os.Rename(dst+".part", dst); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// TestInputs makes (or finds cached) the kernel RPMs and checks what a packager's would
+// TestInputsE2E makes (or finds cached) the kernel RPMs and checks what a packager's would
 // hold: the source RPM's spec and config, the debuginfo's vmlinux under its release.
-func TestInputs(t *testing.T) {
+func TestInputsE2E(t *testing.T) {
 	needE2E(t)
 	start := time.Now()
 	in := Prepare(t)

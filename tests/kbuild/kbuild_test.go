@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -59,57 +61,118 @@ func runBuild(t *testing.T, bin string, args ...string) buildResult {
 // treeCache is where the tests keep prepared kernel trees (shared with rpmbuild/kernel's tests).
 func treeCache(in *Inputs) string { return filepath.Join(in.Cache, "trees") }
 
-// TestLoadavgPatchUnderQemu builds a patch of loadavg_proc_show from the kernel RPMs
-// with syscare-build, takes the module out of the patch RPM and boots Debian's kernel
-// with it: /proc/loadavg shows the old line, the fixed one once the module is loaded
+// kernelCase is one fix the end-to-end test builds and applies in the guest.
+type kernelCase struct {
+	name  string // the module's file name in the guest: PROC--NAME.ko
+	proc  string // the /proc file whose text the fix changes
+	patch string // testdata/<patch>.patch
+	// funcs are the replaced functions patch.json must list ("name" or "name@pos").
+	funcs []string
+	// patched tells the fixed text from the original.
+	patched func(text string) bool
+	// out are substrings of syscare-build's output.
+	out []string
+	// prereq is a shipped module (path under lib/modules/<abi>/kernel) the guest loads
+	// before the patch.
+	prereq string
+}
+
+var kernelCases = []kernelCase{
+	{name: "a", proc: "loadavg", patch: "loadavg", funcs: []string{"loadavg_proc_show"},
+		patched: func(s string) bool { return strings.HasSuffix(s, " syscare-live-patched") },
+		out:     []string{"changed: loadavg_proc_show", "livepatch relocations", "config from the source RPM's tree"}},
+	// c_start is a static function of consoles.c with two same-named twins in
+	// proc.c: the module must name the right one (its kallsyms position).
+	{name: "b", proc: "consoles", patch: "sympos", funcs: []string{"c_start@"},
+		patched: func(s string) bool { return s == "" },
+		out:     []string{"changed: c_start"}},
+	// A new function calling nr_processes, which the kernel does not export: reached
+	// through a .klp.rela relocation.
+	{name: "c", proc: "loadavg", patch: "newfunc", funcs: []string{"loadavg_proc_show"},
+		patched: func(s string) bool { return regexp.MustCompile(` processes=[1-9][0-9]*$`).MatchString(s) },
+		out:     []string{"changed: loadavg_proc_show", "syscare_nr_processes"}},
+	// A function of the in-tree module binfmt_misc, which the guest loads first; the
+	// fix reads the module's static variable "enabled".
+	{name: "d", proc: "binfmt", patch: "module", funcs: []string{"bm_status_read"}, prereq: "fs/binfmt_misc.ko",
+		patched: func(s string) bool { return s == "enabled (syscare-live-patched)" },
+		out:     []string{"changed: bm_status_read", "Patch report for binfmt_misc"}},
+}
+
+// TestKernelPatchE2E builds each case's patch from the kernel RPMs with
+// syscare-build, takes the module out of the patch RPM and boots Debian's kernel with
+// them: the /proc file shows the old text, the fixed one once the module is loaded
 // (patch enabled), and the old one again after disable and unload.
-func TestLoadavgPatchUnderQemu(t *testing.T) {
+func TestKernelPatchE2E(t *testing.T) {
 	needE2E(t)
 	in := Prepare(t)
 	bin := syscareBuild(t)
-	fix, _ := filepath.Abs("testdata/loadavg.patch")
-	r := runBuild(t, bin, "--patch-name", "HP001", "--source", in.SRPM, "--debuginfo", in.Debuginfo,
-		"--patch", fix, "--kernel-cache", treeCache(in))
-	t.Logf("syscare-build took %v (exit %d):\n%s", r.took.Round(time.Millisecond), r.code, r.out)
-	if r.code != 0 || r.rpm == "" {
-		t.Fatalf("syscare-build failed")
-	}
-	for _, w := range []string{"changed: loadavg_proc_show", "livepatch relocations", "config from the source RPM's tree"} {
-		if !strings.Contains(r.out, w) {
-			t.Errorf("output lacks %q", w)
+	modules := map[string]string{}
+	for _, c := range kernelCases {
+		fix, _ := filepath.Abs("testdata/" + c.patch + ".patch")
+		r := runBuild(t, bin, "--patch-name", "HP_"+c.name, "--source", in.SRPM, "--debuginfo", in.Debuginfo,
+			"--patch", fix, "--kernel-cache", treeCache(in))
+		t.Logf("case %s: syscare-build took %v (exit %d):\n%s", c.name, r.took.Round(time.Millisecond), r.code, r.out)
+		if r.code != 0 || r.rpm == "" {
+			t.Fatalf("case %s: syscare-build failed", c.name)
+		}
+		for _, w := range c.out {
+			if !strings.Contains(r.out, w) {
+				t.Errorf("case %s: output lacks %q", c.name, w)
+			}
+		}
+		// The RPM: requires the exact kernel, holds the module and a kernel patch.json.
+		req := qemuboot.Run(t, "", nil, "rpm", "-qp", "--requires", r.rpm)
+		if !strings.Contains(req, "kernel = "+in.Version+"-"+in.Release) {
+			t.Errorf("case %s: patch RPM requires %q, want kernel = %s-%s", c.name, req, in.Version, in.Release)
+		}
+		root := t.TempDir()
+		qemuboot.Run(t, root, nil, "sh", "-c", "rpm2cpio "+r.rpm+" | cpio -idm --quiet")
+		metas, _ := filepath.Glob(filepath.Join(root, "usr/lib/syscare/patches/*/patch.json"))
+		if len(metas) != 1 {
+			t.Fatalf("case %s: patch RPM holds %d patch.json", c.name, len(metas))
+		}
+		f, _ := os.Open(metas[0])
+		meta, err := patchmeta.Decode(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var funcs []string
+		for _, fn := range meta.Entities[0].Functions {
+			if fn.Pos != 0 {
+				funcs = append(funcs, fmt.Sprintf("%s@%d", fn.Name, fn.Pos))
+			} else {
+				funcs = append(funcs, fn.Name)
+			}
+		}
+		// "name@" stands for name at a nonzero position (one of same-named twins).
+		same := len(funcs) == len(c.funcs)
+		for i := 0; same && i < len(funcs); i++ {
+			if w := c.funcs[i]; strings.HasSuffix(w, "@") {
+				same = strings.HasPrefix(funcs[i], w) && funcs[i] != w+"0"
+			} else {
+				same = funcs[i] == w
+			}
+		}
+		if meta.Kind != patchmeta.KindKernel || len(meta.Entities) != 1 || !same {
+			t.Fatalf("case %s: patch.json kind %s, functions %v, want %v", c.name, meta.Kind, funcs, c.funcs)
+		}
+		ko := filepath.Join(filepath.Dir(metas[0]), meta.Entities[0].File)
+		st, err := os.Stat(ko)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("case %s: module %s: %d bytes", c.name, meta.Entities[0].File, st.Size())
+		modules[c.proc+"--"+c.name+".ko"] = ko
+		if c.prereq != "" {
+			modules["prereq--"+strings.TrimSuffix(filepath.Base(c.prereq), ".ko")+".ko"] = in.Module(t, c.prereq)
 		}
 	}
-	// The RPM: requires the exact kernel, holds the module and a kernel patch.json.
-	req := qemuboot.Run(t, "", nil, "rpm", "-qp", "--requires", r.rpm)
-	if !strings.Contains(req, "kernel = "+in.Version+"-"+in.Release) {
-		t.Errorf("patch RPM requires %q, want kernel = %s-%s", req, in.Version, in.Release)
-	}
-	root := t.TempDir()
-	qemuboot.Run(t, root, nil, "sh", "-c", "rpm2cpio "+r.rpm+" | cpio -idm --quiet")
-	metas, _ := filepath.Glob(filepath.Join(root, "usr/lib/syscare/patches/*/patch.json"))
-	if len(metas) != 1 {
-		t.Fatalf("patch RPM holds %d patch.json", len(metas))
-	}
-	f, _ := os.Open(metas[0])
-	meta, err := patchmeta.Decode(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if meta.Kind != patchmeta.KindKernel || len(meta.Entities) != 1 || meta.Entities[0].Functions[0].Name != "loadavg_proc_show" {
-		t.Fatalf("patch.json: %+v", meta)
-	}
-	ko := filepath.Join(filepath.Dir(metas[0]), meta.Entities[0].File)
-	st, err := os.Stat(ko)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("module %s: %d bytes", meta.Entities[0].File, st.Size())
 
 	work := t.TempDir()
 	guest := filepath.Join(work, "guest")
 	qemuboot.Run(t, ".", []string{"CGO_ENABLED=0"}, "go", "build", "-o", guest, "./guest")
-	cpio := qemuboot.Initramfs(t, work, guest, map[string]string{"loadavg.ko": ko})
+	cpio := qemuboot.Initramfs(t, work, guest, modules)
 	out := qemuboot.Boot(t, in.Vmlinuz, cpio, 5*time.Minute, "")
 	os.WriteFile(filepath.Join(work, "console.log"), out, 0o644)
 	steps := map[string]guestStep{}
@@ -136,23 +199,25 @@ func TestLoadavgPatchUnderQemu(t *testing.T) {
 	if s := steps["/release"]; s.Text != in.ABI {
 		t.Errorf("guest runs %q, want %s", s.Text, in.ABI)
 	}
-	const mark = "syscare-live-patched"
-	for _, c := range []struct {
-		step    string
-		patched bool
-	}{{"before", false}, {"load", true}, {"disable", false}, {"unload", false}} {
-		s, ok := steps["loadavg/"+c.step]
-		switch {
-		case !ok:
-			t.Errorf("step %s not reported", c.step)
-		case s.Err != "":
-			t.Errorf("step %s: %s", c.step, s.Err)
-		case strings.HasSuffix(s.Text, mark) != c.patched || strings.HasPrefix(s.Text, "error"):
-			t.Errorf("step %s: /proc/loadavg %q, patched %v expected", c.step, s.Text, c.patched)
+	for _, c := range kernelCases {
+		mod := c.proc + "--" + c.name
+		for _, st := range []struct {
+			step    string
+			patched bool
+		}{{"before", false}, {"load", true}, {"disable", false}, {"unload", false}} {
+			s, ok := steps[mod+"/"+st.step]
+			switch {
+			case !ok:
+				t.Errorf("case %s: step %s not reported", c.name, st.step)
+			case s.Err != "":
+				t.Errorf("case %s: step %s: %s", c.name, st.step, s.Err)
+			case c.patched(s.Text) != st.patched || strings.HasPrefix(s.Text, "error"):
+				t.Errorf("case %s: step %s: /proc/%s %q, patched %v expected", c.name, st.step, c.proc, s.Text, st.patched)
+			}
 		}
-	}
-	if s := steps["loadavg/state"]; s.Text != "enabled" {
-		t.Errorf("state after load: %q %s", s.Text, s.Err)
+		if s := steps[mod+"/state"]; s.Text != "enabled" {
+			t.Errorf("case %s: state after load: %q %s", c.name, s.Text, s.Err)
+		}
 	}
 }
 

@@ -1,8 +1,9 @@
 // Command guest runs inside the qemu guest of tests/kbuild: for each livepatch module
-// in its directory (named after the /proc file the patch changes, NAME.ko patches
-// /proc/NAME) it reads the file, loads the module with runtime/kpatch, reads it again,
+// in its directory (named after the /proc file the patch changes: NAME--CASE.ko
+// patches /proc/NAME; "binfmt" stands for /proc/sys/fs/binfmt_misc/status) it reads the file, loads the module with runtime/kpatch, reads it again,
 // disables and unloads the patch and reads it a third time, printing one
-// "KPTEST {json}" line per step for the host test to assert on.
+// "KPTEST {json}" line per step for the host test to assert on. Plain modules named
+// prereq--NAME.ko are loaded first (binfmt_misc is then mounted).
 package main
 
 import (
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/runtime/kpatch"
+	"golang.org/x/sys/unix"
 )
 
 // Step is one result line; the host decodes the same fields.
@@ -43,9 +45,34 @@ func read(file string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// loadPlain loads a module that is not a livepatch.
+func loadPlain(ko string) error {
+	f, err := os.Open(ko)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.FinitModule(int(f.Fd()), "", 0)
+}
+
 func main() {
 	dir := os.Args[1]
-	mods, _ := filepath.Glob(filepath.Join(dir, "*.ko"))
+	prereqs, _ := filepath.Glob(filepath.Join(dir, "prereq--*.ko"))
+	for _, ko := range prereqs {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(ko), "prereq--"), ".ko")
+		err := loadPlain(ko)
+		if err == nil && name == "binfmt_misc" {
+			err = unix.Mount("binfmt_misc", "/proc/sys/fs/binfmt_misc", "binfmt_misc", 0, "")
+		}
+		report(name, "prereq", err, read("/proc/modules"))
+	}
+	var mods []string
+	all, _ := filepath.Glob(filepath.Join(dir, "*.ko"))
+	for _, ko := range all {
+		if !strings.HasPrefix(filepath.Base(ko), "prereq--") {
+			mods = append(mods, ko)
+		}
+	}
 	sort.Strings(mods)
 	ctx := context.Background()
 	p := kpatch.New()
@@ -54,7 +81,11 @@ func main() {
 	report("", "release", err, rel)
 	for _, ko := range mods {
 		base := strings.TrimSuffix(filepath.Base(ko), ".ko")
-		file := "/proc/" + base
+		proc, _, _ := strings.Cut(base, "--")
+		file := "/proc/" + proc
+		if proc == "binfmt" {
+			file = "/proc/sys/fs/binfmt_misc/status"
+		}
 		report(base, "before", nil, read(file))
 		mi, err := p.Load(ctx, ko)
 		report(base, "load", err, read(file))
