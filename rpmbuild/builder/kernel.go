@@ -82,16 +82,6 @@ func (b *build) kernelPrepare(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("%w: patch file %s: not a readable file", ErrBadInput, p)
 		}
 	}
-	files, err := kernel.TouchedFiles(o.Patches)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrBadInput, err)
-	}
-	if k.tus, k.ignored, err = kernel.TUs(files); err != nil {
-		if errors.Is(err, kernel.ErrAssembly) {
-			return "", refusal{err}
-		}
-		return "", err
-	}
 	if len(o.Debuginfo) != 1 {
 		return "", fmt.Errorf("%w: a kernel patch takes one --debuginfo, the kernel-debuginfo RPM (%d given)", ErrBadInput, len(o.Debuginfo))
 	}
@@ -108,6 +98,17 @@ func (b *build) kernelPrepare(ctx context.Context) (string, error) {
 	}
 	k.dbg = h
 	b.dbg = []*rpmfile.Header{h}
+	// What the fix touches is known from the .patch files alone: refuse early.
+	files, err := kernel.TouchedFiles(o.Patches)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrBadInput, err)
+	}
+	if k.tus, k.ignored, err = kernel.TUs(files); err != nil {
+		if errors.Is(err, kernel.ErrAssembly) {
+			return "", refusal{err}
+		}
+		return "", err
+	}
 	dir := filepath.Join(b.work, "debuginfo")
 	if err := rpmfile.Extract(ctx, o.Debuginfo[0], dir, b.logw); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadInput, err)
