@@ -120,9 +120,14 @@ KERNEL PATCHES
     vmlinux for duplicate local names); exported kernel symbols it uses are resolved by
     the module loader with the CRCs read from the vmlinux (modversions), the others
     through .klp.rela.vmlinux.* relocations that livepatch resolves. Its vermagic is
-    checked against the vmlinux's. The patch RPM (kind "kernel") requires
-    kernel = EVR and installs the .ko and patch.json; "syscare apply" loads it.
-    Kernel modules (in-tree or out-of-tree) are not patched yet: vmlinux only.
+    checked against the vmlinux's. A C file built into an in-tree module (kbuild
+    compiles it with -DMODULE) gets a klp_object named after the module; its symbols
+    are placed with the module's debug file from the debuginfo RPM
+    (lib/modules/<release>/.../<module>.ko[.debug]) and reached through
+    .klp.rela.<module>.* relocations, applied when the module loads. The patch RPM
+    (kind "kernel") requires kernel = EVR and installs the .ko and patch.json;
+    "syscare apply" loads it. Out-of-tree modules (a second --source) are not
+    supported yet.
 
 OPTIONS
     --patch-name NAME        patch name (HP001, CVE-2021-32675); required
