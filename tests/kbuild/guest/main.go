@@ -16,7 +16,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/syscare/syscare/helper/manager"
 	"github.com/syscare/syscare/runtime/kpatch"
+	"github.com/syscare/syscare/runtime/patchmeta"
 	"golang.org/x/sys/unix"
 )
 
@@ -99,5 +101,33 @@ func main() {
 		err = p.Unload(ctx, mi.Name)
 		report(base, "unload", err, read(file))
 	}
+	helperSteps(ctx)
 	fmt.Println("KPTEST done")
+}
+
+// helperSteps drives the installed patch /files/helper names ("UUID PROC") through the
+// helper's manager with its kernel driver, as syscare apply/deactive/remove do: the
+// manager checks the module against the running kernel (release, vmlinux build-id)
+// and runtime/kpatch loads, disables and unloads it. The guest has no rpm database,
+// so the target-package check is left out (the host test checks the RPM's Requires).
+func helperSteps(ctx context.Context) {
+	b, err := os.ReadFile("/files/helper")
+	if err != nil {
+		return
+	}
+	uuid, proc, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	file := "/proc/" + proc
+	const mod = "helper"
+	m := manager.New(manager.Config{Root: "/", Drivers: map[string]manager.Driver{patchmeta.KindKernel: manager.NewKernelDriver("/")},
+		VerifyPackage: func(context.Context, string, patchmeta.Package) error { return nil }})
+	err = m.Start(ctx)
+	report(mod, "start", err, read(file))
+	for _, op := range []manager.Op{manager.OpApply, manager.OpDeactive, manager.OpActive, manager.OpRemove} {
+		st, err := m.Transition(ctx, op, []string{uuid}, false)
+		state := ""
+		if len(st) == 1 {
+			state = st[0].State.String()
+		}
+		report(mod, op.String(), err, state+": "+read(file))
+	}
 }

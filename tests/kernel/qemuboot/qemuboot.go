@@ -155,6 +155,7 @@ func CopyFile(t testing.TB, src, dst string, mode os.FileMode) {
 
 // Initramfs writes a newc cpio archive with busybox, an init script that mounts proc,
 // sys and dev and runs "/guest /files", the guest and the files, and returns its path.
+// A file name starting with "/" is a path in the guest's root; others go to /files.
 func Initramfs(t testing.TB, work, guest string, files map[string]string) string {
 	t.Helper()
 	root := filepath.Join(work, "root")
@@ -185,7 +186,14 @@ func Initramfs(t testing.TB, work, guest string, files map[string]string) string
 	}
 	CopyFile(t, guest, filepath.Join(root, "guest"), 0o755)
 	for name, src := range files {
-		CopyFile(t, src, filepath.Join(root, "files", name), 0o644)
+		dst := filepath.Join(root, "files", name)
+		if strings.HasPrefix(name, "/") {
+			dst = filepath.Join(root, name)
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		CopyFile(t, src, dst, 0o644)
 	}
 	init := `#!/bin/sh
 mount -t proc proc /proc
