@@ -62,6 +62,8 @@ type Options struct {
 	KernelConfig string
 	// KernelCache keeps prepared kernel trees between builds ("" keeps none).
 	KernelCache string
+	// ModuleSources are source RPMs of out-of-tree kernel modules (kernel patches only).
+	ModuleSources []string
 }
 
 // Result describes a finished build.

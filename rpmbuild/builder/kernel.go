@@ -30,6 +30,10 @@ type kernelBuild struct {
 	module   *kernel.Module
 	// modDebug maps a module's name to its debug file in the unpacked debuginfo.
 	modDebug map[string]string
+	// external are the out-of-tree modules (further --source), kernelPatches the
+	// .patch files that change the kernel tree.
+	external      []*outOfTree
+	kernelPatches []string
 }
 
 // isKernelSource tells whether the --source RPM builds a kernel (read early, to pick
@@ -98,16 +102,17 @@ func (b *build) kernelPrepare(ctx context.Context) (string, error) {
 	}
 	k.dbg = h
 	b.dbg = []*rpmfile.Header{h}
-	// What the fix touches is known from the .patch files alone: refuse early.
+	// What the fix touches is known from the .patch files alone: refuse early (with
+	// out-of-tree modules, once their sources are unpacked).
 	files, err := kernel.TouchedFiles(o.Patches)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadInput, err)
 	}
-	if k.tus, k.ignored, err = kernel.TUs(files); err != nil {
-		if errors.Is(err, kernel.ErrAssembly) {
-			return "", refusal{err}
+	k.kernelPatches = o.Patches
+	if len(o.ModuleSources) == 0 {
+		if k.tus, k.ignored, err = kernel.TUs(files); err != nil {
+			return "", kernelTUError(err)
 		}
-		return "", err
 	}
 	dir := filepath.Join(b.work, "debuginfo")
 	if err := rpmfile.Extract(ctx, o.Debuginfo[0], dir, b.logw); err != nil {
@@ -152,26 +157,70 @@ func (b *build) kernelPrepare(ctx context.Context) (string, error) {
 		}
 		return "", err
 	}
-	// The fix must apply: tried now on copies of the files it touches, before any compile.
-	trial := filepath.Join(b.work, "trial")
-	for _, f := range files {
-		if src := filepath.Join(k.tree.Dir, f); isRegular(src) {
-			os.MkdirAll(filepath.Dir(filepath.Join(trial, f)), 0o755)
-			if err := copyFile(src, filepath.Join(trial, f)); err != nil {
-				return "", err
+	if err := kernel.WriteTreeSymvers(k.tree.Dir, k.vm); err != nil {
+		return "", err
+	}
+	if len(o.ModuleSources) > 0 {
+		if k.kernelPatches, err = b.prepareModuleSources(ctx); err != nil {
+			return "", err
+		}
+		if len(k.kernelPatches) > 0 {
+			kf, err := kernel.TouchedFiles(k.kernelPatches)
+			if err != nil {
+				return "", fmt.Errorf("%w: %w", ErrBadInput, err)
+			}
+			if k.tus, k.ignored, err = kernel.TUs(kf); err != nil {
+				return "", kernelTUError(err)
 			}
 		}
 	}
-	os.MkdirAll(trial, 0o755)
-	if err := b.applyPatches(ctx, trial); err != nil {
+	// The fix must apply: tried now on copies of the files it touches, before any compile.
+	if err := b.trialApply(ctx, "trial", k.tree.Dir, k.kernelPatches); err != nil {
 		return "", err
 	}
-	os.RemoveAll(trial)
+	for i, m := range k.external {
+		if err := b.trialApply(ctx, fmt.Sprintf("trial-%d", i), m.dir, m.patches); err != nil {
+			return "", err
+		}
+	}
 	how := "prepared"
 	if k.tree.Cached {
 		how = "cached"
 	}
 	return fmt.Sprintf("%s for %s, tree %s, config from %s", b.src.NVR(), k.release, how, k.tree.ConfigFrom), nil
+}
+
+// kernelTUError classifies an error of kernel.TUs: assembly is a refusal (exit 4).
+func kernelTUError(err error) error {
+	if errors.Is(err, kernel.ErrAssembly) {
+		return refusal{err}
+	}
+	return err
+}
+
+// trialApply applies patches to copies of the files they touch in dir.
+func (b *build) trialApply(ctx context.Context, name, dir string, patches []string) error {
+	if len(patches) == 0 {
+		return nil
+	}
+	files, err := kernel.TouchedFiles(patches)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadInput, err)
+	}
+	trial := filepath.Join(b.work, name)
+	os.MkdirAll(trial, 0o755)
+	for _, f := range files {
+		if src := filepath.Join(dir, f); isRegular(src) {
+			os.MkdirAll(filepath.Dir(filepath.Join(trial, f)), 0o755)
+			if err := copyFile(src, filepath.Join(trial, f)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := b.applyPatchFiles(ctx, trial, patches); err != nil {
+		return err
+	}
+	return os.RemoveAll(trial)
 }
 
 // kernelPrep unpacks the source RPM into top and runs its %prep.
@@ -195,12 +244,26 @@ func (b *build) kernelCompile(ctx context.Context, side string) (string, error) 
 	var names []string
 	for i := range k.tus {
 		out := filepath.Join(b.work, side, k.tus[i].Object)
-		if err := kernel.Compile(ctx, b.logw, k.tree.Dir, k.release, &k.tus[i], out); err != nil {
+		name := k.tus[i].Object
+		if side == "orig" {
+			cached, err := k.tree.CompileOriginal(ctx, b.logw, &k.tus[i], out)
+			if err != nil {
+				return "", err
+			}
+			if cached {
+				name += " cached"
+			}
+		} else if err := kernel.Compile(ctx, b.logw, k.tree.Dir, k.release, &k.tus[i], out); err != nil {
 			return "", err
 		}
-		names = append(names, k.tus[i].Object)
+		names = append(names, name)
 	}
-	b.res.Rebuilt, b.res.Total = len(k.tus), len(k.tus)
+	ext, err := b.buildExternal(ctx, side)
+	if err != nil {
+		return "", err
+	}
+	names = append(names, ext...)
+	b.res.Rebuilt, b.res.Total = len(names), len(names)
 	return strings.Join(names, " "), nil
 }
 
@@ -209,7 +272,7 @@ func (b *build) kernelBuildOriginal(ctx context.Context) (string, error) {
 }
 
 func (b *build) kernelBuildPatched(ctx context.Context) (string, error) {
-	if err := b.applyPatches(ctx, b.kern.tree.Dir); err != nil {
+	if err := b.applyPatchFiles(ctx, b.kern.tree.Dir, b.kern.kernelPatches); err != nil {
 		return "", err
 	}
 	return b.kernelCompile(ctx, "patched")
@@ -219,11 +282,36 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 	k := b.kern
 	var parts []*diff.Report
 	var changed []string
+	type unit struct {
+		tu            kernel.TU
+		orig, patched string
+		ko            string // the out-of-tree module built from the original sources
+	}
+	var units []unit
 	for _, tu := range k.tus {
-		orig, patched := filepath.Join(b.work, "orig", tu.Object), filepath.Join(b.work, "patched", tu.Object)
+		units = append(units, unit{tu: tu, orig: filepath.Join(b.work, "orig", tu.Object), patched: filepath.Join(b.work, "patched", tu.Object)})
+	}
+	for _, m := range k.external {
+		for _, tu := range m.tus {
+			sub := filepath.Join("external", m.hdr.Name, tu.Object)
+			u := unit{tu: *tu, orig: filepath.Join(b.work, "orig", sub), patched: filepath.Join(b.work, "patched", sub), ko: m.origKo[tu.Module]}
+			if u.ko == "" {
+				return "", fmt.Errorf("%s of %s: the module %s was not built", tu.Source, m.hdr.NVR(), tu.Module)
+			}
+			units = append(units, u)
+		}
+	}
+	for _, un := range units {
+		tu, orig, patched := un.tu, un.orig, un.patched
 		var loc diff.Locator = k.vm
 		var target *kernel.ModuleSyms
-		if tu.Module != "" {
+		if un.ko != "" {
+			ms, err := kernel.ReadModule(un.ko)
+			if err != nil {
+				return "", err
+			}
+			loc, target = ms, ms
+		} else if tu.Module != "" {
 			p, ok := k.modDebug[tu.Module]
 			if !ok {
 				return "", fmt.Errorf("%w: %s is built into the module %s, and the debuginfo RPM has no debug file of it (lib/modules/%s/.../%s.ko)",
@@ -235,7 +323,7 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 			}
 			loc, target = ms, ms
 		}
-		r, obj, err := kernel.Diff(ctx, b.logw, tu, orig, patched, filepath.Join(b.work, "diff", tu.Object), loc)
+		r, obj, err := kernel.Diff(ctx, b.logw, tu, orig, patched, filepath.Join(b.work, "diff", filepath.Base(tu.Dir), tu.Object), loc)
 		if r != nil {
 			fmt.Fprintf(b.logw, "%s", r.String())
 		}
@@ -260,7 +348,11 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 		rp.Notes = append(rp.Notes, f+": not code, left out")
 	}
 	b.res.Reports = []*diff.Report{rp}
-	b.res.Reports[0].Target = reportTarget(k.tus)
+	var all []kernel.TU
+	for _, u := range units {
+		all = append(all, u.tu)
+	}
+	b.res.Reports[0].Target = reportTarget(all)
 	if len(k.objects) == 0 {
 		return "", fmt.Errorf("%w: the fix changes no kernel function", ErrNoChange)
 	}
@@ -299,6 +391,17 @@ func (b *build) kernelPack(ctx context.Context) (string, error) {
 	k := b.kern
 	target := patchmeta.Package{Name: b.src.Name, Epoch: b.src.Epoch, Version: b.src.Version, Release: b.src.Release,
 		Arch: k.dbg.Arch, License: b.src.License}
+	// A fix of an out-of-tree module alone requires that module's package.
+	var ext *rpmfile.Header
+	for _, m := range k.external {
+		if len(m.tus) > 0 {
+			ext = m.hdr
+		}
+	}
+	if ext != nil && len(k.tus) == 0 {
+		target = patchmeta.Package{Name: ext.Name, Epoch: ext.Epoch, Version: ext.Version, Release: ext.Release,
+			Arch: k.dbg.Arch, License: ext.License}
+	}
 	p := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: newUUID(), Name: b.opts.PatchName,
 		Version: b.opts.PatchVersion, Release: b.opts.PatchRelease, Kind: patchmeta.KindKernel,
 		Target: target, Arch: target.Arch, Description: b.opts.Description}

@@ -31,6 +31,9 @@ type TU struct {
 	// Module is the module the object is linked into, "" for vmlinux (read from the
 	// flags kbuild used: -DMODULE and KBUILD_MODNAME).
 	Module string
+	// Dir is an out-of-tree module's directory (Source and Object are relative to
+	// it), "" for the kernel tree.
+	Dir string
 }
 
 // TouchedFiles lists the files the .patch files change, as paths in the tree (the
@@ -111,7 +114,13 @@ func Compile(ctx context.Context, log io.Writer, tree, release string, tu *TU, o
 	if err := run(ctx, log, tree, nil, "make", args...); err != nil {
 		return fmt.Errorf("compile %s: %w", tu.Source, err)
 	}
-	cmd, err := os.ReadFile(filepath.Join(tree, filepath.Dir(tu.Object), "."+filepath.Base(tu.Object)+".cmd"))
+	return takeObject(tree, tu, out)
+}
+
+// takeObject reads the command kbuild recorded for tu's object in dir (its flags
+// name the module it goes into) and copies the object to out.
+func takeObject(dir string, tu *TU, out string) error {
+	cmd, err := os.ReadFile(filepath.Join(dir, filepath.Dir(tu.Object), "."+filepath.Base(tu.Object)+".cmd"))
 	if err != nil {
 		return fmt.Errorf("compile %s: kbuild wrote no command file: %w", tu.Source, err)
 	}
@@ -130,5 +139,62 @@ func Compile(ctx context.Context, log io.Writer, tree, release string, tu *TU, o
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	return copyPlain(obj, out)
+	return copyPlain(filepath.Join(dir, tu.Object), out)
+}
+
+// BuildExternal builds an out-of-tree module directory against the tree (make
+// M=DIR modules, with PatchFlags) and copies the objects of tus into outDir; each
+// TU's Module is read from kbuild's command. It returns the built modules' paths.
+func BuildExternal(ctx context.Context, log io.Writer, tree, release, dir string, tus []*TU, outDir string) ([]string, error) {
+	for _, tu := range tus {
+		os.Remove(filepath.Join(dir, tu.Object))
+	}
+	args := append(makeArgs(tree, release), "M="+dir, "modules")
+	if err := run(ctx, log, tree, nil, "make", args...); err != nil {
+		return nil, fmt.Errorf("build the out-of-tree module in %s: %w", dir, err)
+	}
+	for _, tu := range tus {
+		if err := takeObject(dir, tu, filepath.Join(outDir, tu.Object)); err != nil {
+			return nil, err
+		}
+	}
+	kos, _ := filepath.Glob(filepath.Join(dir, "*.ko"))
+	return kos, nil
+}
+
+// CompileOriginal compiles tu in the tree before the fix is applied, like Compile, or
+// takes the object from the tree cache: an original object depends only on the
+// prepared tree and the flags, which name the cached tree, so a later fix to the
+// same file does not compile it again.
+func (t *Tree) CompileOriginal(ctx context.Context, log io.Writer, tu *TU, out string) (cached bool, err error) {
+	if t.objects != "" {
+		obj := filepath.Join(t.objects, tu.Object)
+		if mod, err := os.ReadFile(obj + ".module"); err == nil && isFile(obj) {
+			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+				return false, err
+			}
+			tu.Module = strings.TrimSpace(string(mod))
+			fmt.Fprintf(log, "original %s from the tree cache (module %q)\n", tu.Object, tu.Module)
+			return true, copyPlain(obj, out)
+		}
+	}
+	if err := Compile(ctx, log, t.Dir, t.Release, tu, out); err != nil {
+		return false, err
+	}
+	if t.objects != "" {
+		// Into the cache under temporary names, renamed into place: a reader sees a
+		// complete object (the .module file, written last, marks it complete).
+		obj := filepath.Join(t.objects, tu.Object)
+		if err := os.MkdirAll(filepath.Dir(obj), 0o755); err == nil {
+			if tmp, err := os.CreateTemp(filepath.Dir(obj), ".obj-"); err == nil {
+				tmp.Close()
+				if copyPlain(out, tmp.Name()) == nil && os.Rename(tmp.Name(), obj) == nil {
+					os.WriteFile(tmp.Name(), []byte(tu.Module+"\n"), 0o644)
+					os.Rename(tmp.Name(), obj+".module")
+				}
+				os.Remove(tmp.Name())
+			}
+		}
+	}
+	return false, nil
 }

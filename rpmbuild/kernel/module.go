@@ -223,12 +223,7 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 			return nil, err
 		}
 	}
-	// modversions: the CRCs of the running kernel's exports, from its vmlinux.
-	var symvers bytes.Buffer
-	if err := in.Vmlinux.WriteSymvers(&symvers); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(in.Tree, "Module.symvers"), symvers.Bytes(), 0o644); err != nil {
+	if err := WriteTreeSymvers(in.Tree, in.Vmlinux); err != nil {
 		return nil, err
 	}
 	// The .klp.sym references are undefined until livepatch resolves them, which
@@ -269,4 +264,18 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 	}
 	m.Path, m.Size = final, int64(len(fixed))
 	return m, nil
+}
+
+// WriteTreeSymvers writes the tree's Module.symvers from the kernel's exports (CRCs
+// read from its vmlinux), which modpost reads for every module built against the
+// tree (modversions): a modules_prepare tree has none.
+func WriteTreeSymvers(tree string, vm *Vmlinux) error {
+	var symvers bytes.Buffer
+	if err := vm.WriteSymvers(&symvers); err != nil {
+		return err
+	}
+	// A new file: the tree shares its files with the cache through hard links.
+	path := filepath.Join(tree, "Module.symvers")
+	os.Remove(path)
+	return os.WriteFile(path, symvers.Bytes(), 0o644)
 }

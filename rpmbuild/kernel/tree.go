@@ -53,6 +53,9 @@ type Tree struct {
 	ConfigFrom string
 	// Cached tells whether the tree came from the cache.
 	Cached bool
+	// objects is where original objects compiled from the pristine tree are kept
+	// ("" without a cache).
+	objects string
 }
 
 // readyMark is written last into a prepared tree of the cache.
@@ -69,6 +72,7 @@ func PrepareTree(ctx context.Context, o TreeOptions) (*Tree, error) {
 	}
 	t := &Tree{Dir: filepath.Join(o.Work, "tree"), Release: o.Release}
 	if o.Cache != "" {
+		t.objects = filepath.Join(o.Cache, key, "objects")
 		cached := filepath.Join(o.Cache, key)
 		if from, err := os.ReadFile(filepath.Join(cached, readyMark)); err == nil {
 			fmt.Fprintf(o.Log, "kernel tree: prepared tree %s from the cache\n", cached)

@@ -222,3 +222,18 @@ func moveInto(t testing.TB, from, to string) {
 		t.Fatalf("kernel test: %v", err)
 	}
 }
+
+// TestmodSRPM makes the source RPM of testdata/testmod, an out-of-tree module, and
+// the module as its package ships it (built against Debian's headers of the kernel).
+func (in *Inputs) TestmodSRPM(t testing.TB) (srpm, shipped string) {
+	t.Helper()
+	top := t.TempDir()
+	src, _ := filepath.Abs("testdata/testmod")
+	mkdir(t, filepath.Join(top, "SOURCES"))
+	qemuboot.Run(t, top, nil, "sh", "-c", fmt.Sprintf("mkdir -p x/testmod-1 && cp %s/testmod.c %s/Makefile x/testmod-1/ && tar -czf SOURCES/testmod-1.tar.gz -C x testmod-1", src, src))
+	rpmbuildIn(t, top, "-bs", filepath.Join(src, "testmod.spec"))
+	build := qemuboot.Headers(t, in.ABI)
+	dir := filepath.Join(top, "x", "testmod-1")
+	qemuboot.Run(t, dir, nil, "make", "-s", "-C", build, "M="+dir, "modules")
+	return filepath.Join(top, "SRPMS", "testmod-1-1.src.rpm"), filepath.Join(dir, "testmod.ko")
+}

@@ -75,10 +75,16 @@ type kernelCase struct {
 	// prereq is a shipped module (path under lib/modules/<abi>/kernel) the guest loads
 	// before the patch.
 	prereq string
+	// helper: the patch is also installed in the guest as its RPM lays it out and
+	// driven through the helper's manager (apply, deactive, active, remove).
+	helper bool
+	// testmod: the fix is to the out-of-tree module testdata/testmod, given as a
+	// second --source; the guest loads the module as its package ships it first.
+	testmod bool
 }
 
 var kernelCases = []kernelCase{
-	{name: "a", proc: "loadavg", patch: "loadavg", funcs: []string{"loadavg_proc_show"},
+	{name: "a", proc: "loadavg", patch: "loadavg", funcs: []string{"loadavg_proc_show"}, helper: true,
 		patched: func(s string) bool { return strings.HasSuffix(s, " syscare-live-patched") },
 		out:     []string{"changed: loadavg_proc_show", "livepatch relocations", "config from the source RPM's tree"}},
 	// c_start is a static function of consoles.c with two same-named twins in
@@ -90,12 +96,17 @@ var kernelCases = []kernelCase{
 	// through a .klp.rela relocation.
 	{name: "c", proc: "loadavg", patch: "newfunc", funcs: []string{"loadavg_proc_show"},
 		patched: func(s string) bool { return regexp.MustCompile(` processes=[1-9][0-9]*$`).MatchString(s) },
-		out:     []string{"changed: loadavg_proc_show", "syscare_nr_processes"}},
+		// Case a compiled the original loadavg.o already: the tree cache has it.
+		out: []string{"changed: loadavg_proc_show", "syscare_nr_processes", "build original (fs/proc/loadavg.o cached)"}},
 	// A function of the in-tree module binfmt_misc, which the guest loads first; the
 	// fix reads the module's static variable "enabled".
 	{name: "d", proc: "binfmt", patch: "module", funcs: []string{"bm_status_read"}, prereq: "fs/binfmt_misc.ko",
 		patched: func(s string) bool { return s == "enabled (syscare-live-patched)" },
 		out:     []string{"changed: bm_status_read", "Patch report for binfmt_misc"}},
+	// A function of an out-of-tree module built from its own source RPM.
+	{name: "e", proc: "syscare_testmod", patch: "outoftree", funcs: []string{"testmod_show"}, testmod: true,
+		patched: func(s string) bool { return s == "testmod syscare-live-patched" },
+		out:     []string{"changed: testmod_show", "Patch report for testmod", "testmod:testmod.o"}},
 }
 
 // TestKernelPatchE2E builds each case's patch from the kernel RPMs with
@@ -107,10 +118,19 @@ func TestKernelPatchE2E(t *testing.T) {
 	in := Prepare(t)
 	bin := syscareBuild(t)
 	modules := map[string]string{}
+	var helperCase kernelCase
 	for _, c := range kernelCases {
 		fix, _ := filepath.Abs("testdata/" + c.patch + ".patch")
-		r := runBuild(t, bin, "--patch-name", "HP_"+c.name, "--source", in.SRPM, "--debuginfo", in.Debuginfo,
-			"--patch", fix, "--kernel-cache", treeCache(in))
+		args := []string{"--patch-name", "HP_" + c.name, "--source", in.SRPM, "--debuginfo", in.Debuginfo,
+			"--patch", fix, "--kernel-cache", treeCache(in)}
+		requires := "kernel = " + in.Version + "-" + in.Release
+		if c.testmod {
+			srpm, shipped := in.TestmodSRPM(t)
+			args = append(args, "--source", srpm)
+			modules["prereq--testmod.ko"] = shipped
+			requires = "testmod = 1-1"
+		}
+		r := runBuild(t, bin, args...)
 		t.Logf("case %s: syscare-build took %v (exit %d):\n%s", c.name, r.took.Round(time.Millisecond), r.code, r.out)
 		if r.code != 0 || r.rpm == "" {
 			t.Fatalf("case %s: syscare-build failed", c.name)
@@ -122,8 +142,8 @@ func TestKernelPatchE2E(t *testing.T) {
 		}
 		// The RPM: requires the exact kernel, holds the module and a kernel patch.json.
 		req := qemuboot.Run(t, "", nil, "rpm", "-qp", "--requires", r.rpm)
-		if !strings.Contains(req, "kernel = "+in.Version+"-"+in.Release) {
-			t.Errorf("case %s: patch RPM requires %q, want kernel = %s-%s", c.name, req, in.Version, in.Release)
+		if !strings.Contains(req, requires) {
+			t.Errorf("case %s: patch RPM requires %q, want %s", c.name, req, requires)
 		}
 		root := t.TempDir()
 		qemuboot.Run(t, root, nil, "sh", "-c", "rpm2cpio "+r.rpm+" | cpio -idm --quiet")
@@ -164,6 +184,17 @@ func TestKernelPatchE2E(t *testing.T) {
 		}
 		t.Logf("case %s: module %s: %d bytes", c.name, meta.Entities[0].File, st.Size())
 		modules[c.proc+"--"+c.name+".ko"] = ko
+		if c.helper {
+			dir := filepath.Dir(metas[0])
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				modules[filepath.Join("/usr/lib/syscare/patches", meta.UUID, e.Name())] = filepath.Join(dir, e.Name())
+			}
+			hf := filepath.Join(t.TempDir(), "helper")
+			os.WriteFile(hf, []byte(meta.UUID+" "+c.proc+"\n"), 0o644)
+			modules["helper"] = hf
+			helperCase = c
+		}
 		if c.prereq != "" {
 			modules["prereq--"+strings.TrimSuffix(filepath.Base(c.prereq), ".ko")+".ko"] = in.Module(t, c.prereq)
 		}
@@ -217,6 +248,28 @@ func TestKernelPatchE2E(t *testing.T) {
 		}
 		if s := steps[mod+"/state"]; s.Text != "enabled" {
 			t.Errorf("case %s: state after load: %q %s", c.name, s.Text, s.Err)
+		}
+	}
+	// The helper's manager: installed patch, checked against the running kernel
+	// (release and vmlinux build-id), applied, deactivated, activated, removed.
+	for _, st := range []struct {
+		step, state string
+		patched     bool
+	}{{"start", "", false}, {"apply", "ACTIVED", true}, {"deactive", "DEACTIVED", false}, {"active", "ACTIVED", true}, {"remove", "NOT-APPLIED", false}} {
+		s, ok := steps["helper/"+st.step]
+		state, text, _ := strings.Cut(s.Text, ": ")
+		if st.step == "start" {
+			text = s.Text
+		}
+		switch {
+		case !ok:
+			t.Errorf("helper: step %s not reported", st.step)
+		case s.Err != "":
+			t.Errorf("helper: %s: %s", st.step, s.Err)
+		case st.state != "" && state != st.state:
+			t.Errorf("helper: %s: state %q, want %s", st.step, state, st.state)
+		case helperCase.patched(text) != st.patched:
+			t.Errorf("helper: %s: /proc/%s %q, patched %v expected", st.step, helperCase.proc, text, st.patched)
 		}
 	}
 }

@@ -126,15 +126,20 @@ KERNEL PATCHES
     (lib/modules/<release>/.../<module>.ko[.debug]) and reached through
     .klp.rela.<module>.* relocations, applied when the module loads. The patch RPM
     (kind "kernel") requires kernel = EVR and installs the .ko and patch.json;
-    "syscare apply" loads it. Out-of-tree modules (a second --source) are not
-    supported yet.
+    "syscare apply" loads it. An out-of-tree module comes as a second --source: its
+    %prep yields the module's directory (with its Makefile or Kbuild), which is built
+    against the prepared tree (make M=DIR modules) before and after the fix; its
+    symbols are placed with the module built from the original sources, and the patch
+    RPM then requires the module's package.
 
 OPTIONS
     --patch-name NAME        patch name (HP001, CVE-2021-32675); required
     --patch-version V        patch version (default 1)
     --patch-release R        patch release (default 1)
     --patch-description TEXT description of the patch RPM
-    --source FILE            the target's source RPM; required
+    --source FILE            the target's source RPM; required. For a kernel patch, a
+                             second --source is the source RPM of an out-of-tree
+                             module the fix changes
     --debuginfo FILE         a -debuginfo RPM of the same version-release; repeat for
                              several; required
     --patch FILE             a fix in unified diff format, applied with patch -p1 (or
@@ -217,12 +222,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("syscare-build", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var o builder.Options
-	var debuginfo, patches multi
+	var debuginfo, patches, sources multi
 	fs.StringVar(&o.PatchName, "patch-name", "", "")
 	fs.StringVar(&o.PatchVersion, "patch-version", "1", "")
 	fs.StringVar(&o.PatchRelease, "patch-release", "1", "")
 	fs.StringVar(&o.Description, "patch-description", "", "")
-	fs.StringVar(&o.Source, "source", "", "")
+	fs.Var(&sources, "source", "")
 	fs.Var(&debuginfo, "debuginfo", "")
 	fs.Var(&patches, "patch", "")
 	fs.StringVar(&o.OutputDir, "output", ".", "")
@@ -245,6 +250,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	o.Debuginfo, o.Patches = debuginfo, patches
+	if len(sources) > 0 {
+		o.Source, o.ModuleSources = sources[0], sources[1:]
+	}
 	var missing []string
 	for flag, v := range map[string]bool{"--patch-name": o.PatchName != "", "--source": o.Source != "",
 		"--debuginfo": len(o.Debuginfo) > 0, "--patch": len(o.Patches) > 0} {

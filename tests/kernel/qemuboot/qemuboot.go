@@ -115,6 +115,30 @@ func Download(t testing.TB, dir, pkg string) string {
 	return dst
 }
 
+// Headers installs linux-headers-<abi> if its build tree is missing and returns
+// /lib/modules/<abi>/build, against which out-of-tree modules build as a packager's do.
+func Headers(t testing.TB, abi string) string {
+	t.Helper()
+	build := filepath.Join("/lib/modules", abi, "build")
+	if _, err := os.Stat(filepath.Join(build, "Makefile")); err == nil {
+		return build
+	}
+	pkg := "linux-headers-" + abi
+	t.Logf("kernel test: installing %s (apt-get install) to build modules", pkg)
+	install := func() ([]byte, error) {
+		cmd := exec.Command("apt-get", "install", "-y", "-qq", "--no-install-recommends", pkg)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		return cmd.CombinedOutput()
+	}
+	if _, err := install(); err != nil {
+		AptUpdate(t)
+		if out, err := install(); err != nil {
+			t.Fatalf("kernel test: apt-get install %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return build
+}
+
 // DebVersion reads the Version field of a .deb.
 func DebVersion(t testing.TB, deb string) string {
 	t.Helper()
