@@ -130,8 +130,10 @@ func TestInitRefused(t *testing.T) {
 	t.Log(err)
 }
 
-// TestLayoutRefused: a fix that adds a member to a struct the changed function uses
-// (binfmt_misc's Node) is refused, naming the function and the layout change.
+// TestLayoutRefused: a fix that widens a member of a struct the changed functions use
+// (binfmt_misc's Node: int offset becomes long) is refused, naming the layout change.
+// The fix keeps every line where it was: a fix that moves lines in a file with
+// pr_debug sites is refused for now (their __dyndbg descriptors hold line numbers).
 func TestLayoutRefused(t *testing.T) {
 	fp := compileFix(t, "layout")
 	vm := cachedVmlinux(t, fp.release)
@@ -140,8 +142,8 @@ func TestLayoutRefused(t *testing.T) {
 	}
 	_, _, err := Diff(context.Background(), fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), vm)
 	var u *diff.UnpatchableError
-	if !errors.As(err, &u) || !strings.Contains(u.Function, "entry_status") || !strings.Contains(u.Reason, "member syscare_extra added at offset 16") {
-		t.Fatalf("diff of a layout change: %v, want a refusal of entry_status naming syscare_extra", err)
+	if !errors.As(err, &u) || !strings.Contains(u.Reason, "member offset") || !strings.Contains(u.Reason, "Node") {
+		t.Fatalf("diff of a layout change: %v, want a refusal naming Node's member offset", err)
 	}
 	t.Log(err)
 }
