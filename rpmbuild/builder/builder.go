@@ -36,8 +36,6 @@ var (
 	ErrCompilerMismatch = errors.New("compiler mismatch")
 	// ErrPatchApply: a .patch file does not apply to the prepared sources.
 	ErrPatchApply = errors.New("patch does not apply")
-	// ErrKernel: kernel source RPMs are not supported yet.
-	ErrKernel = errors.New("kernel source RPM")
 )
 
 // Options are the flags of syscare build.
@@ -58,6 +56,13 @@ type Options struct {
 	NoBind bool
 	// DryRun stops after the report and the link: no RPM is written.
 	DryRun bool
+	// KernelConfig is the kernel configuration used when neither the kernel source
+	// RPM's tree nor the debuginfo has one.
+	KernelConfig string
+	// KernelCache keeps prepared kernel trees between builds ("" keeps none).
+	KernelCache string
+	// ModuleSources are source RPMs of out-of-tree kernel modules (kernel patches only).
+	ModuleSources []string
 }
 
 // Result describes a finished build.
@@ -78,6 +83,8 @@ type Result struct {
 	// Binaries is, per shipped ELF, what the patch replaces and adds and what the
 	// cross-check found unchanged.
 	Binaries []BinaryStatus
+	// ModuleSize is the size of a kernel patch's livepatch module.
+	ModuleSize int64
 }
 
 // Step is one timed step.
@@ -131,6 +138,7 @@ type build struct {
 	res      Result
 	targets  []*targetPatch
 	notes    []string
+	kern     *kernelBuild
 }
 
 // Build runs the whole pipeline.
@@ -198,11 +206,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	return &b.res, nil
 }
 
+// buildStep is one timed step of a pipeline.
+type buildStep struct {
+	name string
+	fn   func(context.Context) (string, error)
+}
+
 func (b *build) run(ctx context.Context) error {
-	steps := []struct {
-		name string
-		fn   func(context.Context) (string, error)
-	}{
+	steps := []buildStep{
 		{"prepare", b.prepare},
 		{"build original", b.buildOriginal},
 		{"build patched", b.buildPatched},
@@ -210,6 +221,9 @@ func (b *build) run(ctx context.Context) error {
 		{"cross-check", b.crossCheckStep},
 		{"link", b.link},
 		{"package", b.pack},
+	}
+	if b.isKernelSource() {
+		steps = b.kernelSteps()
 	}
 	for _, s := range steps {
 		if s.name == "package" && b.opts.DryRun {

@@ -34,11 +34,11 @@ func (b *build) prepare(ctx context.Context) (string, error) {
 	if b.src, err = rpmfile.ReadHeader(o.Source); err != nil {
 		return "", fmt.Errorf("%w: source RPM: %w", ErrBadInput, err)
 	}
+	if len(o.ModuleSources) > 0 {
+		return "", fmt.Errorf("%w: several --source: only a kernel patch takes more (its out-of-tree modules' source RPMs)", ErrBadInput)
+	}
 	if !b.src.Source {
 		return "", fmt.Errorf("%w: %s is a binary RPM; --source takes the source RPM (.src.rpm)", ErrBadInput, o.Source)
-	}
-	if b.src.IsKernel() {
-		return "", fmt.Errorf("%w: %s builds a kernel; syscare build makes user-space patches only for now (kernel livepatch builds are not supported)", ErrKernel, b.src.NVR())
 	}
 	for _, p := range o.Patches {
 		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
@@ -148,7 +148,12 @@ func findBuildDir(build string, h *rpmfile.Header) (string, error) {
 
 // applyPatches applies the .patch files in order to dir (-p1, else -p0).
 func (b *build) applyPatches(ctx context.Context, dir string) error {
-	for _, p := range b.opts.Patches {
+	return b.applyPatchFiles(ctx, dir, b.opts.Patches)
+}
+
+// applyPatchFiles applies patches in order to dir (-p1, else -p0).
+func (b *build) applyPatchFiles(ctx context.Context, dir string, patches []string) error {
+	for _, p := range patches {
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return err

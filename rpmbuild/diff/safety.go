@@ -126,29 +126,32 @@ func (c *typeCmp) structDiff(a, b *dwarf.StructType, out *[]string) {
 	if a.Incomplete || b.Incomplete {
 		return // a declaration only: the layout is not known here
 	}
+	// Members pair by name; anonymous ones (a union's unnamed structs, say) by their
+	// order among the anonymous members, since they all share the empty name.
+	ka, kb := memberKeys(a.Field), memberKeys(b.Field)
 	old := map[string]*dwarf.StructField{}
-	for _, f := range a.Field {
-		old[f.Name] = f
+	for i, f := range a.Field {
+		old[ka[i]] = f
 	}
-	for _, f := range b.Field {
-		of, ok := old[f.Name]
+	for i, f := range b.Field {
+		of, ok := old[kb[i]]
 		if !ok {
-			*out = append(*out, fmt.Sprintf("%s: member %s added at offset %d", name, f.Name, f.ByteOffset))
+			*out = append(*out, fmt.Sprintf("%s: member %s added at offset %d", name, kb[i], f.ByteOffset))
 			continue
 		}
-		delete(old, f.Name)
+		delete(old, kb[i])
 		if of.ByteOffset != f.ByteOffset || of.DataBitOffset != f.DataBitOffset || of.BitOffset != f.BitOffset || of.BitSize != f.BitSize {
-			*out = append(*out, fmt.Sprintf("%s: member %s moved from offset %d to %d", name, f.Name, of.ByteOffset, f.ByteOffset))
+			*out = append(*out, fmt.Sprintf("%s: member %s moved from offset %d to %d", name, kb[i], of.ByteOffset, f.ByteOffset))
 		}
 		var sub []string
 		c.diff(of.Type, f.Type, &sub)
 		for _, s := range sub {
-			*out = append(*out, fmt.Sprintf("%s: member %s: %s", name, f.Name, s))
+			*out = append(*out, fmt.Sprintf("%s: member %s: %s", name, kb[i], s))
 		}
 	}
-	for _, f := range a.Field {
-		if _, gone := old[f.Name]; gone {
-			*out = append(*out, fmt.Sprintf("%s: member %s removed (was at offset %d)", name, f.Name, f.ByteOffset))
+	for i, f := range a.Field {
+		if _, gone := old[ka[i]]; gone {
+			*out = append(*out, fmt.Sprintf("%s: member %s removed (was at offset %d)", name, ka[i], f.ByteOffset))
 		}
 	}
 	if a.ByteSize != b.ByteSize {
@@ -157,6 +160,21 @@ func (c *typeCmp) structDiff(a, b *dwarf.StructType, out *[]string) {
 	if len(*out) > maxDiffs {
 		*out = (*out)[:maxDiffs]
 	}
+}
+
+// memberKeys names each member for pairing: its name, or "(anonymous #N)" for the
+// N-th unnamed one.
+func memberKeys(fields []*dwarf.StructField) []string {
+	keys := make([]string, len(fields))
+	anon := 0
+	for i, f := range fields {
+		keys[i] = f.Name
+		if f.Name == "" {
+			anon++
+			keys[i] = fmt.Sprintf("(anonymous #%d)", anon)
+		}
+	}
+	return keys
 }
 
 // namedTypes collects the named types reachable from t, keyed like dwarfIndex.types.

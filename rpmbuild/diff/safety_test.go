@@ -16,6 +16,32 @@ import (
 // Safety cases (issue 6) run through the same table runner as the differ cases.
 var safetyCases = []diffCase{
 	{
+		// A union of unnamed structs (the kernel's qspinlock): the members pair by their
+		// order among the unnamed ones, so an unchanged type is not a layout change.
+		name: "anonymous-members-same-OK", file: "s20",
+		orig: `struct lock { union { int val; struct { char locked; char pending; }; struct { short lp; short tail; }; }; };
+struct lock lk;
+int get(void) { return lk.tail; }
+`,
+		fixed: `struct lock { union { int val; struct { char locked; char pending; }; struct { short lp; short tail; }; }; };
+struct lock lk;
+int get(void) { return lk.tail + 1; }
+`,
+		changed: []string{"get"},
+	},
+	{
+		name: "anonymous-member-changed-FAIL", file: "s21",
+		orig: `struct lock { union { int val; struct { char locked; char pending; }; struct { short lp; short tail; }; }; };
+extern struct lock lk;
+int get(void) { return lk.tail; }
+`,
+		fixed: `struct lock { union { int val; struct { char locked; char pending; }; struct { short lp; char pad; short tail; }; }; };
+extern struct lock lk;
+int get(void) { return lk.tail + 1; }
+`,
+		reason: "type of variable lk changed: struct lock: member (anonymous #1): union",
+	},
+	{
 		name: "padding-hole-member-FAIL", file: "s1",
 		orig: `struct conf { int limit; char mode; long total; };
 struct conf cfg;

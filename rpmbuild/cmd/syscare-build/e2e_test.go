@@ -293,7 +293,10 @@ func TestBadInput(t *testing.T) {
 		{"binary as debuginfo", nil, std(pkg.SRPM, pkg.RPM, fix), exitError, []string{"not a -debuginfo package"}},
 		{"debuginfo of another release", nil, std(pkg.SRPM, other.Debuginfo, fix), exitError,
 			[]string{"was built from scdemo-1.0-1.other.src.rpm", "scdemo-1.0-1.src.rpm"}},
-		{"kernel", nil, std(kernel, pkg.Debuginfo, fix), exitError, []string{"kernel", "user-space patches only"}},
+		{"kernel with a user package's debuginfo", nil, std(kernel, pkg.Debuginfo, fix), exitError,
+			[]string{"scdemo-debuginfo-1.0-1 is for another kernel build", "kernel-6.1-1.src.rpm"}},
+		{"two sources for a user package", nil, append(std(pkg.SRPM, pkg.Debuginfo, fix), "--source", pkg.SRPM), exitError,
+			[]string{"several --source: only a kernel patch takes more"}},
 		{"missing tool", []string{"PATH=/nonexistent"}, std(pkg.SRPM, pkg.Debuginfo, fix), exitError, []string{"missing tool: rpmbuild"}},
 		{"patch does not apply", nil, std(pkg.SRPM, pkg.Debuginfo, fixturePatch(t, "fix-bad.patch")), exitError,
 			[]string{"patch does not apply: fix-bad.patch", "full log:"}},
@@ -438,7 +441,8 @@ func TestHelp(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("--help exit %d", r.code)
 	}
-	for _, w := range []string{"SYNOPSIS", "EXIT STATUS", "--dry-run", "PATCH REPORT", "--skip-compiler-check", "--patch-description", "3   no functional change", "4   the change cannot be hot patched"} {
+	for _, w := range []string{"SYNOPSIS", "EXIT STATUS", "--dry-run", "PATCH REPORT", "--skip-compiler-check", "--patch-description", "3   no functional change", "4   the change cannot be hot patched",
+		"KERNEL PATCHES", "--kernel-config FILE", "--kernel-cache DIR", "out-of-tree module"} {
 		if !strings.Contains(r.stdout, w) {
 			t.Errorf("--help lacks %q", w)
 		}

@@ -37,7 +37,7 @@ SYNOPSIS
         [--patch-description TEXT] --source PKG.src.rpm --debuginfo PKG-debuginfo.rpm
         [--debuginfo ...] --patch FIX.patch [--patch ...] [--output DIR] [--jobs N]
         [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--dry-run]
-        [--verbose]
+        [--kernel-config FILE] [--kernel-cache DIR] [--verbose]
     syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
     syscare-build resolve --debug-file TARGET.debug -o OUT.o PATCH.o
 
@@ -97,14 +97,49 @@ PATCH REPORT
     package. "syscare-build resolve" does the same for a hand-written patch object
     (runtime/include/upatch.h), from the target's debug file.
 
-    Kernel source RPMs are refused: only user-space patches are built for now.
+KERNEL PATCHES
+    With a kernel source RPM (named kernel* or linux*, its %prep yielding a tree with
+    Makefile and Kconfig) and its kernel-debuginfo RPM (holding
+    /usr/lib/debug/lib/modules/<release>/vmlinux), the build makes a livepatch module
+    instead of patch objects. The tree is prepared once: %prep, the configuration (the
+    tree's .config, else a config in the debuginfo package, else --kernel-config), then
+    make olddefconfig modules_prepare with KERNELRELEASE set to <release> (the running
+    kernel's uname -r). With --kernel-cache DIR the prepared tree is kept there and later
+    builds of the same source RPM use a hard-linked copy of it.
+
+    Only the C files the fix changes are compiled, by kbuild (make path/file.o) with
+    -ffunction-sections -fdata-sections added, before and after the fix. The kernel's
+    tables (ORC unwind data, ftrace call sites, return-thunk sites) are set aside before
+    the diff. Refused, naming the function and section: a fix to assembly (.S), to
+    __init code, one that changes the exported-symbol table, a changed struct layout or
+    initialised data (as for user space), and for now a replaced function with entries
+    in the exception table, alternatives, static keys or calls, BUG/WARN or paravirt
+    tables; headers and Makefiles are refused as well (only named C files are rebuilt).
+
+    The module has one klp_func per replaced function (old_sympos from the debuginfo's
+    vmlinux for duplicate local names); exported kernel symbols it uses are resolved by
+    the module loader with the CRCs read from the vmlinux (modversions), the others
+    through .klp.rela.vmlinux.* relocations that livepatch resolves. Its vermagic is
+    checked against the vmlinux's. A C file built into an in-tree module (kbuild
+    compiles it with -DMODULE) gets a klp_object named after the module; its symbols
+    are placed with the module's debug file from the debuginfo RPM
+    (lib/modules/<release>/.../<module>.ko[.debug]) and reached through
+    .klp.rela.<module>.* relocations, applied when the module loads. The patch RPM
+    (kind "kernel") requires kernel = EVR and installs the .ko and patch.json;
+    "syscare apply" loads it. An out-of-tree module comes as a second --source: its
+    %prep yields the module's directory (with its Makefile or Kbuild), which is built
+    against the prepared tree (make M=DIR modules) before and after the fix; its
+    symbols are placed with the module built from the original sources, and the patch
+    RPM then requires the module's package.
 
 OPTIONS
     --patch-name NAME        patch name (HP001, CVE-2021-32675); required
     --patch-version V        patch version (default 1)
     --patch-release R        patch release (default 1)
     --patch-description TEXT description of the patch RPM
-    --source FILE            the target's source RPM; required
+    --source FILE            the target's source RPM; required. For a kernel patch, a
+                             second --source is the source RPM of an out-of-tree
+                             module the fix changes
     --debuginfo FILE         a -debuginfo RPM of the same version-release; repeat for
                              several; required
     --patch FILE             a fix in unified diff format, applied with patch -p1 (or
@@ -120,6 +155,9 @@ OPTIONS
                              write no RPM; exit 0 when the patch would build, 3 or 4
                              as below when it would not
     --verbose                copy the full build log to standard error
+    --kernel-config FILE     the kernel configuration, when neither the kernel source
+                             RPM's tree nor the debuginfo package has one
+    --kernel-cache DIR       keep prepared kernel trees in DIR and reuse them
     -h, --help               show this text
 
 STEPS
@@ -136,7 +174,8 @@ EXIT STATUS
         of another version-release), a patch that does not apply, a missing tool, a
         compiler mismatch, a failing package build, a kernel source RPM, a shipped
         binary that differs beyond the patch (cross-check), or one that could not be
-        cross-checked when nothing else changed
+        cross-checked when nothing else changed; for a kernel: no usable
+        configuration, a debuginfo RPM of another kernel build
     2   bad command line
     3   no functional change: the fix changes no function of a shipped binary, and
         the cross-check found every shipped binary the same
@@ -146,11 +185,15 @@ EXIT STATUS
 REQUIREMENTS
     rpmbuild, rpm2cpio, cpio, patch, gcc (the version that built the package), ld,
     objcopy. The compiler binding needs root (mount namespaces); without it only PATH
-    and CC/CXX are covered.
+    and CC/CXX are covered. Kernel patches also need make, flex, bison, bc and the
+    kernel's build dependencies (libelf-dev, libssl-dev, dwarves).
 
 EXAMPLE
     syscare-build --patch-name HP001 --source redis-6.2.5-1.src.rpm \
         --debuginfo redis-debuginfo-6.2.5-1.x86_64.rpm --patch 0001-fix.patch --output out/
+    syscare-build --patch-name HP002 --source kernel-6.1.172-1.src.rpm \
+        --debuginfo kernel-debuginfo-6.1.172-1.x86_64.rpm --patch 0001-loadavg.patch \
+        --kernel-cache /var/cache/syscare-build --output out/
 `
 
 type multi []string
@@ -170,12 +213,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("syscare-build", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var o builder.Options
-	var debuginfo, patches multi
+	var debuginfo, patches, sources multi
 	fs.StringVar(&o.PatchName, "patch-name", "", "")
 	fs.StringVar(&o.PatchVersion, "patch-version", "1", "")
 	fs.StringVar(&o.PatchRelease, "patch-release", "1", "")
 	fs.StringVar(&o.Description, "patch-description", "", "")
-	fs.StringVar(&o.Source, "source", "", "")
+	fs.Var(&sources, "source", "")
 	fs.Var(&debuginfo, "debuginfo", "")
 	fs.Var(&patches, "patch", "")
 	fs.StringVar(&o.OutputDir, "output", ".", "")
@@ -185,6 +228,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.SkipCompilerCheck, "skip-compiler-check", false, "")
 	fs.BoolVar(&o.Verbose, "verbose", false, "")
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
+	fs.StringVar(&o.KernelConfig, "kernel-config", "", "")
+	fs.StringVar(&o.KernelCache, "kernel-cache", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			io.WriteString(stdout, usage)
@@ -196,6 +241,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	o.Debuginfo, o.Patches = debuginfo, patches
+	if len(sources) > 0 {
+		o.Source, o.ModuleSources = sources[0], sources[1:]
+	}
 	var missing []string
 	for flag, v := range map[string]bool{"--patch-name": o.PatchName != "", "--source": o.Source != "",
 		"--debuginfo": len(o.Debuginfo) > 0, "--patch": len(o.Patches) > 0} {
