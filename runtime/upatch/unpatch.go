@@ -88,5 +88,6 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	if err := removeRegion(pr, h); err != nil {
 		return exited(pr.Pid, fmt.Errorf("remove patch %s: %w", uuid, err))
 	}
-	return nil
+	// The shadow-variable table goes with the last patch that uses it.
+	return releaseShadow(pr, h, headers)
 }

@@ -1,0 +1,178 @@
+package upatch
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/syscare/syscare/runtime/proc"
+	"github.com/syscare/syscare/runtime/ptrace"
+)
+
+var (
+	serveLine    = regexp.MustCompile(`^conn (\d+) bytes (\d+)$`)
+	countedLine  = regexp.MustCompile(`^conn (\d+) bytes (\d+) requests (\d+) since (\d+)$`)
+	reportCounts = regexp.MustCompile(`^report 4 conns: (\d+=\d+ ?){4}$`)
+)
+
+// shadowOf returns the shadow-variable table the applied patches of pid record.
+func shadowOf(t *testing.T, pid int) uint64 {
+	t.Helper()
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := readHeaders(ptrace.Remote{Pid: pid}, maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return existingShadow(hs)
+}
+
+// mappedAt reports whether some mapping of pid starts at addr.
+func mappedAt(t *testing.T, pid int, addr uint64) bool {
+	t.Helper()
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range maps {
+		if m.Start == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// tableWords reads words 0..4 of the table: magic, size, used, live, free.
+func tableWords(t *testing.T, pid int, addr uint64) [5]uint64 {
+	t.Helper()
+	var b [40]byte
+	if err := (ptrace.Remote{Pid: pid}).ReadMem(addr, b[:]); err != nil {
+		t.Fatal(err)
+	}
+	var w [5]uint64
+	for i := range w {
+		w[i] = binary.LittleEndian.Uint64(b[8*i:])
+	}
+	return w
+}
+
+// A fix that adds per-object state to a running server: two worker threads serve
+// connections; the patch attaches a request counter to each one, frees it when the
+// connection closes; a second patch reads the counters from the same per-process
+// table, and keeps reading them after the first is removed; removing the last one
+// unmaps the table and the server runs as before.
+func TestShadowVariablesOnServer(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "shadow_server")
+	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	v := start(t, bin, nil)
+	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
+	_, report := buildPatch(t, "fix_shadow_report.c", bin, "")
+	e := NewEngine("/")
+	pid := v.pid()
+
+	// Before: no counters, no table.
+	maxID := 0
+	v.waitFor(t, func(l string) bool {
+		if m := serveLine.FindStringSubmatch(l); m != nil {
+			id, _ := strconv.Atoi(m[1])
+			maxID = max(maxID, id)
+		}
+		return strings.HasPrefix(l, "report")
+	})
+	if a := shadowOf(t, pid); a != 0 {
+		t.Fatalf("shadow table %#x before any patch", a)
+	}
+	maxID += 8 // a worker may have opened connections after the last line read
+
+	const uuidCount, uuidReport = "shadow-count", "shadow-report"
+	if err := e.Patch(pid, count, opts(uuidCount)); err != nil {
+		t.Fatal(err)
+	}
+	table := shadowOf(t, pid)
+	if table == 0 || !mappedAt(t, pid, table) {
+		t.Fatalf("no shadow table mapped after the patch (header says %#x)", table)
+	}
+	// Every connection counts its own requests, one per serve, on both
+	// threads; a connection opened after the patch (on a recycled address, as
+	// malloc gives it back) starts at 1: the closed one's counter was freed.
+	last := map[int]int{}
+	fresh := 0
+	v.waitFor(t, func(l string) bool {
+		m := countedLine.FindStringSubmatch(l)
+		if m == nil {
+			if serveLine.MatchString(l) && len(last) > 0 {
+				t.Errorf("unpatched serve after patched ones: %q", l)
+			}
+			return false
+		}
+		id, _ := strconv.Atoi(m[1])
+		n, _ := strconv.Atoi(m[3])
+		bytes, _ := strconv.Atoi(m[2])
+		since, _ := strconv.Atoi(m[4])
+		// Lines may be skipped (the reader keeps the last few thousand), so the
+		// exact check is bytes == since + requests, on every line.
+		if prev, ok := last[id]; ok && n <= prev {
+			t.Fatalf("conn %d: requests %d after %d: %q", id, n, prev, l)
+		}
+		if !func() bool { _, ok := last[id]; return ok }() && id > maxID {
+			if n != 1 || since != 0 {
+				t.Fatalf("connection %d opened after the patch starts at %q, want requests 1 since 0", id, l)
+			}
+			fresh++
+		}
+		if bytes != since+n {
+			t.Fatalf("conn %d: bytes %d, counter attached at %d with %d requests since: %q", id, bytes, since, n, l)
+		}
+		last[id] = n
+		return fresh >= 6
+	})
+	w := tableWords(t, pid, table)
+	entry := uint64(64) // struct upatch_shadow_entry (48) + data (16), rounded
+	if w[0] != shadowMagic || w[1] != shadowSize || w[3] > 8 || w[2] > 12*entry {
+		t.Fatalf("table after %d reopened connections: magic %#x size %d used %d live %d: counters leak", fresh, w[0], w[1], w[2], w[3])
+	}
+	t.Logf("shadow table at %#x: %d bytes of arena used, %d counters live, after %d connections reopened", table, w[2], w[3], fresh)
+
+	// A second patch finds the same table and reads the first one's counters.
+	if err := e.Patch(pid, report, opts(uuidReport)); err != nil {
+		t.Fatal(err)
+	}
+	if a := shadowOf(t, pid); a != table {
+		t.Fatalf("second patch uses table %#x, want %#x", a, table)
+	}
+	v.waitFor(t, func(l string) bool { return reportCounts.MatchString(l) })
+
+	// The first patch goes: serves are as before, the table stays for the second.
+	if err := e.Unpatch(pid, uuidCount, opts(uuidCount)); err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	if !mappedAt(t, pid, table) {
+		t.Fatal("shadow table unmapped while the second patch still uses it")
+	}
+	v.waitFor(t, func(l string) bool { return strings.HasPrefix(l, "report 4 conns:") })
+
+	// The last one goes: the table is unmapped, the server runs as before.
+	if err := e.Unpatch(pid, uuidReport, opts(uuidReport)); err != nil {
+		t.Fatal(err)
+	}
+	if mappedAt(t, pid, table) {
+		t.Fatal("shadow table still mapped after the last patch using it was removed")
+	}
+	v.waitFor(t, func(l string) bool { return l == "report 4 conns" })
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	if n := patchMappings(t, pid); n != 0 {
+		t.Fatalf("%d patch mappings left", n)
+	}
+	v.alive(t)
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+		t.Fatal(err)
+	}
+}
