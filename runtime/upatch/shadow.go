@@ -37,11 +37,35 @@ func existingShadow(headers []*Header) uint64 {
 	return 0
 }
 
+// checkShadow makes sure the table the applied patches record is one: a patch
+// linked against anything else would corrupt the process.
+func checkShadow(mem memReader, addr uint64) error {
+	var head [16]byte
+	if err := mem.ReadMem(addr, head[:]); err != nil {
+		return fmt.Errorf("shadow-variable table at %#x: %w", addr, err)
+	}
+	size := binary.LittleEndian.Uint64(head[8:])
+	if binary.LittleEndian.Uint64(head[0:]) != shadowMagic || size < shadowTableHead || size > 1<<30 || size%pageSize != 0 {
+		return fmt.Errorf("shadow-variable table at %#x is corrupt (magic %#x, size %d)", addr,
+			binary.LittleEndian.Uint64(head[0:]), size)
+	}
+	return nil
+}
+
 // shadowTable returns the table's address for the patch being linked: the process's
 // own if it has one, else a new one mapped (and remembered, so that a failed apply
 // unmaps it) near the target.
 func (r *resolver) shadowTable() (uint64, error) {
 	if r.shadow != 0 {
+		if !r.shadowNew {
+			var mem memReader = ptrace.Remote{Pid: r.pid}
+			if r.pr != nil {
+				mem = r.pr
+			}
+			if err := checkShadow(mem, r.shadow); err != nil {
+				return 0, err
+			}
+		}
 		return r.shadow, nil
 	}
 	if r.pr == nil {
@@ -71,28 +95,30 @@ func (r *resolver) dropNewShadow(pr *ptrace.Process) {
 	}
 }
 
-// releaseShadow unmaps the table of a patch just removed when no patch left in the
-// process uses it. The data's destructors are not run (see upatch.h). A table that
-// does not look like one is left alone.
-func releaseShadow(pr *ptrace.Process, removed *Header, left []*Header) error {
+// lastShadowUser returns the table the patch removed uses if no other patch of the
+// process uses it, else 0: the table to unmap with it.
+func lastShadowUser(removed *Header, all []*Header) uint64 {
 	if removed.Shadow == 0 {
-		return nil
+		return 0
 	}
-	for _, h := range left {
+	for _, h := range all {
 		if h != removed && h.Shadow == removed.Shadow {
-			return nil
+			return 0
 		}
 	}
+	return removed.Shadow
+}
+
+// releaseShadow unmaps the table at addr (checked by checkShadow), whose last user
+// was just removed. The data's destructors are not run (see upatch.h).
+func releaseShadow(pr *ptrace.Process, addr uint64) error {
 	var head [16]byte
-	if err := pr.ReadMem(removed.Shadow, head[:]); err != nil {
-		return nil // already gone
+	if err := pr.ReadMem(addr, head[:]); err != nil {
+		return fmt.Errorf("shadow-variable table at %#x: %w", addr, err)
 	}
 	size := binary.LittleEndian.Uint64(head[8:])
-	if binary.LittleEndian.Uint64(head[0:]) != shadowMagic || size < shadowTableHead || size > 1<<30 || size%pageSize != 0 {
-		return fmt.Errorf("shadow-variable table at %#x is corrupt: left mapped", removed.Shadow)
-	}
-	if _, err := pr.Syscall(unix.SYS_MUNMAP, removed.Shadow, size); err != nil {
-		return fmt.Errorf("unmap shadow-variable table at %#x: %w", removed.Shadow, err)
+	if _, err := pr.Syscall(unix.SYS_MUNMAP, addr, size); err != nil {
+		return fmt.Errorf("unmap shadow-variable table at %#x: %w", addr, err)
 	}
 	return nil
 }

@@ -176,3 +176,51 @@ func TestShadowVariablesOnServer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A table the program overwrote: the patches that use it see no table (and keep the
+// old behaviour), a new patch that would use it is refused with nothing changed,
+// and the patch still comes off, leaving those pages mapped.
+func TestShadowTableOverwritten(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "shadow_server")
+	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	v := start(t, bin, nil)
+	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
+	_, report := buildPatch(t, "fix_shadow_report.c", bin, "")
+	e := NewEngine("/")
+	pid := v.pid()
+	if err := e.Patch(pid, count, opts("shadow-count")); err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, func(l string) bool { return countedLine.MatchString(l) })
+	table := shadowOf(t, pid)
+	mem, err := os.OpenFile(fmt.Sprintf("/proc/%d/mem", pid), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = mem.WriteAt(make([]byte, 8), int64(table))
+	mem.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, func(l string) bool { return strings.HasSuffix(l, "requests none") })
+
+	before := patchMappings(t, pid)
+	err = e.Patch(pid, report, opts("shadow-report"))
+	if err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("patch over an overwritten table: %v, want a refusal naming it corrupt", err)
+	}
+	if n := patchMappings(t, pid); n != before {
+		t.Fatalf("refused patch left %d patch mappings, had %d", n, before)
+	}
+	if applied, _ := e.Info(pid); len(applied) != 1 {
+		t.Fatalf("applied after the refusal: %+v", applied)
+	}
+	if err := e.Unpatch(pid, "shadow-count", opts("shadow-count")); err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	if !mappedAt(t, pid, table) {
+		t.Fatal("overwritten table unmapped: it is left alone")
+	}
+	v.alive(t)
+}

@@ -84,10 +84,21 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	if err := checkThreads(pr, vm, live, ranges, patch, entries); err != nil {
 		return err
 	}
+	// The shadow-variable table goes with the last patch that uses it; memory
+	// that no longer looks like the table (overwritten by the program) is left
+	// mapped: removing the patch matters more than those pages.
+	table := lastShadowUser(h, headers)
+	if table != 0 && checkShadow(pr, table) != nil {
+		table = 0
+	}
 	// Original bytes back and memory unmapped as one step (commit.go).
 	if err := removeRegion(pr, h); err != nil {
 		return exited(pr.Pid, fmt.Errorf("remove patch %s: %w", uuid, err))
 	}
-	// The shadow-variable table goes with the last patch that uses it.
-	return releaseShadow(pr, h, headers)
+	if table != 0 {
+		if err := releaseShadow(pr, table); err != nil {
+			return exited(pr.Pid, fmt.Errorf("patch %s removed, but: %w", uuid, err))
+		}
+	}
+	return nil
 }
