@@ -126,7 +126,9 @@ struct upatch_offset {
  * bytes of data in all; an allocation that does not fit returns NULL, which the
  * patch must handle (keep the old behaviour). Every call takes a spin lock in the
  * table (atomic builtins, no pthread symbols), so they may run on any thread; the
- * constructor runs with the lock held and must not call this API.
+ * constructor runs with the lock held and must not call this API. A pointer to data
+ * stays valid until that data is freed: the patch frees an object's data where the
+ * object itself is freed, when no other thread uses it.
  *
  * Not done: destructors run only when the patch calls upatch_shadow_free (or
  * upatch_shadow_free_all); at unpatch the loader unmaps the table without running

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -223,4 +224,17 @@ func TestShadowTableOverwritten(t *testing.T) {
 		t.Fatal("overwritten table unmapped: it is left alone")
 	}
 	v.alive(t)
+}
+
+// The API of upatch.h on eight threads at once: attach, read, free and a counter all
+// threads share, against the table's lock; constructors and destructors pair up; a
+// full table answers NULL.
+func TestShadowAPIThreads(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "shadow_stress")
+	gcc(t, "-O2", "-Wall", "-Werror", "-pthread", "-I", includeDir(), testdata("shadow_stress.c"), "-o", bin)
+	out, err := exec.Command(bin).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "ok ") {
+		t.Fatalf("shadow_stress: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
 }
