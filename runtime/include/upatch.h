@@ -130,11 +130,14 @@ struct upatch_offset {
  * stays valid until that data is freed: the patch frees an object's data where the
  * object itself is freed, when no other thread uses it.
  *
- * Not done: destructors run only when the patch calls upatch_shadow_free (or
- * upatch_shadow_free_all); at unpatch the loader unmaps the table without running
- * them, so shadow data must not own memory outside the table (or the patch must free
- * it itself). Data attached by a patch that is removed before the next one is
- * applied is gone (the table goes with the last patch that uses it).
+ * Destructors run when a patch calls upatch_shadow_free (or upatch_shadow_free_all).
+ * When a patch is removed and the table stays for another, the destructors that are
+ * in the removed patch's code are forgotten (freeing that data later runs none).
+ * Not done: at the removal of the last patch that uses the table the loader unmaps
+ * it without running the destructors (running code of the target with every thread
+ * stopped could deadlock on a lock a stopped thread holds), so shadow data must not
+ * own memory outside the table, or the patch must free it itself. Data attached by
+ * a patch that is removed before the next one is applied is gone with the table.
  */
 #define UPATCH_SHADOW_MAGIC   0x5744414853505555UL /* "UUPSHADW" */
 #define UPATCH_SHADOW_BUCKETS 4096

@@ -109,6 +109,53 @@ func lastShadowUser(removed *Header, all []*Header) uint64 {
 	return removed.Shadow
 }
 
+// Offsets in struct upatch_shadow_table and struct upatch_shadow_entry.
+const (
+	shadowLockOff    = 40
+	shadowBucketsOff = 64
+	shadowBuckets    = 4096
+	entryNextOff     = 0
+	entryDtorOff     = 32
+	entrySize        = 48
+)
+
+// forgetDestructors clears, in every attached entry of the table, a destructor that
+// lies in [lo, hi): the code of a patch being removed while the table stays for the
+// others. Freeing that data later runs no destructor, where it would otherwise jump
+// into unmapped memory. The process is stopped; a thread stopped while it holds the
+// table's lock (inside another patch's shadow call) makes the process busy.
+func forgetDestructors(pr *ptrace.Process, table, lo, hi uint64) error {
+	head := make([]byte, shadowBucketsOff+8*shadowBuckets)
+	if err := pr.ReadMem(table, head); err != nil {
+		return fmt.Errorf("read shadow-variable table at %#x: %w", table, err)
+	}
+	le := binary.LittleEndian
+	if le.Uint32(head[shadowLockOff:]) != 0 {
+		return fmt.Errorf("%w: a thread holds the shadow-variable table's lock", ErrBusy)
+	}
+	size := le.Uint64(head[8:])
+	limit := size / entrySize // more entries than fit: a loop in a corrupt chain
+	var e [entrySize]byte
+	for b := 0; b < shadowBuckets; b++ {
+		off := le.Uint64(head[shadowBucketsOff+8*b:])
+		for n := uint64(0); off != 0; n++ {
+			if n > limit || off < uint64(len(head)) || off+entrySize > size {
+				return fmt.Errorf("shadow-variable table at %#x: bucket %d is corrupt", table, b)
+			}
+			if err := pr.ReadMem(table+off, e[:]); err != nil {
+				return fmt.Errorf("read shadow variable at %#x: %w", table+off, err)
+			}
+			if d := le.Uint64(e[entryDtorOff:]); d >= lo && d < hi {
+				if err := pr.WriteMem(table+off+entryDtorOff, make([]byte, 8)); err != nil {
+					return fmt.Errorf("clear destructor of shadow variable at %#x: %w", table+off, err)
+				}
+			}
+			off = le.Uint64(e[entryNextOff:])
+		}
+	}
+	return nil
+}
+
 // releaseShadow unmaps the table at addr (checked by checkShadow), whose last user
 // was just removed. The data's destructors are not run (see upatch.h).
 func releaseShadow(pr *ptrace.Process, addr uint64) error {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,6 +49,47 @@ func mappedAt(t *testing.T, pid int, addr uint64) bool {
 		}
 	}
 	return false
+}
+
+// patchRange returns where the region of the applied patch uuid is in pid.
+func patchRange(t *testing.T, pid int, uuid string) (uint64, uint64) {
+	t.Helper()
+	maps, err := proc.Maps(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := readHeaders(ptrace.Remote{Pid: pid}, maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if h.UUID == uuid {
+			return h.Base, h.Base + h.Size
+		}
+	}
+	t.Fatalf("patch %s not in pid %d", uuid, pid)
+	return 0, 0
+}
+
+// shadowDestructors returns the destructor of every attached shadow variable.
+func shadowDestructors(t *testing.T, pid int, table uint64) []uint64 {
+	t.Helper()
+	mem := ptrace.Remote{Pid: pid}
+	head := make([]byte, shadowBucketsOff+8*shadowBuckets)
+	if err := mem.ReadMem(table, head); err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	var e [entrySize]byte
+	for b := 0; b < shadowBuckets; b++ {
+		for off := binary.LittleEndian.Uint64(head[shadowBucketsOff+8*b:]); off != 0; off = binary.LittleEndian.Uint64(e[entryNextOff:]) {
+			if err := mem.ReadMem(table+off, e[:]); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, binary.LittleEndian.Uint64(e[entryDtorOff:]))
+		}
+	}
+	return out
 }
 
 // tableWords reads words 0..4 of the table: magic, size, used, live, free.
@@ -150,7 +192,14 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	}
 	v.waitFor(t, func(l string) bool { return reportCounts.MatchString(l) })
 
-	// The first patch goes: serves are as before, the table stays for the second.
+	// The first patch goes: serves are as before, the table stays for the second,
+	// and the counters keep no destructor in the code that went: the second
+	// patch's report frees one counter each time, which would otherwise jump
+	// into unmapped memory.
+	lo, hi := patchRange(t, pid, uuidCount)
+	if dtors := shadowDestructors(t, pid, table); !slices.ContainsFunc(dtors, func(d uint64) bool { return d >= lo && d < hi }) {
+		t.Fatalf("no counter has the first patch's destructor (%#x-%#x): %x", lo, hi, dtors)
+	}
 	if err := e.Unpatch(pid, uuidCount, opts(uuidCount)); err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +207,16 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	if !mappedAt(t, pid, table) {
 		t.Fatal("shadow table unmapped while the second patch still uses it")
 	}
+	dtors := shadowDestructors(t, pid, table)
+	for _, d := range dtors {
+		if d != 0 {
+			t.Fatalf("destructor %#x left in the table after its patch (%#x-%#x) was removed", d, lo, hi)
+		}
+	}
+	// Reports go on, the first connection's counter freed and not attached again.
 	v.waitFor(t, func(l string) bool { return strings.HasPrefix(l, "report 4 conns:") })
+	v.waitFor(t, func(l string) bool { return regexp.MustCompile(`^report 4 conns: \d+=- `).MatchString(l) })
+	t.Logf("%d counters kept, their destructors forgotten, after the patch that attached them was removed", len(dtors))
 
 	// The last one goes: the table is unmapped, the server runs as before.
 	if err := e.Unpatch(pid, uuidReport, opts(uuidReport)); err != nil {

@@ -91,6 +91,12 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	if table != 0 && checkShadow(pr, table) != nil {
 		table = 0
 	}
+	// A table that stays must not keep destructors in the code that goes.
+	if h.Shadow != 0 && table == 0 && checkShadow(pr, h.Shadow) == nil {
+		if err := forgetDestructors(pr, h.Shadow, h.Base, h.Base+h.Size); err != nil {
+			return err
+		}
+	}
 	// Original bytes back and memory unmapped as one step (commit.go).
 	if err := removeRegion(pr, h); err != nil {
 		return exited(pr.Pid, fmt.Errorf("remove patch %s: %w", uuid, err))

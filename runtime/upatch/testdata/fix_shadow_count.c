@@ -28,9 +28,16 @@ static int start_at(void *obj, void *data, unsigned long size, void *arg)
 	return 0;
 }
 
+/* Runs when the counter is freed while this patch is in. */
+static void forget(void *obj, void *data)
+{
+	(void)obj;
+	((struct conn_requests *)data)->count = 0;
+}
+
 void conn_serve_v2(struct conn *c)
 {
-	struct conn_requests *r = upatch_shadow_get_or_alloc(c, SHADOW_REQUESTS, sizeof *r, start_at, 0, 0);
+	struct conn_requests *r = upatch_shadow_get_or_alloc(c, SHADOW_REQUESTS, sizeof *r, start_at, 0, forget);
 	c->bytes++;
 	pthread_mutex_lock(&out);
 	if (r) {

@@ -1,5 +1,7 @@
 /* A second fix for shadow_server, applied after fix_shadow_count: its report prints
- * the request counters the first patch attached, from the same per-process table.
+ * the request counters the first patch attached, from the same per-process table,
+ * then resets the first connection's: its counter is freed (the first patch's
+ * destructor runs while that patch is in; none once it is gone).
  * Build: gcc -c -O2 -ffunction-sections -fdata-sections -I include fix_shadow_report.c */
 #include <pthread.h>
 #include <stdio.h>
@@ -32,6 +34,7 @@ void report_v2(struct conn **cs, int n)
 	}
 	printf("\n");
 	fflush(stdout);
+	upatch_shadow_free(cs[0], SHADOW_REQUESTS, 0);
 	pthread_mutex_unlock(&out);
 }
 UPATCH_FUNC(report, report_v2);
