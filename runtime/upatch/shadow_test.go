@@ -1,6 +1,7 @@
 package upatch
 
 import (
+	"debug/elf"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 )
@@ -295,4 +297,77 @@ func TestShadowAPIThreads(t *testing.T) {
 		t.Fatalf("shadow_stress: %v\n%s", err, out)
 	}
 	t.Log(strings.TrimSpace(string(out)))
+}
+
+// In production the target is stripped and the patch self-contained (what syscare
+// build makes of a fix): the shadow table is reached the same way, as it is no
+// symbol of the target but the loader's own.
+func TestShadowSelfContainedOnStrippedTarget(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "shadow_server")
+	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syms, err := f.Symbols()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := fmt.Sprintf("#include %q\n", testdata("fix_shadow_count.c"))
+	n := 0
+	for _, s := range syms {
+		kind, room := patchobj.OffsetSymbol, uint64(0)
+		name, _, _ := strings.Cut(s.Name, "@") // stdout@GLIBC_2.2.5 in .symtab
+		switch name {
+		case "conn_serve", "conn_close":
+			kind, room = patchobj.OffsetFunc, s.Size
+		case "out", "stdout": // stdout: the executable's copy, as the builder records it
+		default:
+			continue
+		}
+		src += fmt.Sprintf(`static const char name%d[] __attribute__((section(".upatch.strings"))) = %q;
+static const struct upatch_offset off%d __attribute__((section(".upatch.offsets"), used, aligned(8))) =
+	{ name%d, 0, %#x, %d, %d, %d | %d << 8 };
+`, n, name, n, n, s.Value, s.Size, room, kind, elf.ST_TYPE(s.Info))
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("found %d of the 4 target symbols", n)
+	}
+	if out, err := exec.Command("strip", "--strip-all", bin).CombinedOutput(); err != nil {
+		t.Fatalf("strip: %v\n%s", err, out)
+	}
+	c, obj := filepath.Join(dir, "fix.c"), filepath.Join(dir, "fix.o")
+	if err := os.WriteFile(c, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gcc(t, "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-I", includeDir(),
+		fmt.Sprintf(`-DTARGET_BUILD_ID="%s"`, buildIDHex(t, bin)), c, "-o", obj)
+	b, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := patchobj.ParseBytes(b)
+	if err != nil || !o.SelfContained() {
+		t.Fatalf("parse: %v (self-contained: %v)", err, err == nil && o.SelfContained())
+	}
+
+	v := start(t, bin, nil)
+	e := NewEngine("/")
+	pid := v.pid()
+	if err := e.Patch(pid, o, opts("shadow-sc")); err != nil {
+		t.Fatal(err)
+	}
+	table := shadowOf(t, pid)
+	v.waitFor(t, func(l string) bool { return countedLine.MatchString(l) && !strings.HasSuffix(l, "requests 1 since 0") })
+	if err := e.Unpatch(pid, "shadow-sc", opts("shadow-sc")); err != nil {
+		t.Fatal(err)
+	}
+	if table == 0 || mappedAt(t, pid, table) {
+		t.Fatalf("shadow table %#x: not recorded, or still mapped after unpatch", table)
+	}
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	v.alive(t)
 }
