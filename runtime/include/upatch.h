@@ -160,11 +160,16 @@ struct upatch_shadow_table {
 	unsigned long used;      /* bytes of the arena handed out so far */
 	unsigned long live;      /* attached entries */
 	unsigned long free;      /* offset of the first freed entry, 0: none */
-	int lock;
-	int reserved[3];
-	unsigned long buckets[UPATCH_SHADOW_BUCKETS]; /* offsets of entries, 0: empty */
+	int lock;                /* 0 free, 1 held */
+	int reserved[5];
+	unsigned long buckets[UPATCH_SHADOW_BUCKETS]; /* at 64: offsets of entries, 0: empty */
 	/* the arena follows */
 };
+
+/* The loader reads these layouts (runtime/upatch/shadow.go): they must not move. */
+typedef char upatch__shadow_table_layout[
+	sizeof(struct upatch_shadow_table) == 64 + 8 * UPATCH_SHADOW_BUCKETS ? 1 : -1];
+typedef char upatch__shadow_entry_layout[sizeof(struct upatch_shadow_entry) == 48 ? 1 : -1];
 
 extern struct upatch_shadow_table __upatch_shadow_table;
 
