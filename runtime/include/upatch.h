@@ -171,7 +171,20 @@ typedef char upatch__shadow_table_layout[
 	sizeof(struct upatch_shadow_table) == 64 + 8 * UPATCH_SHADOW_BUCKETS ? 1 : -1];
 typedef char upatch__shadow_entry_layout[sizeof(struct upatch_shadow_entry) == 48 ? 1 : -1];
 
-extern struct upatch_shadow_table __upatch_shadow_table;
+/*
+ * Weak: the same fix source also links into a plain build of the program (the
+ * package's next release), where no loader binds it; there every call finds no table
+ * and answers as if the table were full (NULL), so the fix must keep the old
+ * behaviour when it gets NULL.
+ */
+extern struct upatch_shadow_table __upatch_shadow_table __attribute__((weak));
+
+/* The table, or NULL outside a patch (or if it was overwritten). */
+static inline struct upatch_shadow_table *upatch__shadow_table(void)
+{
+	struct upatch_shadow_table *t = &__upatch_shadow_table;
+	return t && t->magic == UPATCH_SHADOW_MAGIC ? t : 0;
+}
 
 /* Constructor: initialise data (size bytes, zeroed) for obj; nonzero refuses. */
 typedef int (*upatch_shadow_ctor_t)(void *obj, void *data, unsigned long size, void *arg);
@@ -218,9 +231,9 @@ static inline struct upatch_shadow_entry *upatch__shadow_find(struct upatch_shad
 /* The data attached to obj under id, or NULL. */
 static inline void *upatch_shadow_get(const void *obj, unsigned long id)
 {
-	struct upatch_shadow_table *t = &__upatch_shadow_table;
+	struct upatch_shadow_table *t = upatch__shadow_table();
 	struct upatch_shadow_entry *e;
-	if (t->magic != UPATCH_SHADOW_MAGIC)
+	if (!t)
 		return 0;
 	upatch__shadow_lock(t);
 	e = upatch__shadow_find(t, obj, id, 0);
@@ -236,10 +249,10 @@ static inline void *upatch_shadow_get(const void *obj, unsigned long id)
 static inline void *upatch_shadow_get_or_alloc(const void *obj, unsigned long id, unsigned long size,
 	upatch_shadow_ctor_t ctor, void *arg, upatch_shadow_dtor_t dtor)
 {
-	struct upatch_shadow_table *t = &__upatch_shadow_table;
+	struct upatch_shadow_table *t = upatch__shadow_table();
 	struct upatch_shadow_entry *e;
 	unsigned long need = (sizeof(*e) + size + 15) & ~15UL, *l, off;
-	if (t->magic != UPATCH_SHADOW_MAGIC)
+	if (!t)
 		return 0;
 	upatch__shadow_lock(t);
 	e = upatch__shadow_find(t, obj, id, 0);
@@ -299,10 +312,10 @@ static inline void *upatch_shadow_alloc(const void *obj, unsigned long id, unsig
  */
 static inline void upatch_shadow_free(const void *obj, unsigned long id, upatch_shadow_dtor_t dtor)
 {
-	struct upatch_shadow_table *t = &__upatch_shadow_table;
+	struct upatch_shadow_table *t = upatch__shadow_table();
 	struct upatch_shadow_entry *e;
 	unsigned long *l;
-	if (t->magic != UPATCH_SHADOW_MAGIC)
+	if (!t)
 		return;
 	upatch__shadow_lock(t);
 	e = upatch__shadow_find(t, obj, id, &l);
@@ -327,9 +340,9 @@ static inline void upatch_shadow_free(const void *obj, unsigned long id, upatch_
 /* Free the data of every object under id (the destructor runs for each). */
 static inline void upatch_shadow_free_all(unsigned long id, upatch_shadow_dtor_t dtor)
 {
-	struct upatch_shadow_table *t = &__upatch_shadow_table;
+	struct upatch_shadow_table *t = upatch__shadow_table();
 	unsigned long b;
-	if (t->magic != UPATCH_SHADOW_MAGIC)
+	if (!t)
 		return;
 	for (b = 0; b < UPATCH_SHADOW_BUCKETS; b++) {
 		for (;;) {
