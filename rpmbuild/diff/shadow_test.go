@@ -1,6 +1,7 @@
 package diff
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -9,8 +10,10 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syscare/syscare/runtime/patchobj"
+	"github.com/syscare/syscare/runtime/upatch"
 )
 
 // upatchHeader is runtime/include/upatch.h of this tree.
@@ -83,4 +86,137 @@ int main(void) { struct conn c = { 1, 0 }; serve(&c); printf("%%d\n", serve(&c))
 	if err != nil || strings.TrimSpace(string(out)) != "2" {
 		t.Fatalf("plain build of the fix: %q, %v; want 2", out, err)
 	}
+}
+
+// The patch the differ made of a shadow-variable fix, applied to the running
+// original: each connection gains a request counter while the patch is in, and the
+// program serves as before once it is removed, the table gone with it.
+func TestShadowVariableFixOnRunningProgram(t *testing.T) {
+	orig := `#include <stdio.h>
+#include <unistd.h>
+struct conn { int id; int bytes; };
+__attribute__((noipa)) void serve(struct conn *c) { c->bytes++; printf("conn %d bytes %d\n", c->id, c->bytes); fflush(stdout); }
+int main(void)
+{
+	struct conn cs[3] = { { 1, 0 }, { 2, 0 }, { 3, 0 } };
+	for (;;) {
+		for (int i = 0; i < 3; i++)
+			serve(&cs[i]);
+		usleep(5000);
+	}
+}
+`
+	fixed := strings.Replace(orig, `__attribute__((noipa)) void serve(struct conn *c) { c->bytes++; printf("conn %d bytes %d\n", c->id, c->bytes); fflush(stdout); }`,
+		fmt.Sprintf(`#include %q
+struct conn_extra { unsigned long requests; };
+__attribute__((noipa)) void serve(struct conn *c)
+{
+	struct conn_extra *x = upatch_shadow_get_or_alloc(c, 1, sizeof *x, 0, 0, 0);
+	c->bytes++;
+	if (x)
+		printf("conn %%d bytes %%d requests %%lu\n", c->id, c->bytes, ++x->requests);
+	else
+		printf("conn %%d bytes %%d\n", c->id, c->bytes);
+	fflush(stdout);
+}`, upatchHeader()), 1)
+	od, pd := t.TempDir(), t.TempDir()
+	ob, pb := compile(t, od, "server", orig, "-fPIE"), compile(t, pd, "server", fixed, "-fPIE")
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{AliasPrefix: "__p_"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Object()
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := patchobj.ParseBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(od, "server")
+	objs, _ := filepath.Glob(filepath.Join(od, "*.o"))
+	if out, err := exec.Command("gcc", append([]string{"-pie", "-o", bin}, objs...)...).CombinedOutput(); err != nil {
+		t.Fatalf("link: %v\n%s", err, out)
+	}
+
+	cmd := exec.Command(bin)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default: // the test reads only what it waits for
+			}
+		}
+		close(lines)
+	}()
+	wait := func(what string, ok func(string) bool) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case l, open := <-lines:
+				if !open {
+					t.Fatalf("server exited waiting for %s", what)
+				}
+				if ok(l) {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %s", what)
+			}
+		}
+	}
+	plain := func(l string) bool { return strings.HasPrefix(l, "conn ") && !strings.Contains(l, "requests") }
+	wait("output", plain)
+
+	e := upatch.NewEngine("/")
+	o := upatch.Options{UUID: "diff-shadow", Force: true, RetryDelay: 5 * time.Millisecond}
+	if err := e.Patch(cmd.Process.Pid, obj, o); err != nil {
+		t.Fatal(err)
+	}
+	wait("a request counter", func(l string) bool { return strings.HasSuffix(l, " requests 20") })
+	if n := tableSized(t, cmd.Process.Pid); n != 1 {
+		t.Fatalf("%d anonymous mappings of the shadow table's size under the patch, want 1", n)
+	}
+	if err := e.Unpatch(cmd.Process.Pid, o.UUID, o); err != nil {
+		t.Fatal(err)
+	}
+	// Drain what was buffered under the patch, then the old lines again.
+	wait("the old output", plain)
+	wait("the old output", plain)
+	if n := tableSized(t, cmd.Process.Pid); n != 0 {
+		t.Fatalf("%d anonymous mappings of the shadow table's size left after unpatch", n)
+	}
+}
+
+// tableSized counts the anonymous mappings of pid of at least the shadow table's
+// size (4 MiB and its head): the program itself maps none.
+func tableSized(t *testing.T, pid int) int {
+	t.Helper()
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 5 || f[4] != "0" || f[1] != "rw-p" {
+			continue
+		}
+		var lo, hi uint64
+		if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err == nil && hi-lo > 4<<20 {
+			n++
+		}
+	}
+	return n
 }
