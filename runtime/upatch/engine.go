@@ -96,6 +96,8 @@ type Applied struct {
 	Base   uint64        `json:"base"`
 	Size   uint64        `json:"size"`
 	Funcs  []AppliedFunc `json:"functions"`
+	// Shadow is the process's shadow-variable table if the patch uses it (upatch.h).
+	Shadow uint64 `json:"shadow,omitempty"`
 }
 
 // AppliedFunc is one replaced function of an applied patch.
@@ -208,7 +210,7 @@ func (e *Engine) Info(pid int) ([]Applied, error) {
 		if h.Pending {
 			continue // not in: the next patch or unpatch rolls it back
 		}
-		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size}
+		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size, Shadow: h.Shadow}
 		for _, f := range h.Funcs {
 			a.Funcs = append(a.Funcs, AppliedFunc{Name: f.Name, Old: f.Old, New: f.New})
 		}

@@ -192,6 +192,9 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	if a := shadowOf(t, pid); a != table {
 		t.Fatalf("second patch uses table %#x, want %#x", a, table)
 	}
+	if applied, err := e.Info(pid); err != nil || len(applied) != 2 || applied[0].Shadow != table || applied[1].Shadow != table {
+		t.Fatalf("info = %+v, %v: want both patches on table %#x", applied, err, table)
+	}
 	v.waitFor(t, func(l string) bool { return reportCounts.MatchString(l) })
 
 	// The first patch goes: serves are as before, the table stays for the second,
