@@ -71,6 +71,11 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	// is still there.
 	if headers, err := readHeaders(ptrace.Remote{Pid: pid}, maps); err == nil {
 		p.res.shadow = existingShadow(headers)
+		if p.res.shadow == 0 {
+			// one a patch removed with KeepShadow left for this one
+			p.res.shadow = orphanShadow(ptrace.Remote{Pid: pid}, maps)
+			p.res.adopted = p.res.shadow != 0
+		}
 	}
 	if err := p.res.resolveAll(obj); err != nil {
 		return nil, err
@@ -136,8 +141,10 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 			seq = h.Seq + 1
 		}
 	}
-	if r := p.res; r.usesShadow && !r.shadowNew && existingShadow(applied) != r.shadow {
-		return fmt.Errorf("pid %d: the shadow-variable table at %#x went away with the patch that used it; try again", p.pid, r.shadow)
+	if r := p.res; r.usesShadow && !r.shadowNew {
+		if in := existingShadow(applied); (r.adopted && (in != 0 || checkShadow(pr, r.shadow) != nil)) || (!r.adopted && in != r.shadow) {
+			return fmt.Errorf("pid %d: the shadow-variable table at %#x went away or changed hands while the patch was prepared; try again", p.pid, r.shadow)
+		}
 	}
 	ranges := make([]busyRange, len(p.funcs))
 	for i, f := range p.funcs {

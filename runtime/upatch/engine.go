@@ -51,6 +51,11 @@ type Options struct {
 	Cancel <-chan struct{}
 	// Warn receives warnings (no build-id recorded, ...); may be nil.
 	Warn func(string)
+	// KeepShadow (unpatch) leaves the shadow-variable table mapped when the last
+	// patch that uses it goes, for the next patch to adopt: a cumulative patch that
+	// replaces this one keeps the data attached so far. Without a next patch the
+	// table stays mapped, unused, until a patch adopts it and is removed in turn.
+	KeepShadow bool
 }
 
 func (o Options) retries() int {

@@ -29,9 +29,10 @@ type resolver struct {
 	pr    *ptrace.Process // set while the process is stopped
 	ifunc map[uint64]uint64
 	// The process's shadow-variable table (shadow.go): found before the stop, or
-	// mapped while linking (shadowNew) when the patch uses it (usesShadow).
-	shadow                uint64
-	shadowNew, usesShadow bool
+	// mapped while linking (shadowNew) when the patch uses it (usesShadow);
+	// adopted: one no applied patch uses, left by an unpatch with KeepShadow.
+	shadow                         uint64
+	shadowNew, usesShadow, adopted bool
 }
 
 type resolved struct {

@@ -3,9 +3,11 @@ package upatch
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/syscare/syscare/runtime/proc"
 	"github.com/syscare/syscare/runtime/ptrace"
 )
 
@@ -32,6 +34,21 @@ func existingShadow(headers []*Header) uint64 {
 	for _, h := range headers {
 		if h.Shadow != 0 {
 			return h.Shadow
+		}
+	}
+	return 0
+}
+
+// orphanShadow finds a table left mapped by an unpatch with Options.KeepShadow, that
+// no applied patch uses: an anonymous rw- mapping of the table's size that starts
+// with its magic. 0 if there is none.
+func orphanShadow(mem memReader, maps []proc.Mapping) uint64 {
+	for _, m := range maps {
+		if m.Inode != 0 || m.Path != "" || !strings.HasPrefix(m.Perms, "rw-") || m.End-m.Start != shadowSize {
+			continue
+		}
+		if checkShadow(mem, m.Start) == nil {
+			return m.Start
 		}
 	}
 	return 0

@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -370,6 +371,67 @@ static const struct upatch_offset off%d __attribute__((section(".upatch.offsets"
 	}
 	if table == 0 || mappedAt(t, pid, table) {
 		t.Fatalf("shadow table %#x: not recorded, or still mapped after unpatch", table)
+	}
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	v.alive(t)
+}
+
+// A cumulative patch that replaces one using shadow variables, the way the manager
+// supersedes (the old one off, then the new one on): removed with KeepShadow, the
+// old patch leaves the table mapped, the new one adopts it and every connection's
+// counter goes on from where it was; its own removal unmaps the table.
+func TestShadowKeptForCumulativePatch(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "shadow_server")
+	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	v := start(t, bin, nil)
+	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
+	e := NewEngine("/")
+	pid := v.pid()
+	if err := e.Patch(pid, count, opts("shadow-v1")); err != nil {
+		t.Fatal(err)
+	}
+	table := shadowOf(t, pid)
+	high := map[int]int{}
+	v.waitFor(t, func(l string) bool {
+		if m := countedLine.FindStringSubmatch(l); m != nil {
+			id, _ := strconv.Atoi(m[1])
+			n, _ := strconv.Atoi(m[3])
+			high[id] = n
+		}
+		return len(high) >= 8 && slices.Max(slices.Collect(maps.Values(high))) >= 30
+	})
+	keep := opts("shadow-v1")
+	keep.KeepShadow = true
+	if err := e.Unpatch(pid, "shadow-v1", keep); err != nil {
+		t.Fatal(err)
+	}
+	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
+	if !mappedAt(t, pid, table) || shadowOf(t, pid) != 0 {
+		t.Fatalf("table %#x not kept after the unpatch with KeepShadow", table)
+	}
+	if err := e.Patch(pid, count, opts("shadow-v2")); err != nil {
+		t.Fatal(err)
+	}
+	if a := shadowOf(t, pid); a != table {
+		t.Fatalf("the cumulative patch uses table %#x, want the kept %#x", a, table)
+	}
+	// A connection counted before goes on from its count (the serves while no
+	// patch was in are not counted: bytes runs ahead of since + requests).
+	v.waitFor(t, func(l string) bool {
+		m := countedLine.FindStringSubmatch(l)
+		if m == nil {
+			return false
+		}
+		id, _ := strconv.Atoi(m[1])
+		n, _ := strconv.Atoi(m[3])
+		prev, ok := high[id]
+		return ok && prev >= 30 && n > prev
+	})
+	if err := e.Unpatch(pid, "shadow-v2", opts("shadow-v2")); err != nil {
+		t.Fatal(err)
+	}
+	if mappedAt(t, pid, table) {
+		t.Fatal("table still mapped after its last patch went without KeepShadow")
 	}
 	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
 	v.alive(t)

@@ -23,10 +23,10 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 	}
 	q := openQuery(pid)
 	defer q.Close()
-	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid) })
+	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid, o.KeepShadow) })
 }
 
-func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string) error {
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string, keepShadow bool) error {
 	headers, err := readHeaders(pr, maps)
 	if err != nil {
 		return err
@@ -88,7 +88,7 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	// that no longer looks like the table (overwritten by the program) is left
 	// mapped: removing the patch matters more than those pages.
 	table := lastShadowUser(h, headers)
-	if table != 0 && checkShadow(pr, table) != nil {
+	if table != 0 && (keepShadow || checkShadow(pr, table) != nil) {
 		table = 0
 	}
 	// A table that stays must not keep destructors in the code that goes.
