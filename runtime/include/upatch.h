@@ -136,8 +136,13 @@ struct upatch_offset {
  * Not done: at the removal of the last patch that uses the table the loader unmaps
  * it without running the destructors (running code of the target with every thread
  * stopped could deadlock on a lock a stopped thread holds), so shadow data must not
- * own memory outside the table, or the patch must free it itself. Data attached by
- * a patch that is removed before the next one is applied is gone with the table.
+ * own memory outside the table, or the patch must free it itself.
+ *
+ * A cumulative patch applied after the one it replaces was removed starts with an
+ * empty table, unless the old one was removed with `upatch-manage unpatch
+ * --keep-shadow` (Options.KeepShadow): then the table stays mapped and the next patch
+ * that uses the API adopts it. In between, the original code runs: an object it frees
+ * keeps its data, which a new object at the same address would inherit.
  */
 #define UPATCH_SHADOW_MAGIC   0x5744414853505555UL /* "UUPSHADW" */
 #define UPATCH_SHADOW_BUCKETS 4096
