@@ -272,10 +272,27 @@ func safety(r *Result) error {
 		if len(diffs) > 0 {
 			fns := uniq(usedBy[k])
 			return &UnpatchableError{Function: strings.Join(fns, ","), Section: secOfFuncs(p, fns),
-				Reason: fmt.Sprintf("data layout of %s changed: %s", k, strings.Join(diffs, "; "))}
+				Reason: layoutReason("data layout of "+k, diffs)}
 		}
 	}
 	return checkSignatures(r, od, pd, cmp)
+}
+
+// shadowHint is what a refused change of a structure's members says to do instead:
+// running objects keep their old layout, so new per-object state goes beside them.
+const shadowHint = "objects already in memory keep the old layout: keep the structure as it was and " +
+	"attach the new per-object data with a shadow variable (upatch_shadow_get_or_alloc in upatch.h)"
+
+// layoutReason says what changed in the layout of what, and, when a structure's
+// members changed, that a shadow variable is the way to add state to it.
+func layoutReason(what string, diffs []string) string {
+	r := what + " changed: " + strings.Join(diffs, "; ")
+	for _, d := range diffs {
+		if strings.Contains(d, ": member ") {
+			return r + "; " + shadowHint
+		}
+	}
+	return r
 }
 
 func secOfFuncs(p *object, fns []string) string {
@@ -307,7 +324,7 @@ func checkVars(r *Result, s *section, f *symbol, od, pd *dwarfIndex, cmp *typeCm
 				cmp.diff(od.typ(ot), pd.typ(pt), &diffs)
 				if len(diffs) > 0 {
 					return &UnpatchableError{Function: f.name, Section: s.name,
-						Reason: fmt.Sprintf("type of variable %s changed: %s", t.name, strings.Join(diffs, "; "))}
+						Reason: layoutReason("type of variable "+t.name, diffs)}
 				}
 			}
 		}
@@ -333,7 +350,7 @@ func checkVars(r *Result, s *section, f *symbol, od, pd *dwarfIndex, cmp *typeCm
 			cmp.diff(od.typ(ot), pd.typ(pt), &diffs)
 			if len(diffs) > 0 {
 				return &UnpatchableError{Function: f.name, Section: secName(y),
-					Reason: fmt.Sprintf("type of variable %s changed: %s", y.twin.name, strings.Join(diffs, "; "))}
+					Reason: layoutReason("type of variable "+y.twin.name, diffs)}
 			}
 		}
 	}

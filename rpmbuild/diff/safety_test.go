@@ -232,6 +232,31 @@ func TestSafetyCases(t *testing.T) {
 	}
 }
 
+// A refused change of a structure's members names the shadow variable as the way to
+// add per-object state; a renumbered enum, which has no objects to attach to, does not.
+func TestLayoutRefusalNamesShadowVariables(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		shadow bool
+	}{
+		{"padding-hole-member-FAIL", true},
+		{"padding-hole-same-offsets-FAIL", true},
+		{"extern-struct-layout-FAIL", true},
+		{"enum-renumbered-FAIL", false},
+	} {
+		c := caseNamed(tc.name)
+		ob, pb := pair(t, c.file, c.orig, c.fixed, "-fPIE")
+		_, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+		var ue *UnpatchableError
+		if !errors.As(err, &ue) {
+			t.Fatalf("%s: %v, want UnpatchableError", tc.name, err)
+		}
+		if got := strings.Contains(ue.Error(), "shadow variable (upatch_shadow_get_or_alloc in upatch.h)"); got != tc.shadow {
+			t.Errorf("%s: refusal %q names a shadow variable: %v, want %v", tc.name, ue, got, tc.shadow)
+		}
+	}
+}
+
 // The changed read-only table ships as a new copy with the new values.
 func TestChangedTableShipsNewValues(t *testing.T) {
 	c := caseNamed("static-const-table-changed")

@@ -86,6 +86,10 @@
 // mapped in the process. Local statics of the target are reachable by their symtab
 // names (gcc's "counter.0" for a function-static), with .upatch.syms for duplicates.
 //
+// One name is the loader's own, in every object: __upatch_shadow_table, the
+// process's table of shadow variables (upatch.h), which the loader maps the first
+// time a patch uses it and shares between every patch of the process.
+//
 // # Relocations
 //
 // Loaded sections may carry the x86-64 relocations listed in Supported: the absolute and

@@ -67,6 +67,16 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 		p.funcs = append(p.funcs, old)
 	}
 	p.res = &resolver{e: e, pid: pid, obj: obj, tgt: tgt, maps: maps}
+	// The shadow-variable table of patches already applied; the freeze checks it
+	// is still there.
+	if headers, err := readHeaders(ptrace.Remote{Pid: pid}, maps); err == nil {
+		p.res.shadow = existingShadow(headers)
+		if p.res.shadow == 0 {
+			// one a patch removed with KeepShadow left for this one
+			p.res.shadow = orphanShadow(ptrace.Remote{Pid: pid}, maps)
+			p.res.adopted = p.res.shadow != 0
+		}
+	}
 	if err := p.res.resolveAll(obj); err != nil {
 		return nil, err
 	}
@@ -131,6 +141,11 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 			seq = h.Seq + 1
 		}
 	}
+	if r := p.res; r.usesShadow && !r.shadowNew {
+		if in := existingShadow(applied); (r.adopted && (in != 0 || checkShadow(pr, r.shadow) != nil)) || (!r.adopted && in != r.shadow) {
+			return fmt.Errorf("pid %d: the shadow-variable table at %#x went away or changed hands while the patch was prepared; try again", p.pid, r.shadow)
+		}
+	}
 	ranges := make([]busyRange, len(p.funcs))
 	for i, f := range p.funcs {
 		ranges[i] = busyRange{lo: f.addr, hi: f.addr + f.size, name: f.name}
@@ -189,6 +204,8 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 			return nil // the commit completed after all
 		} else if rerr == nil && rollback(pr, h) == nil {
 			p.stage = nil
+		} else {
+			p.res.shadowNew = false // the half-applied patch may use it: keep it
 		}
 		return exited(p.pid, fmt.Errorf("commit patch: %w", err))
 	}

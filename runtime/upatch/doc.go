@@ -43,5 +43,6 @@
 //	commit.go   the commit as one step, rollback of a half-applied patch
 //	header.go   the header that makes a process self-describing
 //	unpatch.go  remove a patch from one process
+//	shadow.go   the per-process table of shadow variables (upatch.h) patches share
 //	exited.go   telling a process that exited from other failures
 package upatch

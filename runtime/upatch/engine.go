@@ -51,6 +51,11 @@ type Options struct {
 	Cancel <-chan struct{}
 	// Warn receives warnings (no build-id recorded, ...); may be nil.
 	Warn func(string)
+	// KeepShadow (unpatch) leaves the shadow-variable table mapped when the last
+	// patch that uses it goes, for the next patch to adopt: a cumulative patch that
+	// replaces this one keeps the data attached so far. Without a next patch the
+	// table stays mapped, unused, until a patch adopts it and is removed in turn.
+	KeepShadow bool
 }
 
 func (o Options) retries() int {
@@ -96,6 +101,8 @@ type Applied struct {
 	Base   uint64        `json:"base"`
 	Size   uint64        `json:"size"`
 	Funcs  []AppliedFunc `json:"functions"`
+	// Shadow is the process's shadow-variable table if the patch uses it (upatch.h).
+	Shadow uint64 `json:"shadow,omitempty"`
 }
 
 // AppliedFunc is one replaced function of an applied patch.
@@ -203,7 +210,7 @@ func (e *Engine) Info(pid int) ([]Applied, error) {
 		if h.Pending {
 			continue // not in: the next patch or unpatch rolls it back
 		}
-		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size}
+		a := Applied{UUID: h.UUID, Target: h.Target, Seq: int(h.Seq), Base: h.Base, Size: h.Size, Shadow: h.Shadow}
 		for _, f := range h.Funcs {
 			a.Funcs = append(a.Funcs, AppliedFunc{Name: f.Name, Old: f.Old, New: f.New})
 		}

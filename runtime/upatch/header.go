@@ -27,7 +27,9 @@ import (
 //	88     8    load bias of the target ELF when patched
 //	96     4    length of the target path
 //	100    4    state: 0 committed, 1 pending (written, jumps not all in yet)
-//	104    24   reserved
+//	104    8    address of the process's shadow-variable table (shadow.go) if the
+//	            patch uses it, else 0
+//	112    16   reserved
 //	128    N*64 functions: old address u64, new address u64, new size u64, jump length u32,
 //	            symbol position u32, original bytes [16], name offset u32, name length u32,
 //	            reserved [8]
@@ -40,6 +42,7 @@ const (
 	maxUUIDLen      = 47
 	maxJumpLen      = 16
 	headerStateOff  = 100
+	headerShadowOff = 104
 	statePending    = 1
 )
 
@@ -57,6 +60,7 @@ type Header struct {
 	// Pending: the patch was being applied when its tool stopped (killed,
 	// crashed); its jumps may be partly written. The next run rolls it back.
 	Pending   bool
+	Shadow    uint64 // the shadow-variable table the patch uses, 0: none
 	Base      uint64 // address of the header in the process (not encoded)
 	EncodedSz uint64 // bytes the encoded header takes (not encoded)
 }
@@ -101,6 +105,7 @@ func (h *Header) Encode() ([]byte, error) {
 	if h.Pending {
 		le.PutUint32(b[headerStateOff:], statePending)
 	}
+	le.PutUint64(b[headerShadowOff:], h.Shadow)
 	copy(b[str:], h.Target)
 	str += len(h.Target)
 	for i, f := range h.Funcs {
@@ -143,6 +148,7 @@ func decodeHeader(b []byte) (*Header, error) {
 		TextSize: le.Uint64(b[80:]),
 		Bias:     le.Uint64(b[88:]),
 		Pending:  le.Uint32(b[headerStateOff:]) != 0,
+		Shadow:   le.Uint64(b[headerShadowOff:]),
 	}
 	str := headerFixedSize + headerFuncSize*n
 	tl := int(le.Uint32(b[96:]))

@@ -28,12 +28,18 @@ type resolver struct {
 	syms  map[patchobj.TargetSym]resolved
 	pr    *ptrace.Process // set while the process is stopped
 	ifunc map[uint64]uint64
+	// The process's shadow-variable table (shadow.go): found before the stop, or
+	// mapped while linking (shadowNew) when the patch uses it (usesShadow);
+	// adopted: one no applied patch uses, left by an unpatch with KeepShadow.
+	shadow                         uint64
+	shadowNew, usesShadow, adopted bool
 }
 
 type resolved struct {
 	addr   uint64
 	isFunc bool
 	ifunc  bool
+	shadow bool // the shadow-variable table
 	err    error
 }
 
@@ -79,6 +85,11 @@ func (r *resolver) Resolve(name string, pos uint64) (uint64, bool, error) {
 	if !ok {
 		res = r.lookup(name, pos)
 	}
+	if res.shadow {
+		r.usesShadow = true
+		a, err := r.shadowTable()
+		return a, false, err
+	}
 	if res.err != nil || !res.ifunc {
 		return res.addr, res.isFunc, res.err
 	}
@@ -105,6 +116,9 @@ func (r *resolver) Resolve(name string, pos uint64) (uint64, bool, error) {
 // dynsym. A self-contained patch never searches the target's own symbol tables: what
 // the builder did not resolve is not defined in the target.
 func (r *resolver) lookup(name string, pos uint64) resolved {
+	if name == shadowSymbol && pos == 0 {
+		return resolved{shadow: true}
+	}
 	if r.obj.SelfContained() {
 		if off, ok := r.obj.SymbolOffset(patchobj.TargetSym{Name: name, Pos: pos}); ok {
 			if !r.tgt.elf.Covers(off.Value, off.Size, false) {

@@ -54,10 +54,16 @@ func (p *prepared) stageIn(pr *ptrace.Process) error {
 	if err != nil {
 		return err
 	}
-	undo := func() { _, _ = pr.Syscall(unix.SYS_MUNMAP, base, total) }
+	undo := func() {
+		_, _ = pr.Syscall(unix.SYS_MUNMAP, base, total)
+		p.res.dropNewShadow(pr)
+	}
 	p.res.pr = pr
 	img, err := p.plan.Link(base+hdrPages, p.res)
 	p.res.pr = nil
+	if p.res.usesShadow {
+		hdr.Shadow = p.res.shadow
+	}
 	if err != nil {
 		undo()
 		return fmt.Errorf("link patch: %w", err)
@@ -98,9 +104,10 @@ func (p *prepared) stageIn(pr *ptrace.Process) error {
 	return nil
 }
 
-// unstage unmaps a staged region that was never committed.
+// unstage unmaps a staged region that was never committed, and a shadow-variable
+// table mapped for it.
 func (e *Engine) unstage(t *ptrace.Tracer, p *prepared) {
-	if p.stage == nil {
+	if p.stage == nil && !p.res.shadowNew {
 		return
 	}
 	pr, err := t.AttachThread(p.pid)
@@ -108,7 +115,10 @@ func (e *Engine) unstage(t *ptrace.Tracer, p *prepared) {
 		return // exited: nothing left to clean
 	}
 	defer pr.Detach()
-	if _, err := pr.Syscall(unix.SYS_MUNMAP, p.stage.base, p.stage.total); err == nil {
-		p.stage = nil
+	if p.stage != nil {
+		if _, err := pr.Syscall(unix.SYS_MUNMAP, p.stage.base, p.stage.total); err == nil {
+			p.stage = nil
+		}
 	}
+	p.res.dropNewShadow(pr)
 }

@@ -23,10 +23,10 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 	}
 	q := openQuery(pid)
 	defer q.Close()
-	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid) })
+	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid, o.KeepShadow) })
 }
 
-func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string) error {
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string, keepShadow bool) error {
 	headers, err := readHeaders(pr, maps)
 	if err != nil {
 		return err
@@ -84,9 +84,27 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	if err := checkThreads(pr, vm, live, ranges, patch, entries); err != nil {
 		return err
 	}
+	// The shadow-variable table goes with the last patch that uses it; memory
+	// that no longer looks like the table (overwritten by the program) is left
+	// mapped: removing the patch matters more than those pages.
+	table := lastShadowUser(h, headers)
+	if table != 0 && (keepShadow || checkShadow(pr, table) != nil) {
+		table = 0
+	}
+	// A table that stays must not keep destructors in the code that goes.
+	if h.Shadow != 0 && table == 0 && checkShadow(pr, h.Shadow) == nil {
+		if err := forgetDestructors(pr, h.Shadow, h.Base, h.Base+h.Size); err != nil {
+			return err
+		}
+	}
 	// Original bytes back and memory unmapped as one step (commit.go).
 	if err := removeRegion(pr, h); err != nil {
 		return exited(pr.Pid, fmt.Errorf("remove patch %s: %w", uuid, err))
+	}
+	if table != 0 {
+		if err := releaseShadow(pr, table); err != nil {
+			return exited(pr.Pid, fmt.Errorf("patch %s removed, but: %w", uuid, err))
+		}
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ import (
 
 const usage = `Usage:
   upatch-manage patch   --pid PID[,PID...] | --all  --patch FILE [--binary PATH] [--uuid UUID] [--force] [--timeout D] [--retries N] [--debug-root DIR] [--json]
-  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--timeout D] [--retries N] [--json]
+  upatch-manage unpatch --pid PID[,PID...] | --all  --uuid UUID [--binary PATH] [--timeout D] [--retries N] [--keep-shadow] [--json]
   upatch-manage info    --pid PID [--json]
 
 Apply a user-space hot patch to running processes, remove it, or list the patches a
@@ -60,6 +60,9 @@ Options:
                       0 for no waiting). SIGINT or SIGTERM ends a wait at once and
                       leaves the process as it was
   --retries N         tries when a busy thread cannot be waited for (default 3)
+  --keep-shadow       (unpatch) leave the shadow variables (upatch.h) of the last patch
+                      that uses them in the process, for the cumulative patch applied
+                      next to adopt, so that its data survives the replacement
   --debug-root DIR    look for the target's separate debuginfo (by build-id) under
                       DIR/usr/lib/debug instead of /usr/lib/debug
   --json              machine-readable output: info's patches, or for patch and unpatch
@@ -159,6 +162,7 @@ type options struct {
 	timeout time.Duration
 	json    bool
 	debug   string
+	keep    bool
 }
 
 func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
@@ -174,6 +178,7 @@ func parse(cmd string, args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 3, "")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "")
 	fs.BoolVar(&o.json, "json", false, "")
+	fs.BoolVar(&o.keep, "keep-shadow", false, "")
 	fs.StringVar(&o.debug, "debug-root", "/", "")
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{fmt.Sprintf("%s: %v", cmd, err)}
@@ -243,7 +248,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	eng := upatch.NewEngine(o.debug)
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
 	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn,
-		Timeout: o.timeout, Cancel: ctx.Done()}
+		Timeout: o.timeout, Cancel: ctx.Done(), KeepShadow: o.keep}
 	switch cmd {
 	case "patch":
 		if o.patch == "" {
