@@ -335,7 +335,7 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 		case errors.As(err, &u):
 			parts = append(parts, diff.ReportError(tu.Source, err))
 			b.res.Reports = []*diff.Report{diff.MergeReports("vmlinux", parts...)}
-			return "", refusal{fmt.Errorf("%s: %w", tu.Source, err)}
+			return "", fmt.Errorf("%s: %w", tu.Source, err)
 		case err != nil:
 			return "", fmt.Errorf("diff %s: %w", tu.Source, err)
 		}
@@ -354,7 +354,7 @@ func (b *build) kernelDiff(ctx context.Context) (string, error) {
 	}
 	b.res.Reports[0].Target = reportTarget(all)
 	if len(k.objects) == 0 {
-		return "", fmt.Errorf("%w: the fix changes no kernel function", ErrNoChange)
+		return "", fmt.Errorf("%w: the fix changes no kernel function", diff.ErrNoChange)
 	}
 	sort.Strings(changed)
 	return "changed: " + strings.Join(changed, " "), nil
@@ -489,10 +489,18 @@ func isRegular(p string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// refusal marks the differ's or the kernel rules' refusal as ErrUnpatchable (exit 4),
-// keeping the message, which already says "cannot be hot patched" or names the file.
+// refusal marks a kernel rule's refusal (assembly) as a *diff.UnpatchableError
+// (exit 4) while keeping its own message, which names the file.
 type refusal struct{ err error }
 
-func (r refusal) Error() string        { return r.err.Error() }
-func (r refusal) Unwrap() error        { return r.err }
-func (r refusal) Is(target error) bool { return target == ErrUnpatchable }
+func (r refusal) Error() string { return r.err.Error() }
+func (r refusal) Unwrap() error { return r.err }
+
+// As lets errors.As find the refusal as the differ's refusal type.
+func (r refusal) As(target any) bool {
+	if p, ok := target.(**diff.UnpatchableError); ok {
+		*p = &diff.UnpatchableError{Reason: r.err.Error()}
+		return true
+	}
+	return false
+}
