@@ -41,6 +41,9 @@ func (b *build) buildOriginal(ctx context.Context) (string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("%%build of %s: %w", b.src.NVR(), err)
 	}
+	if err := b.installShipped(ctx); err != nil {
+		return "", err
+	}
 	recs, err := b.cap.Records()
 	if err != nil {
 		return "", err

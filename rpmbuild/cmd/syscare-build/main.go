@@ -235,7 +235,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if res.DryRun {
 		fmt.Fprintln(stdout, "dry run: the patch would build; no RPM written")
 	} else {
-		fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPM, res.SRPM)
+		for i := range res.RPMs {
+			fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPMs[i], res.SRPMs[i])
+		}
 	}
 	if res.WorkDir != "" {
 		fmt.Fprintf(stdout, "work directory: %s\n", res.WorkDir)
