@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"debug/elf"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/capture"
 	"github.com/syscare/syscare/rpmbuild/debuginfo"
+	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
 // The %install phase decides what a package ships: it may copy a built file under
@@ -98,9 +100,11 @@ func (b *build) buildRoot() (string, error) {
 
 // installedCopies maps each final link output to the installed paths (relative to
 // root, with a leading /) of the files in root that hold the same content: the
-// output itself when it was linked into root, or a copy under any name.
+// output itself when it was linked into root, or a copy under any name; else of the
+// files with the same GNU build-id (a copy stripped by install -s or strip keeps it,
+// and nothing rewrote build-ids: installMacros turn debugedit off).
 func installedCopies(recs []capture.Record, root string) (map[string][]string, error) {
-	byHash := map[string][]string{}
+	byHash, byID := map[string][]string{}, map[string][]string{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -115,6 +119,9 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		rel, _ := filepath.Rel(root, p)
 		h := sha256Hex(data)
 		byHash[h] = append(byHash[h], "/"+rel)
+		if id := buildIDOf(p); id != "" {
+			byID[id] = append(byID[id], "/"+rel)
+		}
 		return nil
 	})
 	if err != nil {
@@ -131,9 +138,25 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		}
 		if paths := byHash[sha256Hex(data)]; len(paths) > 0 {
 			out[r.Output] = paths
+		} else if id := buildIDOf(r.Output); id != "" && len(byID[id]) > 0 {
+			out[r.Output] = byID[id]
 		}
 	}
 	return out, nil
+}
+
+// buildIDOf is the GNU build-id of the ELF file p in hex, "" when it has none.
+func buildIDOf(p string) string {
+	f, err := elfsafe.Open(p)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	id, err := elfsafe.BuildID(f.File)
+	if err != nil || id == nil {
+		return ""
+	}
+	return hex.EncodeToString(id)
 }
 
 func isELF(p string) bool {
