@@ -88,6 +88,15 @@ PATCH REPORT
     Installing the patch RPM applies nothing; erasing it runs "syscare remove <uuid>"
     first and fails if that fails.
 
+    %install runs with the compiler captured too, so links it makes (a program linked
+    straight into the buildroot) count; each linked file is found among the installed
+    files by content, or by build-id when %install stripped it, whatever name it is
+    installed under. rpmbuild's own %files processing says which binary package ships
+    each file: a fix whose changed files come from several binary packages of the
+    source package (foo and foo-libs) gives one patch RPM per binary package, each
+    requiring its exact target (patch-foo-..., patch-foo-libs-..., same NAME-V-R);
+    "dnf hotpatch upgrade" installs them and applies them in one transaction.
+
     "syscare-build diff" prints how each section and symbol of PATCHED.o compares to
     ORIG.o (SAME, CHANGED, NEW) and with -o writes the patch object.
 
