@@ -315,6 +315,9 @@ func (b *build) pack(ctx context.Context) (string, error) {
 		byPkg[tp.target.Package] = append(byPkg[tp.target.Package], tp)
 	}
 	sort.Strings(pkgs)
+	if len(pkgs) == 0 {
+		return "", fmt.Errorf("%w: no patched binary to package", diff.ErrNoChange)
+	}
 	if err := os.MkdirAll(b.opts.OutputDir, 0o755); err != nil {
 		return "", err
 	}
