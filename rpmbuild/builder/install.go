@@ -116,12 +116,8 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		if !d.Type().IsRegular() || !isELF(p) {
 			return nil
 		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
 		rel, _ := filepath.Rel(root, p)
-		h := sha256Hex(data)
+		h := hashFile(p)
 		byHash[h] = append(byHash[h], "/"+rel)
 		if id := buildIDOf(p); id != "" {
 			byID[id] = append(byID[id], "/"+rel)
@@ -136,11 +132,10 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		if r.Kind != capture.KindLink || relocatableLink(r) {
 			continue
 		}
-		data, err := os.ReadFile(r.Output)
-		if err != nil {
+		if !exists(r.Output) {
 			continue
 		}
-		if paths := byHash[sha256Hex(data)]; len(paths) > 0 {
+		if paths := byHash[hashFile(r.Output)]; len(paths) > 0 {
 			out[r.Output] = paths
 		} else if id := buildIDOf(r.Output); id != "" && len(byID[id]) > 0 {
 			out[r.Output] = byID[id]
