@@ -118,6 +118,9 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		}
 		rel, _ := filepath.Rel(root, p)
 		h := hashFile(p)
+		if len(h) != 64 {
+			return fmt.Errorf("%s: %s", p, h)
+		}
 		byHash[h] = append(byHash[h], "/"+rel)
 		if id := buildIDOf(p); id != "" {
 			byID[id] = append(byID[id], "/"+rel)
@@ -135,7 +138,7 @@ func installedCopies(recs []capture.Record, root string) (map[string][]string, e
 		if !exists(r.Output) {
 			continue
 		}
-		if paths := byHash[hashFile(r.Output)]; len(paths) > 0 {
+		if paths := byHash[hashFile(r.Output)]; len(paths) > 0 { // "missing" or "unreadable" is no key
 			out[r.Output] = paths
 		} else if id := buildIDOf(r.Output); id != "" && len(byID[id]) > 0 {
 			out[r.Output] = byID[id]
