@@ -2,6 +2,7 @@ package dnfe2e
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syscare/syscare/runtime/elfsafe"
 	"github.com/syscare/syscare/tests/testenv/prodhost"
 )
 
@@ -131,14 +133,62 @@ func TestTwoBinaryPackagesOneFix(t *testing.T) {
 		prodhost.Check(t, e.root, filepath.Join(e.root, f))
 	}
 	env := append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(e.root, "usr/lib64"))
-	prog := exec.Command(filepath.Join(e.root, "usr/bin/scmulti"))
-	prog.Env = env
-	tool := exec.Command(filepath.Join(e.root, "usr/bin/scmulti-tool"))
-	tool.Env = env
-	p, tl := startLines(t, prog), startLines(t, tool)
+	start := func() (*lines, *lines) {
+		prog := exec.Command(filepath.Join(e.root, "usr/bin/scmulti"))
+		prog.Env = env
+		tool := exec.Command(filepath.Join(e.root, "usr/bin/scmulti-tool"))
+		tool.Env = env
+		p, tl := startLines(t, prog), startLines(t, tool)
+		p.waitFor(t, "multi 1 10")
+		tl.waitFor(t, "tool 100 10")
+		return p, tl
+	}
+
+	// Together or not at all: with /usr/bin/scmulti not the build the patch was made
+	// for (its build-id changed), the patch of scmulti fails, and the helper's one
+	// Upgrade rolls back the patch of scmulti-libs too, which alone would have applied.
+	prog := filepath.Join(e.root, "usr/bin/scmulti")
+	orig, err := os.ReadFile(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elfsafe.Open(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := elfsafe.BuildID(f.File)
+	f.Close()
+	at := bytes.Index(orig, id)
+	if err != nil || len(id) == 0 || at < 0 {
+		t.Fatalf("build-id of scmulti: %x at %d, %v", id, at, err)
+	}
+	other := slices.Clone(orig)
+	other[at] ^= 0xff
+	if err := os.WriteFile(prog, other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, tl := start()
+	o, eo, code := e.dnf("hotpatch", "upgrade")
+	if code == 0 || !strings.Contains(o+eo, "build-id") {
+		t.Fatalf("upgrade with a foreign scmulti: exit %d, want a failure naming the build-id\n%s%s", code, o, eo)
+	}
+	t.Logf("dnf hotpatch upgrade with a foreign scmulti (exit %d):\n%s", code, eo)
 	p.waitFor(t, "multi 1 10")
 	tl.waitFor(t, "tool 100 10")
+	for _, n := range []string{"patch-scmulti-1.0-1-HP1", "patch-scmulti-libs-1.0-1-HP1"} {
+		if e.installed(n) {
+			t.Errorf("%s stays installed after the failed upgrade", n)
+		}
+	}
+	for _, l := range []*lines{p, tl} {
+		l.cmd.Process.Kill()
+		l.cmd.Wait()
+	}
+	if err := os.WriteFile(prog, orig, 0o755); err != nil {
+		t.Fatal(err)
+	}
 
+	p, tl = start()
 	since := len(e.bus.Log.String())
 	upg := e.mustDNF("hotpatch", "upgrade")
 	t.Logf("dnf hotpatch upgrade:\n%s", upg)
