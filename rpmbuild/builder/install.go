@@ -1,6 +1,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"debug/elf"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -204,10 +206,17 @@ func packageFiles(ctx context.Context, dir string) (map[string]string, map[strin
 	return m, arch, nil
 }
 
-// shippedAs finds the debuginfo target of a file the build linked: by the installed
-// paths that hold its content when %install copied it, else by its file name.
+// shippedAs finds the debuginfo target of a file the build linked: among the installed
+// paths that hold its content, the one of its own file name first (a package may ship
+// the same program under several names, as Redis ships redis-server as redis-sentinel
+// and redis-check-aof too: the running server maps the file of its own name), then any
+// other; else, when %install shipped no copy found, by its file name alone.
 func (b *build) shippedAs(out string) (*debuginfo.Target, error) {
-	for _, p := range b.installedAs[out] {
+	paths := slices.Clone(b.installedAs[out])
+	slices.SortStableFunc(paths, func(x, y string) int {
+		return cmp.Compare(btoi(filepath.Base(y) == filepath.Base(out)), btoi(filepath.Base(x) == filepath.Base(out)))
+	})
+	for _, p := range paths {
 		for i := range b.index.Targets {
 			if b.index.Targets[i].Path == p {
 				return &b.index.Targets[i], nil
@@ -215,4 +224,11 @@ func (b *build) shippedAs(out string) (*debuginfo.Target, error) {
 		}
 	}
 	return b.index.Match(out)
+}
+
+func btoi(v bool) int {
+	if v {
+		return 1
+	}
+	return 0
 }

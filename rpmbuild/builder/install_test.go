@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
+	"github.com/syscare/syscare/rpmbuild/debuginfo"
 )
 
 // installedCopies finds where %install put each linked file: under another name (a
@@ -50,5 +51,24 @@ func TestInstalledCopies(t *testing.T) {
 	}
 	if p, ok := got[unshipped.Output]; ok {
 		t.Errorf("an unshipped link output maps to %q", p)
+	}
+}
+
+// A program shipped under several names (copies of one file) is patched as the copy
+// of its own name, whatever the order of the installed paths; a renamed copy is found
+// by content; a file no copy of which was found goes by its name.
+func TestShippedAsPrefersOwnName(t *testing.T) {
+	b := &build{index: &debuginfo.Index{Targets: []debuginfo.Target{
+		{Path: "/usr/bin/redis-check-aof"}, {Path: "/usr/bin/redis-server"}, {Path: "/usr/bin/scmulti"}, {Path: "/usr/bin/tool"}}},
+		installedAs: map[string][]string{
+			"/b/src/redis-server": {"/usr/bin/redis-check-aof", "/usr/bin/redis-sentinel", "/usr/bin/redis-server"},
+			"/b/prog/scm":         {"/usr/bin/scmulti"},
+		}}
+	for out, want := range map[string]string{"/b/src/redis-server": "/usr/bin/redis-server",
+		"/b/prog/scm": "/usr/bin/scmulti", "/b/tool": "/usr/bin/tool"} {
+		tg, err := b.shippedAs(out)
+		if err != nil || tg.Path != want {
+			t.Errorf("%s: %v, %v; want %s", out, tg, err, want)
+		}
 	}
 }
