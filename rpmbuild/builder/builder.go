@@ -67,8 +67,13 @@ type Options struct {
 
 // Result describes a finished build.
 type Result struct {
+	// RPM, SRPM and Patch are the first patch's (by target package name).
 	RPM, SRPM string
 	Patch     *patchmeta.Patch
+	// RPMs, SRPMs and Patches hold one patch per binary package that ships a patched
+	// ELF, in the order of the package names.
+	RPMs, SRPMs []string
+	Patches     []*patchmeta.Patch
 	// WorkDir is kept only with SkipCleanup.
 	WorkDir string
 	// Steps are the step names with their durations, in order.
@@ -139,6 +144,11 @@ type build struct {
 	targets  []*targetPatch
 	notes    []string
 	kern     *kernelBuild
+	// installedAs maps a link output to the installed paths holding its content, and
+	// shipped an installed path to its binary package (install.go).
+	installedAs map[string][]string
+	shipped     map[string]string
+	shippedArch map[string]string
 }
 
 // Build runs the whole pipeline.

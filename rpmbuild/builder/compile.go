@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/syscare/syscare/rpmbuild/capture"
 	"github.com/syscare/syscare/rpmbuild/diff"
@@ -41,6 +42,11 @@ func (b *build) buildOriginal(ctx context.Context) (string, error) {
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("%%build of %s: %w", b.src.NVR(), err)
 	}
+	installStart := time.Now()
+	if err := b.installShipped(ctx); err != nil {
+		return "", err
+	}
+	installTime := time.Since(installStart)
 	recs, err := b.cap.Records()
 	if err != nil {
 		return "", err
@@ -81,7 +87,7 @@ func (b *build) buildOriginal(ctx context.Context) (string, error) {
 		return "", errNoRecords
 	}
 	b.res.Total = len(b.tus)
-	return fmt.Sprintf("%d objects", len(b.tus)), nil
+	return fmt.Sprintf("%d objects; %%install and %%files %.2fs", len(b.tus), installTime.Seconds()), nil
 }
 
 func hashCached(cache map[string]string, path string) string {

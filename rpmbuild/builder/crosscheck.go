@@ -157,7 +157,7 @@ func (b *build) crossCheckStep(ctx context.Context) (string, error) {
 	}
 	var jobs []job
 	for _, out := range order {
-		tg, err := b.index.Match(out)
+		tg, err := b.shippedAs(out)
 		if errors.Is(err, debuginfo.ErrNotFound) {
 			continue
 		}

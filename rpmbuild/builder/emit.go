@@ -125,7 +125,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 		var unshipped []string
 		diffed := false
 		for _, out := range finals {
-			tg, err := b.index.Match(out)
+			tg, err := b.shippedAs(out)
 			if errors.Is(err, debuginfo.ErrNotFound) {
 				unshipped = append(unshipped, relTo(b.buildDir, out))
 				continue
@@ -299,47 +299,93 @@ func (b *build) link(ctx context.Context) (string, error) {
 	return strings.Join(names, ", "), nil
 }
 
-// pack writes patch.json and the patch's binary and source RPMs into the output directory.
+// pack writes one patch per binary package that ships a patched ELF: its patch.json,
+// binary and source RPMs, into the output directory. Each patch RPM requires its own
+// exact target package, which is how repositories, dnf hotpatch and the helper know a
+// patch's target (one target package per patch RPM); the patches of one fix share the
+// patch name, version and release, and dnf hotpatch upgrade installs and applies them
+// in one transaction.
 func (b *build) pack(ctx context.Context) (string, error) {
-	pkg := b.targets[0].target.Package
+	byPkg := map[string][]*targetPatch{}
+	var pkgs []string
+	for _, tp := range b.targets {
+		if byPkg[tp.target.Package] == nil {
+			pkgs = append(pkgs, tp.target.Package)
+		}
+		byPkg[tp.target.Package] = append(byPkg[tp.target.Package], tp)
+	}
+	sort.Strings(pkgs)
+	if len(pkgs) == 0 {
+		return "", fmt.Errorf("%w: no patched binary to package", diff.ErrNoChange)
+	}
+	if err := os.MkdirAll(b.opts.OutputDir, 0o755); err != nil {
+		return "", err
+	}
+	var names []string
+	for _, pkg := range pkgs {
+		p, rpm, srpm, err := b.packOne(ctx, pkg, byPkg[pkg])
+		if err != nil {
+			return "", fmt.Errorf("patch of %s: %w", pkg, err)
+		}
+		b.res.Patches = append(b.res.Patches, p)
+		b.res.RPMs = append(b.res.RPMs, rpm)
+		b.res.SRPMs = append(b.res.SRPMs, srpm)
+		names = append(names, filepath.Base(rpm))
+	}
+	b.res.Patch, b.res.RPM, b.res.SRPM = b.res.Patches[0], b.res.RPMs[0], b.res.SRPMs[0]
+	return strings.Join(names, ", "), nil
+}
+
+// packOne writes the patch of the binary package pkg, whose patched ELFs are tps.
+func (b *build) packOne(ctx context.Context, pkg string, tps []*targetPatch) (*patchmeta.Patch, string, string, error) {
 	p := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: newUUID(), Name: b.opts.PatchName,
 		Version: b.opts.PatchVersion, Release: b.opts.PatchRelease, Kind: patchmeta.KindUser,
 		Target: b.targetPackage(pkg), Description: b.opts.Description}
 	p.Arch = p.Target.Arch
+	if p.Arch == "" {
+		return nil, "", "", fmt.Errorf("no architecture known for %s (no debuginfo package names it)", pkg)
+	}
 	for _, f := range b.opts.Patches {
 		sum, err := patchmeta.FileSHA256(f)
 		if err != nil {
-			return "", err
+			return nil, "", "", err
 		}
 		p.Sources = append(p.Sources, patchmeta.Source{File: filepath.Base(f), SHA256: sum})
 	}
-	var payload []string
-	if len(b.res.Reports) > 0 {
-		rf := filepath.Join(b.work, "out", ReportFile)
-		if err := WriteReportFile(rf, b.res.Reports); err != nil {
-			return "", err
+	dir := filepath.Join(b.work, "out", pkg)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, "", "", err
+	}
+	var reportPart []*diff.Report
+	var files []string
+	for _, tp := range tps {
+		if tp.report != nil {
+			reportPart = append(reportPart, tp.report)
 		}
-		payload = append(payload, rf)
+	}
+	if len(reportPart) > 0 {
+		rf := filepath.Join(dir, ReportFile)
+		if err := WriteReportFile(rf, reportPart); err != nil {
+			return nil, "", "", err
+		}
+		files = append(files, rf)
 		p.Report = ReportFile
 	}
-	for _, tp := range b.targets {
-		if tp.target.Package != pkg {
-			return "", fmt.Errorf("the fix changes files of two packages (%s and %s): build one patch per package", pkg, tp.target.Package)
-		}
+	for _, tp := range tps {
 		sum, err := patchmeta.FileSHA256(tp.object)
 		if err != nil {
-			return "", err
+			return nil, "", "", err
 		}
 		p.Entities = append(p.Entities, patchmeta.Entity{UUID: newUUID(), File: tp.file, TargetPath: tp.target.Path,
 			BuildID: tp.target.BuildID, SHA256: sum, Functions: tp.funcs})
-		payload = append(payload, tp.object)
+		files = append(files, tp.object)
 	}
 	// The source RPM carries what is needed to build the next, cumulative patch: the
 	// target's sources and spec, and the .patch files.
 	var sources []string
 	ents, err := os.ReadDir(filepath.Join(b.top, "SOURCES"))
 	if err != nil {
-		return "", err
+		return nil, "", "", err
 	}
 	for _, e := range ents {
 		if e.Type().IsRegular() {
@@ -348,23 +394,19 @@ func (b *build) pack(ctx context.Context) (string, error) {
 	}
 	sort.Strings(sources)
 	sources = append(sources, b.opts.Patches...)
-	out, err := patchrpm.Build(ctx, filepath.Join(b.work, "patchrpm"), patchrpm.Input{Patch: p, Payload: payload, Sources: sources}, b.logw)
+	out, err := patchrpm.Build(ctx, filepath.Join(b.work, "patchrpm", pkg), patchrpm.Input{Patch: p, Payload: files, Sources: sources}, b.logw)
 	if err != nil {
-		return "", err
+		return nil, "", "", err
 	}
-	if err := os.MkdirAll(b.opts.OutputDir, 0o755); err != nil {
-		return "", err
+	rpm := filepath.Join(b.opts.OutputDir, filepath.Base(out.RPM))
+	srpm := filepath.Join(b.opts.OutputDir, filepath.Base(out.SRPM))
+	if err := copyFile(out.RPM, rpm); err != nil {
+		return nil, "", "", err
 	}
-	b.res.RPM = filepath.Join(b.opts.OutputDir, filepath.Base(out.RPM))
-	b.res.SRPM = filepath.Join(b.opts.OutputDir, filepath.Base(out.SRPM))
-	if err := copyFile(out.RPM, b.res.RPM); err != nil {
-		return "", err
+	if err := copyFile(out.SRPM, srpm); err != nil {
+		return nil, "", "", err
 	}
-	if err := copyFile(out.SRPM, b.res.SRPM); err != nil {
-		return "", err
-	}
-	b.res.Patch = p
-	return filepath.Base(b.res.RPM), nil
+	return p, rpm, srpm, nil
 }
 
 func newUUID() string {

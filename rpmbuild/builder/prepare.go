@@ -230,6 +230,11 @@ func (b *build) targetPackage(pkg string) patchmeta.Package {
 			p.Arch = h.Arch
 		}
 	}
+	// A subpackage (foo-libs) has its debug files in the main -debuginfo package: its
+	// arch is the one its own binary RPM was built for.
+	if a := b.shippedArch[pkg]; p.Arch == "" && a != "" {
+		p.Arch = a
+	}
 	return p
 }
 

@@ -76,7 +76,7 @@ func PrepareTree(ctx context.Context, o TreeOptions) (*Tree, error) {
 	if o.Cache != "" {
 		// Builds sharing the cache take turns preparing one tree: the second waits
 		// for the first and then copies its tree, instead of preparing it again.
-		unlock, err := lockFile(filepath.Join(o.Cache, key+".lock"))
+		unlock, err := lockDir(o.Cache)
 		if err != nil {
 			return nil, err
 		}
@@ -288,19 +288,20 @@ func run(ctx context.Context, log io.Writer, dir string, env []string, name stri
 	return nil
 }
 
-// lockFile takes an exclusive lock on path (created if missing, never followed if it
-// is a symbolic link) and returns its release; the lock also ends with the process.
-func lockFile(path string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+// lockDir takes an exclusive lock on directory dir (made if missing) and returns its
+// release; the lock also ends with the process. Locking the directory itself leaves
+// no lock file behind in the cache.
+func lockDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("kernel tree cache lock: %w", err)
+		return nil, fmt.Errorf("kernel tree cache lock %s: %w", dir, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("kernel tree cache lock %s: %w", path, err)
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("kernel tree cache lock %s: %w", dir, err)
 	}
-	return func() { f.Close() }, nil
+	return func() { unix.Close(fd) }, nil
 }

@@ -88,6 +88,15 @@ PATCH REPORT
     Installing the patch RPM applies nothing; erasing it runs "syscare remove <uuid>"
     first and fails if that fails.
 
+    %install runs with the compiler captured too, so links it makes (a program linked
+    straight into the buildroot) count; each linked file is found among the installed
+    files by content, or by build-id when %install stripped it, whatever name it is
+    installed under. rpmbuild's own %files processing says which binary package ships
+    each file: a fix whose changed files come from several binary packages of the
+    source package (foo and foo-libs) gives one patch RPM per binary package, each
+    requiring its exact target (patch-foo-..., patch-foo-libs-..., same NAME-V-R);
+    "dnf hotpatch upgrade" installs them and applies them in one transaction.
+
     "syscare-build diff" prints how each section and symbol of PATCHED.o compares to
     ORIG.o (SAME, CHANGED, NEW) and with -o writes the patch object.
 
@@ -283,7 +292,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if res.DryRun {
 		fmt.Fprintln(stdout, "dry run: the patch would build; no RPM written")
 	} else {
-		fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPM, res.SRPM)
+		for i := range res.RPMs {
+			fmt.Fprintf(stdout, "patch RPM:  %s\nsource RPM: %s\n", res.RPMs[i], res.SRPMs[i])
+		}
 	}
 	if res.WorkDir != "" {
 		fmt.Fprintf(stdout, "work directory: %s\n", res.WorkDir)
