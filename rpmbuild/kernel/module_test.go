@@ -19,7 +19,7 @@ import (
 
 // cachedVmlinux unpacks the cached kernel-debuginfo RPM's vmlinux (once per test).
 func cachedVmlinux(t *testing.T, release string) *Vmlinux {
-	m, _ := filepath.Glob(filepath.Join(qemuboot.CacheRoot, release, "rpms/debuginfo-*/kernel-debuginfo-*.rpm"))
+	m, _ := filepath.Glob(filepath.Join(qemuboot.Cache(t, release), "rpms/debuginfo-*/kernel-debuginfo-*.rpm"))
 	if len(m) == 0 {
 		t.Fatal("no cached kernel-debuginfo RPM (tests/kbuild TestInputsE2E makes it)")
 	}
@@ -44,7 +44,7 @@ func TestSymversFromVmlinux(t *testing.T) {
 	if vm.Release() != release {
 		t.Errorf("vermagic %q names release %q, want %s", vm.Vermagic, vm.Release(), release)
 	}
-	debs, _ := filepath.Glob(filepath.Join(qemuboot.CacheRoot, release, "debs", "linux-headers-"+release+"_*.deb"))
+	debs, _ := filepath.Glob(filepath.Join(qemuboot.Cache(t, release), "debs", "linux-headers-"+release+"_*.deb"))
 	if len(debs) == 0 {
 		t.Fatal("no cached headers package")
 	}
@@ -89,7 +89,7 @@ type fixPair struct {
 func compileFix(t *testing.T, name string) *fixPair {
 	srpm, release := kernelSRPM(t)
 	fp := &fixPair{work: t.TempDir(), release: release, log: &strings.Builder{}}
-	cache := filepath.Join(qemuboot.CacheRoot, release, "trees")
+	cache := filepath.Join(qemuboot.Cache(t, release), "trees")
 	tr, err := PrepareTree(context.Background(), TreeOptions{SRPM: srpm, Release: release, Cache: cache, Work: fp.work, Jobs: 2, Log: fp.log, Prep: prepFromSRPM(srpm, fp.log)})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, tail(fp.log.String()))

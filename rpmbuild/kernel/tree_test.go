@@ -42,7 +42,7 @@ func kernelSRPM(t *testing.T) (srpm, release string) {
 // cached tree unchanged.
 func TestPrepareTreeCached(t *testing.T) {
 	srpm, release := kernelSRPM(t)
-	cache := filepath.Join(qemuboot.CacheRoot, release, "trees")
+	cache := filepath.Join(qemuboot.Cache(t, release), "trees")
 	var log strings.Builder
 	o := TreeOptions{SRPM: srpm, Release: release, Cache: cache, Work: t.TempDir(), Jobs: 2, Log: &log, Prep: prepFromSRPM(srpm, &log)}
 	tr, err := PrepareTree(context.Background(), o)

@@ -34,7 +34,7 @@ type Inputs struct {
 }
 
 // Prepare downloads Debian's packages of the current kernel ABI (once) and makes the
-// RPMs from them (once); both stay in qemuboot.CacheRoot/<abi>.
+// RPMs from them (once); both stay in qemuboot.Cache.
 func Prepare(t testing.TB) *Inputs {
 	t.Helper()
 	abi := qemuboot.ABI(t)

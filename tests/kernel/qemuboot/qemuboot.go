@@ -15,10 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// CacheRoot keeps downloads and prepared trees between runs (one directory per ABI).
-const CacheRoot = "/var/cache/syscare-tests/kernel"
+	"github.com/syscare/syscare/tests/testenv"
+)
 
 // Run runs a command in dir and fails the test with its output when it fails.
 func Run(t testing.TB, dir string, env []string, name string, args ...string) string {
@@ -61,11 +60,12 @@ func AptUpdate(t testing.TB) {
 	}
 }
 
-// Cache returns the cache directory of abi, made if needed.
+// Cache returns the cache directory of abi, made if needed: downloads and prepared
+// trees are kept there between runs and test packages (testenv.CacheDir).
 func Cache(t testing.TB, abi string) string {
 	t.Helper()
-	dir := filepath.Join(CacheRoot, abi)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, err := testenv.CacheDir(filepath.Join("kernel", abi))
+	if err != nil {
 		t.Fatalf("kernel test cache: %v", err)
 	}
 	return dir
