@@ -2,10 +2,7 @@ package proc
 
 import (
 	"bytes"
-	"os"
-	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 // Image is an ELF file mapped by a process, found by its GNU build-id.
@@ -44,7 +41,6 @@ func (c *BuildIDs) Processes(id []byte) ([]Image, error) {
 	if len(id) == 0 {
 		return nil, nil
 	}
-	self := os.Getpid()
 	// seen answers, for this scan, whether a file (as maps names it) has the build-id:
 	// one fstat per file and scan instead of one per mapping.
 	var seenMu sync.Mutex
@@ -68,41 +64,9 @@ func (c *BuildIDs) Processes(id []byte) ([]Image, error) {
 		seenMu.Unlock()
 		return v
 	}
-	workers := min(runtime.GOMAXPROCS(0), len(pids))
-	var next atomic.Int64
-	found := make([][]Image, workers)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			buf := getBuf()
-			defer putBuf(buf)
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(pids) {
-					return
-				}
-				pid := pids[i]
-				if pid == self {
-					continue
-				}
-				data, err := readMaps(pid, buf)
-				if err != nil {
-					continue // vanished, or not ours to read: neither can be patched
-				}
-				if im, ok := firstImage(pid, data, match); ok {
-					found[w] = append(found[w], im)
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	var out []Image
-	for _, f := range found {
-		out = append(out, f...)
-	}
-	return out, nil
+	return scanMaps(pids, func(pid int, data []byte) (Image, bool) {
+		return firstImage(pid, data, match)
+	}), nil
 }
 
 // ImageIn returns the first file in maps (of process pid) whose build-id is id.

@@ -215,13 +215,19 @@ func ProcessesMapping(dev, inode uint64) ([]int, error) {
 		return nil, err
 	}
 	major, minor := uint64(unix.Major(dev)), uint64(unix.Minor(dev))
+	return scanMaps(pids, func(pid int, data []byte) (int, bool) {
+		return pid, mapsHas(data, major, minor, inode)
+	}), nil
+}
+
+// scanMaps reads the maps file of every pid but the caller's, one worker per CPU, and
+// returns what pick keeps of each. A process that vanished or whose maps we may not
+// read is passed over: neither can be patched.
+func scanMaps[T any](pids []int, pick func(pid int, maps []byte) (T, bool)) []T {
 	self := os.Getpid()
-	workers := runtime.GOMAXPROCS(0)
-	if workers > len(pids) {
-		workers = len(pids)
-	}
+	workers := min(runtime.GOMAXPROCS(0), len(pids))
 	var next atomic.Int64
-	found := make([][]int, workers)
+	found := make([][]T, workers)
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
@@ -240,21 +246,20 @@ func ProcessesMapping(dev, inode uint64) ([]int, error) {
 				}
 				data, err := readMaps(pid, buf)
 				if err != nil {
-					// vanished (ENOENT, ESRCH) or not ours to read: neither can be patched
 					continue
 				}
-				if mapsHas(data, major, minor, inode) {
-					found[w] = append(found[w], pid)
+				if v, ok := pick(pid, data); ok {
+					found[w] = append(found[w], v)
 				}
 			}
 		}(w)
 	}
 	wg.Wait()
-	var out []int
+	var out []T
 	for _, f := range found {
 		out = append(out, f...)
 	}
-	return out, nil
+	return out
 }
 
 // IsGone reports whether err says that a process or thread no longer exists.
