@@ -300,14 +300,30 @@ func TestRedis(t *testing.T) {
 		slept <- reply
 	}()
 	time.Sleep(500 * time.Millisecond)
-	out, code := manage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug", "--retries", "2")
+	// Without waiting (--timeout 0) the busy thread refuses the patch.
+	out, code := manage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug", "--retries", "2", "--timeout", "0")
 	if code != 3 || !strings.Contains(out, "debugCommand") {
 		t.Errorf("patch of debugCommand during DEBUG SLEEP: exit %d, want 3 (busy) naming debugCommand\n%s", code, out)
 	}
 	if reply := <-slept; reply != "+OK" {
 		t.Errorf("DEBUG SLEEP: %q", reply)
 	}
+	// With the default wait the tool lets the sleeping command return from
+	// debugCommand (the old code answers it), then patches in the same attach.
+	go func() {
+		reply, err := sleeper.do("DEBUG SLEEP 2", 20*time.Second)
+		if err != nil {
+			reply = err.Error()
+		}
+		slept <- reply
+	}()
+	time.Sleep(500 * time.Millisecond)
+	waitStart := time.Now()
 	mustManage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug")
+	if reply := <-slept; reply != "+OK" {
+		t.Errorf("DEBUG SLEEP during the waiting patch: %q, want the old code's +OK", reply)
+	}
+	t.Logf("patch waited %v for DEBUG SLEEP 2 to return", time.Since(waitStart).Round(time.Millisecond))
 	if got := redisDo(t, addr, "DEBUG SLEEP 0"); got != "+DEBUG-PATCHED" {
 		t.Errorf("DEBUG after patch: %q", got)
 	}
@@ -317,7 +333,7 @@ func TestRedis(t *testing.T) {
 	}
 
 	// Busy for good: every bio thread lives in bioProcessBackgroundJobs.
-	out, code = manage(t, "patch", "--pid", pid_, "--patch", bioObj, "--uuid", "redis-bio", "--retries", "2")
+	out, code = manage(t, "patch", "--pid", pid_, "--patch", bioObj, "--uuid", "redis-bio", "--retries", "2", "--timeout", "1s")
 	if code != 3 || !strings.Contains(out, "bioProcessBackgroundJobs") {
 		t.Errorf("patch of bioProcessBackgroundJobs: exit %d, want 3 (busy)\n%s", code, out)
 	}
