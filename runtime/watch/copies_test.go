@@ -57,19 +57,7 @@ func TestContainerCopies(t *testing.T) {
 		t.Fatalf("first run of an unseen copy: event %+v, want pid %d", ev, first.Pid)
 	}
 	w.Resume(ev.Pid)
-	// Resumed before its entry point, it may hit the probe just attached: reported again.
-	for {
-		select {
-		case ev := <-w.Events():
-			if ev.Pid != first.Pid {
-				t.Fatalf("unexpected event %+v", ev)
-			}
-			w.Resume(ev.Pid)
-			continue
-		case <-time.After(300 * time.Millisecond):
-		}
-		break
-	}
+	resumeRepeats(t, w, first.Pid)
 	if n, _ := w.Copies(fix.pie); n != 2 {
 		t.Fatalf("copies after the first exec = %d, want 2", n)
 	}
@@ -165,19 +153,7 @@ func TestContainerCopiesOverlay(t *testing.T) {
 		t.Fatalf("first exec of the overlay's copy: event %+v, want pid %d", ev, first.Pid)
 	}
 	w.Resume(ev.Pid)
-	// Resumed before its entry point, it hits the probe just attached: reported again.
-	for {
-		select {
-		case ev := <-w.Events():
-			if ev.Pid != first.Pid {
-				t.Fatalf("unexpected event %+v", ev)
-			}
-			w.Resume(ev.Pid)
-			continue
-		case <-time.After(300 * time.Millisecond):
-		}
-		break
-	}
+	resumeRepeats(t, w, first.Pid)
 	first.CloseStdin()
 	first.Output(t, 10*time.Second)
 	next := ns.Start(t, "/app/victim")
@@ -194,4 +170,22 @@ func TestContainerCopiesOverlay(t *testing.T) {
 		t.Fatalf("output %q", out)
 	}
 	noEvent(t, w, 200*time.Millisecond)
+}
+
+// resumeRepeats resumes pid each time it is reported again within 300 ms: a first
+// process resumed before its entry point may hit the probe just attached to its copy.
+// An event of any other process fails the test.
+func resumeRepeats(t *testing.T, w *Watcher, pid int) {
+	t.Helper()
+	for {
+		select {
+		case ev := <-w.Events():
+			if ev.Pid != pid {
+				t.Fatalf("unexpected event %+v", ev)
+			}
+			w.Resume(ev.Pid)
+		case <-time.After(300 * time.Millisecond):
+			return
+		}
+	}
 }
