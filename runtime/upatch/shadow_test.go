@@ -115,8 +115,7 @@ func tableWords(t *testing.T, pid int, addr uint64) [5]uint64 {
 // table, and keeps reading them after the first is removed; removing the last one
 // unmaps the table and the server runs as before.
 func TestShadowVariablesOnServer(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "shadow_server")
-	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	bin := buildShadowServer(t, t.TempDir())
 	v := start(t, bin, nil)
 	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
 	_, report := buildPatch(t, "fix_shadow_report.c", bin, "")
@@ -249,8 +248,7 @@ func TestShadowVariablesOnServer(t *testing.T) {
 // old behaviour), a new patch that would use it is refused with nothing changed,
 // and the patch still comes off, leaving those pages mapped.
 func TestShadowTableOverwritten(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "shadow_server")
-	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	bin := buildShadowServer(t, t.TempDir())
 	v := start(t, bin, nil)
 	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
 	_, report := buildPatch(t, "fix_shadow_report.c", bin, "")
@@ -311,8 +309,7 @@ func TestShadowAPIThreads(t *testing.T) {
 // symbol of the target but the loader's own.
 func TestShadowSelfContainedOnStrippedTarget(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "shadow_server")
-	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	bin := buildShadowServer(t, dir)
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -384,8 +381,7 @@ static const struct upatch_offset off%d __attribute__((section(".upatch.offsets"
 // old patch leaves the table mapped, the new one adopts it and every connection's
 // counter goes on from where it was; its own removal unmaps the table.
 func TestShadowKeptForCumulativePatch(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "shadow_server")
-	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	bin := buildShadowServer(t, t.TempDir())
 	v := start(t, bin, nil)
 	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
 	e := NewEngine("/")
@@ -438,4 +434,13 @@ func TestShadowKeptForCumulativePatch(t *testing.T) {
 	}
 	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
 	v.alive(t)
+}
+
+// buildShadowServer compiles testdata/shadow_server.c (two serving threads, objects
+// reopened at recycled addresses) into dir and returns its path.
+func buildShadowServer(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "shadow_server")
+	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
+	return bin
 }
