@@ -39,7 +39,10 @@ type thread struct {
 	// RunUntil must not override by letting the thread run.
 	groupStop bool
 	mask      uint64
-	deferred  []deferredSignal
+	// inner holds the thread-group and thread ids in the thread's own pid namespace
+	// (see innerIDs), read at the first injected run: they never change while traced.
+	inner    [2]int
+	deferred []deferredSignal
 }
 
 // deferredSignal is a signal that arrived while a syscall was being injected;

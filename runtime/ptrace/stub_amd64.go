@@ -310,9 +310,11 @@ func (p *Process) runOps(th *thread, ops []Op) ([]uint64, error) {
 	le.PutUint64(frame[frameMask:], mask)
 	notify := p.notifySignal()
 	le.PutUint64(frame[frameNotify:], uint64(int64(notify)))
-	tgid, tid := innerIDs(p.Pid, th.tid)
-	le.PutUint64(frame[frameNotify+8:], uint64(tgid))
-	le.PutUint64(frame[frameNotify+16:], uint64(tid))
+	if th.inner[1] == 0 {
+		th.inner[0], th.inner[1] = innerIDs(p.Pid, th.tid)
+	}
+	le.PutUint64(frame[frameNotify+8:], uint64(th.inner[0]))
+	le.PutUint64(frame[frameNotify+16:], uint64(th.inner[1]))
 	// A blocking wait needs the stop to come for sure: a known notification,
 	// no function call (which may never return), and not a group leader with
 	// other threads (its end is reported only after theirs, which would wait
