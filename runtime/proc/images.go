@@ -103,13 +103,8 @@ func FileBuildID(path string) ([]byte, error) { return defaultBuildIDs.File(path
 func firstImage(pid int, data []byte, match func(int, Mapping) bool) (Image, bool) {
 	var last devIno
 	for len(data) > 0 {
-		i := indexByte(data, '\n')
-		line := data
-		if i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
+		var line []byte
+		line, data = nextLine(data)
 		if !offsetZero(line) {
 			continue
 		}

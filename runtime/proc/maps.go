@@ -86,13 +86,8 @@ func ParseMaps(data []byte) ([]Mapping, error) {
 	lineNo := 0
 	for len(data) > 0 {
 		lineNo++
-		i := indexByte(data, '\n')
 		var line []byte
-		if i < 0 {
-			line, data = data, nil
-		} else {
-			line, data = data[:i], data[i+1:]
-		}
+		line, data = nextLine(data)
 		if len(line) == 0 {
 			continue
 		}
@@ -113,6 +108,14 @@ func truncate(b []byte) string {
 }
 
 func indexByte(b []byte, c byte) int { return bytes.IndexByte(b, c) }
+
+// nextLine splits the first line (without its newline) off text read from /proc.
+func nextLine(data []byte) (line, rest []byte) {
+	if i := indexByte(data, '\n'); i >= 0 {
+		return data[:i], data[i+1:]
+	}
+	return data, nil
+}
 
 // hexField parses lowercase or uppercase hex digits up to a terminator byte.
 // It returns the value, the rest after the terminator, and whether it parsed.

@@ -149,13 +149,8 @@ func FileID(path string) (dev, inode uint64, err error) {
 		return 0, 0, fmt.Errorf("file id of %s: %w", path, err)
 	}
 	for len(data) > 0 {
-		i := indexByte(data, '\n')
-		line := data
-		if i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
+		var line []byte
+		line, data = nextLine(data)
 		start, _, ok := hexField(line, '-')
 		if !ok || start != addr {
 			continue
@@ -171,13 +166,8 @@ func FileID(path string) (dev, inode uint64, err error) {
 // only the columns it needs.
 func mapsHas(data []byte, major, minor, inode uint64) bool {
 	for len(data) > 0 {
-		i := indexByte(data, '\n')
-		line := data
-		if i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
+		var line []byte
+		line, data = nextLine(data)
 		// skip "start-end perms offset "
 		rest := line
 		for f := 0; f < 3; f++ {
@@ -343,12 +333,8 @@ func CaughtSignals(pid int) (uint64, error) {
 		return 0, fmt.Errorf("status of pid %d: %w", pid, err)
 	}
 	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
+		var line []byte
+		line, data = nextLine(data)
 		if v, ok := bytes.CutPrefix(line, []byte("SigCgt:")); ok {
 			n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
 			if err != nil {
