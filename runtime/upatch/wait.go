@@ -1,8 +1,6 @@
 package upatch
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -304,9 +302,9 @@ func (l *leaver) release() {
 // notifySignal chooses the signal the code sends: one the process does not catch
 // and none of the threads blocks. 0 if there is none.
 func notifySignal(pr *ptrace.Process, tids []int) (int, error) {
-	caught, err := caughtSignals(pr.Pid)
+	caught, err := proc.CaughtSignals(pr.Pid)
 	if err != nil {
-		return 0, err
+		return 0, exited(pr.Pid, err)
 	}
 	for _, sig := range []int{int(unix.SIGURG), int(unix.SIGWINCH)} {
 		bit := uint64(1) << (sig - 1)
@@ -323,21 +321,6 @@ func notifySignal(pr *ptrace.Process, tids []int) (int, error) {
 		}
 	}
 	return 0, nil
-}
-
-// caughtSignals reads the mask of signals pid has handlers for.
-func caughtSignals(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, exited(pid, err)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "SigCgt:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-		}
-	}
-	return 0, fmt.Errorf("pid %d: no SigCgt in its status", pid)
 }
 
 // shadowStack reports whether thread tid runs with a shadow stack, on which a
