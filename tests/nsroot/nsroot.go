@@ -203,8 +203,7 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 	deadline := time.Now().Add(10 * time.Second)
 	for p.Pid == 0 {
 		for _, pid := range childrenOf(ns.Init) {
-			var st unix.Stat_t
-			if !ns.seen[pid] && unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st) == nil && st.Ino == wantSt.Ino && st.Dev == wantSt.Dev {
+			if !ns.seen[pid] && (runs(pid, wantSt) || endedAs(pid, argv[0])) {
 				p.Pid = pid
 				ns.seen[pid] = true
 				break
@@ -267,6 +266,34 @@ func (ns *NS) close() {
 		c.Process.Kill()
 		c.Wait()
 	}
+}
+
+// runs reports whether pid executes the file st describes.
+func runs(pid int, want unix.Stat_t) bool {
+	var st unix.Stat_t
+	return unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev
+}
+
+// endedAs reports whether pid is a zombie whose command name is that of program: a
+// short program that nothing stops can run and exit between two polls of Start, and
+// the namespace's pid 1 (sleep) never reaps it, but a zombie has no /proc/PID/exe.
+// Before its exec the child is still "sh", so the name tells that program ran.
+func endedAs(pid int, program string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses, so split at the last ')'.
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open || len(s) < end+3 {
+		return false
+	}
+	comm := filepath.Base(program)
+	if len(comm) > 15 { // TASK_COMM_LEN - 1
+		comm = comm[:15]
+	}
+	return s[end+2] == 'Z' && s[open+1:end] == comm
 }
 
 // childOf returns the first child of pid, 0 if none.
