@@ -1,0 +1,97 @@
+package health
+
+import (
+	"context"
+	"os/user"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/syscare/syscare/tests/testenv"
+)
+
+func TestSplit(t *testing.T) {
+	for line, want := range map[string][]string{
+		`redis-cli ping`:                    {"redis-cli", "ping"},
+		`  curl  -fs  http://x/health `:     {"curl", "-fs", "http://x/health"},
+		`sh -c 'test "$(cat f)" = ok'`:      {"sh", "-c", `test "$(cat f)" = ok`},
+		`echo "a \"b\" $HOME" c\ d`:         {"echo", `a "b" $HOME`, "c d"},
+		`systemctl is-active nginx.service`: {"systemctl", "is-active", "nginx.service"},
+	} {
+		got, err := Split(line)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("Split(%q) = %q, %v; want %q", line, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "   ", `echo 'x`, `echo "x`, `echo \`} {
+		if got, err := Split(bad); err == nil {
+			t.Errorf("Split(%q) = %q, want an error", bad, got)
+		}
+	}
+}
+
+func run(t *testing.T, line string, timeout time.Duration) Result {
+	t.Helper()
+	c, err := New(line, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Run(context.Background(), &c)
+}
+
+func TestRun(t *testing.T) {
+	if r := run(t, "true", 0); !r.OK {
+		t.Fatalf("true: %+v", r)
+	}
+	r := run(t, `sh -c 'echo broken; echo more >&2; exit 3'`, 0)
+	if r.OK || r.Reason != "exit status 3" || r.Output != "broken\nmore" {
+		t.Fatalf("failing check: %+v", r)
+	}
+	// No shell unless asked for: the pipe is an argument of echo.
+	if r := run(t, "echo a | false", 0); !r.OK || r.Output != "a | false" {
+		t.Fatalf("echo with a pipe character: %+v", r)
+	}
+	// The helper's environment does not reach the check.
+	t.Setenv("SYSCARE_SECRET", "x")
+	if r := run(t, "env", 0); !r.OK || strings.Contains(r.Output, "SYSCARE_SECRET") || !strings.Contains(r.Output, "PATH="+SafePath) {
+		t.Fatalf("env of a check: %+v", r)
+	}
+	if r := run(t, "no-such-check-command", 0); r.OK || !strings.Contains(r.Reason, "not found") {
+		t.Fatalf("missing command: %+v", r)
+	}
+	r = run(t, `sh -c 'head -c 100000 /dev/zero | tr "\0" x'`, 0)
+	if !r.OK || len(r.Output) > MaxOutput+64 || !strings.Contains(r.Output, "95904 more bytes not kept") {
+		t.Fatalf("large output kept %d bytes: %q", len(r.Output), r.Output[len(r.Output)-40:])
+	}
+}
+
+// A hung check, and the background child it started, are killed at the timeout.
+func TestRunTimeout(t *testing.T) {
+	start := time.Now()
+	r := run(t, `sh -c 'sleep 60 & echo started; sleep 60'`, 300*time.Millisecond)
+	if r.OK || !strings.Contains(r.Reason, "killed at its timeout of 300ms") || r.Output != "started" {
+		t.Fatalf("hung check: %+v", r)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("hung check took %s to be killed", took)
+	}
+}
+
+// A check asked for by an unprivileged caller runs as that caller.
+func TestRunAsCaller(t *testing.T) {
+	testenv.NeedRoot(t, "a check runs as another user")
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	c, _ := New("id -u", 0)
+	c.Cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	if r := Run(context.Background(), &c); !r.OK || r.Output != u.Uid {
+		t.Fatalf("check as nobody: %+v", r)
+	}
+}
