@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	godbus "github.com/godbus/dbus/v5"
 )
@@ -94,9 +95,45 @@ func (c *Client) Transition(ctx context.Context, method string, ids []string, fo
 
 // Upgrade runs the upgrade policy on the patches the ids name as one transaction.
 func (c *Client) Upgrade(ctx context.Context, ids []string, accept, force bool) ([]UpgradeEntry, error) {
-	var r []UpgradeEntry
-	opts := map[string]godbus.Variant{UpgradeOptAccept: godbus.MakeVariant(accept), UpgradeOptForce: godbus.MakeVariant(force)}
-	return r, c.call(ctx, "Upgrade", []any{&r}, ids, opts)
+	return c.UpgradeWith(ctx, ids, UpgradeRequest{Accept: accept, Force: force})
+}
+
+// UpgradeRequest is Upgrade's options as Go values.
+type UpgradeRequest struct {
+	Accept, Force bool
+	// NoSupersede leaves the other patches of the targets alone.
+	NoSupersede bool
+	// Health checks (command lines) gate the upgrade over Soak, run every Interval,
+	// each killed at CheckTimeout; zero durations are left to the helper's defaults.
+	Health                       []string
+	TargetHealth                 map[string][]string
+	Soak, Interval, CheckTimeout time.Duration
+}
+
+// Options returns the a{sv} the request is sent as.
+func (r UpgradeRequest) Options() map[string]godbus.Variant {
+	opts := map[string]godbus.Variant{UpgradeOptAccept: godbus.MakeVariant(r.Accept), UpgradeOptForce: godbus.MakeVariant(r.Force)}
+	if r.NoSupersede {
+		opts[UpgradeOptSupersede] = godbus.MakeVariant(false)
+	}
+	if len(r.Health) > 0 {
+		opts[UpgradeOptHealth] = godbus.MakeVariant(r.Health)
+	}
+	if len(r.TargetHealth) > 0 {
+		opts[UpgradeOptTargetHealth] = godbus.MakeVariant(r.TargetHealth)
+	}
+	for k, d := range map[string]time.Duration{UpgradeOptSoak: r.Soak, UpgradeOptInterval: r.Interval, UpgradeOptCheckTimeout: r.CheckTimeout} {
+		if d > 0 {
+			opts[k] = godbus.MakeVariant(uint64(d.Milliseconds()))
+		}
+	}
+	return opts
+}
+
+// UpgradeWith runs Upgrade with every option of r.
+func (c *Client) UpgradeWith(ctx context.Context, ids []string, r UpgradeRequest) ([]UpgradeEntry, error) {
+	var out []UpgradeEntry
+	return out, c.call(ctx, "Upgrade", []any{&out}, ids, r.Options())
 }
 
 // Save records every entity's state.

@@ -17,6 +17,7 @@ const (
 	ErrorInvalidState       = ErrorPrefix + "InvalidState"
 	ErrorNotSupported       = ErrorPrefix + "NotSupported"
 	ErrorFailed             = ErrorPrefix + "Failed"
+	ErrorHealthCheckFailed  = ErrorPrefix + "HealthCheckFailed"
 )
 
 // Error is a kind of failure the service replies with. The helper wraps one of the
@@ -40,6 +41,8 @@ var (
 	ErrAccessDenied = &Error{ErrorAccessDenied, "access denied"}
 	ErrInvalidState = &Error{ErrorInvalidState, "invalid state"}
 	ErrNotSupported = &Error{ErrorNotSupported, "not supported"}
+	// ErrHealth: a health check of a gated upgrade failed; the upgrade was rolled back.
+	ErrHealth = &Error{ErrorHealthCheckFailed, "health check failed"}
 )
 
 // NameOf returns the bus error name of err: the name of the first kind wrapped in it,

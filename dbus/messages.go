@@ -65,7 +65,26 @@ const (
 const (
 	UpgradeOptAccept = "accept" // b: go to ACCEPTED, not only ACTIVED
 	UpgradeOptForce  = "force"  // b: activate over a conflicting patch
+	// UpgradeOptSupersede (b, default true): false leaves the other patches of the
+	// targets alone (syscare apply with a health gate).
+	UpgradeOptSupersede = "supersede"
+	// UpgradeOptHealth (as): health check commands, each run without a shell (split
+	// into words like a shell does, nothing expanded), as the caller, after activation.
+	UpgradeOptHealth = "health"
+	// UpgradeOptTargetHealth (a{sas}): more checks for the patches of one target
+	// package or of one patch, by name.
+	UpgradeOptTargetHealth = "target_health"
+	// UpgradeOptCheckTimeout (integer, ms): a check running longer is killed and fails.
+	UpgradeOptCheckTimeout = "check_timeout_ms"
+	// UpgradeOptSoak and UpgradeOptInterval (integer, ms): how long the checks keep
+	// running after activation, and how often.
+	UpgradeOptSoak     = "soak_ms"
+	UpgradeOptInterval = "interval_ms"
 )
+
+// UpgradeOptions lists every option key Upgrade knows.
+var UpgradeOptions = []string{UpgradeOptAccept, UpgradeOptForce, UpgradeOptSupersede, UpgradeOptHealth,
+	UpgradeOptTargetHealth, UpgradeOptCheckTimeout, UpgradeOptSoak, UpgradeOptInterval}
 
 // Option keys of Resolve's a{sv} argument.
 const (

@@ -100,6 +100,10 @@ type Config struct {
 // Manager owns the patches and their states. Its methods are safe for concurrent use;
 // commands run one at a time.
 type Manager struct {
+	// txn serializes the transactions that change states (taken before mu); mu guards
+	// the data and is let go while a health soak runs, so that reads and new processes
+	// go on.
+	txn      sync.Mutex
 	mu       sync.Mutex
 	cfg      Config
 	store    state.Store

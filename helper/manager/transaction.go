@@ -17,6 +17,8 @@ import (
 // Transition runs op on every entity the ids name as one transaction: on the first
 // failure, the entities already changed go back to their old states.
 func (m *Manager) Transition(ctx context.Context, op Op, ids []string, force bool) ([]Status, error) {
+	m.lockTxn(op.String())
+	defer m.txn.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	es, err := m.resolve(ids)
@@ -369,6 +371,8 @@ func (m *Manager) Save() error {
 // Restore replays the saved states: with acceptedOnly only ACCEPTED entries, otherwise
 // every entity goes to its saved state (NOT-APPLIED when it was not saved).
 func (m *Manager) Restore(ctx context.Context, acceptedOnly bool) ([]Status, error) {
+	m.lockTxn("restore")
+	defer m.txn.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	snap, err := m.store.Load(state.SavedFile)

@@ -9,8 +9,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/health"
 	"github.com/syscare/syscare/runtime/patchmeta"
 )
 
@@ -148,5 +150,78 @@ func TestUpgradeFailureRollsBackEverything(t *testing.T) {
 	changes := e.recordChanges()
 	if _, err := e.upgrade(false, pB, "victim-1.0-1/HP404"); !errors.Is(err, ErrNotFound) || len(*changes) != 0 {
 		t.Fatalf("unknown id: %v, changes %v", err, *changes)
+	}
+}
+
+// TestUpgradeHealthGate: with health checks the upgrade soaks at ACTIVED and accepts only
+// after every run passed; a failed check, or a hung one killed at its timeout, puts
+// everything back (the superseded patch in again) and names the check and its output.
+func TestUpgradeHealthGate(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	if err := e.do(OpApply, false, pA); err != nil {
+		t.Fatal(err)
+	}
+	e.addPatch(pB, eB, "HP002", "1", "f")
+	gate := func(timeout time.Duration, lines ...string) HealthGate {
+		g := HealthGate{Soak: 300 * time.Millisecond, Interval: 100 * time.Millisecond, ByTarget: map[string][]health.Check{}}
+		for _, l := range lines {
+			c, err := health.New(l, timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.ByTarget["victim"] = append(g.ByTarget["victim"], c)
+		}
+		return g
+	}
+	// The check fails on its third run (a counter file): the soak is really repeated.
+	count := filepath.Join(t.TempDir(), "runs")
+	flaky := `sh -c 'echo x >> ` + count + `; n=$(wc -l < ` + count + `); echo "run $n"; [ $n -lt 3 ]'`
+	changes := e.recordChanges()
+	_, err := e.m.Upgrade(context.Background(), []string{pB}, UpgradeOptions{Accept: true, Health: gate(0, "true", flaky)})
+	if !errors.Is(err, syscarebus.ErrHealth) || !strings.Contains(err.Error(), flaky) || !strings.Contains(err.Error(), "exit status 1; output: run 3") ||
+		!strings.Contains(err.Error(), "put back: victim-1.0-1/HP001-1-1/victim (ACTIVED), victim-1.0-1/HP002-1-1/victim (NOT-APPLIED)") {
+		t.Fatalf("failed check: %v", err)
+	}
+	want := []string{eA + " ACTIVED->DEACTIVED", eA + " DEACTIVED->NOT-APPLIED", eB + " NOT-APPLIED->DEACTIVED", eB + " DEACTIVED->ACTIVED",
+		eB + " ACTIVED->DEACTIVED", eB + " DEACTIVED->NOT-APPLIED", eA + " NOT-APPLIED->DEACTIVED", eA + " DEACTIVED->ACTIVED"}
+	if !slices.Equal(*changes, want) {
+		t.Fatalf("state changes %v, want %v", *changes, want)
+	}
+	if !e.eng.has(100, eA) || e.eng.has(100, eB) {
+		t.Fatalf("pid 100 holds %v after the rollback, want A only", e.eng.in[100])
+	}
+
+	start := time.Now()
+	_, err = e.m.Upgrade(context.Background(), []string{pB}, UpgradeOptions{Accept: true, Health: gate(200*time.Millisecond, "sleep 30")})
+	if !errors.Is(err, syscarebus.ErrHealth) || !strings.Contains(err.Error(), "killed at its timeout of 200ms") || time.Since(start) > 5*time.Second {
+		t.Fatalf("hung check: %v after %s", err, time.Since(start))
+	}
+	if !e.eng.has(100, eA) || e.eng.has(100, eB) {
+		t.Fatalf("pid 100 holds %v after the hung check, want A only", e.eng.in[100])
+	}
+
+	*changes = nil
+	rs, err := e.m.Upgrade(context.Background(), []string{pB}, UpgradeOptions{Accept: true, Health: gate(0, "true")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := e.state(eB); st != Accepted || !e.eng.has(100, eB) || e.eng.has(100, eA) {
+		t.Fatalf("healthy upgrade: B %s, pid 100 holds %v", st, e.eng.in[100])
+	}
+	if last := (*changes)[len(*changes)-1]; last != eB+" ACTIVED->ACCEPTED" {
+		t.Fatalf("accepted last? changes %v", *changes)
+	}
+	for _, r := range rs {
+		if r.UUID == eB && !strings.Contains(r.Detail, "healthy: 4 run(s) of `true` over 300ms") {
+			t.Fatalf("healthy result detail %q", r.Detail)
+		}
+	}
+	// Nothing to move: no soak, nothing changes.
+	start = time.Now()
+	if _, err := e.m.Upgrade(context.Background(), []string{pB}, UpgradeOptions{Accept: true, Health: gate(0, "false")}); err != nil || time.Since(start) > 200*time.Millisecond {
+		t.Fatalf("second upgrade: %v after %s", err, time.Since(start))
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	godbus "github.com/godbus/dbus/v5"
 
@@ -81,7 +83,18 @@ func TestUpgradeOptions(t *testing.T) {
 	if err != nil || !uo.Accept || uo.Force {
 		t.Fatalf("accept+force: %+v %v", uo, err)
 	}
-	for _, bad := range []map[string]godbus.Variant{{"acept": godbus.MakeVariant(true)}, {"accept": godbus.MakeVariant("yes")}} {
+	uo, err = upgradeOptions(map[string]godbus.Variant{"health": godbus.MakeVariant([]string{"redis-cli -p 6380 ping"}),
+		"target_health": godbus.MakeVariant(map[string][]string{"nginx": {"curl -fs http://localhost/"}}),
+		"soak_ms": godbus.MakeVariant(int32(30000)), "interval_ms": godbus.MakeVariant(uint64(2000)),
+		"check_timeout_ms": godbus.MakeVariant(int64(500)), "supersede": godbus.MakeVariant(false)})
+	if err != nil || !uo.NoSupersede || uo.Health.Soak != 30*time.Second || uo.Health.Interval != 2*time.Second ||
+		len(uo.Health.Checks) != 1 || strings.Join(uo.Health.Checks[0].Argv, ",") != "redis-cli,-p,6380,ping" ||
+		uo.Health.Checks[0].Timeout != 500*time.Millisecond || uo.Health.ByTarget["nginx"][0].Argv[0] != "curl" {
+		t.Fatalf("health gate options: %+v %v", uo, err)
+	}
+	for _, bad := range []map[string]godbus.Variant{{"acept": godbus.MakeVariant(true)}, {"accept": godbus.MakeVariant("yes")},
+		{"health": godbus.MakeVariant("true")}, {"health": godbus.MakeVariant([]string{"echo 'x"})},
+		{"soak_ms": godbus.MakeVariant(int32(-1))}, {"soak_ms": godbus.MakeVariant("30s")}} {
 		if _, err := upgradeOptions(bad); !errors.Is(err, syscarebus.ErrNotSupported) {
 			t.Errorf("%v: %v, want refused", bad, err)
 		}

@@ -289,6 +289,9 @@ func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]god
 		return nil, err
 	}
 	uo, err := upgradeOptions(opts)
+	if err == nil {
+		err = o.s.runChecksAs(ctx, sender, &uo)
+	}
 	if err != nil {
 		return nil, syscarebus.BusError(err)
 	}
@@ -303,27 +306,6 @@ func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]god
 	}
 	log.Info("transaction done")
 	return upgradeEntries(rs), nil
-}
-
-// upgradeOptions reads Upgrade's options; an unknown key or a value of the wrong type is
-// refused, so that a misspelt option never silently does less than asked.
-func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
-	var uo manager.UpgradeOptions
-	for k, v := range opts {
-		b, ok := v.Value().(bool)
-		switch {
-		case k != syscarebus.UpgradeOptAccept && k != syscarebus.UpgradeOptForce:
-			return uo, fmt.Errorf("%w: upgrade option %q (known: %s, %s)", syscarebus.ErrNotSupported, k,
-				syscarebus.UpgradeOptAccept, syscarebus.UpgradeOptForce)
-		case !ok:
-			return uo, fmt.Errorf("%w: upgrade option %q: want a boolean (b), got %s", syscarebus.ErrNotSupported, k, v.Signature())
-		case k == syscarebus.UpgradeOptAccept:
-			uo.Accept = b
-		default:
-			uo.Force = b
-		}
-	}
-	return uo, nil
 }
 
 // Check verifies entities without changing them.

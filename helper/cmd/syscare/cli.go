@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/syscare/syscare/dbus"
 )
@@ -36,12 +38,12 @@ Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or 
   status ID...         status of patches
   info ID...           patch details, with the build report's summary per entity
   target ID...         target package of patches
-  apply ID...          NOT-APPLIED -> ACTIVED
+  apply ID...          NOT-APPLIED -> ACTIVED (ACCEPTED with --accept; health gate below)
   active ID...         DEACTIVED -> ACTIVED
   deactive ID...       ACTIVED/ACCEPTED -> DEACTIVED
   remove ID...         any state -> NOT-APPLIED
   accept ID...         ACTIVED -> ACCEPTED (kept across reboots)
-  upgrade [--accept] ID...
+  upgrade [--accept] [HEALTH GATE] ID...
                        the patches ID names replace the other patches of their targets,
                        as one transaction: those go to NOT-APPLIED, these to ACTIVED
                        (ACCEPTED with --accept); on failure nothing is left changed
@@ -58,7 +60,17 @@ Options:
   --bus ADDR   system (default, or DBUS_SYSTEM_BUS_ADDRESS), session, or a D-Bus address
   --json       machine-readable output
   -f, --force  apply/activate over a conflicting patch
-  --accept     upgrade: accept the patches too
+  --accept     upgrade, apply: accept the patches too
+
+Health gate (apply, upgrade): after activation the helper runs each check over the soak;
+all healthy -> ACCEPTED (with --accept) or ACTIVED; one failure -> everything the command
+changed is put back, and the error names the check, why it failed and its output.
+  --health CMD         a check command (repeatable); run without a shell (quotes group
+                       words, nothing is expanded: use sh -c '...' for a pipeline), with
+                       a clean environment, as the calling user, output kept up to 4 KiB
+  --soak D             how long the checks keep running (e.g. 30s; default 0: once)
+  --interval D         time between two runs of the checks (default 5s)
+  --check-timeout D    a check running longer is killed and fails (default 10s)
 `
 
 type options struct {
@@ -69,6 +81,14 @@ type options struct {
 	accept   bool
 	cmd      string
 	args     []string
+	gate     gateFlags
+}
+
+// gateFlags are the health gate's options of apply and upgrade.
+type gateFlags struct {
+	health                       []string
+	soak, interval, checkTimeout time.Duration
+	set                          bool
 }
 
 func parse(args []string) (options, error) {
@@ -91,6 +111,20 @@ func parse(args []string) (options, error) {
 			o.accepted = true
 		case a == "--accept":
 			o.accept = true
+		case a == "--health" || a == "--soak" || a == "--interval" || a == "--check-timeout" ||
+			strings.HasPrefix(a, "--health=") || strings.HasPrefix(a, "--soak=") ||
+			strings.HasPrefix(a, "--interval=") || strings.HasPrefix(a, "--check-timeout="):
+			name, val, has := strings.Cut(a, "=")
+			if !has {
+				if i+1 >= len(args) {
+					return o, usageError{name + " needs a value"}
+				}
+				i++
+				val = args[i]
+			}
+			if err := o.gate.add(name, val); err != nil {
+				return o, err
+			}
 		case a == "--bus":
 			if i+1 >= len(args) {
 				return o, usageError{"--bus needs a value"}
@@ -141,8 +175,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{fmt.Sprintf("unknown command %q (syscare help lists them)", o.cmd)}
 	case o.cmd == "processes" && len(o.args) != 1:
 		return usageError{"processes takes one patch identifier"}
-	case o.accept && o.cmd != "upgrade":
-		return usageError{"--accept is an option of upgrade (accept ID... accepts patches)"}
+	case o.accept && o.cmd != "upgrade" && o.cmd != "apply":
+		return usageError{"--accept is an option of upgrade and apply (accept ID... accepts patches)"}
+	case o.gate.set && o.cmd != "upgrade" && o.cmd != "apply":
+		return usageError{"--health, --soak, --interval and --check-timeout are options of apply and upgrade"}
+	case o.gate.set && len(o.gate.health) == 0:
+		return usageError{"--soak, --interval and --check-timeout need --health"}
 	}
 
 	c, err := syscarebus.Connect(o.bus)
@@ -193,6 +231,19 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 			return printRawJSON(stdout, js)
 		}
 		return printTarget(stdout, js)
+	case "apply", "upgrade":
+		if o.cmd == "apply" && !o.accept && !o.gate.set {
+			break // the plain transition below
+		}
+		req := syscarebus.UpgradeRequest{Accept: o.accept, Force: o.force, NoSupersede: o.cmd == "apply",
+			Health: o.gate.health, Soak: o.gate.soak, Interval: o.gate.interval, CheckTimeout: o.gate.checkTimeout}
+		us, err := c.UpgradeWith(ctx, o.args, req)
+		if err != nil {
+			return err
+		}
+		return printUpgrade(stdout, o, us)
+	}
+	switch o.cmd {
 	case "apply", "active", "deactive", "remove", "accept", "check":
 		method := strings.ToUpper(o.cmd[:1]) + o.cmd[1:]
 		ss, err := c.Transition(ctx, method, o.args, o.force)
@@ -200,25 +251,6 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 			return err
 		}
 		return printStates(stdout, o, ss)
-	case "upgrade":
-		us, err := c.Upgrade(ctx, o.args, o.accept, o.force)
-		if err != nil {
-			return err
-		}
-		if o.json {
-			if us == nil {
-				us = []syscarebus.UpgradeEntry{}
-			}
-			return printJSON(stdout, us)
-		}
-		for _, u := range us {
-			line := fmt.Sprintf("%s: %s (%s)", u.Name, u.Status, strings.ToLower(u.Action))
-			if u.Detail != "" {
-				line += ": " + u.Detail
-			}
-			fmt.Fprintln(stdout, line)
-		}
-		return nil
 	case "processes":
 		ps, err := c.ProcessStatus(ctx, o.args[0])
 		if err != nil {
@@ -243,6 +275,61 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 		return c.Rescan(ctx)
 	}
 	return usageError{"unknown command " + o.cmd}
+}
+
+// printUpgrade prints what an upgrade did, one line per entity.
+func printUpgrade(w io.Writer, o options, us []syscarebus.UpgradeEntry) error {
+	if o.json {
+		if us == nil {
+			us = []syscarebus.UpgradeEntry{}
+		}
+		return printJSON(w, us)
+	}
+	for _, u := range us {
+		line := fmt.Sprintf("%s: %s (%s)", u.Name, u.Status, strings.ToLower(u.Action))
+		if u.Detail != "" {
+			line += ": " + u.Detail
+		}
+		fmt.Fprintln(w, line)
+	}
+	return nil
+}
+
+// add records one health gate option.
+func (g *gateFlags) add(name, val string) error {
+	g.set = true
+	if name == "--health" {
+		if strings.TrimSpace(val) == "" {
+			return usageError{"--health needs a command"}
+		}
+		g.health = append(g.health, val)
+		return nil
+	}
+	d, err := parseDuration(val)
+	if err != nil {
+		return usageError{fmt.Sprintf("%s %q: %v", name, val, err)}
+	}
+	switch name {
+	case "--soak":
+		g.soak = d
+	case "--interval":
+		g.interval = d
+	default:
+		g.checkTimeout = d
+	}
+	return nil
+}
+
+// parseDuration reads a Go duration (30s, 2m, 500ms) or a number of seconds.
+func parseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseFloat(s, 64); err == nil && n >= 0 {
+		return time.Duration(n * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, errors.New("want a duration such as 30s, 2m or 500ms")
+	}
+	return d, nil
 }
 
 // printRawJSON prints the helper's JSON reply indented like every other --json output.

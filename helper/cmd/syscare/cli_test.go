@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestNoRuntimeImports: the CLI talks to the helper only over D-Bus, so it must not link
@@ -35,8 +36,15 @@ func TestParse(t *testing.T) {
 	if o.cmd != "build" || o.force || strings.Join(o.args, ",") != "--force,x" {
 		t.Fatalf("build args not passed through: %+v", o)
 	}
+	o, err = parse([]string{"apply", "--health", "redis-cli ping", "--health=true", "--soak", "30s", "--interval=2", "--check-timeout", "500ms", "--accept", "x"})
+	if err != nil || strings.Join(o.gate.health, "|") != "redis-cli ping|true" || o.gate.soak != 30*time.Second ||
+		o.gate.interval != 2*time.Second || o.gate.checkTimeout != 500*time.Millisecond || !o.accept || strings.Join(o.args, ",") != "x" {
+		t.Fatalf("health gate options: %+v %v", o, err)
+	}
 	var ue usageError
-	for _, bad := range [][]string{{"apply"}, {"list", "x"}, {"frobnicate"}, {"--bogus", "list"}, {"upgrade"}, {"--accept", "apply", "x"}} {
+	for _, bad := range [][]string{{"apply"}, {"list", "x"}, {"frobnicate"}, {"--bogus", "list"}, {"upgrade"}, {"--accept", "remove", "x"},
+		{"remove", "--health", "true", "x"}, {"apply", "--soak", "30s", "x"}, {"apply", "--health"},
+		{"upgrade", "--health", "true", "--soak", "soon", "x"}, {"apply", "--health", " ", "x"}} {
 		err := run(context.Background(), bad, &bytes.Buffer{}, &bytes.Buffer{})
 		if !errors.As(err, &ue) {
 			t.Errorf("%v: %v, want usage error", bad, err)

@@ -1,0 +1,162 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"os/user"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	godbus "github.com/godbus/dbus/v5"
+
+	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/health"
+	"github.com/syscare/syscare/helper/manager"
+)
+
+// upgradeOptions reads Upgrade's options; an unknown key or a value of the wrong type is
+// refused, so that a misspelt option never silently does less than asked.
+func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
+	var uo manager.UpgradeOptions
+	var lines []string
+	byTarget := map[string][]string{}
+	timeout := health.DefaultTimeout
+	keys := make([]string, 0, len(opts))
+	for k := range opts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := opts[k].Value()
+		bad := func(want string) error {
+			return fmt.Errorf("%w: upgrade option %q: want %s, got %s", syscarebus.ErrNotSupported, k, want, opts[k].Signature())
+		}
+		var ok bool
+		switch k {
+		case syscarebus.UpgradeOptAccept:
+			uo.Accept, ok = v.(bool)
+		case syscarebus.UpgradeOptForce:
+			uo.Force, ok = v.(bool)
+		case syscarebus.UpgradeOptSupersede:
+			var sup bool
+			sup, ok = v.(bool)
+			uo.NoSupersede = !sup
+		case syscarebus.UpgradeOptHealth:
+			lines, ok = v.([]string)
+		case syscarebus.UpgradeOptTargetHealth:
+			byTarget, ok = v.(map[string][]string)
+		case syscarebus.UpgradeOptCheckTimeout, syscarebus.UpgradeOptSoak, syscarebus.UpgradeOptInterval:
+			var ms int64
+			if ms, ok = integer(v); !ok || ms < 0 {
+				return uo, bad("a number of milliseconds (0 or more)")
+			}
+			d := time.Duration(ms) * time.Millisecond
+			switch k {
+			case syscarebus.UpgradeOptCheckTimeout:
+				timeout = d
+			case syscarebus.UpgradeOptSoak:
+				uo.Health.Soak = d
+			default:
+				uo.Health.Interval = d
+			}
+		default:
+			return uo, fmt.Errorf("%w: upgrade option %q (known: %s)", syscarebus.ErrNotSupported, k,
+				strings.Join(syscarebus.UpgradeOptions, ", "))
+		}
+		if !ok {
+			return uo, bad(map[string]string{syscarebus.UpgradeOptHealth: "a list of commands (as)",
+				syscarebus.UpgradeOptTargetHealth: "commands per package or patch name (a{sas})"}[k] + orBool(k))
+		}
+	}
+	var err error
+	if uo.Health.Checks, err = checks(lines, timeout); err != nil {
+		return uo, err
+	}
+	for name, ls := range byTarget {
+		cs, err := checks(ls, timeout)
+		if err != nil {
+			return uo, fmt.Errorf("%w (for %s)", err, name)
+		}
+		if uo.Health.ByTarget == nil {
+			uo.Health.ByTarget = map[string][]health.Check{}
+		}
+		uo.Health.ByTarget[name] = cs
+	}
+	return uo, nil
+}
+
+func orBool(k string) string {
+	switch k {
+	case syscarebus.UpgradeOptHealth, syscarebus.UpgradeOptTargetHealth:
+		return ""
+	}
+	return "a boolean (b)"
+}
+
+func checks(lines []string, timeout time.Duration) ([]health.Check, error) {
+	var out []health.Check
+	for _, l := range lines {
+		c, err := health.New(l, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("%w: health check: %w", syscarebus.ErrNotSupported, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// integer reads any D-Bus integer type (dbus-send and Python pick different ones).
+func integer(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int16:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint64:
+		if n > 1<<62 {
+			return 0, false
+		}
+		return int64(n), true
+	}
+	return 0, false
+}
+
+// runChecksAs makes the health checks of a bus caller run as that caller: a polkit
+// authorization to manage patches is not one to run any command as root. Root callers'
+// checks run as root.
+func (s *Server) runChecksAs(ctx context.Context, sender godbus.Sender, uo *manager.UpgradeOptions) error {
+	if len(uo.Health.Checks) == 0 && len(uo.Health.ByTarget) == 0 || s.cfg.Conn == nil {
+		return nil
+	}
+	var uid uint32
+	if err := s.cfg.Conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, string(sender)).Store(&uid); err != nil {
+		return fmt.Errorf("%w: caller identity: %w", syscarebus.ErrAccessDenied, err)
+	}
+	if uid == 0 {
+		return nil
+	}
+	u, err := user.LookupId(strconv.Itoa(int(uid)))
+	if err != nil {
+		return fmt.Errorf("%w: health checks of uid %d: %w", syscarebus.ErrAccessDenied, uid, err)
+	}
+	gid, _ := strconv.Atoi(u.Gid)
+	cred := &syscall.Credential{Uid: uid, Gid: uint32(gid)}
+	for i := range uo.Health.Checks {
+		uo.Health.Checks[i].Cred = cred
+	}
+	for _, cs := range uo.Health.ByTarget {
+		for i := range cs {
+			cs[i].Cred = cred
+		}
+	}
+	return nil
+}
