@@ -2,6 +2,7 @@ package syscarebus
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -103,6 +104,8 @@ type UpgradeRequest struct {
 	Accept, Force bool
 	// NoSupersede leaves the other patches of the targets alone.
 	NoSupersede bool
+	// Policy runs under /etc/syscare/upgrade.conf (Accept and the gate must be unset).
+	Policy bool
 	// Health checks (command lines) gate the upgrade over Soak, run every Interval,
 	// each killed at CheckTimeout; zero durations are left to the helper's defaults.
 	Health                       []string
@@ -113,6 +116,9 @@ type UpgradeRequest struct {
 // Options returns the a{sv} the request is sent as.
 func (r UpgradeRequest) Options() map[string]godbus.Variant {
 	opts := map[string]godbus.Variant{UpgradeOptAccept: godbus.MakeVariant(r.Accept), UpgradeOptForce: godbus.MakeVariant(r.Force)}
+	if r.Policy {
+		opts = map[string]godbus.Variant{UpgradeOptPolicy: godbus.MakeVariant(true), UpgradeOptForce: godbus.MakeVariant(r.Force)}
+	}
 	if r.NoSupersede {
 		opts[UpgradeOptSupersede] = godbus.MakeVariant(false)
 	}
@@ -158,4 +164,17 @@ func (c *Client) ProcessStatus(ctx context.Context, id string) ([]ProcessState, 
 func (c *Client) Resolve(ctx context.Context, opts map[string]godbus.Variant) (string, error) {
 	var r string
 	return r, c.call(ctx, "Resolve", []any{&r}, opts)
+}
+
+// History returns the last upgrade runs, oldest first.
+func (c *Client) History(ctx context.Context) ([]Record, error) {
+	var js string
+	if err := c.call(ctx, "History", []any{&js}); err != nil {
+		return nil, err
+	}
+	var rs []Record
+	if err := json.Unmarshal([]byte(js), &rs); err != nil {
+		return nil, fmt.Errorf("History reply: %w", err)
+	}
+	return rs, nil
 }

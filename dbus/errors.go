@@ -18,6 +18,7 @@ const (
 	ErrorNotSupported       = ErrorPrefix + "NotSupported"
 	ErrorFailed             = ErrorPrefix + "Failed"
 	ErrorHealthCheckFailed  = ErrorPrefix + "HealthCheckFailed"
+	ErrorOutsideWindow      = ErrorPrefix + "OutsideWindow"
 )
 
 // Error is a kind of failure the service replies with. The helper wraps one of the
@@ -43,6 +44,8 @@ var (
 	ErrNotSupported = &Error{ErrorNotSupported, "not supported"}
 	// ErrHealth: a health check of a gated upgrade failed; the upgrade was rolled back.
 	ErrHealth = &Error{ErrorHealthCheckFailed, "health check failed"}
+	// ErrOutsideWindow: a policy run outside the policy's maintenance window; nothing done.
+	ErrOutsideWindow = &Error{ErrorOutsideWindow, "outside the maintenance window"}
 )
 
 // NameOf returns the bus error name of err: the name of the first kind wrapped in it,

@@ -1,6 +1,9 @@
 package syscarebus
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // The Go type of every message of the contract. Struct replies (List, Status, ...) are
 // marshalled by godbus in field order, so the order of fields is part of the contract;
@@ -80,11 +83,14 @@ const (
 	// running after activation, and how often.
 	UpgradeOptSoak     = "soak_ms"
 	UpgradeOptInterval = "interval_ms"
+	// UpgradeOptPolicy (b): run under /etc/syscare/upgrade.conf: its window, its
+	// accept and its health gate (the options accept and health* are then refused).
+	UpgradeOptPolicy = "policy"
 )
 
 // UpgradeOptions lists every option key Upgrade knows.
 var UpgradeOptions = []string{UpgradeOptAccept, UpgradeOptForce, UpgradeOptSupersede, UpgradeOptHealth,
-	UpgradeOptTargetHealth, UpgradeOptCheckTimeout, UpgradeOptSoak, UpgradeOptInterval}
+	UpgradeOptTargetHealth, UpgradeOptCheckTimeout, UpgradeOptSoak, UpgradeOptInterval, UpgradeOptPolicy}
 
 // Option keys of Resolve's a{sv} argument.
 const (
@@ -92,6 +98,9 @@ const (
 	ResolveOptCVEs         = "cves"          // as
 	ResolveOptAdvisories   = "advisories"    // as
 	ResolveOptAll          = "all"           // b
+	// ResolveOptPolicy (b): keep what /etc/syscare/upgrade.conf allows, newest per
+	// target; outside its maintenance window the error OutsideWindow.
+	ResolveOptPolicy = "policy"
 )
 
 // Package is an RPM package identity: name, epoch, version, release, arch (and, in a
@@ -205,4 +214,36 @@ type Candidate struct {
 	PatchRelease string  `json:"patch_release"`
 	// Installed says the patch RPM itself is already installed.
 	Installed bool `json:"installed"`
+	// Policy is set by Resolve with the option policy: the gate the run would use.
+	Policy *CandidatePolicy `json:"policy,omitempty"`
+}
+
+// Record is one upgrade run in History's JSON reply (oldest first): when, who asked
+// (source: "policy" for a run under /etc/syscare/upgrade.conf, else "uid N"), the
+// result (RunOK, RunFailed, RunSkipped, RunNothing), a one-line summary, what happened
+// to each entity, and the error of a failed run.
+type Record struct {
+	Time    time.Time      `json:"time"`
+	Source  string         `json:"source"`
+	Result  string         `json:"result"`
+	Summary string         `json:"summary"`
+	IDs     []string       `json:"ids,omitempty"`
+	Entries []UpgradeEntry `json:"entries,omitempty"`
+	Error   string         `json:"error,omitempty"`
+}
+
+// Results of an upgrade run.
+const (
+	RunOK      = "ok"
+	RunFailed  = "failed"
+	RunSkipped = "skipped"
+	RunNothing = "nothing to do"
+)
+
+// CandidatePolicy is what a policy run would do with a candidate (Resolve with the
+// option policy): its health checks, soak and whether it is accepted.
+type CandidatePolicy struct {
+	Health []string `json:"health,omitempty"`
+	Soak   string   `json:"soak,omitempty"`
+	Accept bool     `json:"accept"`
 }

@@ -85,7 +85,7 @@ func TestUpgradeOptions(t *testing.T) {
 	}
 	uo, err = upgradeOptions(map[string]godbus.Variant{"health": godbus.MakeVariant([]string{"redis-cli -p 6380 ping"}),
 		"target_health": godbus.MakeVariant(map[string][]string{"nginx": {"curl -fs http://localhost/"}}),
-		"soak_ms": godbus.MakeVariant(int32(30000)), "interval_ms": godbus.MakeVariant(uint64(2000)),
+		"soak_ms":       godbus.MakeVariant(int32(30000)), "interval_ms": godbus.MakeVariant(uint64(2000)),
 		"check_timeout_ms": godbus.MakeVariant(int64(500)), "supersede": godbus.MakeVariant(false)})
 	if err != nil || !uo.NoSupersede || uo.Health.Soak != 30*time.Second || uo.Health.Interval != 2*time.Second ||
 		len(uo.Health.Checks) != 1 || strings.Join(uo.Health.Checks[0].Argv, ",") != "redis-cli,-p,6380,ping" ||

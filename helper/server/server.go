@@ -8,10 +8,12 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -20,7 +22,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/helper/history"
 	"github.com/syscare/syscare/helper/manager"
+	"github.com/syscare/syscare/helper/policy"
 )
 
 // Resolver answers the Resolve method (repository resolution, helper/repo).
@@ -35,6 +39,10 @@ type Config struct {
 	Auth Authorizer
 	// Resolve serves Resolve; nil replies NotSupported.
 	Resolve Resolver
+	// Policy loads /etc/syscare/upgrade.conf for Upgrade's option policy; nil refuses it.
+	Policy func() (*policy.Policy, error)
+	// History keeps the upgrade runs; nil keeps none.
+	History *history.Store
 	// CallTimeout bounds one method call (default 10 minutes: patching many processes
 	// can take a while).
 	CallTimeout time.Duration
@@ -281,31 +289,142 @@ func (o *Object) Accept(sender godbus.Sender, ids []string, force bool) ([]sysca
 }
 
 // Upgrade runs the upgrade policy (manager.Upgrade) on the patches the ids name as one
-// transaction and reports what it did to each entity.
+// transaction and reports what it did to each entity; with the option policy, under
+// /etc/syscare/upgrade.conf. Every run is logged in one line and kept in the history.
 func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]godbus.Variant) ([]syscarebus.UpgradeEntry, *godbus.Error) {
 	ctx, end := o.s.begin("Upgrade")
 	defer end()
 	if err := o.s.authorize(ctx, sender, "Upgrade"); err != nil {
 		return nil, err
 	}
-	uo, err := upgradeOptions(opts)
-	if err == nil {
+	rec := syscarebus.Record{Time: history.Now(), IDs: ids}
+	uo, pol, err := readUpgradeOptions(opts)
+	if err != nil {
+		return nil, syscarebus.BusError(err)
+	}
+	if pol {
+		rec.Source = "policy"
+		uo, err = o.s.policyRun(ids, uo.Force)
+	} else {
+		uid, _ := o.s.callerUID(ctx, sender)
+		rec.Source = fmt.Sprintf("uid %d", uid)
 		err = o.s.runChecksAs(ctx, sender, &uo)
 	}
-	if err != nil {
-		return nil, syscarebus.BusError(err)
+	var rs []manager.UpgradeResult
+	switch {
+	case err != nil:
+	case len(ids) == 0 && pol:
+		rec.Result, rec.Summary = syscarebus.RunNothing, "no hot patch to install"
+	default:
+		rs, err = o.s.cfg.Manager.Upgrade(ctx, ids, uo)
 	}
-	log := o.s.cfg.Log.WithFields(logrus.Fields{"method": "Upgrade", "ids": ids, "accept": uo.Accept, "force": uo.Force})
-	rs, err := o.s.cfg.Manager.Upgrade(ctx, ids, uo)
-	if err != nil {
-		log.WithError(err).Warn("transaction failed")
-		return nil, syscarebus.BusError(err)
-	}
+	log := o.s.cfg.Log.WithFields(logrus.Fields{"method": "Upgrade", "ids": ids, "accept": uo.Accept, "force": uo.Force, "source": rec.Source})
 	for _, r := range rs {
 		log.WithFields(logrus.Fields{"patch": r.Name, "action": r.Action, "from": r.From.String(), "to": r.State.String()}).Info("upgrade")
 	}
-	log.Info("transaction done")
-	return upgradeEntries(rs), nil
+	rec.Entries = upgradeEntries(rs)
+	o.s.record(log, rec, err)
+	if err != nil {
+		return nil, syscarebus.BusError(err)
+	}
+	return rec.Entries, nil
+}
+
+// policyRun loads the policy and checks its window, then turns its gate for the
+// patches the ids name into Upgrade's options.
+func (s *Server) policyRun(ids []string, force bool) (manager.UpgradeOptions, error) {
+	if s.cfg.Policy == nil {
+		return manager.UpgradeOptions{}, fmt.Errorf("%w: upgrade policies are not built into this helper", syscarebus.ErrNotSupported)
+	}
+	p, err := s.cfg.Policy()
+	if err != nil {
+		return manager.UpgradeOptions{}, err
+	}
+	if !p.Open(time.Now()) {
+		return manager.UpgradeOptions{}, fmt.Errorf("%w (%s): nothing done", syscarebus.ErrOutsideWindow, p.WindowText())
+	}
+	var names []string
+	if ps, err := s.cfg.Manager.Patches(ids); err == nil {
+		for _, pt := range ps {
+			names = append(names, pt.Meta.Target.Name, pt.Meta.Name)
+		}
+	}
+	return policyOptions(p, names, force)
+}
+
+// record logs the one-line summary of an upgrade run and keeps it in the history.
+func (s *Server) record(log logrus.FieldLogger, rec syscarebus.Record, err error) {
+	switch {
+	case errors.Is(err, syscarebus.ErrOutsideWindow):
+		rec.Result, rec.Summary = syscarebus.RunSkipped, err.Error()
+	case err != nil:
+		rec.Result, rec.Error = syscarebus.RunFailed, err.Error()
+		rec.Summary = "failed, nothing changed: " + err.Error()
+	case rec.Result == "":
+		rec.Result, rec.Summary = syscarebus.RunOK, summarize(rec.Entries)
+	}
+	l := log.WithField("result", rec.Result)
+	if err != nil && rec.Result == syscarebus.RunFailed {
+		l.Warn("upgrade run: " + rec.Summary)
+	} else {
+		l.Info("upgrade run: " + rec.Summary)
+	}
+	if s.cfg.History != nil {
+		if herr := s.cfg.History.Add(rec); herr != nil {
+			log.WithError(herr).Error("history not written")
+		}
+	}
+}
+
+// summarize counts what an upgrade did: "2 applied, 1 superseded (ACCEPTED; healthy: ...)".
+func summarize(es []syscarebus.UpgradeEntry) string {
+	counts := map[string]int{}
+	var order []string
+	detail, reached := "", ""
+	for _, e := range es {
+		a := strings.ToLower(e.Action)
+		if counts[a] == 0 {
+			order = append(order, a)
+		}
+		counts[a]++
+		if e.Action != syscarebus.UpgradeSuperseded && e.Action != syscarebus.UpgradeUnchanged {
+			reached = e.Status
+			if strings.HasPrefix(e.Detail, "healthy") {
+				detail = e.Detail
+			}
+		}
+	}
+	if len(es) == 0 {
+		return "nothing changed"
+	}
+	var parts []string
+	for _, a := range order {
+		parts = append(parts, fmt.Sprintf("%d %s", counts[a], a))
+	}
+	out := strings.Join(parts, ", ")
+	if reached != "" {
+		out += " (" + reached
+		if detail != "" {
+			out += "; " + detail
+		}
+		out += ")"
+	}
+	return out
+}
+
+// History returns the last upgrade runs as JSON, oldest first.
+func (o *Object) History() (string, *godbus.Error) {
+	_, end := o.s.begin("History")
+	defer end()
+	if o.s.cfg.History == nil {
+		return "[]", nil
+	}
+	runs, err := o.s.cfg.History.Load()
+	if err != nil {
+		return "", syscarebus.BusError(err)
+	}
+	b, _ := json.Marshal(runs)
+	return string(b), nil
 }
 
 // Check verifies entities without changing them.

@@ -15,11 +15,46 @@ import (
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/health"
 	"github.com/syscare/syscare/helper/manager"
+	"github.com/syscare/syscare/helper/policy"
 )
 
 // upgradeOptions reads Upgrade's options; an unknown key or a value of the wrong type is
 // refused, so that a misspelt option never silently does less than asked.
 func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
+	uo, _, err := readUpgradeOptions(opts)
+	return uo, err
+}
+
+// readUpgradeOptions also says whether the run is under the policy file; the options
+// the policy sets itself are refused alongside it.
+func readUpgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, bool, error) {
+	uo, err := parseUpgradeOptions(opts)
+	if err != nil {
+		return uo, false, err
+	}
+	v, ok := opts[syscarebus.UpgradeOptPolicy]
+	if !ok {
+		return uo, false, nil
+	}
+	pol, ok := v.Value().(bool)
+	if !ok {
+		return uo, false, fmt.Errorf("%w: upgrade option %q: want a boolean (b), got %s", syscarebus.ErrNotSupported, syscarebus.UpgradeOptPolicy, v.Signature())
+	}
+	if pol {
+		for _, k := range []string{syscarebus.UpgradeOptHealth, syscarebus.UpgradeOptTargetHealth, syscarebus.UpgradeOptSoak,
+			syscarebus.UpgradeOptInterval, syscarebus.UpgradeOptCheckTimeout} {
+			if _, set := opts[k]; set {
+				return uo, false, fmt.Errorf("%w: upgrade option %q with policy: a policy run takes its health gate from %s", syscarebus.ErrNotSupported, k, policy.File)
+			}
+		}
+		if uo.Accept {
+			return uo, false, fmt.Errorf("%w: upgrade option accept with policy: a policy run takes accept from %s", syscarebus.ErrNotSupported, policy.File)
+		}
+	}
+	return uo, pol, nil
+}
+
+func parseUpgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
 	var uo manager.UpgradeOptions
 	var lines []string
 	byTarget := map[string][]string{}
@@ -62,6 +97,8 @@ func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, err
 			default:
 				uo.Health.Interval = d
 			}
+		case syscarebus.UpgradeOptPolicy:
+			ok = true // read by readUpgradeOptions
 		default:
 			return uo, fmt.Errorf("%w: upgrade option %q (known: %s)", syscarebus.ErrNotSupported, k,
 				strings.Join(syscarebus.UpgradeOptions, ", "))
@@ -137,9 +174,9 @@ func (s *Server) runChecksAs(ctx context.Context, sender godbus.Sender, uo *mana
 	if len(uo.Health.Checks) == 0 && len(uo.Health.ByTarget) == 0 || s.cfg.Conn == nil {
 		return nil
 	}
-	var uid uint32
-	if err := s.cfg.Conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, string(sender)).Store(&uid); err != nil {
-		return fmt.Errorf("%w: caller identity: %w", syscarebus.ErrAccessDenied, err)
+	uid, err := s.callerUID(ctx, sender)
+	if err != nil {
+		return err
 	}
 	if uid == 0 {
 		return nil
@@ -159,4 +196,43 @@ func (s *Server) runChecksAs(ctx context.Context, sender godbus.Sender, uo *mana
 		}
 	}
 	return nil
+}
+
+// callerUID asks the bus daemon who sent a call.
+func (s *Server) callerUID(ctx context.Context, sender godbus.Sender) (uint32, error) {
+	if s.cfg.Conn == nil {
+		return 0, nil
+	}
+	var uid uint32
+	if err := s.cfg.Conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetConnectionUnixUser", 0, string(sender)).Store(&uid); err != nil {
+		return 0, fmt.Errorf("%w: caller identity: %w", syscarebus.ErrAccessDenied, err)
+	}
+	return uid, nil
+}
+
+// policyOptions turns the policy's gate for the patches named into Upgrade's options;
+// the checks come from a root-owned file and run as root.
+func policyOptions(p *policy.Policy, names []string, force bool) (manager.UpgradeOptions, error) {
+	g, byName := p.GateFor(names...)
+	uo := manager.UpgradeOptions{Accept: p.Accept, Force: force}
+	uo.Health.Soak, uo.Health.Interval = g.Soak, g.Interval
+	timeout := g.CheckTimeout
+	if timeout == 0 {
+		timeout = health.DefaultTimeout
+	}
+	var err error
+	if uo.Health.Checks, err = checks(g.Health, timeout); err != nil {
+		return uo, fmt.Errorf("%s: %w", policy.File, err)
+	}
+	for n, ls := range byName {
+		cs, err := checks(ls, timeout)
+		if err != nil {
+			return uo, fmt.Errorf("%s [package %s]: %w", policy.File, n, err)
+		}
+		if uo.Health.ByTarget == nil {
+			uo.Health.ByTarget = map[string][]health.Check{}
+		}
+		uo.Health.ByTarget[n] = cs
+	}
+	return uo, nil
 }

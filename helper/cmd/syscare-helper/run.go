@@ -15,7 +15,9 @@ import (
 
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/dirwatch"
+	"github.com/syscare/syscare/helper/history"
 	"github.com/syscare/syscare/helper/manager"
+	"github.com/syscare/syscare/helper/policy"
 	"github.com/syscare/syscare/helper/server"
 	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/runtime/watch"
@@ -105,7 +107,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		},
 	})
-	srv = server.New(server.Config{Conn: conn, Manager: m, Log: log, Resolve: repoResolver(rootDir)})
+	srv = server.New(server.Config{Conn: conn, Manager: m, Log: log, Resolve: repoResolver(rootDir),
+		Policy:  func() (*policy.Policy, error) { return policy.Load(rootDir) },
+		History: &history.Store{Dir: filepath.Join(rootDir, manager.StateDir)}})
 
 	lw.m = m
 	if err := m.Start(ctx); err != nil {

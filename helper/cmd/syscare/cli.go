@@ -47,6 +47,10 @@ Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or 
                        the patches ID names replace the other patches of their targets,
                        as one transaction: those go to NOT-APPLIED, these to ACTIVED
                        (ACCEPTED with --accept); on failure nothing is left changed
+  upgrade --policy ID...
+                       the same under /etc/syscare/upgrade.conf (its window, accept and
+                       health gate), as the upgrade timer runs it
+  history              the last upgrade runs (timer, dnf hotpatch, syscare upgrade)
   check ID...          verify target package, build-id and patch files
   processes ID         per-process status of a user patch, with each process's mount
                        namespace and container
@@ -82,6 +86,7 @@ type options struct {
 	cmd      string
 	args     []string
 	gate     gateFlags
+	policy   bool
 }
 
 // gateFlags are the health gate's options of apply and upgrade.
@@ -111,6 +116,8 @@ func parse(args []string) (options, error) {
 			o.accepted = true
 		case a == "--accept":
 			o.accept = true
+		case a == "--policy":
+			o.policy = true
 		case a == "--health" || a == "--soak" || a == "--interval" || a == "--check-timeout" ||
 			strings.HasPrefix(a, "--health=") || strings.HasPrefix(a, "--soak=") ||
 			strings.HasPrefix(a, "--interval=") || strings.HasPrefix(a, "--check-timeout="):
@@ -165,7 +172,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	needIDs := map[string]bool{"status": true, "info": true, "target": true, "apply": true, "active": true,
 		"deactive": true, "remove": true, "accept": true, "check": true, "processes": true, "upgrade": true}
-	noIDs := map[string]bool{"list": true, "save": true, "restore": true, "rescan": true}
+	noIDs := map[string]bool{"list": true, "save": true, "restore": true, "rescan": true, "history": true}
 	switch {
 	case needIDs[o.cmd] && len(o.args) == 0:
 		return usageError{fmt.Sprintf("%s needs at least one patch identifier", o.cmd)}
@@ -179,6 +186,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{"--accept is an option of upgrade and apply (accept ID... accepts patches)"}
 	case o.gate.set && o.cmd != "upgrade" && o.cmd != "apply":
 		return usageError{"--health, --soak, --interval and --check-timeout are options of apply and upgrade"}
+	case o.policy && o.cmd != "upgrade":
+		return usageError{"--policy is an option of upgrade"}
+	case o.policy && (o.accept || o.gate.set):
+		return usageError{"--policy takes accept and the health gate from /etc/syscare/upgrade.conf: give neither"}
 	case o.gate.set && len(o.gate.health) == 0:
 		return usageError{"--soak, --interval and --check-timeout need --health"}
 	}
@@ -235,7 +246,7 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 		if o.cmd == "apply" && !o.accept && !o.gate.set {
 			break // the plain transition below
 		}
-		req := syscarebus.UpgradeRequest{Accept: o.accept, Force: o.force, NoSupersede: o.cmd == "apply",
+		req := syscarebus.UpgradeRequest{Accept: o.accept, Force: o.force, NoSupersede: o.cmd == "apply", Policy: o.policy,
 			Health: o.gate.health, Soak: o.gate.soak, Interval: o.gate.interval, CheckTimeout: o.gate.checkTimeout}
 		us, err := c.UpgradeWith(ctx, o.args, req)
 		if err != nil {
@@ -273,6 +284,21 @@ func dispatch(ctx context.Context, c *syscarebus.Client, o options, stdout, stde
 		return printStates(stdout, o, ss)
 	case "rescan":
 		return c.Rescan(ctx)
+	case "history":
+		rs, err := c.History(ctx)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			if rs == nil {
+				rs = []syscarebus.Record{}
+			}
+			return printJSON(stdout, rs)
+		}
+		for _, r := range rs {
+			fmt.Fprintf(stdout, "%s  %-8s %-8s %s\n", r.Time.Format(time.RFC3339), r.Source, r.Result, r.Summary)
+		}
+		return nil
 	}
 	return usageError{"unknown command " + o.cmd}
 }
