@@ -36,7 +36,31 @@ TRANSITIONS = {'apply': 'Apply', 'activate': 'Active', 'deactivate': 'Deactive',
 
 
 class HelperError(dnf.exceptions.Error):
-    """A call to syscare-helper failed; the message is the helper's, safe to show."""
+    """A call to syscare-helper failed; the message is the helper's, safe to show.
+    kind is the helper's error kind (HealthCheckFailed, OutsideWindow, ...) or ''."""
+
+    def __init__(self, msg, kind=''):
+        super(HelperError, self).__init__(msg)
+        self.kind = kind
+
+
+def parse_duration(text):
+    """Seconds from '30s', '2m', '1h', '500ms' or a plain number of seconds."""
+    t = str(text).strip()
+    units = (('ms', 0.001), ('s', 1), ('m', 60), ('h', 3600))
+    for suffix, mult in units:
+        if t.endswith(suffix) and not (suffix == 's' and t.endswith('ms')):
+            t, factor = t[:-len(suffix)], mult
+            break
+    else:
+        factor = 1
+    try:
+        value = float(t) * factor
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError('%r is not a duration such as 30s, 2m or 500ms' % text)
+    return value
 
 
 def _plain(value):
@@ -92,7 +116,7 @@ class Helper(object):
             name = e.get_dbus_name() or ''
             msg = e.get_dbus_message() or str(e)
             kind = name.rsplit('.', 1)[-1] if name.startswith(BUS_NAME + '.Error.') else ''
-            raise HelperError('%s%s' % ('%s: ' % kind if kind else '', msg))
+            raise HelperError('%s%s' % ('%s: ' % kind if kind else '', msg), kind)
 
     def list(self):
         """Rows of dicts: uuid, name, status, patch_uuid, problem."""
@@ -112,21 +136,40 @@ class Helper(object):
         rows = self._call(method, _strs(ids), bool(force))
         return [dict(zip(('uuid', 'name', 'status'), row)) for row in rows]
 
-    def upgrade(self, ids, accept=False, force=False):
+    def upgrade(self, ids, accept=False, force=False, gate=None, policy=False):
         """One transaction in the helper; rows of dicts: uuid, name, old_status, status,
-        action (APPLIED, ACTIVATED, ACCEPTED, SUPERSEDED, UNCHANGED), detail."""
-        opts = {'accept': bool(accept), 'force': bool(force)}
+        action (APPLIED, ACTIVATED, ACCEPTED, SUPERSEDED, UNCHANGED), detail.
+
+        gate: the health gate, {'health': [commands], 'soak': s, 'interval': s,
+        'check_timeout': s} (seconds); policy: run under /etc/syscare/upgrade.conf,
+        which then sets accept and the gate."""
+        if policy:
+            opts = {'policy': True, 'force': bool(force)}
+        else:
+            opts = {'accept': bool(accept), 'force': bool(force)}
+        gate = gate or {}
         try:
             import dbus
+            if gate.get('health'):
+                opts['health'] = dbus.Array([str(h) for h in gate['health']], signature='s')
+            for key in ('soak', 'interval', 'check_timeout'):
+                if gate.get(key) is not None:
+                    opts[key + '_ms'] = dbus.UInt64(int(gate[key] * 1000))
             opts = dbus.Dictionary(opts, signature='sv')
         except ImportError:
-            pass
+            if gate.get('health'):
+                opts['health'] = list(gate['health'])
+            for key in ('soak', 'interval', 'check_timeout'):
+                if gate.get(key) is not None:
+                    opts[key + '_ms'] = int(gate[key] * 1000)
         keys = ('uuid', 'name', 'old_status', 'status', 'action', 'detail')
         return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts)]
 
-    def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False):
+    def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False, policy=False):
         """Candidates (dicts of syscarebus.Candidate, dbus/messages.go), oldest first within a target."""
         opts = {}
+        if policy:
+            opts['policy'] = True
         if metadata_dirs:
             opts['metadata_dirs'] = _strs(metadata_dirs)
         if cves:
@@ -256,6 +299,19 @@ class HotpatchCommand(dnf.cli.Command):
         parser.add_argument('--json', action='store_true', help='machine-readable output')
         parser.add_argument('--force', action='store_true',
                             help='activate over a conflicting patch')
+        # The health gate (install/upgrade): the helper runs the checks after activation
+        # and accepts only after a healthy soak, or puts everything back.
+        parser.add_argument('--health', action='append', default=[], metavar='CMD',
+                            help='health check command run after activation (repeatable; '
+                                 'no shell: use sh -c for one)')
+        parser.add_argument('--soak', metavar='DURATION', help='keep checking for this long (e.g. 30s)')
+        parser.add_argument('--interval', metavar='DURATION', help='time between two checks (default 5s)')
+        parser.add_argument('--check-timeout', metavar='DURATION', dest='check_timeout',
+                            help='a check running longer fails (default 10s)')
+        parser.add_argument('--policy', action='store_true',
+                            help='upgrade under /etc/syscare/upgrade.conf, as the upgrade timer does')
+        parser.add_argument('--dry-run', action='store_true', dest='dry_run',
+                            help='install/upgrade: say what would be done, change nothing')
         # openEuler's flag spellings: `dnf hotpatch --list`, `--apply ID`, ...; `--accept`
         # alone (with install/upgrade) accepts the activated patches.
         parser.add_argument('--list', nargs='?', const='installed', metavar='cves',
@@ -321,16 +377,41 @@ class HotpatchCommand(dnf.cli.Command):
                 raise dnf.cli.CliError('--accept needs a patch id, or install/upgrade')
         return sub, ids, accept_flag
 
+    def _gate(self):
+        """The health gate options as the helper takes them, None without --health."""
+        o = self.opts
+        gate = {'health': list(o.health or [])}
+        for key in ('soak', 'interval', 'check_timeout'):
+            value = getattr(o, key, None)
+            if value is not None:
+                try:
+                    gate[key] = parse_duration(value)
+                except ValueError as e:
+                    raise dnf.cli.CliError('--%s: %s' % (key.replace('_', '-'), e))
+        if len(gate) > 1 and not gate['health']:
+            raise dnf.cli.CliError('--soak, --interval and --check-timeout need --health')
+        return gate if gate['health'] else None
+
     def configure(self):
         self._list_cves = False
         self.sub, self.ids, self.accept_flag = self._normalize()
+        self.gate = self._gate()
+        o = self.opts
+        if (self.gate or o.policy or o.dry_run) and self.sub not in ('install', 'upgrade'):
+            raise dnf.cli.CliError('--health, --soak, --policy and --dry-run are options of '
+                                   'hotpatch install and upgrade')
+        if o.policy and (self.gate or self.accept_flag or self.sub != 'upgrade'):
+            raise dnf.cli.CliError('--policy is an option of upgrade, and takes accept and '
+                                   'the health gate from /etc/syscare/upgrade.conf: give neither')
         demands = self.cli.demands
         changing = self.sub in ('install', 'upgrade', 'remove') or self.sub in TRANSITIONS
+        if o.dry_run:
+            changing = False
         demands.root_user = changing
         if self.sub in ('list', 'info', 'install', 'upgrade', 'remove'):
             demands.sack_activation = True
             demands.available_repos = self.sub != 'remove'
-        if self.sub in ('install', 'upgrade', 'remove'):
+        if self.sub in ('install', 'upgrade', 'remove') and not o.dry_run:
             demands.resolving = True
             demands.allow_erasing = self.sub == 'remove'
         if self.sub in TRANSITIONS and self.sub != 'remove' and not self.ids:
@@ -371,8 +452,8 @@ class HotpatchCommand(dnf.cli.Command):
                 self._repo_of_dir[d] = repo.id
         return dirs
 
-    def resolve(self, all_patches, cves=(), advisories=()):
-        cands = self.helper().resolve(self.metadata_dirs(), cves, advisories, all_patches)
+    def resolve(self, all_patches, cves=(), advisories=(), policy=False):
+        cands = self.helper().resolve(self.metadata_dirs(), cves, advisories, all_patches, policy)
         for c in cands:
             c['repo_id'] = getattr(self, '_repo_of_dir', {}).get(c.get('repo_id'), c.get('repo_id'))
         return cands
@@ -500,7 +581,16 @@ class HotpatchCommand(dnf.cli.Command):
         self._prepare(cands)
 
     def run_upgrade(self):
-        cands = self.resolve(False, self.opts.cves, self.opts.advisory)
+        self.skipped = None
+        try:
+            cands = self.resolve(False, self.opts.cves, self.opts.advisory, self.opts.policy)
+        except HelperError as e:
+            if e.kind != 'OutsideWindow' or self.opts.dry_run:
+                raise
+            # The helper keeps the run in its history and logs it; nothing to install.
+            self.skipped = e
+            self.plan, self.to_install = [], []
+            return
         if self.ids:
             cands = [c for c in cands if any(matches(c, i) for i in self.ids)]
         self._prepare(cands)
@@ -514,7 +604,9 @@ class HotpatchCommand(dnf.cli.Command):
         for c in cands:
             key = patch_key(c)
             state = patch_state(states[key]) if key in states else None
-            if state in (ACTIVED, ACCEPTED) and not (self.accept_flag or self._conf('accept', False)):
+            wants_accept = (self.accept_flag or self._conf('accept', False)
+                            or (c.get('policy') or {}).get('accept', False))
+            if state in (ACTIVED, ACCEPTED) and not wants_accept:
                 continue
             if state == ACCEPTED:
                 continue
@@ -522,17 +614,56 @@ class HotpatchCommand(dnf.cli.Command):
                 pkgs = avail.filter(nevra=c['package']).run()
                 if not pkgs:
                     raise dnf.exceptions.Error('%s is not in the enabled repositories' % c['package'])
-                self.base.package_install(pkgs[0], strict=True)
+                if not self.opts.dry_run:
+                    self.base.package_install(pkgs[0], strict=True)
                 self.to_install.append(c['package'])
             self.plan.append(c)
-        if not self.plan:
+        if self.opts.dry_run:
+            self._print_dry_run()
+        elif not self.plan:
             logger.info('No hot patch to install: every offered hot patch is already active.')
+
+    def _print_dry_run(self):
+        """What install/upgrade would do, changing nothing."""
+        if not self.plan:
+            print('dry run: no hot patch to install or activate')
+            return
+        accept = self.accept_flag or self._conf('accept', False)
+        gate = self.gate or {}
+        for c in self.plan:
+            pol = c.get('policy')
+            if pol is not None:
+                accept_c, health, soak = pol.get('accept'), pol.get('health') or [], pol.get('soak') or '0s'
+            else:
+                accept_c, health, soak = accept, gate.get('health') or [], '%gs' % gate.get('soak', 0)
+            what = 'install and activate' if c['package'] in self.to_install else 'activate'
+            line = 'dry run: would %s %s (%s, %s, %s) for %s' % (
+                what, rpm_name(c), c['advisory'] or '-', c['severity'] or '-',
+                ','.join(c['cves']) or '-', target_nvr(c['target']))
+            if health:
+                line += '; health: %s over %s' % (' ; '.join(health), soak)
+            line += '; then %s' % ('ACCEPTED' if accept_c else 'ACTIVED')
+            print(line)
 
     def run_transaction(self):
         if self.sub in ('install', 'upgrade'):
             self._activate_plan()
 
     def _activate_plan(self):
+        if self.opts.dry_run:
+            return
+        if self.opts.policy and not getattr(self, 'plan', None):
+            # The helper records the run (nothing to do, or outside the window) and logs
+            # its one-line summary; the timer's journal shows the same line.
+            try:
+                self.helper().upgrade([], force=self.opts.force, policy=True)
+            except HelperError as e:
+                if e.kind != 'OutsideWindow':
+                    raise
+                logger.info('hot patch upgrade skipped: %s', e)
+                return
+            logger.info('hot patch upgrade: nothing to do')
+            return
         if not getattr(self, 'plan', None):
             return
         if self.base.conf.downloadonly:
@@ -540,8 +671,9 @@ class HotpatchCommand(dnf.cli.Command):
         accept = self.accept_flag or self._conf('accept', False)
         keys = [patch_key(c) for c in self.plan]
         try:
-            # Supersede, apply, accept: one transaction, rolled back by the helper.
-            rows = self.helper().upgrade(keys, accept, self.opts.force)
+            # Supersede, apply, health gate, accept: one transaction, rolled back by the helper.
+            rows = self.helper().upgrade(keys, accept, self.opts.force, gate=self.gate,
+                                         policy=self.opts.policy)
         except HelperError as e:
             self._rollback(e, keys)
             raise dnf.exceptions.Error('hot patch activation failed: %s (state restored, '

@@ -434,3 +434,94 @@ def test_helper_values_are_plain():
     assert rows == [{'uuid': 'u-0', 'name': 'a/b/c', 'status': 'ACTIVED', 'patch_uuid': 'p-0',
                      'problem': ''}]
     assert type(rows[0]['name']) is str
+
+
+# ------------------------------------------------------------------ health gate, policy, dry run
+
+def test_health_gate_passes_through():
+    proxy = FakeProxy([cand('HP002')])
+    cmd = command(['upgrade', '--accept', '--health', 'redis-cli ping', '--health', "sh -c 'a | b'",
+                   '--soak', '30s', '--interval', '500ms', '--check-timeout', '2'], proxy)
+    cmd.run()
+    cmd.run_transaction()
+    up = [c for c in proxy.calls if c[0] == 'Upgrade']
+    assert up == [('Upgrade', ['victim-1.0-1/HP002-1-1'],
+                   {'accept': True, 'force': False, 'health': ['redis-cli ping', "sh -c 'a | b'"],
+                    'soak_ms': 30000, 'interval_ms': 500, 'check_timeout_ms': 2000})]
+    opts = proxy.calls[-1][2]
+    assert isinstance(opts['soak_ms'], dbus.UInt64) and opts['health'].signature == 's'
+
+
+def test_failed_health_check_erases_the_rpms(capsys):
+    err = dbus.exceptions.DBusException('`redis-cli ping` failed after 2s of a 30s soak: exit status 1',
+                                        name='org.openeuler.SysCare1.Error.HealthCheckFailed')
+    proxy = FakeProxy([cand('HP002')], fail={'Upgrade': err})
+    cmd = command(['upgrade', '--health', 'redis-cli ping', '--soak', '30s'], proxy)
+    cmd.run()
+    with pytest.raises(dnf.exceptions.Error, match='HealthCheckFailed: `redis-cli ping` failed'):
+        cmd.run_transaction()
+    assert cmd.base.erased == ['patch-victim-1.0-1-HP002-1-1.x86_64']
+
+
+@pytest.mark.parametrize('argv', [
+    ['upgrade', '--soak', '30s'], ['upgrade', '--health', 'x', '--soak', 'soon'],
+    ['apply', 'X', '--health', 'x'], ['upgrade', '--policy', '--accept'],
+    ['upgrade', '--policy', '--health', 'x'], ['install', 'HP1', '--policy'], ['remove', 'X', '--dry-run'],
+])
+def test_bad_gate_and_policy_lines(argv):
+    with pytest.raises(dnf.exceptions.Error):
+        command(argv, FakeProxy([]))
+
+
+def test_policy_run_asks_the_helper():
+    c = cand('HP002')
+    c['policy'] = {'accept': True, 'health': ['true'], 'soak': '30s'}
+    proxy = FakeProxy([c])
+    cmd = command(['upgrade', '--policy'], proxy)
+    cmd.run()
+    cmd.run_transaction()
+    assert [x for x in proxy.calls if x[0] == 'Resolve'][0][1]['policy'] is True
+    assert [x for x in proxy.calls if x[0] == 'Upgrade'] == [
+        ('Upgrade', ['victim-1.0-1/HP002-1-1'], {'policy': True, 'force': False})]
+
+
+def test_policy_run_with_nothing_to_do_is_recorded():
+    proxy = FakeProxy([])
+    cmd = command(['upgrade', '--policy'], proxy)
+    cmd.run()
+    cmd.run_transaction()
+    assert [x for x in proxy.calls if x[0] == 'Upgrade'] == [('Upgrade', [], {'policy': True, 'force': False})]
+    assert cmd.base.installs == []
+
+
+def test_policy_run_outside_the_window_skips():
+    err = dbus.exceptions.DBusException('outside the maintenance window (Sat 02:00-04:00)',
+                                        name='org.openeuler.SysCare1.Error.OutsideWindow')
+    proxy = FakeProxy([cand('HP002')], fail={'Resolve': err})
+    cmd = command(['upgrade', '--policy'], proxy)
+    cmd.run()
+    proxy.fail = {'Upgrade': err}
+    cmd.run_transaction()  # no error: a skipped run is a normal outcome
+    assert cmd.base.installs == []
+    assert [x[0] for x in proxy.calls if x[0] == 'Upgrade'] == ['Upgrade']
+
+
+def test_dry_run_changes_nothing(capsys):
+    c = cand('HP002', advisory='SA-2', cves=['CVE-2'])
+    c['policy'] = {'accept': True, 'health': ['redis-cli ping'], 'soak': '30s'}
+    proxy = FakeProxy([c])
+    cmd = command(['upgrade', '--policy', '--dry-run'], proxy)
+    assert not cmd.cli.demands.resolving and not cmd.cli.demands.root_user
+    cmd.run()
+    cmd.run_transaction()
+    assert cmd.base.installs == [] and 'Upgrade' not in names(proxy)
+    out = capsys.readouterr().out
+    assert out.strip() == ('dry run: would install and activate patch-victim-1.0-1-HP002 (SA-2, Important, CVE-2) '
+                           'for victim-1.0-1; health: redis-cli ping over 30s; then ACCEPTED')
+
+
+def test_parse_duration():
+    assert [hotpatch.parse_duration(x) for x in ('30s', '2m', '500ms', '1.5', '1h')] == [30, 120, 0.5, 1.5, 3600]
+    for bad in ('soon', '-1s', ''):
+        with pytest.raises(ValueError):
+            hotpatch.parse_duration(bad)
