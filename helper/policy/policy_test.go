@@ -122,3 +122,15 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("broken policy: %v", err)
 	}
 }
+
+// The example shipped in dbus/ parses.
+func TestExample(t *testing.T) {
+	data, err := os.ReadFile("../../dbus/upgrade.conf.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse("upgrade.conf.example", data)
+	if err != nil || !p.Accept || len(p.Windows) != 2 || len(p.Gate.Health) != 1 {
+		t.Fatalf("example: %+v %v", p, err)
+	}
+}
