@@ -104,14 +104,14 @@ class Helper(object):
         # Long operations (activation waits for busy processes) outlast the default 25 s.
         return cls(dbus.Interface(obj, INTERFACE))
 
-    def _call(self, method, *args):
+    def _call(self, method, *args, **kw):
         try:
             import dbus
             dbus_error = dbus.exceptions.DBusException
         except ImportError:
             dbus_error = ()
         try:
-            return _plain(getattr(self._proxy, method)(*args, timeout=600))
+            return _plain(getattr(self._proxy, method)(*args, timeout=kw.get('timeout', 600)))
         except dbus_error as e:
             name = e.get_dbus_name() or ''
             msg = e.get_dbus_message() or str(e)
@@ -163,7 +163,10 @@ class Helper(object):
                 if gate.get(key) is not None:
                     opts[key + '_ms'] = int(gate[key] * 1000)
         keys = ('uuid', 'name', 'old_status', 'status', 'action', 'detail')
-        return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts)]
+        # The helper soaks inside the call: wait for the soak on top of the usual bound
+        # (a policy run's soak is not known here: allow an hour).
+        soak = (gate.get('soak') or 0) + (3600 if policy else 0)
+        return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts, timeout=600 + soak)]
 
     def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False, policy=False):
         """Candidates (dicts of syscarebus.Candidate, dbus/messages.go), oldest first within a target."""

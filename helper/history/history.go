@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,6 +21,8 @@ const FileName = "history.json"
 
 // DefaultKeep is how many runs are kept.
 const DefaultKeep = 50
+
+var addMu sync.Mutex
 
 // Store is the history file of one state directory; the helper is its only writer.
 type Store struct {
@@ -56,6 +59,10 @@ func (s Store) Load() ([]syscarebus.Record, error) {
 // be able to plant anything on the way. A corrupt history is started afresh (it is a
 // log, not state), with the reason kept as the first record.
 func (s Store) Add(r syscarebus.Record) error {
+	// Two runs may end at once (the manager serializes transactions, not their
+	// records): the read-modify-write of the file is one at a time.
+	addMu.Lock()
+	defer addMu.Unlock()
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		return err
 	}

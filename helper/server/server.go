@@ -310,6 +310,12 @@ func (o *Object) Upgrade(sender godbus.Sender, ids []string, opts map[string]god
 		rec.Source = fmt.Sprintf("uid %d", uid)
 		err = o.s.runChecksAs(ctx, sender, &uo)
 	}
+	if uo.Health.Soak > 0 {
+		// A soak may outlast the usual bound of a call: the bound starts after it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), o.s.cfg.CallTimeout+uo.Health.Soak)
+		defer cancel()
+	}
 	var rs []manager.UpgradeResult
 	switch {
 	case err != nil:
