@@ -65,7 +65,7 @@ lint: ## gofmt, go vet, staticcheck, go mod tidy, python syntax
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
-	@if ls dnf-plugin/*.py >/dev/null 2>&1; then $(PYTHON) -m py_compile dnf-plugin/*.py; fi
+	@if ls dnf-plugin/*.py >/dev/null 2>&1; then $(PYTHON) -m py_compile dnf-plugin/*.py ansible/plugins/modules/*.py; fi
 
 clean: ## remove build output
 	rm -rf $(BIN)
