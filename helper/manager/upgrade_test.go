@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/helper/health"
@@ -225,3 +228,54 @@ func TestUpgradeHealthGate(t *testing.T) {
 		t.Fatalf("second upgrade: %v after %s", err, time.Since(start))
 	}
 }
+
+// TestSoakHoldsOtherTransactions: while a soak runs, reads answer at once and another
+// transaction waits for the soak's end, saying so in the log; it never runs in between.
+func TestSoakHoldsOtherTransactions(t *testing.T) {
+	e := newEnv(t)
+	e.addPatch(pA, eA, "HP001", "1", "f")
+	e.addPatch(pC, eC, "HP005", "1", "g")
+	e.m.Rescan()
+	e.eng.pids[filepath.Join(e.root, hst)] = []int{100}
+	var logged strings.Builder
+	var logMu sync.Mutex
+	log := logrus.New()
+	log.SetOutput(writerFunc(func(b []byte) (int, error) { logMu.Lock(); defer logMu.Unlock(); return logged.Write(b) }))
+	e.m.cfg.Log = log
+	c, _ := health.New("true", 0)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.m.Upgrade(context.Background(), []string{pA}, UpgradeOptions{Accept: true,
+			Health: HealthGate{Checks: []health.Check{c}, Soak: 600 * time.Millisecond, Interval: 100 * time.Millisecond}})
+		done <- err
+	}()
+	for end := time.Now().Add(3 * time.Second); e.state(eA) != Actived; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the upgrade did not reach ACTIVED")
+		}
+	}
+	start := time.Now()
+	if _, err := e.m.Status([]string{pA}); err != nil || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("status during the soak: %v after %s", err, time.Since(start))
+	}
+	if _, err := e.m.Transition(context.Background(), OpApply, []string{pC}, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("the apply ran before the soak ended")
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if e.state(eA) != Accepted || e.state(eC) != Actived || !strings.Contains(logged.String(), "another transaction holds the helper; waiting for it to end") {
+		t.Fatalf("A %s, C %s, log:\n%s", e.state(eA), e.state(eC), logged.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
