@@ -57,6 +57,9 @@ Commands (ID: entity or patch UUID, entity name, TARGET-NVR/PATCH[-VER-REL], or 
   save                 record every patch state
   restore [--accepted] replay the recorded states
   rescan               re-read the patch directories
+  reboot [--no-kexec] [--dry-run] ...
+                       restart the system (kexec where possible); ACCEPTED patches come
+                       back at boot (syscare reboot --help)
   build ARGS...        build a patch RPM (runs syscare-build)
   repo ARGS...         hot-patch repositories
 
@@ -100,7 +103,7 @@ func parse(args []string) (options, error) {
 	var o options
 	for i := 0; i < len(args); i++ {
 		a := args[i]
-		if o.cmd == "build" || o.cmd == "repo" {
+		if o.cmd == "build" || o.cmd == "repo" || o.cmd == "reboot" {
 			o.args = append(o.args, args[i:]...)
 			break
 		}
@@ -169,6 +172,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBuild(ctx, o.args, stdout, stderr)
 	case "repo":
 		return runRepo(ctx, o.args, stdout, stderr)
+	case "reboot":
+		return runReboot(ctx, o.bus, o.args, stdout, stderr)
 	}
 	needIDs := map[string]bool{"status": true, "info": true, "target": true, "apply": true, "active": true,
 		"deactive": true, "remove": true, "accept": true, "check": true, "processes": true, "upgrade": true}

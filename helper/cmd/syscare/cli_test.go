@@ -93,3 +93,25 @@ func TestRawJSONIndented(t *testing.T) {
 		t.Errorf("invalid JSON: %q %v, want it printed as is", b.String(), err)
 	}
 }
+
+// syscare reboot: bad lines are usage errors; --dry-run only says what it would do (the
+// kexec boot itself is tested under qemu in tests/kernel).
+func TestRebootDryRun(t *testing.T) {
+	var ue usageError
+	for _, bad := range [][]string{{"reboot", "--bogus"}, {"reboot", "now"}} {
+		if err := run(context.Background(), bad, &bytes.Buffer{}, &bytes.Buffer{}); !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want usage error", bad, err)
+		}
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--bus", "unix:path=/nonexistent", "reboot", "--no-kexec", "--dry-run"}, &out, &errOut)
+	if err != nil || (out.String() != "would reboot now\n" && out.String() != "would run: systemctl reboot\n") ||
+		!strings.Contains(errOut.String(), "cannot list the hot patches") {
+		t.Fatalf("dry run: %v %q %q", err, out.String(), errOut.String())
+	}
+	out.Reset()
+	err = run(context.Background(), []string{"--bus", "unix:path=/nonexistent", "reboot", "--kernel", "/nonexistent/vmlinuz", "--dry-run"}, &out, &errOut)
+	if err != nil || !strings.Contains(out.String(), `would load /nonexistent/vmlinuz (initramfs "") with command line`) {
+		t.Fatalf("dry run with a kernel: %v %q", err, out.String())
+	}
+}
