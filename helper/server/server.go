@@ -349,6 +349,9 @@ func (s *Server) policyRun(ids []string, force bool) (manager.UpgradeOptions, er
 	if !p.Open(time.Now()) {
 		return manager.UpgradeOptions{}, fmt.Errorf("%w (%s): nothing done", syscarebus.ErrOutsideWindow, p.WindowText())
 	}
+	// The patch RPMs were usually installed a moment ago: the gate is chosen by their
+	// target packages, so read the directories now rather than wait for the watch.
+	s.cfg.Manager.Rescan()
 	var names []string
 	if ps, err := s.cfg.Manager.Patches(ids); err == nil {
 		for _, pt := range ps {
