@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/syscare/syscare/dbus"
-	"github.com/syscare/syscare/runtime/kexec"
+	"github.com/syscare/syscare/helper/kexec"
 )
 
 const rebootUsage = `usage: syscare [--bus ADDR] reboot [--kernel FILE] [--initrd FILE] [--append ARGS]
