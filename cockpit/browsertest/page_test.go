@@ -1,0 +1,201 @@
+package browsertest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syscare/syscare/dbus/testbus"
+	"github.com/syscare/syscare/tests/testenv"
+)
+
+const nobody = 65534
+
+// browserBinary finds Debian's headless Chromium (or the full one).
+func browserBinary() string {
+	for _, b := range []string{"chromium-headless-shell", "chromium"} {
+		if p, err := exec.LookPath(b); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// row is the JS expression of the page's row of the demo patch.
+const row = `document.querySelector('#host tr[data-patch-name="HP001"]')`
+
+// pageState is what the test reads back from the page after each step.
+type pageState struct {
+	Generation int
+	State      string
+	CVEs       string
+	Processes  string
+	Report     string
+	Offers     string
+	Alerts     []string
+}
+
+const readState = `(() => { const r = ` + row + `; const q = s => r && r.querySelector(s) ? r.querySelector(s).textContent : "";
+	return { Generation: +(document.body.dataset.generation || 0), State: r ? r.dataset.state : "",
+		CVEs: q(".cves"), Processes: q(".processes"), Report: q(".report"),
+		Offers: document.querySelector("#offers tbody").textContent,
+		Alerts: [...document.querySelectorAll("#alerts .alert")].map(a => a.dataset.kind + ": " + a.textContent) }; })()`
+
+func state(t *testing.T, ctx context.Context, p *Page) pageState {
+	t.Helper()
+	var s pageState
+	if err := p.Eval(ctx, readState, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestPage runs the page in headless Chromium against Cockpit's real web service and
+// bridge (Debian's cockpit-ws and cockpit-bridge), the real helper on a private bus and a
+// running process carrying the demo patch: the page lists the patch with its CVE, report
+// summary and the patched process; clicking Deactivate takes the patch out of the running
+// process; a change made elsewhere (the CLI) reaches the page through StateChanged; an
+// unprivileged session's click is refused by the helper and changes nothing; a session
+// whose bus has no helper says so. Screenshots go to bin/cockpit-*.png.
+func TestPage(t *testing.T) {
+	testenv.NeedE2E(t)
+	testenv.NeedRoot(t, "the helper patches processes with ptrace")
+	for _, c := range []string{cockpitWS, "/usr/bin/cockpit-bridge", "dbus-daemon", "rpmbuild", "createrepo_c", "gcc"} {
+		_, err := exec.LookPath(c)
+		testenv.Require(t, err == nil, c+" is not installed (make deps)")
+	}
+	chrome := browserBinary()
+	testenv.Require(t, chrome != "", "chromium-headless-shell is not installed (make deps)")
+	start := time.Now()
+
+	h := newHost(t)
+	v := h.startVictim()
+	h.syscare("apply", patchUUID)
+	v.wait(t, "2")
+	t.Logf("host ready in %s", time.Since(start).Round(time.Millisecond))
+
+	share := installPackage(t, h.repo, h.dir)
+	admin := startCockpit(t, "root", h.dir, share, h.bus.Addr, 0)
+
+	shots := filepath.Join(h.repo, "bin")
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	chromeLog := &testbus.Log{}
+	b, err := Launch(chrome, filepath.Join(h.dir, "chrome"), chromeLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("page console:\n%s\nchromium:\n%s", strings.Join(b.Console, "\n"), chromeLog)
+		}
+	})
+	p, err := b.NewPage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := func(name string) {
+		t.Helper()
+		path := filepath.Join(shots, "cockpit-"+name+".png")
+		if err := p.Screenshot(ctx, path); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Println("screenshot:", path)
+	}
+	wait := func(expr, what string) {
+		t.Helper()
+		if err := p.WaitTrue(ctx, 20*time.Second, expr, readState); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+
+	// The patched host as an administrator sees it.
+	if err := p.Navigate(ctx, admin.URL); err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(v.cmd.Process.Pid)
+	wait(row+` && `+row+`.dataset.state === "ACTIVED" && document.querySelector("#offers tbody tr")`, "the page lists the applied patch")
+	s := state(t, ctx, p)
+	for _, c := range []struct{ got, want, what string }{
+		{s.CVEs, "CVE-2026-0001", "CVE of the installed patch (from its advisory)"},
+		{s.Processes, pid + " victim patched", "the running process carrying the patch"},
+		{s.Processes, "1 of 1 patched", "process count"},
+		{s.Report, h.report, "report summary"},
+		{s.Offers, "CVE-2026-0002", "the newer patch the repository offers"},
+		{s.Offers, "patch-victim-1.0-1-HP002-1-1.x86_64", "the offered package"},
+	} {
+		if !strings.Contains(c.got, c.want) {
+			t.Errorf("%s: %q lacks %q", c.what, c.got, c.want)
+		}
+	}
+	if len(s.Alerts) != 0 {
+		t.Errorf("alerts on a healthy host: %q", s.Alerts)
+	}
+	shot("patched")
+
+	// Deactivate with a click: the running process runs the old code again.
+	if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+		t.Fatal(err)
+	}
+	v.wait(t, "1")
+	wait(row+`.dataset.state === "DEACTIVED"`, "the state after the click")
+	if got := h.syscare("status", entityUUID); !strings.Contains(got, "DEACTIVED") {
+		t.Errorf("helper's status after the click: %q", got)
+	}
+	s = state(t, ctx, p)
+	if !strings.Contains(s.Processes, "0 of 1 patched") {
+		t.Errorf("processes after deactivation: %q", s.Processes)
+	}
+	shot("deactived")
+
+	// A change made elsewhere reaches the open page by the StateChanged signal alone.
+	gen := state(t, ctx, p).Generation
+	h.syscare("active", patchUUID)
+	v.wait(t, "2")
+	wait(row+`.dataset.state === "ACTIVED" && +document.body.dataset.generation > `+strconv.Itoa(gen), "the page after a change by the CLI")
+
+	// An unprivileged session (nobody, no polkit grant) sees the patch, and its click is
+	// refused by the helper: the state and the process stay as they are.
+	user := startCockpit(t, "nobody", h.dir, share, h.bus.Addr, nobody)
+	if err := p.Navigate(ctx, user.URL); err != nil {
+		t.Fatal(err)
+	}
+	wait(row+` && `+row+`.dataset.state === "ACTIVED"`, "the unprivileged page lists the patch")
+	if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('#alerts [data-kind="denied"]')`, "the refusal shown to an unprivileged user")
+	s = state(t, ctx, p)
+	if s.State != "ACTIVED" || !strings.Contains(strings.Join(s.Alerts, "\n"), "not authorized") {
+		t.Errorf("unprivileged page after the refused click: %+v", s)
+	}
+	v.wait(t, "2")
+	if got := h.syscare("status", entityUUID); !strings.Contains(got, "ACTIVED") {
+		t.Errorf("helper's status after the refused click: %q", got)
+	}
+	shot("denied")
+
+	// A session whose system bus has no helper says that the helper is not reachable.
+	emptyBus, err := testbus.Start(testbus.Options{RepoDir: h.repo, Dir: filepath.Join(h.dir, "nobus"), HelperExec: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emptyBus.Close()
+	gone := startCockpit(t, "nohelper", h.dir, share, emptyBus.Addr, 0)
+	if err := p.Navigate(ctx, gone.URL); err != nil {
+		t.Fatal(err)
+	}
+	wait(`document.querySelector('#alerts [data-kind="unreachable"]')`, "the message when the helper is not reachable")
+	shot("unreachable")
+	t.Logf("whole test %s", time.Since(start).Round(time.Millisecond))
+}
