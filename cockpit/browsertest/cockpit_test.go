@@ -15,7 +15,15 @@ import (
 	"github.com/syscare/syscare/dbus/testbus"
 )
 
-const cockpitWS = "/usr/lib/cockpit/cockpit-ws"
+// cockpitWSPath finds cockpit-ws, which is not on PATH: Debian's place, then Fedora's.
+func cockpitWSPath() string {
+	for _, p := range []string{"/usr/lib/cockpit/cockpit-ws", "/usr/libexec/cockpit-ws"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
 
 // cockpitSession is a cockpit-ws serving one local session: its bridge runs as the user
 // cockpit-ws runs as, with the environment given here, so the page's "system bus" is the
@@ -67,7 +75,7 @@ func startCockpit(t *testing.T, name, dir, share, busAddr string, uid int) *cock
 	os.Chown(home, uid, uid)
 	port := freePort(t)
 	s := &cockpitSession{log: &testbus.Log{}}
-	s.cmd = exec.Command(cockpitWS, "--port", strconv.Itoa(port), "--address", "127.0.0.1", "--local-session=cockpit-bridge")
+	s.cmd = exec.Command(cockpitWSPath(), "--port", strconv.Itoa(port), "--address", "127.0.0.1", "--local-session=cockpit-bridge")
 	s.cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "XDG_RUNTIME_DIR=" + home,
 		"XDG_DATA_DIRS=" + share + ":/usr/share", "DBUS_SYSTEM_BUS_ADDRESS=" + busAddr, "LANG=C.UTF-8"}
 	if uid != 0 {

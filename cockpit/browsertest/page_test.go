@@ -17,9 +17,9 @@ import (
 
 const nobody = 65534
 
-// browserBinary finds Debian's headless Chromium (or the full one).
+// browserBinary finds Debian's headless Chromium, Fedora's, or a full Chromium.
 func browserBinary() string {
-	for _, b := range []string{"chromium-headless-shell", "chromium"} {
+	for _, b := range []string{"chromium-headless-shell", "/usr/lib64/chromium-browser/headless_shell", "chromium", "chromium-browser"} {
 		if p, err := exec.LookPath(b); err == nil {
 			return p
 		}
@@ -66,7 +66,8 @@ func state(t *testing.T, ctx context.Context, p *Page) pageState {
 func TestPage(t *testing.T) {
 	testenv.NeedE2E(t)
 	testenv.NeedRoot(t, "the helper patches processes with ptrace")
-	for _, c := range []string{cockpitWS, "/usr/bin/cockpit-bridge", "dbus-daemon", "rpmbuild", "createrepo_c", "gcc"} {
+	testenv.Require(t, cockpitWSPath() != "", "cockpit-ws is not installed (make deps)")
+	for _, c := range []string{"cockpit-bridge", "dbus-daemon", "rpmbuild", "createrepo_c", "gcc"} {
 		_, err := exec.LookPath(c)
 		testenv.Require(t, err == nil, c+" is not installed (make deps)")
 	}
