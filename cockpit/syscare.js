@@ -60,10 +60,19 @@ function classify(ex) {
     return "failed";
 }
 
+// Cockpit's problem codes, said for this page ("not-found" is also what the bridge
+// replies when the bus cannot start the helper).
+const PROBLEMS = {
+    "not-found": "the system bus has no org.openeuler.SysCare1 service, or it failed to start",
+    disconnected: "the connection to the bus was closed",
+    "access-denied": "the bridge was refused access",
+};
+
 function messageOf(ex) {
     if (!ex) return "unknown error";
+    if (ex.problem && (!ex.message || ex.message === ex.problem))
+        return PROBLEMS[ex.problem] || cockpit.message({ problem: ex.problem });
     if (ex.message) return ex.message;
-    if (ex.problem) return cockpit.message(ex);
     return String(ex);
 }
 

@@ -165,8 +165,9 @@ func TestPage(t *testing.T) {
 	v.wait(t, "2")
 	wait(row+`.dataset.state === "ACTIVED" && +document.body.dataset.generation > `+strconv.Itoa(gen), "the page after a change by the CLI")
 
-	// An unprivileged session (nobody, no polkit grant) sees the patch, and its click is
-	// refused by the helper: the state and the process stay as they are.
+	// An unprivileged session (nobody) sees the patch; polkit grants it nothing, so its
+	// click is refused by the helper on polkit's answer: the state and the process stay.
+	rules := h.startPolkit()
 	user := startCockpit(t, "nobody", h.dir, share, h.bus.Addr, nobody)
 	if err := p.Navigate(ctx, user.URL); err != nil {
 		t.Fatal(err)
@@ -177,8 +178,10 @@ func TestPage(t *testing.T) {
 	}
 	wait(`document.querySelector('#alerts [data-kind="denied"]')`, "the refusal shown to an unprivileged user")
 	s = state(t, ctx, p)
-	if s.State != "ACTIVED" || !strings.Contains(strings.Join(s.Alerts, "\n"), "not authorized") {
-		t.Errorf("unprivileged page after the refused click: %+v", s)
+	alerts := strings.Join(s.Alerts, "\n")
+	if s.State != "ACTIVED" || !strings.Contains(alerts, "You are not authorized") ||
+		!strings.Contains(alerts, "is not authorized for org.openeuler.syscare.manage") {
+		t.Errorf("unprivileged page after the refused click (want polkit's refusal): %+v", s)
 	}
 	v.wait(t, "2")
 	if got := h.syscare("status", entityUUID); !strings.Contains(got, "ACTIVED") {
@@ -186,13 +189,63 @@ func TestPage(t *testing.T) {
 	}
 	shot("denied")
 
-	// A session whose system bus has no helper says that the helper is not reachable.
-	emptyBus, err := testbus.Start(testbus.Options{RepoDir: h.repo, Dir: filepath.Join(h.dir, "nobus"), HelperExec: "/bin/false"})
+	// A polkit rule granting nobody the action: the same click now takes the patch out.
+	if err := os.WriteFile(filepath.Join(rules, "50-syscare-cockpit.rules"), []byte(grantNobody), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+			t.Fatal(err)
+		}
+		// polkitd reloads its rules on an inotify event, a moment after the write.
+		if p.WaitTrue(ctx, 3*time.Second, `document.querySelector('#alerts [data-kind="done"]')`, readState) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nobody's click still refused with a granting rule: %+v", state(t, ctx, p))
+		}
+	}
+	v.wait(t, "1")
+	wait(row+`.dataset.state === "DEACTIVED"`, "the state after nobody's granted click")
+
+	// A host where the helper runs only on demand: the page's first call activates it
+	// through the bus (the bridge does not need it running), and an empty host says so.
+	empty := filepath.Join(h.dir, "emptyroot")
+	if err := os.MkdirAll(filepath.Join(empty, "usr/lib/syscare/patches"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(h.dir, "rpm", "--root", empty, "--initdb"); err != nil {
+		t.Fatal(err)
+	}
+	idleBus, err := testbus.Start(testbus.Options{RepoDir: h.repo, Dir: filepath.Join(h.dir, "idlebus"),
+		HelperExec: h.bin + "/syscare-helper --root " + empty})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer emptyBus.Close()
-	gone := startCockpit(t, "nohelper", h.dir, share, emptyBus.Addr, 0)
+	defer idleBus.Close()
+	if pid := idleBus.HelperPid(); pid != 0 {
+		t.Fatalf("helper %d runs before the page asked", pid)
+	}
+	idle := startCockpit(t, "idle", h.dir, share, idleBus.Addr, 0)
+	if err := p.Navigate(ctx, idle.URL); err != nil {
+		t.Fatal(err)
+	}
+	wait(`+document.body.dataset.generation > 0 && !document.querySelector("#host-empty").hidden`, "the page of a host with no patch")
+	if s := state(t, ctx, p); len(s.Alerts) != 0 {
+		t.Errorf("alerts on an empty host: %q", s.Alerts)
+	}
+	if idleBus.HelperPid() == 0 {
+		t.Error("the page's calls did not activate the helper")
+	}
+
+	// A bus where the helper cannot start: the page says that the helper is not reachable.
+	brokenBus, err := testbus.Start(testbus.Options{RepoDir: h.repo, Dir: filepath.Join(h.dir, "brokenbus"), HelperExec: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer brokenBus.Close()
+	gone := startCockpit(t, "nohelper", h.dir, share, brokenBus.Addr, 0)
 	if err := p.Navigate(ctx, gone.URL); err != nil {
 		t.Fatal(err)
 	}
