@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syscare/syscare/dbus"
 	"github.com/syscare/syscare/dbus/testbus"
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/diff"
@@ -39,7 +41,20 @@ int main(void) {
 }
 `
 
-const patchC = "#include <upatch.h>\nint greet_v2(void) { return 2; }\nUPATCH_FUNC(greet, greet_v2);\n"
+// hostPatch is a patch directory the test installs: HP001 makes greet return 2, the
+// newer HP002 (for "Upgrade all") 3.
+type hostPatch struct {
+	name, uuid, entity, returns string
+}
+
+var (
+	hp1 = hostPatch{"HP001", "6c1f5c5e-0000-4000-8000-00000000c0c1", "6c1f5c5e-0000-4000-8000-00000000c0c2", "2"}
+	hp2 = hostPatch{"HP002", "6c1f5c5e-0000-4000-8000-00000000c0c3", "6c1f5c5e-0000-4000-8000-00000000c0c4", "3"}
+)
+
+func (p hostPatch) source() string {
+	return fmt.Sprintf("#include <upatch.h>\nint greet_%[1]s(void) { return %[2]s; }\nUPATCH_FUNC(greet, greet_%[1]s);\n", p.name, p.returns)
+}
 
 const victimSpec = `Name: victim
 Version: 1.0
@@ -77,12 +92,6 @@ echo %s > %%{buildroot}/usr/lib/syscare/patches/%s/data
 %%files
 /usr/lib/syscare/patches/%s/data
 `
-
-const (
-	patchUUID  = "6c1f5c5e-0000-4000-8000-00000000c0c1"
-	entityUUID = "6c1f5c5e-0000-4000-8000-00000000c0c2"
-	patchName  = "HP001"
-)
 
 // advisories the repository publishes: advisory id, CVE, patch name.
 var advisories = [][3]string{{"SA-2026-0001", "CVE-2026-0001", "HP001"}, {"SA-2026-0002", "CVE-2026-0002", "HP002"}}
@@ -160,13 +169,16 @@ func newHost(t *testing.T) *host {
 	must(run(h.dir, "rpm", "--root", h.root, "-i", "--nodeps", "--noscripts", rpms("victim-1.0-1*.rpm")))
 	prodhost.Check(t, h.root, filepath.Join(h.root, "usr/bin/victim"))
 
-	// The patch object, self-contained so that it applies to the stripped file.
-	must(os.WriteFile(filepath.Join(h.dir, "fix.c"), []byte(patchC), 0o644))
-	must(run(h.dir, "gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-I", filepath.Join(repo, "runtime/include"), "-o", "fix.o", "fix.c"))
-	if _, err := selfcontain.Make(ctx, filepath.Join(h.dir, "fix.o"), debug, filepath.Join(h.dir, "fix-sc.o")); err != nil {
-		t.Fatal(err)
+	// The patch objects, self-contained so that they apply to the stripped file.
+	for _, p := range []hostPatch{hp1, hp2} {
+		must(os.WriteFile(filepath.Join(h.dir, p.name+".c"), []byte(p.source()), 0o644))
+		must(run(h.dir, "gcc", "-c", "-O2", "-ffunction-sections", "-fdata-sections", "-I", filepath.Join(repo, "runtime/include"),
+			"-o", p.name+".o", p.name+".c"))
+		if _, err := selfcontain.Make(ctx, filepath.Join(h.dir, p.name+".o"), debug, filepath.Join(h.dir, p.name+"-sc.o")); err != nil {
+			t.Fatal(err)
+		}
 	}
-	h.installPatch()
+	h.installPatch(hp1)
 
 	// The repository, configured on the scratch root as DNF would have it.
 	repoDir := filepath.Join(h.dir, "repo")
@@ -199,10 +211,11 @@ func newHost(t *testing.T) *host {
 	return h
 }
 
-// installPatch writes HP001's directory (patch.json, object, builder report) into the root.
-func (h *host) installPatch() {
+// installPatch writes a patch directory (patch.json, object, builder report) into the
+// root, as the patch RPM would.
+func (h *host) installPatch(p hostPatch) {
 	t := h.t
-	obj, err := os.ReadFile(filepath.Join(h.dir, "fix-sc.o"))
+	obj, err := os.ReadFile(filepath.Join(h.dir, p.name+"-sc.o"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,12 +229,12 @@ func (h *host) installPatch() {
 		t.Fatalf("victim build-id: %v", err)
 	}
 	sum := sha256.Sum256(obj)
-	meta := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: patchUUID, Name: patchName, Version: "1", Release: "1",
-		Arch: "x86_64", Kind: patchmeta.KindUser, Description: "greet returns 2", Report: builder.ReportFile,
+	meta := &patchmeta.Patch{Schema: patchmeta.SchemaVersion, UUID: p.uuid, Name: p.name, Version: "1", Release: "1",
+		Arch: "x86_64", Kind: patchmeta.KindUser, Description: "greet returns " + p.returns, Report: builder.ReportFile,
 		Target: patchmeta.Package{Name: "victim", Version: "1.0", Release: "1", Arch: "x86_64", License: "MIT"},
-		Entities: []patchmeta.Entity{{UUID: entityUUID, File: "victim.o", TargetPath: "/usr/bin/victim",
+		Entities: []patchmeta.Entity{{UUID: p.entity, File: "victim.o", TargetPath: "/usr/bin/victim",
 			BuildID: hex.EncodeToString(id), SHA256: hex.EncodeToString(sum[:]), Functions: []patchmeta.Function{{Name: "greet"}}}}}
-	dir := filepath.Join(h.root, "usr/lib/syscare/patches", patchUUID)
+	dir := filepath.Join(h.root, "usr/lib/syscare/patches", p.uuid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +266,17 @@ func (h *host) syscare(args ...string) string {
 		h.t.Fatalf("syscare %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// status returns an entity's state as the helper reports it (syscare --json status).
+func (h *host) status(entity string) string {
+	h.t.Helper()
+	var ss []syscarebus.EntityState
+	out := h.syscare("--json", "status", entity)
+	if err := json.Unmarshal([]byte(out), &ss); err != nil || len(ss) != 1 {
+		h.t.Fatalf("status %s: %v %s", entity, err, out)
+	}
+	return ss[0].Status
 }
 
 // victim is the running target process; its latest output line is kept.

@@ -27,8 +27,16 @@ func browserBinary() string {
 	return ""
 }
 
-// row is the JS expression of the page's row of the demo patch.
-const row = `document.querySelector('#host tr[data-patch-name="HP001"]')`
+// rowOf is the JS expression of the page's row of a patch, button the selector of one
+// of its action buttons.
+func rowOf(name string) string { return `document.querySelector('#host tr[data-patch-name="` + name + `"]')` }
+
+func button(name, action string) string {
+	return `#host tr[data-patch-name="` + name + `"] button[data-action="` + action + `"]`
+}
+
+// row is the demo patch's row.
+var row = rowOf("HP001")
 
 // pageState is what the test reads back from the page after each step.
 type pageState struct {
@@ -41,16 +49,20 @@ type pageState struct {
 	Alerts     []string
 }
 
-const readState = `(() => { const r = ` + row + `; const q = s => r && r.querySelector(s) ? r.querySelector(s).textContent : "";
+func readStateOf(name string) string {
+	return `(() => { const r = ` + rowOf(name) + `; const q = s => r && r.querySelector(s) ? r.querySelector(s).textContent : "";
 	return { Generation: +(document.body.dataset.generation || 0), State: r ? r.dataset.state : "",
 		CVEs: q(".cves"), Processes: q(".processes"), Report: q(".report"),
 		Offers: document.querySelector("#offers tbody").textContent,
 		Alerts: [...document.querySelectorAll("#alerts .alert")].map(a => a.dataset.kind + ": " + a.textContent) }; })()`
+}
 
-func state(t *testing.T, ctx context.Context, p *Page) pageState {
+var readState = readStateOf("HP001")
+
+func state(t *testing.T, ctx context.Context, p *Page, name string) pageState {
 	t.Helper()
 	var s pageState
-	if err := p.Eval(ctx, readState, &s); err != nil {
+	if err := p.Eval(ctx, readStateOf(name), &s); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -77,7 +89,7 @@ func TestPage(t *testing.T) {
 
 	h := newHost(t)
 	v := h.startVictim()
-	h.syscare("apply", patchUUID)
+	h.syscare("apply", hp1.uuid)
 	v.wait(t, "2")
 	t.Logf("host ready in %s", time.Since(start).Round(time.Millisecond))
 
@@ -126,7 +138,7 @@ func TestPage(t *testing.T) {
 	}
 	pid := strconv.Itoa(v.cmd.Process.Pid)
 	wait(row+` && `+row+`.dataset.state === "ACTIVED" && document.querySelector("#offers tbody tr")`, "the page lists the applied patch")
-	s := state(t, ctx, p)
+	s := state(t, ctx, p, "HP001")
 	for _, c := range []struct{ got, want, what string }{
 		{s.CVEs, "CVE-2026-0001", "CVE of the installed patch (from its advisory)"},
 		{s.Processes, pid + " victim patched", "the running process carrying the patch"},
@@ -145,25 +157,60 @@ func TestPage(t *testing.T) {
 	shot("patched")
 
 	// Deactivate with a click: the running process runs the old code again.
-	if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+	if err := p.Click(ctx, button("HP001", "deactive")); err != nil {
 		t.Fatal(err)
 	}
 	v.wait(t, "1")
 	wait(row+`.dataset.state === "DEACTIVED"`, "the state after the click")
-	if got := h.syscare("status", entityUUID); !strings.Contains(got, "DEACTIVED") {
+	if got := h.status(hp1.entity); got != "DEACTIVED" {
 		t.Errorf("helper's status after the click: %q", got)
 	}
-	s = state(t, ctx, p)
+	s = state(t, ctx, p, "HP001")
 	if !strings.Contains(s.Processes, "0 of 1 patched") {
 		t.Errorf("processes after deactivation: %q", s.Processes)
 	}
 	shot("deactived")
 
 	// A change made elsewhere reaches the open page by the StateChanged signal alone.
-	gen := state(t, ctx, p).Generation
-	h.syscare("active", patchUUID)
+	gen := state(t, ctx, p, "HP001").Generation
+	h.syscare("active", hp1.uuid)
 	v.wait(t, "2")
 	wait(row+`.dataset.state === "ACTIVED" && +document.body.dataset.generation > `+strconv.Itoa(gen), "the page after a change by the CLI")
+
+	// The package manager installs the newer HP002 (its directory appears); after a
+	// click on Refresh the page lists it, and "Upgrade all" supersedes HP001 with it in
+	// the running process.
+	h.installPatch(hp2)
+	wait2 := func(expr, what string) {
+		t.Helper()
+		if err := p.WaitTrue(ctx, 20*time.Second, expr, readStateOf("HP002")); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	for end := time.Now().Add(20 * time.Second); ; {
+		if err := p.Click(ctx, "#refresh"); err != nil {
+			t.Fatal(err)
+		}
+		if p.WaitTrue(ctx, 2*time.Second, rowOf("HP002")+` && `+rowOf("HP002")+`.dataset.state === "NOT-APPLIED"`, readState) == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("HP002 not listed after Refresh: %+v", state(t, ctx, p, "HP002"))
+		}
+	}
+	if s := state(t, ctx, p, "HP002"); !strings.Contains(s.CVEs, "CVE-2026-0002") {
+		t.Errorf("HP002's CVEs: %q", s.CVEs)
+	}
+	if err := p.Click(ctx, "#upgrade-all"); err != nil {
+		t.Fatal(err)
+	}
+	v.wait(t, "3")
+	wait2(rowOf("HP002")+`.dataset.state === "ACTIVED" && `+row+`.dataset.state === "NOT-APPLIED"`, "the states after Upgrade all")
+	wait2(`document.querySelector('#alerts [data-kind="done"]')`, "Upgrade all's result")
+	if s := state(t, ctx, p, "HP002"); !strings.Contains(strings.Join(s.Alerts, "\n"), "SUPERSEDED") {
+		t.Errorf("Upgrade all's result does not say HP001 was superseded: %q", s.Alerts)
+	}
+	shot("upgraded")
 
 	// An unprivileged session (nobody) sees the patch; polkit grants it nothing, so its
 	// click is refused by the helper on polkit's answer: the state and the process stay.
@@ -172,19 +219,19 @@ func TestPage(t *testing.T) {
 	if err := p.Navigate(ctx, user.URL); err != nil {
 		t.Fatal(err)
 	}
-	wait(row+` && `+row+`.dataset.state === "ACTIVED"`, "the unprivileged page lists the patch")
-	if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+	wait2(rowOf("HP002")+` && `+rowOf("HP002")+`.dataset.state === "ACTIVED"`, "the unprivileged page lists the patch")
+	if err := p.Click(ctx, button("HP002", "deactive")); err != nil {
 		t.Fatal(err)
 	}
-	wait(`document.querySelector('#alerts [data-kind="denied"]')`, "the refusal shown to an unprivileged user")
-	s = state(t, ctx, p)
+	wait2(`document.querySelector('#alerts [data-kind="denied"]')`, "the refusal shown to an unprivileged user")
+	s = state(t, ctx, p, "HP002")
 	alerts := strings.Join(s.Alerts, "\n")
 	if s.State != "ACTIVED" || !strings.Contains(alerts, "You are not authorized") ||
 		!strings.Contains(alerts, "is not authorized for org.openeuler.syscare.manage") {
 		t.Errorf("unprivileged page after the refused click (want polkit's refusal): %+v", s)
 	}
-	v.wait(t, "2")
-	if got := h.syscare("status", entityUUID); !strings.Contains(got, "ACTIVED") {
+	v.wait(t, "3")
+	if got := h.status(hp2.entity); got != "ACTIVED" {
 		t.Errorf("helper's status after the refused click: %q", got)
 	}
 	shot("denied")
@@ -195,19 +242,22 @@ func TestPage(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		if err := p.Click(ctx, `#host tr[data-patch-name="HP001"] button[data-action="deactive"]`); err != nil {
+		if err := p.Click(ctx, button("HP002", "deactive")); err != nil {
 			t.Fatal(err)
 		}
 		// polkitd reloads its rules on an inotify event, a moment after the write.
-		if p.WaitTrue(ctx, 3*time.Second, `document.querySelector('#alerts [data-kind="done"]')`, readState) == nil {
+		if p.WaitTrue(ctx, 3*time.Second, `document.querySelector('#alerts [data-kind="done"]')`, readStateOf("HP002")) == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nobody's click still refused with a granting rule: %+v", state(t, ctx, p))
+			t.Fatalf("nobody's click still refused with a granting rule: %+v", state(t, ctx, p, "HP002"))
 		}
 	}
 	v.wait(t, "1")
-	wait(row+`.dataset.state === "DEACTIVED"`, "the state after nobody's granted click")
+	wait2(rowOf("HP002")+`.dataset.state === "DEACTIVED"`, "the state after nobody's granted click")
+	if got := h.status(hp2.entity); got != "DEACTIVED" {
+		t.Errorf("helper's status after nobody's granted click: %q", got)
+	}
 
 	// A host where the helper runs only on demand: the page's first call activates it
 	// through the bus (the bridge does not need it running), and an empty host says so.
@@ -232,7 +282,7 @@ func TestPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(`+document.body.dataset.generation > 0 && !document.querySelector("#host-empty").hidden`, "the page of a host with no patch")
-	if s := state(t, ctx, p); len(s.Alerts) != 0 {
+	if s := state(t, ctx, p, "HP001"); len(s.Alerts) != 0 {
 		t.Errorf("alerts on an empty host: %q", s.Alerts)
 	}
 	if idleBus.HelperPid() == 0 {
