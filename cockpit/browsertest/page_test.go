@@ -29,7 +29,9 @@ func browserBinary() string {
 
 // rowOf is the JS expression of the page's row of a patch, button the selector of one
 // of its action buttons.
-func rowOf(name string) string { return `document.querySelector('#host tr[data-patch-name="` + name + `"]')` }
+func rowOf(name string) string {
+	return `document.querySelector('#host tr[data-patch-name="` + name + `"]')`
+}
 
 func button(name, action string) string {
 	return `#host tr[data-patch-name="` + name + `"] button[data-action="` + action + `"]`
