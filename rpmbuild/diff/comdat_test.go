@@ -1,0 +1,121 @@
+package diff
+
+import (
+	"bytes"
+	"debug/elf"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// The builder's tools for vague linkage, on objects and a binary gcc and ld make here:
+// which functions are vague, who inlined one, which object's copy a binary kept, and
+// that a dropped copy leaves the patch object.
+
+const boxHeader = `struct Box { int v; __attribute__((noipa)) int twice() const { return v * 2; } };
+inline int quad(const Box *b) { return b->v * 4; }
+`
+
+func TestVagueFunctionsAndDrop(t *testing.T) {
+	ob, pb := pair(t, "a.cc",
+		boxHeader+"int useA(Box *b) { return b->twice() + quad(b); }\n",
+		strings.Replace(boxHeader, "v * 2", "v * 3", 1)+"int useA(Box *b) { return b->twice() + quad(b); }\n", "-fPIC")
+	r, err := Diff(bytes.NewReader(ob), bytes.NewReader(pb), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.Vague(), []string{"_ZNK3Box5twiceEv"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("Vague() = %q, want %q\n%s", got, want, r)
+	}
+	if r.Drop("useA") {
+		t.Error("Drop of a function that is not vague reported true")
+	}
+	if !r.Drop("_ZNK3Box5twiceEv") {
+		t.Fatal("Drop of the vague function reported false")
+	}
+	if len(r.Changed()) != 0 {
+		t.Errorf("changed after Drop: %q", r.Changed())
+	}
+}
+
+// A caller that inlined the old body is named, with its object; a copy the object
+// holds out of line is reported too.
+func TestVagueUsesNamesInliners(t *testing.T) {
+	ob, _ := pair(t, "b.cc", boxHeader+"int useB(Box *b) { return quad(b) + 1; }\nint copyB(Box *b) { return b->twice(); }\n",
+		boxHeader+"int useB(Box *b) { return quad(b) + 1; }\n", "-fPIC")
+	uses, err := VagueUses(bytes.NewReader(ob), []string{"_Z4quadPK3Box", "_ZNK3Box5twiceEv", "_Z5otherv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := uses["_Z4quadPK3Box"]; got.Defines || !reflect.DeepEqual(got.InlinedInto, []string{"_Z4useBP3Box"}) {
+		t.Errorf("quad: %+v, want inlined into _Z4useBP3Box and no copy", got)
+	}
+	if got := uses["_ZNK3Box5twiceEv"]; !got.Defines {
+		t.Errorf("twice: %+v, want the object's own copy", got)
+	}
+	if _, ok := uses["_Z5otherv"]; ok {
+		t.Error("a function the object does not use is listed")
+	}
+}
+
+// SameCode recognises the copy a linked binary kept, relocated, and tells it from a
+// copy compiled from other source.
+func TestSameCodeFindsKeptCopy(t *testing.T) {
+	dir := t.TempDir()
+	src := map[string]string{
+		"a.cc": boxHeader + "int useA(Box *b) { return b->twice() + 1; }\n",
+		"b.cc": strings.Replace(boxHeader, "v * 2", "v * 2 + g", 1) + "extern int g; int useB(Box *b) { return b->twice(); }\n",
+	}
+	src["b.cc"] = "extern int g;\n" + src["b.cc"]
+	var objs []string
+	for _, name := range []string{"a.cc", "b.cc"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src[name]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		obj := strings.TrimSuffix(name, ".cc") + ".o"
+		if out, err := exec.Command("g++", "-c", "-O2", "-fPIC", "-ffunction-sections", "-o", filepath.Join(dir, obj), filepath.Join(dir, name)).CombinedOutput(); err != nil {
+			t.Fatalf("g++: %v\n%s", err, out)
+		}
+		objs = append(objs, filepath.Join(dir, obj))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "g.c"), []byte("int g = 5;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	so := filepath.Join(dir, "lib.so")
+	// b.o first: the linker keeps b.o's copy of Box::twice.
+	if out, err := exec.Command("g++", "-shared", "-o", so, objs[1], objs[0], filepath.Join(dir, "g.c")).CombinedOutput(); err != nil {
+		t.Fatalf("link: %v\n%s", err, out)
+	}
+	f, err := elf.Open(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	syms, _ := f.Symbols()
+	var code []byte
+	for _, s := range syms {
+		if s.Name == "_ZNK3Box5twiceEv" {
+			sec := f.Sections[s.Section]
+			code = make([]byte, s.Size)
+			if _, err := sec.ReadAt(code, int64(s.Value-sec.Addr)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if code == nil {
+		t.Fatal("lib.so has no Box::twice")
+	}
+	for i, want := range []bool{false, true} {
+		data, _ := os.ReadFile(objs[i])
+		got, err := SameCode(code, bytes.NewReader(data), "_ZNK3Box5twiceEv")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("SameCode(lib.so, %s) = %v, want %v", filepath.Base(objs[i]), got, want)
+		}
+	}
+}
