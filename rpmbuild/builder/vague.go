@@ -95,9 +95,10 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 		return nil, err
 	}
 	bin := relTo(b.buildDir, out)
-	// Every object of the link that the fix does not rebuild must not hold an inlined
-	// copy of the old body: the patch would leave that caller running the old code.
+	// No object of the link that the fix does not rebuild may hold an inlined copy of
+	// the old body: the patch would leave that caller running the old code.
 	uses := map[*linkedObject]map[string]diff.VagueUse{}
+	var linked []diff.LinkedObject
 	for _, o := range objs {
 		data, err := os.ReadFile(o.saved)
 		if err != nil {
@@ -108,19 +109,10 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 			return nil, fmt.Errorf("object %s: %w", o.path, err)
 		}
 		uses[o] = u
-		if o.t != nil && o.t.patched != "" {
-			continue
-		}
-		for _, n := range names {
-			if in := u[n].InlinedInto; len(in) > 0 {
-				why := "it is not rebuilt by the fix"
-				if o.t == nil {
-					why = "the recorded build did not compile it"
-				}
-				return nil, &diff.UnpatchableError{Function: n, Section: "-", Reason: fmt.Sprintf(
-					"%s is inlined into %s in %s, which the patch does not cover (%s)", n, strings.Join(in, ", "), b.rel(o.path), why)}
-			}
-		}
+		linked = append(linked, diff.LinkedObject{Name: b.rel(o.path), Rebuilt: o.t != nil && o.t.patched != "", Recorded: o.t != nil, Uses: u})
+	}
+	if err := diff.CheckInliners(names, linked); err != nil {
+		return nil, err
 	}
 	code, err := linkedFunctions(out, names)
 	if err != nil {

@@ -247,3 +247,39 @@ func SameCode(code []byte, obj io.ReaderAt, name string) (bool, error) {
 	}
 	return false, nil
 }
+
+// LinkedObject is one object of a final link, as CheckInliners sees it.
+type LinkedObject struct {
+	Name string
+	// Rebuilt: the fix compiles it again, so its changed callers are in the patch.
+	Rebuilt bool
+	// Recorded: the build compiled it (false: shipped prebuilt or made by a tool the
+	// capture does not see).
+	Recorded bool
+	Uses     map[string]VagueUse // from VagueUses
+}
+
+// CheckInliners refuses when an object of the link that the fix does not rebuild
+// inlined one of the changed vague-linkage functions names: the patch would leave
+// that caller running the old body. The refusal names the function, the caller and
+// the object.
+func CheckInliners(names []string, objs []LinkedObject) error {
+	for _, o := range objs {
+		if o.Rebuilt {
+			continue
+		}
+		for _, n := range names {
+			in := o.Uses[n].InlinedInto
+			if len(in) == 0 {
+				continue
+			}
+			why := "it is not rebuilt by the fix"
+			if !o.Recorded {
+				why = "the recorded build did not compile it"
+			}
+			return &UnpatchableError{Function: n, Section: "-", Reason: fmt.Sprintf(
+				"%s is inlined into %s in %s, which the patch does not cover (%s)", n, strings.Join(in, ", "), o.Name, why)}
+		}
+	}
+	return nil
+}

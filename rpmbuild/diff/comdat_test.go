@@ -3,6 +3,7 @@ package diff
 import (
 	"bytes"
 	"debug/elf"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,5 +118,25 @@ func TestSameCodeFindsKeptCopy(t *testing.T) {
 		if got != want {
 			t.Errorf("SameCode(lib.so, %s) = %v, want %v", filepath.Base(objs[i]), got, want)
 		}
+	}
+}
+
+// An object the fix does not rebuild that inlined the changed function refuses the
+// patch, naming the function, the caller and the object; rebuilt ones do not.
+func TestCheckInlinersRefusesUncoveredCaller(t *testing.T) {
+	ob, _ := pair(t, "c.cc", boxHeader+"int useC(Box *b) { return quad(b) + 1; }\n", boxHeader, "-fPIC")
+	uses, err := VagueUses(bytes.NewReader(ob), []string{"_Z4quadPK3Box"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"_Z4quadPK3Box"}
+	if err := CheckInliners(names, []LinkedObject{{Name: "c.o", Rebuilt: true, Recorded: true, Uses: uses}}); err != nil {
+		t.Errorf("rebuilt inliner refused: %v", err)
+	}
+	err = CheckInliners(names, []LinkedObject{{Name: "c.o", Recorded: true, Uses: uses}})
+	want := "_Z4quadPK3Box is inlined into _Z4useCP3Box in c.o, which the patch does not cover (it is not rebuilt by the fix)"
+	var ue *UnpatchableError
+	if !errors.As(err, &ue) || ue.Reason != want || ue.Function != "_Z4quadPK3Box" {
+		t.Errorf("CheckInliners: %v, want the refusal %q", err, want)
 	}
 }
