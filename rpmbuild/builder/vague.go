@@ -86,9 +86,6 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 			changedIn[n] = append(changedIn[n], od)
 		}
 	}
-	if len(names) == 0 {
-		return nil, nil
-	}
 	sort.Strings(names)
 	objs, err := b.linkedObjects(g, out)
 	if err != nil {
@@ -96,9 +93,30 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 	}
 	bin := relTo(b.buildDir, out)
 	// No object of the link that the fix does not rebuild may hold an inlined copy of
-	// the old body: the patch would leave that caller running the old code.
-	uses := map[*linkedObject]map[string]diff.VagueUse{}
+	// a function of a changed file: the patch would leave that caller running the old
+	// code. Rebuilt objects carry their changed callers themselves.
+	changed := b.changedFiles()
 	var linked []diff.LinkedObject
+	for _, o := range objs {
+		lo := diff.LinkedObject{Name: b.rel(o.path), Rebuilt: o.t != nil && o.t.patched != "", Recorded: o.t != nil}
+		if !lo.Rebuilt {
+			data, err := os.ReadFile(o.saved)
+			if err != nil {
+				return nil, err
+			}
+			if lo.Inlined, err = diff.InlinedFrom(bytes.NewReader(data), changed); err != nil {
+				return nil, fmt.Errorf("object %s: %w", o.path, err)
+			}
+		}
+		linked = append(linked, lo)
+	}
+	if err := diff.CheckInliners(linked); err != nil {
+		return nil, err
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	uses := map[*linkedObject]map[string]diff.VagueUse{}
 	for _, o := range objs {
 		data, err := os.ReadFile(o.saved)
 		if err != nil {
@@ -109,10 +127,6 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 			return nil, fmt.Errorf("object %s: %w", o.path, err)
 		}
 		uses[o] = u
-		linked = append(linked, diff.LinkedObject{Name: b.rel(o.path), Rebuilt: o.t != nil && o.t.patched != "", Recorded: o.t != nil, Uses: u})
-	}
-	if err := diff.CheckInliners(names, linked); err != nil {
-		return nil, err
 	}
 	code, err := linkedFunctions(out, names)
 	if err != nil {
@@ -185,6 +199,41 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 }
 
 func (b *build) rel(p string) string { return relTo(b.buildDir, p) }
+
+// changedFiles tells whether a source file path, as an object's DWARF names it, is one
+// the fix changed: a dependency of a rebuilt unit whose content differs from the
+// original build's. DWARF may name it relative to the build directory.
+func (b *build) changedFiles() func(string) bool {
+	abs := map[string]bool{}
+	var rels []string
+	cache := map[string]string{}
+	for _, t := range b.tus {
+		if t.patched == "" {
+			continue
+		}
+		for d, h := range t.hashes {
+			if abs[d] || hashCached(cache, d) == h {
+				continue
+			}
+			abs[d] = true
+			if r := relTo(b.buildDir, d); r != d {
+				rels = append(rels, "/"+r)
+			}
+		}
+	}
+	return func(p string) bool {
+		p = filepath.Clean(p)
+		if abs[p] {
+			return true
+		}
+		for _, r := range rels {
+			if strings.HasSuffix(p, r) {
+				return true
+			}
+		}
+		return false
+	}
+}
 
 func orNone(s []string) string {
 	if len(s) == 0 {

@@ -2,11 +2,14 @@ package diff
 
 import (
 	"bytes"
+	"debug/dwarf"
 	"debug/elf"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/syscare/syscare/runtime/elfsafe"
 )
 
 // Vague linkage (C++ inline functions, in-class member functions, templates, and
@@ -158,14 +161,11 @@ func (r *Result) Drop(name string) bool {
 type VagueUse struct {
 	// Defines: the object has its own out-of-line copy.
 	Defines bool
-	// InlinedInto names the object's functions into which the function was inlined.
-	InlinedInto []string
 }
 
 // VagueUses tells, for each of names (mangled function names), whether the relocatable
-// object obj defines its own copy and into which of its functions it was inlined
-// (from the DWARF: an object built without debug information answers only the
-// former). Names the object does not use are absent from the map.
+// object obj defines its own copy. Names the object does not define are absent.
+// (Inlined copies are InlinedFrom's.)
 func VagueUses(obj io.ReaderAt, names []string) (map[string]VagueUse, error) {
 	x, err := readObject(obj, "linked")
 	if err != nil {
@@ -178,25 +178,8 @@ func VagueUses(obj io.ReaderAt, names []string) (map[string]VagueUse, error) {
 	out := map[string]VagueUse{}
 	for _, y := range x.syms {
 		if want[y.name] && y.defined() && y.typ == elf.STT_FUNC {
-			u := out[y.name]
-			u.Defines = true
-			out[y.name] = u
+			out[y.name] = VagueUse{Defines: true}
 		}
-	}
-	if ix := readDWARF(x); ix != nil {
-		for _, f := range ix.funcs {
-			for _, in := range f.inlines {
-				if want[in] && f.name != in {
-					u := out[in]
-					u.InlinedInto = append(u.InlinedInto, f.name)
-					out[in] = u
-				}
-			}
-		}
-	}
-	for n, u := range out {
-		sort.Strings(u.InlinedInto)
-		out[n] = u
 	}
 	return out, nil
 }
@@ -248,6 +231,148 @@ func SameCode(code []byte, obj io.ReaderAt, name string) (bool, error) {
 	return false, nil
 }
 
+// InlinedCopy is a function body compiled into another function of an object.
+type InlinedCopy struct {
+	Func   string // the inlined function (mangled when DWARF has the linkage name)
+	File   string // the file that declares it, as the object's DWARF names it
+	Caller string // the function of the object that holds the copy
+}
+
+// InlinedFrom lists the inlined copies, in the relocatable object obj, of functions
+// declared in a file that changed accepts (a header the fix changes: its inline
+// functions, in-class member functions and templates). It reads the DWARF; an object
+// whose line tables name no such file is not read further. An object without DWARF
+// has nothing to say (nil).
+func InlinedFrom(obj io.ReaderAt, changed func(file string) bool) ([]InlinedCopy, error) {
+	x, err := readObject(obj, "linked")
+	if err != nil {
+		return nil, err
+	}
+	var out []InlinedCopy
+	err = elfsafe.Guard("read DWARF", func() error {
+		d, err := x.elf.DWARF()
+		if err != nil {
+			return nil // no debug information
+		}
+		out, err = inlinedFrom(d, changed)
+		return err
+	})
+	return out, err
+}
+
+func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error) {
+	type die struct {
+		name string
+		file string
+		ref  dwarf.Offset // specification or abstract origin
+	}
+	dies := map[dwarf.Offset]*die{}
+	type site struct{ origin, caller dwarf.Offset }
+	var sites []site
+	r := d.Reader()
+	var files []*dwarf.LineFile
+	relevant := false
+	var top dwarf.Offset // the CU-level (or class-level) subprogram being read
+	depth, topDepth := 0, -1
+	for n := 0; ; n++ {
+		if n > 50_000_000 {
+			return nil, fmt.Errorf("DWARF too large")
+		}
+		e, err := r.Next()
+		if err != nil {
+			return nil, err
+		}
+		if e == nil {
+			break
+		}
+		if e.Tag == 0 {
+			depth--
+			if depth <= topDepth {
+				topDepth, top = -1, 0
+			}
+			continue
+		}
+		if e.Tag == dwarf.TagCompileUnit {
+			files, relevant = nil, false
+			if lr, err := d.LineReader(e); err == nil && lr != nil {
+				files = lr.Files()
+				for _, f := range files {
+					if f != nil && changed(f.Name) {
+						relevant = true
+					}
+				}
+			}
+			if !relevant {
+				r.SkipChildren()
+				continue
+			}
+		}
+		switch e.Tag {
+		case dwarf.TagSubprogram:
+			dd := &die{name: stringVal(e, dwarf.AttrLinkageName)}
+			if dd.name == "" {
+				dd.name = stringVal(e, dwarf.AttrName)
+			}
+			if i, ok := e.Val(dwarf.AttrDeclFile).(int64); ok && i >= 0 && int(i) < len(files) && files[i] != nil {
+				dd.file = files[i].Name
+			}
+			for _, a := range []dwarf.Attr{dwarf.AttrSpecification, dwarf.AttrAbstractOrigin} {
+				if o, ok := e.Val(a).(dwarf.Offset); ok {
+					dd.ref = o
+				}
+			}
+			dies[e.Offset] = dd
+			if topDepth < 0 && e.Val(dwarf.AttrLowpc) != nil || topDepth < 0 && e.Val(dwarf.AttrRanges) != nil {
+				top, topDepth = e.Offset, depth
+			}
+		case dwarf.TagInlinedSubroutine:
+			if o, ok := e.Val(dwarf.AttrAbstractOrigin).(dwarf.Offset); ok && top != 0 {
+				sites = append(sites, site{o, top})
+			}
+		}
+		if e.Children {
+			depth++
+		}
+	}
+	resolve := func(off dwarf.Offset) (name, file string) {
+		for i := 0; i < 8 && off != 0; i++ {
+			dd := dies[off]
+			if dd == nil {
+				break
+			}
+			if name == "" {
+				name = dd.name
+			}
+			if file == "" {
+				file = dd.file
+			}
+			off = dd.ref
+		}
+		return name, file
+	}
+	seen := map[InlinedCopy]bool{}
+	var out []InlinedCopy
+	for _, s := range sites {
+		name, file := resolve(s.origin)
+		if file == "" || !changed(file) {
+			continue
+		}
+		caller, _ := resolve(s.caller)
+		c := InlinedCopy{Func: name, File: file, Caller: caller}
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Func != out[j].Func {
+			return out[i].Func < out[j].Func
+		}
+		return out[i].Caller < out[j].Caller
+	})
+	return out, nil
+}
+
 // LinkedObject is one object of a final link, as CheckInliners sees it.
 type LinkedObject struct {
 	Name string
@@ -256,30 +381,26 @@ type LinkedObject struct {
 	// Recorded: the build compiled it (false: shipped prebuilt or made by a tool the
 	// capture does not see).
 	Recorded bool
-	Uses     map[string]VagueUse // from VagueUses
+	// Inlined are its inlined copies of functions of the changed files (InlinedFrom).
+	Inlined []InlinedCopy
 }
 
 // CheckInliners refuses when an object of the link that the fix does not rebuild
-// inlined one of the changed vague-linkage functions names: the patch would leave
-// that caller running the old body. The refusal names the function, the caller and
-// the object.
-func CheckInliners(names []string, objs []LinkedObject) error {
+// holds an inlined copy of a function the fix changes (one declared in a changed
+// file): the patch would leave that caller running the old body. The refusal names
+// the function, its file, the caller and the object.
+func CheckInliners(objs []LinkedObject) error {
 	for _, o := range objs {
-		if o.Rebuilt {
+		if o.Rebuilt || len(o.Inlined) == 0 {
 			continue
 		}
-		for _, n := range names {
-			in := o.Uses[n].InlinedInto
-			if len(in) == 0 {
-				continue
-			}
-			why := "it is not rebuilt by the fix"
-			if !o.Recorded {
-				why = "the recorded build did not compile it"
-			}
-			return &UnpatchableError{Function: n, Section: "-", Reason: fmt.Sprintf(
-				"%s is inlined into %s in %s, which the patch does not cover (%s)", n, strings.Join(in, ", "), o.Name, why)}
+		why := "it is not rebuilt by the fix"
+		if !o.Recorded {
+			why = "the recorded build did not compile it"
 		}
+		c := o.Inlined[0]
+		return &UnpatchableError{Function: c.Func, Section: "-", Reason: fmt.Sprintf(
+			"%s (%s) is inlined into %s in %s, which the patch does not cover (%s)", c.Func, c.File, c.Caller, o.Name, why)}
 	}
 	return nil
 }

@@ -42,23 +42,17 @@ func TestVagueFunctionsAndDrop(t *testing.T) {
 	}
 }
 
-// A caller that inlined the old body is named, with its object; a copy the object
-// holds out of line is reported too.
-func TestVagueUsesNamesInliners(t *testing.T) {
+// An object's own out-of-line copy is found; an inlined use is not a copy.
+func TestVagueUsesFindsCopies(t *testing.T) {
 	ob, _ := pair(t, "b.cc", boxHeader+"int useB(Box *b) { return quad(b) + 1; }\nint copyB(Box *b) { return b->twice(); }\n",
 		boxHeader+"int useB(Box *b) { return quad(b) + 1; }\n", "-fPIC")
 	uses, err := VagueUses(bytes.NewReader(ob), []string{"_Z4quadPK3Box", "_ZNK3Box5twiceEv", "_Z5otherv"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := uses["_Z4quadPK3Box"]; got.Defines || !reflect.DeepEqual(got.InlinedInto, []string{"_Z4useBP3Box"}) {
-		t.Errorf("quad: %+v, want inlined into _Z4useBP3Box and no copy", got)
-	}
-	if got := uses["_ZNK3Box5twiceEv"]; !got.Defines {
-		t.Errorf("twice: %+v, want the object's own copy", got)
-	}
-	if _, ok := uses["_Z5otherv"]; ok {
-		t.Error("a function the object does not use is listed")
+	want := map[string]VagueUse{"_ZNK3Box5twiceEv": {Defines: true}}
+	if !reflect.DeepEqual(uses, want) {
+		t.Errorf("VagueUses = %+v, want %+v", uses, want)
 	}
 }
 
@@ -121,22 +115,35 @@ func TestSameCodeFindsKeptCopy(t *testing.T) {
 	}
 }
 
-// An object the fix does not rebuild that inlined the changed function refuses the
-// patch, naming the function, the caller and the object; rebuilt ones do not.
+// An object the fix does not rebuild that holds an inlined copy of a function of a
+// changed header refuses the patch, naming the function, the header, the caller and
+// the object; a rebuilt one does not, nor an object that does not use the header.
 func TestCheckInlinersRefusesUncoveredCaller(t *testing.T) {
-	ob, _ := pair(t, "c.cc", boxHeader+"int useC(Box *b) { return quad(b) + 1; }\n", boxHeader, "-fPIC")
-	uses, err := VagueUses(bytes.NewReader(ob), []string{"_Z4quadPK3Box"})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "box.h"), []byte(boxHeader), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ob := compile(t, dir, "c.cc", "#include \"box.h\"\nint useC(Box *b) { return quad(b) + 1; }\n", "-fPIC")
+	other := compile(t, dir, "d.cc", "int plain(int x) { return x + 1; }\n", "-fPIC")
+	changed := func(f string) bool { return strings.HasSuffix(f, "/box.h") }
+	inl, err := InlinedFrom(bytes.NewReader(ob), changed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := []string{"_Z4quadPK3Box"}
-	if err := CheckInliners(names, []LinkedObject{{Name: "c.o", Rebuilt: true, Recorded: true, Uses: uses}}); err != nil {
+	want := []InlinedCopy{{Func: "_Z4quadPK3Box", File: filepath.Join(dir, "box.h"), Caller: "_Z4useCP3Box"}}
+	if !reflect.DeepEqual(inl, want) {
+		t.Fatalf("InlinedFrom = %+v, want %+v", inl, want)
+	}
+	if none, err := InlinedFrom(bytes.NewReader(other), changed); err != nil || len(none) != 0 {
+		t.Errorf("InlinedFrom(d.o) = %+v, %v; want nothing", none, err)
+	}
+	if err := CheckInliners([]LinkedObject{{Name: "c.o", Rebuilt: true, Recorded: true, Inlined: inl}}); err != nil {
 		t.Errorf("rebuilt inliner refused: %v", err)
 	}
-	err = CheckInliners(names, []LinkedObject{{Name: "c.o", Recorded: true, Uses: uses}})
-	want := "_Z4quadPK3Box is inlined into _Z4useCP3Box in c.o, which the patch does not cover (it is not rebuilt by the fix)"
+	err = CheckInliners([]LinkedObject{{Name: "d.o", Recorded: true}, {Name: "c.o", Recorded: false, Inlined: inl}})
+	reason := "_Z4quadPK3Box (" + filepath.Join(dir, "box.h") + ") is inlined into _Z4useCP3Box in c.o, which the patch does not cover (the recorded build did not compile it)"
 	var ue *UnpatchableError
-	if !errors.As(err, &ue) || ue.Reason != want || ue.Function != "_Z4quadPK3Box" {
-		t.Errorf("CheckInliners: %v, want the refusal %q", err, want)
+	if !errors.As(err, &ue) || ue.Reason != reason || ue.Function != "_Z4quadPK3Box" {
+		t.Errorf("CheckInliners: %v, want the refusal %q", err, reason)
 	}
 }
