@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
-	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/runtime/elfsafe"
+	"github.com/syscare/syscare/runtime/patchmeta"
 	"github.com/syscare/syscare/tests/internal/debsrc"
 	"github.com/syscare/syscare/tests/testenv"
 	"github.com/syscare/syscare/tests/testenv/prodhost"
