@@ -96,6 +96,7 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 	// a function of a changed file: the patch would leave that caller running the old
 	// code. Rebuilt objects carry their changed callers themselves.
 	changed := b.changedFiles()
+	var notes []string
 	var linked []diff.LinkedObject
 	for _, o := range objs {
 		lo := diff.LinkedObject{Name: b.rel(o.path), Rebuilt: o.t != nil && o.t.patched != "", Recorded: o.t != nil}
@@ -104,17 +105,20 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 			if err != nil {
 				return nil, err
 			}
-			if lo.Inlined, err = diff.InlinedFrom(bytes.NewReader(data), changed); err != nil {
+			if lo.Use, err = diff.FileUses(bytes.NewReader(data), changed); err != nil {
 				return nil, fmt.Errorf("object %s: %w", o.path, err)
+			}
+			if lo.Use.NoDWARF && !lo.Recorded {
+				notes = append(notes, fmt.Sprintf("%s: %s has no debug information: whether it was compiled with a file the fix changes is not known", bin, lo.Name))
 			}
 		}
 		linked = append(linked, lo)
 	}
 	if err := diff.CheckInliners(linked); err != nil {
-		return nil, err
+		return notes, err
 	}
 	if len(names) == 0 {
-		return nil, nil
+		return notes, nil
 	}
 	uses := map[*linkedObject]map[string]diff.VagueUse{}
 	for _, o := range objs {
@@ -132,7 +136,6 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", bin, err)
 	}
-	var notes []string
 	for _, n := range names {
 		c, ok := code[n]
 		if !ok {

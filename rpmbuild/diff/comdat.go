@@ -238,29 +238,39 @@ type InlinedCopy struct {
 	Caller string // the function of the object that holds the copy
 }
 
-// InlinedFrom lists the inlined copies, in the relocatable object obj, of functions
-// declared in a file that changed accepts (a header the fix changes: its inline
-// functions, in-class member functions and templates). It reads the DWARF; an object
-// whose line tables name no such file is not read further. An object without DWARF
-// has nothing to say (nil).
-func InlinedFrom(obj io.ReaderAt, changed func(file string) bool) ([]InlinedCopy, error) {
+// FileUse is what an object holds of the files a fix changes.
+type FileUse struct {
+	// Files are the changed files its DWARF line tables name: it was compiled with them.
+	Files []string
+	// Inlined are its inlined copies of functions declared in them (inline functions,
+	// in-class member functions, templates).
+	Inlined []InlinedCopy
+	// NoDWARF: the object has no debug information, so nothing is known.
+	NoDWARF bool
+}
+
+// FileUses tells whether the relocatable object obj was compiled with a file that
+// changed accepts (a header the fix changes), and which functions of it it inlined,
+// from its DWARF. Compile units whose line tables name no such file are skipped.
+func FileUses(obj io.ReaderAt, changed func(file string) bool) (FileUse, error) {
 	x, err := readObject(obj, "linked")
 	if err != nil {
-		return nil, err
+		return FileUse{}, err
 	}
-	var out []InlinedCopy
+	var u FileUse
 	err = elfsafe.Guard("read DWARF", func() error {
 		d, err := x.elf.DWARF()
 		if err != nil {
-			return nil // no debug information
+			u.NoDWARF = true
+			return nil
 		}
-		out, err = inlinedFrom(d, changed)
+		u, err = fileUses(d, changed)
 		return err
 	})
-	return out, err
+	return u, err
 }
 
-func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error) {
+func fileUses(d *dwarf.Data, changed func(string) bool) (FileUse, error) {
 	type die struct {
 		name string
 		file string
@@ -272,15 +282,16 @@ func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error
 	r := d.Reader()
 	var files []*dwarf.LineFile
 	relevant := false
+	named := map[string]bool{}
 	var top dwarf.Offset // the CU-level (or class-level) subprogram being read
 	depth, topDepth := 0, -1
 	for n := 0; ; n++ {
 		if n > 50_000_000 {
-			return nil, fmt.Errorf("DWARF too large")
+			return FileUse{}, fmt.Errorf("DWARF too large")
 		}
 		e, err := r.Next()
 		if err != nil {
-			return nil, err
+			return FileUse{}, err
 		}
 		if e == nil {
 			break
@@ -299,6 +310,7 @@ func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error
 				for _, f := range files {
 					if f != nil && changed(f.Name) {
 						relevant = true
+						named[f.Name] = true
 					}
 				}
 			}
@@ -350,6 +362,11 @@ func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error
 		}
 		return name, file
 	}
+	var u FileUse
+	for f := range named {
+		u.Files = append(u.Files, f)
+	}
+	sort.Strings(u.Files)
 	seen := map[InlinedCopy]bool{}
 	var out []InlinedCopy
 	for _, s := range sites {
@@ -370,7 +387,8 @@ func inlinedFrom(d *dwarf.Data, changed func(string) bool) ([]InlinedCopy, error
 		}
 		return out[i].Caller < out[j].Caller
 	})
-	return out, nil
+	u.Inlined = out
+	return u, nil
 }
 
 // LinkedObject is one object of a final link, as CheckInliners sees it.
@@ -381,26 +399,30 @@ type LinkedObject struct {
 	// Recorded: the build compiled it (false: shipped prebuilt or made by a tool the
 	// capture does not see).
 	Recorded bool
-	// Inlined are its inlined copies of functions of the changed files (InlinedFrom).
-	Inlined []InlinedCopy
+	Use      FileUse
 }
 
-// CheckInliners refuses when an object of the link that the fix does not rebuild
-// holds an inlined copy of a function the fix changes (one declared in a changed
-// file): the patch would leave that caller running the old body. The refusal names
-// the function, its file, the caller and the object.
+// CheckInliners refuses when an object of the link that the fix does not rebuild was
+// compiled with a file the fix changes: what it inlined from there (inline functions,
+// in-class members, templates, macros) stays the old code in the running binary, out
+// of the patch's reach. The refusal names the object, and the inlined function, its
+// file and its caller when the DWARF shows one.
 func CheckInliners(objs []LinkedObject) error {
 	for _, o := range objs {
-		if o.Rebuilt || len(o.Inlined) == 0 {
+		if o.Rebuilt || len(o.Use.Files) == 0 {
 			continue
 		}
 		why := "it is not rebuilt by the fix"
 		if !o.Recorded {
 			why = "the recorded build did not compile it"
 		}
-		c := o.Inlined[0]
-		return &UnpatchableError{Function: c.Func, Section: "-", Reason: fmt.Sprintf(
-			"%s (%s) is inlined into %s in %s, which the patch does not cover (%s)", c.Func, c.File, c.Caller, o.Name, why)}
+		if len(o.Use.Inlined) > 0 {
+			c := o.Use.Inlined[0]
+			return &UnpatchableError{Function: c.Func, Section: "-", Reason: fmt.Sprintf(
+				"%s (%s) is inlined into %s in %s, which the patch does not cover (%s)", c.Func, c.File, c.Caller, o.Name, why)}
+		}
+		return &UnpatchableError{Function: "-", Section: "-", Reason: fmt.Sprintf(
+			"%s was compiled with the old %s, which the fix changes, and the patch does not cover it (%s)", o.Name, strings.Join(o.Use.Files, ", "), why)}
 	}
 	return nil
 }

@@ -115,35 +115,51 @@ func TestSameCodeFindsKeptCopy(t *testing.T) {
 	}
 }
 
-// An object the fix does not rebuild that holds an inlined copy of a function of a
-// changed header refuses the patch, naming the function, the header, the caller and
-// the object; a rebuilt one does not, nor an object that does not use the header.
+// An object the fix does not rebuild that was compiled with a changed header refuses
+// the patch, naming the inlined function, the header, the caller and the object (or
+// only the object and the header when it inlined nothing); a rebuilt one does not, nor
+// an object compiled without the header.
 func TestCheckInlinersRefusesUncoveredCaller(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "box.h"), []byte(boxHeader), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	box := filepath.Join(dir, "box.h")
 	ob := compile(t, dir, "c.cc", "#include \"box.h\"\nint useC(Box *b) { return quad(b) + 1; }\n", "-fPIC")
+	only := compile(t, dir, "e.cc", "#include \"box.h\"\nint getE(const Box *b) { return b->v; }\n", "-fPIC")
 	other := compile(t, dir, "d.cc", "int plain(int x) { return x + 1; }\n", "-fPIC")
 	changed := func(f string) bool { return strings.HasSuffix(f, "/box.h") }
-	inl, err := InlinedFrom(bytes.NewReader(ob), changed)
+	use, err := FileUses(bytes.NewReader(ob), changed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []InlinedCopy{{Func: "_Z4quadPK3Box", File: filepath.Join(dir, "box.h"), Caller: "_Z4useCP3Box"}}
-	if !reflect.DeepEqual(inl, want) {
-		t.Fatalf("InlinedFrom = %+v, want %+v", inl, want)
+	want := FileUse{Files: []string{box}, Inlined: []InlinedCopy{{Func: "_Z4quadPK3Box", File: box, Caller: "_Z4useCP3Box"}}}
+	if !reflect.DeepEqual(use, want) {
+		t.Fatalf("FileUses(c.o) = %+v, want %+v", use, want)
 	}
-	if none, err := InlinedFrom(bytes.NewReader(other), changed); err != nil || len(none) != 0 {
-		t.Errorf("InlinedFrom(d.o) = %+v, %v; want nothing", none, err)
+	if u, err := FileUses(bytes.NewReader(other), changed); err != nil || len(u.Files) != 0 || len(u.Inlined) != 0 {
+		t.Errorf("FileUses(d.o) = %+v, %v; want nothing", u, err)
 	}
-	if err := CheckInliners([]LinkedObject{{Name: "c.o", Rebuilt: true, Recorded: true, Inlined: inl}}); err != nil {
+	onlyUse, err := FileUses(bytes.NewReader(only), changed)
+	if err != nil || !reflect.DeepEqual(onlyUse, FileUse{Files: []string{box}}) {
+		t.Errorf("FileUses(e.o) = %+v, %v; want the header and no inlined copy", onlyUse, err)
+	}
+	if err := CheckInliners([]LinkedObject{{Name: "c.o", Rebuilt: true, Recorded: true, Use: use}}); err != nil {
 		t.Errorf("rebuilt inliner refused: %v", err)
 	}
-	err = CheckInliners([]LinkedObject{{Name: "d.o", Recorded: true}, {Name: "c.o", Recorded: false, Inlined: inl}})
-	reason := "_Z4quadPK3Box (" + filepath.Join(dir, "box.h") + ") is inlined into _Z4useCP3Box in c.o, which the patch does not cover (the recorded build did not compile it)"
-	var ue *UnpatchableError
-	if !errors.As(err, &ue) || ue.Reason != reason || ue.Function != "_Z4quadPK3Box" {
-		t.Errorf("CheckInliners: %v, want the refusal %q", err, reason)
+	for _, c := range []struct {
+		obj    LinkedObject
+		reason string
+	}{
+		{LinkedObject{Name: "c.o", Use: use},
+			"_Z4quadPK3Box (" + box + ") is inlined into _Z4useCP3Box in c.o, which the patch does not cover (the recorded build did not compile it)"},
+		{LinkedObject{Name: "e.o", Recorded: true, Use: onlyUse},
+			"e.o was compiled with the old " + box + ", which the fix changes, and the patch does not cover it (it is not rebuilt by the fix)"},
+	} {
+		err := CheckInliners([]LinkedObject{{Name: "d.o", Recorded: true}, c.obj})
+		var ue *UnpatchableError
+		if !errors.As(err, &ue) || ue.Reason != c.reason {
+			t.Errorf("CheckInliners(%s): %v, want the refusal %q", c.obj.Name, err, c.reason)
+		}
 	}
 }
