@@ -38,10 +38,18 @@ type objectResult struct {
 
 // linkedObject is one relocatable object read by a final link.
 type linkedObject struct {
-	path  string // as the link saw it (build tree)
+	path  string // as the link saw it (build tree); "lib.a(member.o)" for an archive member
 	saved string // the original's content (the saved copy for a rebuilt object)
+	data  []byte // the content of an archive member no recorded compile made
 	t     *tu    // nil: not compiled by the recorded build
 	order int
+}
+
+func (o *linkedObject) read() ([]byte, error) {
+	if o.data != nil {
+		return o.data, nil
+	}
+	return os.ReadFile(o.saved)
 }
 
 // settleVague decides the carrier of each changed vague-linkage function per final
@@ -101,7 +109,7 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 	for _, o := range objs {
 		lo := diff.LinkedObject{Name: b.rel(o.path), Rebuilt: o.t != nil && o.t.patched != "", Recorded: o.t != nil}
 		if !lo.Rebuilt {
-			data, err := os.ReadFile(o.saved)
+			data, err := o.read()
 			if err != nil {
 				return nil, err
 			}
@@ -122,7 +130,7 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 	}
 	uses := map[*linkedObject]map[string]diff.VagueUse{}
 	for _, o := range objs {
-		data, err := os.ReadFile(o.saved)
+		data, err := o.read()
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +166,7 @@ func (b *build) settleBinary(g *linkGraph, out string, ods []*objectResult) ([]s
 			if kept != nil {
 				continue
 			}
-			data, err := os.ReadFile(o.saved)
+			data, err := o.read()
 			if err != nil {
 				return nil, err
 			}
@@ -292,14 +300,34 @@ func (b *build) linkedObjects(g *linkGraph, out string) ([]*linkedObject, error)
 		objs = append(objs, &linkedObject{path: t.rec.Object, saved: t.orig, t: t, order: order})
 	}
 	if rec != nil {
+		known := map[string]bool{}
+		for h := range contents(recs, b.originals()) {
+			known[h] = true
+		}
 		for i, in := range rec.Inputs {
-			if byObj[in] != nil || !isRelocatable(in) {
+			if byObj[in] != nil {
 				continue
 			}
 			if _, ok := b.relocOutput(recs, in); ok {
 				continue // a relocatable link of recorded objects: they are listed
 			}
-			objs = append(objs, &linkedObject{path: in, saved: in, order: i})
+			if isRelocatable(in) {
+				objs = append(objs, &linkedObject{path: in, saved: in, order: i})
+				continue
+			}
+			// An archive of the build tree may hold members no recorded compile made.
+			if !isArchiveFile(in) || relTo(b.buildDir, in) == in {
+				continue
+			}
+			members, err := readArchive(in)
+			if err != nil {
+				return nil, fmt.Errorf("archive %s: %w", in, err)
+			}
+			for _, m := range members {
+				if m.Data != nil && !known[m.Hash] && bytes.HasPrefix(m.Data, []byte("\x7fELF")) && memberLinked(g, out, m.Data) {
+					objs = append(objs, &linkedObject{path: in + "(" + m.Name + ")", data: m.Data, order: i})
+				}
+			}
 		}
 	}
 	sort.SliceStable(objs, func(i, j int) bool { return objs[i].order < objs[j].order })
@@ -313,6 +341,29 @@ func (b *build) relocOutput(recs []capture.Record, path string) (capture.Record,
 		}
 	}
 	return capture.Record{}, false
+}
+
+// memberLinked tells whether the linker took the archive member data into the final
+// link out: out defines one of the member's global symbols (weak ones do not count:
+// inline functions have copies everywhere), as linkGraph.linkedFrom decides for
+// recorded objects. Unreadable files count as linked.
+func memberLinked(g *linkGraph, out string, data []byte) bool {
+	have := g.symbolDefs(out, true)
+	f, err := elfsafe.NewFile(bytes.NewReader(data))
+	if err != nil || have == nil {
+		return true
+	}
+	syms, err := elfsafe.Symbols(f)
+	if err != nil {
+		return true
+	}
+	for _, y := range syms {
+		b := elf.ST_BIND(y.Info)
+		if y.Section != elf.SHN_UNDEF && y.Name != "" && b == elf.STB_GLOBAL && have[y.Name] {
+			return true
+		}
+	}
+	return false
 }
 
 // isRelocatable tells an ELF relocatable object (ET_REL) from archives, shared
