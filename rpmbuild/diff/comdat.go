@@ -54,6 +54,19 @@ func vagueDataKind(name string) string {
 	return "variable"
 }
 
+// isVagueVar tells a data section of a COMDAT group that holds a variable of vague
+// linkage (a static local, its guard, a vtable, a template's static member): one
+// instance per process, named by a non-local symbol. Anonymous read-only data of a group
+// (a switch's jump table, an exception table) belongs to its function's code and
+// travels with it; anonymous writable data does not exist in code gcc makes, and is
+// refused all the same.
+func isVagueVar(s *section) bool {
+	if y := s.primary(); y != nil && y.bind != elf.STB_LOCAL {
+		return true
+	}
+	return !readOnly(s)
+}
+
 // vagueDataError refuses a changed or new data member of a COMDAT group (or a changed
 // vtable or typeinfo, which have vague linkage also outside a group).
 func vagueDataError(p *object, s *section, name string) error {

@@ -322,7 +322,7 @@ func verify(o, p *object) error {
 					return err
 				}
 			}
-		case s.group != nil && s.status != Same && !s.exec():
+		case s.group != nil && s.status != Same && !s.exec() && isVagueVar(s):
 			return vagueDataError(p, s, name)
 		case s.tls() && s.status == New:
 			return &UnpatchableError{Function: funcNames(users(p, s)), Section: s.name,

@@ -244,6 +244,26 @@ int use(Ctr *c) { return c->next(); }
 		changed: []string{"_ZN3Ctr4nextEv"},
 	},
 	{
+		// A member function's own read-only data in its group (a switch's jump table,
+		// an exception table) travels with its code.
+		name: "comdat-member-tables", file: "j.cc",
+		orig: `#include <stdexcept>
+extern void note(int);
+struct Op { int k; __attribute__((noipa)) int run(int x) const {
+	switch (k) { case 0: return x + 1; case 1: return x * 3; case 2: return x - 7; case 3: return x ^ 5;
+	case 4: return x << 2; case 5: return x / 3; case 6: return -x; default: throw std::runtime_error("op"); } } };
+int use(Op *o, int x) { try { return o->run(x); } catch (...) { note(x); return 0; } }
+`,
+		fixed: `#include <stdexcept>
+extern void note(int);
+struct Op { int k; __attribute__((noipa)) int run(int x) const {
+	switch (k) { case 0: return x + 1; case 1: return x * 3; case 2: return (x - 9) * x + (x >> 3); case 3: return x ^ 5;
+	case 4: return x << 2; case 5: return x / 3; case 6: return -x; default: throw std::runtime_error("bad op"); } } };
+int use(Op *o, int x) { try { return o->run(x); } catch (...) { note(x); return 0; } }
+`,
+		changed: []string{"_ZNK2Op3runEi"},
+	},
+	{
 		name: "vtable-FAIL", file: "v.cc",
 		orig: `struct Shape { virtual ~Shape(); virtual int area() const; };
 Shape::~Shape() {}
