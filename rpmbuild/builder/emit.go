@@ -31,19 +31,11 @@ type ObjectDiff struct {
 	Changed, New []string
 }
 
-// diffObject diffs one original object against its rebuild, resolving the target's
+// diffResult diffs one original object against its rebuild, resolving the target's
 // symbols through loc. It returns diff.ErrNoChange for no functional change and the
-// differ's *diff.UnpatchableError for a change that cannot be hot patched.
-func diffObject(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error) {
-	r, err := diffResult(orig, patched, loc, aliasPrefix)
-	if err != nil {
-		return nil, err
-	}
-	return emitObject(r)
-}
-
-// diffResult runs the differ on one object; emitObject writes its patch fragment, after
-// the builder settled which object carries each changed vague-linkage function.
+// differ's *diff.UnpatchableError for a change that cannot be hot patched. emitObject
+// writes its patch fragment once the builder settled which object carries each
+// changed vague-linkage function.
 func diffResult(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*diff.Result, error) {
 	o, err := os.ReadFile(orig)
 	if err != nil {
