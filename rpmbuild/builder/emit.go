@@ -31,10 +31,12 @@ type ObjectDiff struct {
 	Changed, New []string
 }
 
-// diffObject diffs one original object against its rebuild, resolving the target's
+// diffResult diffs one original object against its rebuild, resolving the target's
 // symbols through loc. It returns diff.ErrNoChange for no functional change and the
-// differ's *diff.UnpatchableError for a change that cannot be hot patched.
-func diffObject(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*ObjectDiff, error) {
+// differ's *diff.UnpatchableError for a change that cannot be hot patched. emitObject
+// writes its patch fragment once the builder settled which object carries each
+// changed vague-linkage function.
+func diffResult(orig, patched string, loc *debuginfo.Locator, aliasPrefix string) (*diff.Result, error) {
 	o, err := os.ReadFile(orig)
 	if err != nil {
 		return nil, err
@@ -43,10 +45,10 @@ func diffObject(orig, patched string, loc *debuginfo.Locator, aliasPrefix string
 	if err != nil {
 		return nil, err
 	}
-	r, err := diff.Diff(bytes.NewReader(o), bytes.NewReader(p), diff.Options{Locator: loc, Resolver: loc, AliasPrefix: aliasPrefix})
-	if err != nil {
-		return nil, err
-	}
+	return diff.Diff(bytes.NewReader(o), bytes.NewReader(p), diff.Options{Locator: loc, Resolver: loc, AliasPrefix: aliasPrefix})
+}
+
+func emitObject(r *diff.Result) (*ObjectDiff, error) {
 	frag, err := r.Object()
 	if err != nil {
 		return nil, fmt.Errorf("emit patch object: %w", err)
@@ -109,6 +111,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 	}
 	var notes []string
 	var refusal error
+	var results []*objectResult
 	for _, t := range b.tus {
 		if t.patched == "" {
 			continue
@@ -140,7 +143,7 @@ func (b *build) diff(ctx context.Context) (string, error) {
 			}
 			n++
 			fmt.Fprintf(b.logw, "==> diff %s (%s) for %s\n", file, filepath.Base(t.rec.Object), tg.Path)
-			d, err := diffObject(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
+			r, err := diffResult(t.orig, t.patched, tp.loc, fmt.Sprintf("__upatch_%d_", t.idx))
 			if err != nil {
 				part := diff.ReportError(file, err)
 				if part == nil {
@@ -157,9 +160,43 @@ func (b *build) diff(ctx context.Context) (string, error) {
 				}
 				continue
 			}
+			results = append(results, &objectResult{t: t, tp: tp, out: out, file: file, r: r})
+		}
+		if !diffed {
+			// Tests and test modules: built and linked, but into nothing the package ships.
+			notes = append(notes, fmt.Sprintf("%s: goes into no shipped binary (only into %s); ignored", file, strings.Join(unshipped, ", ")))
+		} else if len(unshipped) > 0 {
+			fmt.Fprintf(b.logw, "%s: also linked into %s, which is not shipped\n", file, strings.Join(unshipped, ", "))
+		}
+	}
+	// Changed vague-linkage functions: one object carries each, or the build is refused.
+	if refusal == nil {
+		vnotes, err := b.settleVague(g, results)
+		var ue *diff.UnpatchableError
+		if err != nil && !errors.As(err, &ue) {
+			return "", err
+		}
+		refusal = err
+		notes = append(notes, vnotes...)
+	}
+	if refusal != nil {
+		// The report still lists what the other objects would have replaced.
+		for _, od := range results {
+			od.tp.parts = append(od.tp.parts, withFile(od.r.Report(), od.file))
+		}
+	} else {
+		for _, od := range results {
+			t, tp := od.t, od.tp
+			d, err := emitObject(od.r)
+			if err != nil {
+				return "", fmt.Errorf("%s (%s): %w", od.file, tp.target.Path, err)
+			}
 			fmt.Fprintln(b.logw, d.Classification)
 			if d.Report != nil {
-				tp.parts = append(tp.parts, withFile(d.Report, file))
+				tp.parts = append(tp.parts, withFile(d.Report, od.file))
+			}
+			if od.dropped && len(d.Changed) == 0 && len(d.New) == 0 {
+				continue // its only changes are carried by another object's fragment
 			}
 			frag := filepath.Join(dir, fmt.Sprintf("%d-%d.o", len(tp.frags), t.idx))
 			if err := os.WriteFile(frag, d.Fragment, 0o644); err != nil {
@@ -169,12 +206,6 @@ func (b *build) diff(ctx context.Context) (string, error) {
 			tp.changed = append(tp.changed, d.Changed...)
 			tp.new = append(tp.new, d.New...)
 			fns += len(d.Changed)
-		}
-		if !diffed {
-			// Tests and test modules: built and linked, but into nothing the package ships.
-			notes = append(notes, fmt.Sprintf("%s: goes into no shipped binary (only into %s); ignored", file, strings.Join(unshipped, ", ")))
-		} else if len(unshipped) > 0 {
-			fmt.Fprintf(b.logw, "%s: also linked into %s, which is not shipped\n", file, strings.Join(unshipped, ", "))
 		}
 	}
 	for _, note := range notes {

@@ -274,6 +274,9 @@ func propagate(o, p *object) error {
 			if !s.interesting() || s.exec() || s.status != Changed || s.merge() || !readOnly(s) || s.tls() {
 				continue
 			}
+			if y := s.primary(); y != nil && isVagueData(y.name) {
+				return vagueDataError(p, s, y.name)
+			}
 			if y := s.primary(); y != nil && y.bind != elf.STB_LOCAL {
 				return &UnpatchableError{Function: funcNames(users(p, s)), Section: s.name,
 					Reason: fmt.Sprintf("changed initial value of global read-only data %s (other files may read it)", y.name)}
@@ -315,12 +318,12 @@ func verify(o, p *object) error {
 		switch {
 		case s.typ == elf.SHT_GROUP:
 			if s.status == Changed {
-				return &UnpatchableError{Function: p.groupSignature(s), Section: s.name,
-					Reason: "changed COMDAT group " + p.groupSignature(s)}
+				if err := verifyGroup(p, s); err != nil {
+					return err
+				}
 			}
-		case s.group != nil && s.status == Changed:
-			return &UnpatchableError{Function: name, Section: s.name,
-				Reason: "changed COMDAT group member (other objects may hold the copy the program uses)"}
+		case s.group != nil && s.status != Same && !s.exec() && isVagueVar(s):
+			return vagueDataError(p, s, name)
 		case s.tls() && s.status == New:
 			return &UnpatchableError{Function: funcNames(users(p, s)), Section: s.name,
 				Reason: fmt.Sprintf("new thread-local variable %s (running threads have no storage for it)", name)}

@@ -218,14 +218,73 @@ int a3(int x) { LOG(x); return x + 3; }
 		dump:    []string{"line-only functions: a2 a3\n"},
 	},
 	{
-		name: "comdat-FAIL", file: "q.cc",
+		// An in-class member function lives in a COMDAT group: it is replaced like any
+		// other function (the builder proves which copy the binary kept).
+		name: "comdat-member", file: "q.cc",
 		orig: `struct Box { int v; __attribute__((noipa)) int twice() const { return v * 2; } };
 int use(Box *b) { return b->twice() + 1; }
 `,
 		fixed: `struct Box { int v; __attribute__((noipa)) int twice() const { return v * 3; } };
 int use(Box *b) { return b->twice() + 1; }
 `,
-		reason: "COMDAT",
+		changed: []string{"_ZNK3Box5twiceEv"},
+	},
+	{
+		// The inline member's static local and its guard stay the binary's: only the
+		// code changes, and the patch references the running instance.
+		name: "comdat-static-local", file: "s.cc",
+		orig: `int seed(int);
+struct Ctr { __attribute__((noipa)) int next() { static int n = seed(1); return ++n; } };
+int use(Ctr *c) { return c->next(); }
+`,
+		fixed: `int seed(int);
+struct Ctr { __attribute__((noipa)) int next() { static int n = seed(1); n += 2; return n; } };
+int use(Ctr *c) { return c->next(); }
+`,
+		changed: []string{"_ZN3Ctr4nextEv"},
+	},
+	{
+		// A member function's own read-only data in its group (a switch's jump table,
+		// an exception table) travels with its code.
+		name: "comdat-member-tables", file: "j.cc",
+		orig: `#include <stdexcept>
+extern void note(int);
+struct Op { int k; __attribute__((noipa)) int run(int x) const {
+	switch (k) { case 0: return x + 1; case 1: return x * 3; case 2: return x - 7; case 3: return x ^ 5;
+	case 4: return x << 2; case 5: return x / 3; case 6: return -x; default: throw std::runtime_error("op"); } } };
+int use(Op *o, int x) { try { return o->run(x); } catch (...) { note(x); return 0; } }
+`,
+		fixed: `#include <stdexcept>
+extern void note(int);
+struct Op { int k; __attribute__((noipa)) int run(int x) const {
+	switch (k) { case 0: return x + 1; case 1: return x * 3; case 2: return (x - 9) * x + (x >> 3); case 3: return x ^ 5;
+	case 4: return x << 2; case 5: return x / 3; case 6: return -x; default: throw std::runtime_error("bad op"); } } };
+int use(Op *o, int x) { try { return o->run(x); } catch (...) { note(x); return 0; } }
+`,
+		changed: []string{"_ZNK2Op3runEi"},
+	},
+	{
+		name: "vtable-FAIL", file: "v.cc",
+		orig: `struct Shape { virtual ~Shape(); virtual int area() const; };
+Shape::~Shape() {}
+int Shape::area() const { return 0; }
+`,
+		fixed: `struct Shape { virtual ~Shape(); virtual int area() const; virtual int sides() const; };
+Shape::~Shape() {}
+int Shape::area() const { return 0; }
+int Shape::sides() const { return 0; }
+`,
+		reason: "vtable _ZTV5Shape",
+	},
+	{
+		name: "comdat-static-init-FAIL", file: "t.cc",
+		orig: `struct Lim { __attribute__((noipa)) int max() { static int m = 10; return m++; } };
+int use(Lim *l) { return l->max(); }
+`,
+		fixed: `struct Lim { __attribute__((noipa)) int max() { static int m = 20; return m++; } };
+int use(Lim *l) { return l->max(); }
+`,
+		reason: "static local variable _ZZN3Lim3maxEvE1m of vague linkage",
 	},
 	{
 		name: "ifunc-FAIL", file: "i",

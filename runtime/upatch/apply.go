@@ -54,6 +54,9 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err := checkBuildID(obj, ef, tgt.path, o); err != nil {
 		return nil, err
 	}
+	if err := e.checkInterposed(pid, maps, tgt, obj); err != nil {
+		return nil, err
+	}
 	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, mods: e.frameModules(pid, maps), uuid: o.UUID}
 	for _, f := range obj.Funcs {
 		old, err := oldFunction(obj, f, ef, tgt.path)

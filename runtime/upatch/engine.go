@@ -20,6 +20,7 @@ var (
 	ErrNotApplied     = errors.New("patch not applied")
 	ErrStacked        = errors.New("another patch is stacked on top")
 	ErrNoTarget       = errors.New("target not mapped")
+	ErrInterposed     = errors.New("function interposed by the executable")
 )
 
 const (
