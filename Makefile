@@ -18,7 +18,7 @@ CMDS := $(wildcard */cmd/*)
 # `make test-e2e` runs every package holding one with the switch on.
 E2E_PKGS := $(sort $(patsubst %/,./%,$(dir $(shell grep -rl --include='*_test.go' 'testenv\.NeedE2E' . | sed 's|^\./||'))))
 
-.PHONY: all build test test-unit dist srpm rpm test-go test-python test-e2e demo bench soak lint deps check-deps help clean
+.PHONY: all build test test-unit dist srpm rpm man test-go test-python test-e2e demo bench soak lint deps check-deps help clean
 
 all: build ## build every binary into bin/
 
@@ -54,6 +54,9 @@ UNIT_PKGS := ./runtime/patchobj ./runtime/elfsafe ./runtime/patchmeta ./runtime/
 
 test-unit: ## the unit tests that need no root (the RPM's %check)
 	$(GO) test -count=1 $(UNIT_PKGS)
+
+man: build ## regenerate docs/man from the programs' --help (a test fails when they drift)
+	$(GO) run ./docs/mangen -bin $(BIN) -o docs/man -version $(VERSION)
 
 # Packaging: the source tarball (the files git knows, from the working tree), the vendored
 # modules for an offline build, the source RPM and the RPMs. RPMBUILD_FLAGS adds options
