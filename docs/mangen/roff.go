@@ -84,8 +84,8 @@ func renderHelp(p page, version, help string) []byte {
 	r.header(p, version)
 	lines := strings.Split(strings.TrimRight(help, "\n"), "\n")
 	section := ""
-	var para []string     // running prose
-	var example []string  // lines kept as they are
+	var para []string    // running prose
+	var example []string // lines kept as they are
 	inEntry, entryIndent, descCol := false, 0, 0
 	helpSynopsis := false // the help has a SYNOPSIS section of its own
 	flush := func() {

@@ -150,6 +150,8 @@ func checkInstall(t *testing.T, b *built) {
 		"usr/include/syscare/upatch.h", "usr/lib/syscare/patches", "var/lib/syscare", "etc/syscare",
 		"usr/lib/python" + py + "/site-packages/dnf-plugins/hotpatch.py",
 		"etc/dnf/plugins/hotpatch.conf", "usr/share/licenses/syscare/LICENSE",
+		"usr/share/bash-completion/completions/syscare", "usr/share/bash-completion/completions/syscare-build",
+		"usr/share/zsh/site-functions/_syscare", "usr/share/zsh/site-functions/_syscare-build",
 	} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("installed root: %v", err)
@@ -171,6 +173,22 @@ func checkInstall(t *testing.T, b *built) {
 	elf := run(t, "", nil, "file", "-L", filepath.Join(root, "usr/libexec/syscare/syscare-helper"))
 	if !strings.Contains(elf, "pie executable") && !strings.Contains(elf, "shared object") {
 		t.Errorf("helper is not PIE: %s", elf)
+	}
+	// `man syscare` from the installed root: every page is found through MANPATH and
+	// formats without warnings.
+	if _, err := exec.LookPath("man"); err == nil {
+		for _, p := range []string{"syscare", "syscare-build", "upatch-manage", "syscare-helper", "dnf-hotpatch", "upatch"} {
+			env := []string{"MANPATH=" + filepath.Join(root, "usr/share/man"), "MANWIDTH=80", "MANPAGER=cat", "PAGER=cat", "MAN_KEEP_FORMATTING=0"}
+			cmd := exec.Command("man", "--warnings", p)
+			cmd.Env = append(os.Environ(), env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil || stderr.Len() > 0 || !strings.Contains(stdout.String(), "NAME") {
+				t.Errorf("man %s from the installed root: %v\n%s%s", p, err, stderr.String(), tail(stdout.Bytes(), 10))
+			}
+		}
+	} else {
+		testenv.Require(t, false, "man not found")
 	}
 	if v := run(t, "", nil, "rpm", "--root", root, "--nodeps", "-Va"); strings.TrimSpace(v) != "" {
 		t.Errorf("rpm -Va in the root: %s", v)
