@@ -42,7 +42,9 @@ _syscare() {
     "")
         COMPREPLY=($(compgen -W "$(_syscare_help_words)" -- "$cur"))
         return ;;
-    list | save | rescan | repo) ;;
+    list | save | rescan | repo)
+        # No identifiers: only options.
+        [[ $cur == -* ]] || return ;;
     *)
         if [[ $cur != -* ]]; then
             COMPREPLY=($(compgen -W "$(_syscare_patches "$bus")" -- "$cur"))
