@@ -149,6 +149,7 @@ func checkInstall(t *testing.T, b *built) {
 		"usr/share/polkit-1/actions/org.openeuler.syscare.policy",
 		"usr/include/syscare/upatch.h", "usr/lib/syscare/patches", "var/lib/syscare", "etc/syscare",
 		"usr/lib/python" + py + "/site-packages/dnf-plugins/hotpatch.py",
+		"usr/lib/python" + py + "/site-packages/dnf-plugins/hotupdateinfo.py",
 		"etc/dnf/plugins/hotpatch.conf", "usr/share/licenses/syscare/LICENSE",
 		"usr/share/bash-completion/completions/syscare", "usr/share/bash-completion/completions/syscare-build",
 		"usr/share/zsh/site-functions/_syscare", "usr/share/zsh/site-functions/_syscare-build",
