@@ -9,8 +9,12 @@ import importlib
 import dnf
 import dnf.cli
 
-# hotpatch.py sits next to this file; DNF imports both into its dynamic plugin package.
-hotpatch = importlib.import_module('dnf.plugin.dynamic.hotpatch')
+# hotpatch.py sits next to this file; DNF imports both into its dynamic plugin package
+# (the unit tests put the directory on sys.path instead).
+try:
+    hotpatch = importlib.import_module('dnf.plugin.dynamic.hotpatch')
+except ImportError:
+    import hotpatch
 
 # DNF's updateinfo prints the type of a security advisory as "Sec." after its severity.
 TYPE_LABELS = {'security': 'Sec.', 'bugfix': 'Bugfix', 'enhancement': 'Enhancement',
