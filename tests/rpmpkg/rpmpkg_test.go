@@ -185,9 +185,10 @@ func checkInstall(t *testing.T, b *built) {
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
-			// man formats for a terminal even into a pipe: bold is "N\bN", drop the overstrikes.
+			// man formats for a terminal even into a pipe: bold is "N\bN", drop the overstrikes
+			// (justified lines may hold two spaces).
 			text := overstrike.ReplaceAllString(stdout.String(), "")
-			if err != nil || stderr.Len() > 0 || !strings.Contains(text, "NAME\n       "+p+" - ") {
+			if err != nil || stderr.Len() > 0 || !regexp.MustCompile(`NAME\n\s+`+regexp.QuoteMeta(p)+`\s+- `).MatchString(text) {
 				t.Errorf("man %s from the installed root: %v\nstderr: %s\n%s", p, err, stderr.String(), tail([]byte(text), 10))
 			}
 		}
