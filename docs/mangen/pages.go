@@ -11,16 +11,15 @@ import (
 
 // page is one man page and where its text comes from.
 type page struct {
-	name     string
-	section  int
-	manual   string   // the footer's manual name
-	summary  string   // the NAME line after "name \-"
-	command  []string // the program and arguments that print the help; command[0] is looked up in -bin
-	extract  string   // when set, only the help from the line that starts with it on (dnf's own options are dnf(8)'s)
-	godoc    string   // instead of a command: the package whose doc comment is the page
-	files    []string // FILES section: "path\twhat"
-	seeAlso  []string
-	examples string // shown only when the help has no EXAMPLE section of its own
+	name    string
+	section int
+	manual  string   // the footer's manual name
+	summary string   // the NAME line after "name \-"
+	command []string // the program and arguments that print the help; command[0] is looked up in -bin
+	extract string   // when set, only the help from the line that starts with it on (dnf's own options are dnf(8)'s)
+	godoc   string   // instead of a command: the package whose doc comment is the page
+	files   []string // FILES section: "path\twhat"
+	seeAlso []string
 }
 
 var pages = []page{
