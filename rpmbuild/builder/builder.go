@@ -143,6 +143,7 @@ type build struct {
 	buildDir string
 	cap      *capture.Capture
 	compiled recordCounter // compile records seen so far (progress.go)
+	counted  stepCount     // objects done of total, for steps that count them (progress.go)
 	tus      []*tu
 	res      Result
 	targets  []*targetPatch
@@ -249,6 +250,7 @@ func (b *build) run(ctx context.Context) error {
 		fmt.Fprintf(b.logw, "==> %s\n", s.name)
 		start := time.Now()
 		b.event(Event{Type: "start", Step: s.name})
+		b.counted.step, b.counted.start = s.name, start
 		stop, watched := make(chan struct{}), make(chan struct{})
 		go b.watchStep(s.name, start, stop, watched)
 		what, err := s.fn(ctx)

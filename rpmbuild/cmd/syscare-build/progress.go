@@ -41,7 +41,10 @@ func (l *liveLine) event(e builder.Event) {
 		text = e.Step + " ..."
 	case "progress":
 		text = fmt.Sprintf("%s ... %.0fs", e.Step, e.Seconds)
-		if e.Objects > 0 {
+		switch {
+		case e.Total > 0:
+			text += fmt.Sprintf(", %d of %d objects compiled", e.Objects, e.Total)
+		case e.Objects > 0:
 			text += fmt.Sprintf(", %d objects compiled", e.Objects)
 		}
 	default:

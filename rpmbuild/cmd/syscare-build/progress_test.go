@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -46,11 +47,29 @@ func TestJSONProgress(t *testing.T) {
 	}
 	seen := map[string]string{}
 	maxObjects := 0
+	rebuilt := ""
 	for _, e := range events {
 		seen[e.Step] += e.Type[:1]
 		if e.Type == "progress" && e.Step == "build original" && e.Objects > maxObjects {
 			maxObjects = e.Objects
 		}
+		if e.Step == "build patched" && e.Type == "done" {
+			rebuilt = e.Detail
+		}
+	}
+	// The patched build knows its total: every progress event of it says "done of total"
+	// with the total the step ends with ("N of M objects rebuilt").
+	patchedEvents := 0
+	for _, e := range events {
+		if e.Step == "build patched" && e.Type == "progress" {
+			patchedEvents++
+			if e.Total == 0 || e.Objects > e.Total || !strings.HasPrefix(rebuilt, strconv.Itoa(e.Total)+" of ") {
+				t.Errorf("build patched progress %+v, step done with %q", e, rebuilt)
+			}
+		}
+	}
+	if patchedEvents == 0 {
+		t.Errorf("build patched (%s) sent no progress event", rebuilt)
 	}
 	for _, s := range steps {
 		if v := seen[s]; !strings.HasPrefix(v, "s") || !strings.HasSuffix(v, "d") {
