@@ -37,7 +37,10 @@ func TestAllProgressOnATerminal(t *testing.T) {
 
 	sock, raw := filepath.Join(dir, "tmux.sock"), filepath.Join(dir, "raw")
 	script := filepath.Join(dir, "run.sh")
-	os.WriteFile(script, []byte("sleep 0.5\n"+bin+" patch --all --binary "+victim+" --patch "+obj+" --force\necho EXIT=$?\nsleep 30\n"), 0o755)
+	// The build waits for the go file, made once the terminal's stream is recorded.
+	start := filepath.Join(dir, "go")
+	os.WriteFile(script, []byte("while [ ! -e "+start+" ]; do sleep 0.05; done\n"+bin+" patch --all --binary "+victim+
+		" --patch "+obj+" --force\necho EXIT=$?\nsleep 30\n"), 0o755)
 	tmux := func(args ...string) string {
 		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
 		if err != nil {
@@ -48,6 +51,7 @@ func TestAllProgressOnATerminal(t *testing.T) {
 	tmux("new-session", "-d", "-x", "150", "-y", "40", "sh", script)
 	defer exec.Command("tmux", "-S", sock, "kill-server").Run()
 	tmux("pipe-pane", "-o", "cat >> "+raw)
+	os.WriteFile(start, nil, 0o644)
 	var screen string
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if screen = tmux("capture-pane", "-p"); strings.Contains(screen, "EXIT=") {
@@ -60,9 +64,12 @@ func TestAllProgressOnATerminal(t *testing.T) {
 	if strings.Contains(screen, "of 12 processes") {
 		t.Errorf("the progress line was left on the screen:\n%s", screen)
 	}
-	data, err := os.ReadFile(raw)
-	if err != nil {
-		t.Fatal(err)
+	// cat writes the stream to the file a moment after the screen shows it.
+	var data []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if data, _ = os.ReadFile(raw); strings.Contains(string(data), "EXIT=") {
+			break
+		}
 	}
 	for _, want := range []string{"\r\033[Kpatch: 1 of 12 processes", "\r\033[Kpatch: 12 of 12 processes\r\033[K"} {
 		if !strings.Contains(string(data), want) {
