@@ -53,8 +53,14 @@ func (p *progressLine) clear() {
 	}
 }
 
-// warn writes a warning line below a cleared progress line.
+// warn writes a warning where the progress line was, under the lock, so that no
+// update of another worker lands between the clearing and the warning.
 func (p *progressLine) warn(write func()) {
-	p.clear()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shown {
+		io.WriteString(p.w, "\r\033[K")
+		p.shown = false
+	}
 	write()
 }
