@@ -18,7 +18,7 @@ CMDS := $(wildcard */cmd/*)
 # `make test-e2e` runs every package holding one with the switch on.
 E2E_PKGS := $(sort $(patsubst %/,./%,$(dir $(shell grep -rl --include='*_test.go' 'testenv\.NeedE2E' . | sed 's|^\./||'))))
 
-.PHONY: all build test test-go test-python test-e2e demo bench soak lint deps check-deps help clean
+.PHONY: all build test test-unit dist srpm rpm man test-go test-python test-e2e demo bench soak lint deps check-deps help clean
 
 all: build ## build every binary into bin/
 
@@ -46,6 +46,43 @@ test-python:
 test-e2e: check-deps build ## long end-to-end tests (qemu kernel, upstream sources, nginx, redis)
 	@mkdir -p $(BIN)
 	SYSCARE_E2E=1 $(GO) test -json $(GOTESTFLAGS) $(E2E_PKGS) 2>&1 | $(TESTREPORT) $(BIN)/test-e2e.json
+
+# The unit tests that need neither root nor a service: the spec's %check runs them.
+UNIT_PKGS := ./runtime/patchobj ./runtime/elfsafe ./runtime/patchmeta ./runtime/layout ./runtime/symbols \
+	./runtime/unwind ./runtime/proc ./rpmbuild/rpmfile ./rpmbuild/patchrpm ./helper/state ./helper/repo \
+	./helper/dirwatch ./helper/journal ./tests/testenv
+
+test-unit: ## the unit tests that need no root (the RPM's %check)
+	$(GO) test -count=1 $(UNIT_PKGS)
+
+man: build ## regenerate docs/man from the programs' --help (a test fails when they drift)
+	$(GO) run ./docs/mangen -bin $(BIN) -o docs/man -version $(VERSION)
+
+# Packaging: the source tarball (the files git knows, from the working tree), the vendored
+# modules for an offline build, the source RPM and the RPMs. RPMBUILD_FLAGS adds options
+# (tests/rpmpkg passes --nodeps and a macros file on Debian).
+VERSION := $(shell sed -n 's/^Version: *//p' syscare.spec)
+DIST    := $(BIN)/dist
+RPMDIR  := $(BIN)/rpm
+RPMBUILD = rpmbuild $(RPMBUILD_FLAGS) --define '_sourcedir $(abspath $(DIST))' \
+	--define '_srcrpmdir $(abspath $(RPMDIR))' --define '_rpmdir $(abspath $(RPMDIR))' \
+	--define '_builddir $(abspath $(RPMDIR))/build' --define '_buildrootdir $(abspath $(RPMDIR))/buildroot'
+
+dist: ## source and vendor tarballs for the spec, in bin/dist
+	@rm -rf $(DIST) && mkdir -p $(DIST)/vendor-tree
+	git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
+		tar --null -T - --transform 's,^,syscare-$(VERSION)/,' --owner=0 --group=0 -czf $(DIST)/syscare-$(VERSION).tar.gz
+	$(GO) mod vendor -o $(DIST)/vendor-tree/vendor
+	tar -C $(DIST)/vendor-tree --owner=0 --group=0 -czf $(DIST)/syscare-$(VERSION)-vendor.tar.gz vendor
+	rm -rf $(DIST)/vendor-tree
+
+srpm: dist ## the source RPM, in bin/rpm
+	@mkdir -p $(RPMDIR)
+	$(RPMBUILD) -bs syscare.spec
+
+rpm: dist ## the binary and source RPMs (rpmbuild -ba), in bin/rpm
+	@mkdir -p $(RPMDIR)/build
+	$(RPMBUILD) -ba syscare.spec
 
 demo: check-deps build ## hot-patch a running program end to end
 	tests/demo.sh

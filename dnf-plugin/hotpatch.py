@@ -300,6 +300,8 @@ class HotpatchCommand(dnf.cli.Command):
                            help='list installed and available hot patches (default)')
         # --cve and --advisory are DNF's own global options (opts.cves, opts.advisory).
         parser.add_argument('--json', action='store_true', help='machine-readable output')
+        parser.add_argument('--format', choices=('syscare', 'openeuler'), default='syscare',
+                            help="list: openeuler prints openEuler's columns (base-pkg/hotpatch, status)")
         parser.add_argument('--force', action='store_true',
                             help='activate over a conflicting patch')
         # The health gate (install/upgrade): the helper runs the checks after activation
@@ -509,6 +511,9 @@ class HotpatchCommand(dnf.cli.Command):
         rows = self.rows(self.opts.show or 'all')
         if self.opts.json:
             self.print_json(rows)
+            return
+        if getattr(self.opts, 'format', '') == 'openeuler' and not self._list_cves:
+            print(table([(r['id'], r['state']) for r in rows], ('base-pkg/hotpatch', 'status')))
             return
         if self._list_cves:
             out = [(cve, r['patch'], r['state']) for r in rows for cve in r['cves']]

@@ -52,6 +52,9 @@ type Options struct {
 	Wrapper string
 	// Progress receives one line per step with its time.
 	Progress io.Writer
+	// Events, when set, receives progress events: each step's start and end, and while
+	// it runs, its elapsed time and the objects compiled so far (progress.go).
+	Events func(Event)
 	// NoBind turns the mount-namespace binding off (PATH shims and CC/CXX only).
 	NoBind bool
 	// DryRun stops after the report and the link: no RPM is written.
@@ -139,6 +142,8 @@ type build struct {
 	spec     string
 	buildDir string
 	cap      *capture.Capture
+	compiled recordCounter // compile records seen so far (progress.go)
+	counted  stepCount     // objects done of total, for steps that count them (progress.go)
 	tus      []*tu
 	res      Result
 	targets  []*targetPatch
@@ -237,20 +242,29 @@ func (b *build) run(ctx context.Context) error {
 	}
 	for _, s := range steps {
 		if s.name == "package" && b.opts.DryRun {
+			b.event(Event{Type: "skipped", Step: s.name})
 			fmt.Fprintf(b.opts.Progress, "%-60s skipped\n", "package (dry run)")
 			b.res.DryRun = true
 			break
 		}
 		fmt.Fprintf(b.logw, "==> %s\n", s.name)
 		start := time.Now()
+		b.event(Event{Type: "start", Step: s.name})
+		b.counted.step, b.counted.start = s.name, start
+		stop, watched := make(chan struct{}), make(chan struct{})
+		go b.watchStep(s.name, start, stop, watched)
 		what, err := s.fn(ctx)
+		close(stop)
+		<-watched
 		d := time.Since(start)
 		b.res.Steps = append(b.res.Steps, Step{s.name, d})
 		if err != nil {
+			b.event(Event{Type: "failed", Step: s.name, Seconds: d.Seconds()})
 			fmt.Fprintf(b.opts.Progress, "%-60s failed after %.2fs\n", s.name, d.Seconds())
 			fmt.Fprintf(b.logw, "error: %v\n", err)
 			return err
 		}
+		b.event(Event{Type: "done", Step: s.name, Detail: what, Seconds: d.Seconds()})
 		line := s.name
 		if what != "" {
 			line += " (" + what + ")"

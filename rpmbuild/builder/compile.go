@@ -143,6 +143,7 @@ func (b *build) buildPatched(ctx context.Context) (string, error) {
 	}
 	var mu sync.Mutex
 	var firstErr error
+	b.counted.total.Store(int64(len(changed)))
 	sem := make(chan struct{}, b.opts.Jobs)
 	var wg sync.WaitGroup
 	for _, t := range changed {
@@ -152,6 +153,7 @@ func (b *build) buildPatched(ctx context.Context) (string, error) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			out, err := b.recompile(ctx, t)
+			b.objectDone()
 			mu.Lock()
 			defer mu.Unlock()
 			fmt.Fprintf(b.logw, "+ (cd %s && %s)\n%s", t.rec.Dir, strings.Join(t.rec.Args, " "), out)

@@ -9,8 +9,10 @@ import (
 
 // Running one operation over many processes, several at a time.
 
-func (e *Engine) batch(pids []int, op func(*ptrace.Tracer, int) (Stats, error)) []Result {
+func (e *Engine) batch(pids []int, progress func(done, total int), op func(*ptrace.Tracer, int) (Stats, error)) []Result {
 	res := make([]Result, len(pids))
+	var mu sync.Mutex
+	done := 0
 	workers := min(runtime.GOMAXPROCS(0)*2, len(pids))
 	var wg sync.WaitGroup
 	next := make(chan int)
@@ -23,6 +25,12 @@ func (e *Engine) batch(pids []int, op func(*ptrace.Tracer, int) (Stats, error)) 
 			for i := range next {
 				st, err := op(t, pids[i])
 				res[i] = Result{Pid: pids[i], Err: err, Stats: st}
+				if progress != nil {
+					mu.Lock()
+					done++
+					progress(done, len(pids))
+					mu.Unlock()
+				}
 			}
 		}()
 	}

@@ -57,6 +57,9 @@ type Options struct {
 	// replaces this one keeps the data attached so far. Without a next patch the
 	// table stays mapped, unused, until a patch adopts it and is removed in turn.
 	KeepShadow bool
+	// Progress, when set, is called after each process of a batch with how many are
+	// done and how many the batch has (one call at a time); a front end shows it.
+	Progress func(done, total int)
 }
 
 func (o Options) retries() int {
@@ -187,12 +190,12 @@ func (e *Engine) UnpatchStats(pid int, uuid string, o Options) (Stats, error) {
 
 // PatchAll applies obj to every process in pids, several at a time.
 func (e *Engine) PatchAll(pids []int, obj *patchobj.Object, o Options) []Result {
-	return e.batch(pids, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.patch(t, pid, obj, o) })
+	return e.batch(pids, o.Progress, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.patch(t, pid, obj, o) })
 }
 
 // UnpatchAll removes the patch uuid from every process in pids.
 func (e *Engine) UnpatchAll(pids []int, uuid string, o Options) []Result {
-	return e.batch(pids, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.unpatch(t, pid, uuid, o) })
+	return e.batch(pids, o.Progress, func(t *ptrace.Tracer, pid int) (Stats, error) { return e.unpatch(t, pid, uuid, o) })
 }
 
 // Info lists the patches applied in the process, read from the process itself. It

@@ -33,7 +33,9 @@ that maps their target (and to processes started later), loads kernel livepatch
 modules, keeps their state in ROOT/var/lib/syscare, and restores accepted patches
 when it starts. Normally the bus starts it on demand (activation) and it exits after
 the idle timeout while no user patch is active. Clients: the syscare command and
-dnf hotpatch. Logs go to stderr.
+dnf hotpatch. Logs go to stderr as text, or, when systemd connects stderr to the
+journal (JOURNAL_STREAM), to the journal with priorities and the fields PATCH,
+PATCH_UUID, TARGET, PID and OPERATION (journalctl -u syscare-helper PATCH=NAME).
 
 Options:
 `
@@ -66,6 +68,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log.SetLevel(lv)
+	if j := useJournal(log); j != nil {
+		defer j.Close()
+	}
 	rootDir, err := filepath.Abs(*root)
 	if err != nil {
 		return err

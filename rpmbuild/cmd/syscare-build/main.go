@@ -37,7 +37,7 @@ SYNOPSIS
         [--patch-description TEXT] --source PKG.src.rpm --debuginfo PKG-debuginfo.rpm
         [--debuginfo ...] --patch FIX.patch [--patch ...] [--output DIR] [--jobs N]
         [--workdir DIR] [--skip-cleanup] [--skip-compiler-check] [--dry-run]
-        [--kernel-config FILE] [--kernel-cache DIR] [--verbose]
+        [--kernel-config FILE] [--kernel-cache DIR] [--verbose] [--json]
     syscare-build diff [-o PATCH.o] [-alias-prefix P] ORIG.o PATCHED.o
     syscare-build resolve --debug-file TARGET.debug -o OUT.o PATCH.o
 
@@ -164,6 +164,10 @@ OPTIONS
                              write no RPM; exit 0 when the patch would build, 3 or 4
                              as below when it would not
     --verbose                copy the full build log to standard error
+    --json                   progress as JSON lines on standard output, one object per
+                             event (start, progress with seconds and objects compiled,
+                             done, failed, skipped) and a last "result" object with the
+                             RPMs; the reports go to standard error
     --kernel-config FILE     the kernel configuration, when neither the kernel source
                              RPM's tree nor the debuginfo package has one
     --kernel-cache DIR       keep prepared kernel trees in DIR and reuse them
@@ -171,7 +175,9 @@ OPTIONS
 
 STEPS
     prepare, build original, build patched, diff, cross-check, link, package: each is
-    printed with its duration (package is skipped with --dry-run). The full log is
+    printed with its duration (package is skipped with --dry-run). On a terminal the
+    running step is shown on a live line with its elapsed time and, while the package
+    compiles, the number of objects compiled so far. The full log is
     build.log in the work directory; when the build fails its last lines and its path
     are printed (with the work directory removed, the log is kept in the output
     directory as a new file syscare-build-NAME-<time>.log, or alone in the work
@@ -239,6 +245,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&o.DryRun, "dry-run", false, "")
 	fs.StringVar(&o.KernelConfig, "kernel-config", "", "")
 	fs.StringVar(&o.KernelCache, "kernel-cache", "", "")
+	asJSON := fs.Bool("json", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			io.WriteString(stdout, usage)
@@ -273,7 +280,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	o.Wrapper = self
 	o.Progress = stdout
+	var events *jsonEvents
+	switch {
+	case *asJSON:
+		// stdout carries only JSON lines; the reports go to stderr.
+		events = newJSONEvents(stdout)
+		o.Progress, o.Events = io.Discard, events.event
+		stdout = stderr
+	case isTerminal(stdout):
+		live := &liveLine{w: stdout}
+		o.Progress, o.Events = live, live.event
+	}
 	res, err := builder.Build(ctx, o)
+	if events != nil {
+		r := result{OK: err == nil}
+		if err != nil {
+			r.Error = err.Error()
+			var f *builder.Failure
+			if errors.As(err, &f) {
+				r.Log = f.LogPath
+			}
+		} else {
+			r.DryRun, r.RPMs, r.SRPMs = res.DryRun, res.RPMs, res.SRPMs
+		}
+		defer events.result(r)
+	}
 	if err != nil {
 		var f *builder.Failure
 		if errors.As(err, &f) {

@@ -249,6 +249,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
 	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn,
 		Timeout: o.timeout, Cancel: ctx.Done(), KeepShadow: o.keep}
+	if live := newProgressLine(stderr, cmd); live != nil && cmd != "info" {
+		// On a terminal: processes done of the batch, on a line of stderr redrawn in place.
+		opts.Progress = live.update
+		opts.Warn = func(s string) { live.warn(func() { warn(s) }) }
+		defer live.clear()
+	}
 	switch cmd {
 	case "patch":
 		if o.patch == "" {
