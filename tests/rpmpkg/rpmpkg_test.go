@@ -77,7 +77,7 @@ func buildRPMs(t *testing.T) *built {
 		t.Fatalf("source RPMs: %v", srcs)
 	}
 	b.rpms["src"] = srcs[0]
-	for _, n := range []string{"syscare", "syscare-build", "python3-dnf-plugin-hotpatch", "syscare-debuginfo", "src"} {
+	for _, n := range []string{"syscare", "syscare-build", "python3-dnf-plugin-hotpatch", "syscare-ansible", "syscare-cockpit", "syscare-debuginfo", "src"} {
 		if b.rpms[n] == "" {
 			t.Fatalf("make rpm wrote no %s package (got %v)", n, b.rpms)
 		}
@@ -109,6 +109,10 @@ func checkScriptlets(t *testing.T, b *built) {
 			t.Errorf("%s does not handle syscare-helper.service:\n%s", s, body)
 		}
 	}
+	// The unattended upgrade timer ships with the plugin whose command it runs.
+	if plugin := run(t, "", nil, "rpm", "-qp", "--scripts", b.rpms["python3-dnf-plugin-hotpatch"]); strings.Count(plugin, "syscare-upgrade.timer") < 3 {
+		t.Errorf("the plugin's scriptlets do not handle syscare-upgrade.timer on install, erase and upgrade:\n%s", plugin)
+	}
 	lic := run(t, "", nil, "rpm", "-qpL", b.rpms["syscare"])
 	for _, l := range []string{"/LICENSE", "github.com_cilium_ebpf-LICENSE", "golang.org_x_sys-LICENSE"} {
 		if !strings.Contains(lic, l) {
@@ -138,7 +142,7 @@ func checkInstall(t *testing.T, b *built) {
 	if err := os.WriteFile(filepath.Join(root, "bin/sh"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pkgs := []string{b.rpms["syscare"], b.rpms["syscare-build"], b.rpms["python3-dnf-plugin-hotpatch"]}
+	pkgs := []string{b.rpms["syscare"], b.rpms["syscare-build"], b.rpms["python3-dnf-plugin-hotpatch"], b.rpms["syscare-ansible"], b.rpms["syscare-cockpit"]}
 	run(t, "", nil, "rpm", append([]string{"--root", root, "--nodeps", "-i"}, pkgs...)...)
 	py := strings.TrimSpace(run(t, "", nil, "/usr/bin/python3", "-Ic", "import sys; print('%d.%d' % sys.version_info[:2])"))
 	for _, f := range []string{
@@ -153,6 +157,10 @@ func checkInstall(t *testing.T, b *built) {
 		"etc/dnf/plugins/hotpatch.conf", "usr/share/licenses/syscare/LICENSE",
 		"usr/share/bash-completion/completions/syscare", "usr/share/bash-completion/completions/syscare-build",
 		"usr/share/zsh/site-functions/_syscare", "usr/share/zsh/site-functions/_syscare-build",
+		"usr/lib/systemd/system/syscare-upgrade.service", "usr/lib/systemd/system/syscare-upgrade.timer",
+		"usr/share/ansible/collections/ansible_collections/syscare/hotpatch/plugins/modules/hotpatch.py",
+		"usr/share/ansible/collections/ansible_collections/syscare/hotpatch/roles/rollout/tasks/main.yml",
+		"usr/share/cockpit/syscare/manifest.json", "usr/share/cockpit/syscare/syscare.js",
 	} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("installed root: %v", err)
@@ -198,7 +206,7 @@ func checkInstall(t *testing.T, b *built) {
 	if v := run(t, "", nil, "rpm", "--root", root, "--nodeps", "-Va"); strings.TrimSpace(v) != "" {
 		t.Errorf("rpm -Va in the root: %s", v)
 	}
-	run(t, "", nil, "rpm", "--root", root, "--nodeps", "-e", "syscare", "syscare-build", "python3-dnf-plugin-hotpatch")
+	run(t, "", nil, "rpm", "--root", root, "--nodeps", "-e", "syscare", "syscare-build", "python3-dnf-plugin-hotpatch", "syscare-ansible", "syscare-cockpit")
 	if _, err := os.Stat(filepath.Join(root, "usr/bin/syscare")); !os.IsNotExist(err) {
 		t.Errorf("erase left usr/bin/syscare: %v", err)
 	}
