@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,8 @@ const (
 	fmtFix = "fill-brace.patch"
 	// detail::parse_align<char, specs_checker<specs_handler<char>>&>, the instance
 	// libfmt.so's detail::vformat_to<char> uses; a hidden weak function in a COMDAT group.
-	parseAlignSym = "parse_align"
+	parseAlignSym = "_ZN3fmt2v96detail11parse_alignIcRNS1_13specs_checkerINS1_13specs_handlerIcEEEEEEPKT_SA_SA_OT0_"
+	fmtObject     = "build/CMakeFiles/fmt.dir/src/format.cc.o"
 )
 
 // One format string per probe line; fmtprobe formats 42 with it.
@@ -59,7 +61,10 @@ func TestUpstreamFmtE2E(t *testing.T) {
 	out, rpm := syscareBuild(t, pkgs, "FMT001", filepath.Join("fmt", fmtFix),
 		fmt.Sprintf("patch-fmt-%s-1-FMT001-1-1.x86_64.rpm", fmtVersion))
 	t.Logf("syscare-build FMT001 (%s) in %.1fs:\n%s", fmtFix, time.Since(start).Seconds(), out)
-	for _, want := range []string{"Patch report for /usr/lib64/" + fmtSO, "vague-linkage "} {
+	// Both objects include core.h, so both are rebuilt; the library kept format.cc.o's copy.
+	for _, want := range []string{"build patched (2 of 3 objects rebuilt)", "Patch report for /usr/lib64/" + fmtSO,
+		parseAlignSym + " (src/format.cc): code changed",
+		"vague-linkage " + parseAlignSym + ": the binary kept the copy of " + fmtObject} {
 		if !strings.Contains(out, want) {
 			t.Errorf("syscare-build output lacks %q:\n%s", want, out)
 		}
@@ -74,8 +79,15 @@ func TestUpstreamFmtE2E(t *testing.T) {
 		funcs = append(funcs, f.Name)
 	}
 	t.Logf("entity %s replaces %q", e.TargetPath, funcs)
-	if e.TargetPath != "/usr/lib64/"+fmtSO {
-		t.Fatalf("entity targets %s", e.TargetPath)
+	if e.TargetPath != "/usr/lib64/"+fmtSO || !slices.Contains(funcs, parseAlignSym) {
+		t.Fatalf("entity %s replaces %q, want %s among them", e.TargetPath, funcs, parseAlignSym)
+	}
+	// Besides parse_align's instances, gcc may compile other templates of the translation
+	// unit differently (README); all of them are fmt's own vague-linkage functions.
+	for _, fn := range funcs {
+		if !strings.HasPrefix(fn, "_ZN3fmt2v96detail") || !strings.Contains(out, "vague-linkage "+fn+": the binary kept the copy of "+fmtObject) {
+			t.Errorf("replaced %s is not a template instance of fmt::detail kept from %s", fn, fmtObject)
+		}
 	}
 
 	root := t.TempDir()
