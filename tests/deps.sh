@@ -3,7 +3,7 @@
 # Debian/Ubuntu through apt, Fedora/openEuler through dnf.
 set -euo pipefail
 # Commands whose absence means a package is missing.
-NEED=(gcc rpmbuild autoreconf libtoolize cmake createrepo_c dnf eu-strip cpio dbus-daemon busybox qemu-system-x86_64 debugedit flex bison bc pahole)
+NEED=(gcc perl rpmbuild autoreconf libtoolize cmake createrepo_c dnf eu-strip cpio dbus-daemon busybox qemu-system-x86_64 debugedit flex bison bc pahole)
 missing=()
 for c in "${NEED[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
 /usr/bin/python3 -c 'import dnf, dbus, pytest' >/dev/null 2>&1 || missing+=("python3-dnf/dbus/pytest")
@@ -19,11 +19,11 @@ if command -v apt-get >/dev/null 2>&1; then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
 		gcc g++ make libc6-dev autoconf automake libtool cmake dnf rpm createrepo-c python3-dnf python3-dbus elfutils debugedit cpio \
 		python3-pytest qemu-system-x86 busybox-static dbus-daemon polkitd \
-		flex bison bc libelf-dev libssl-dev dwarves >/dev/null
+		flex bison bc libelf-dev libssl-dev dwarves perl >/dev/null
 elif command -v dnf >/dev/null 2>&1; then
 	$SUDO dnf install -y -q gcc gcc-c++ make autoconf automake libtool cmake rpm-build createrepo_c python3-dnf python3-dbus \
 		elfutils debugedit cpio python3-pytest qemu-system-x86 busybox dbus-daemon polkit \
-		flex bison bc elfutils-libelf-devel openssl-devel dwarves
+		flex bison bc elfutils-libelf-devel openssl-devel dwarves perl
 else
 	echo "deps: neither apt-get nor dnf found; install: ${NEED[*]}" >&2
 	exit 1
