@@ -3,7 +3,7 @@
 # Debian/Ubuntu through apt, Fedora/openEuler through dnf.
 set -euo pipefail
 # Commands whose absence means a package is missing.
-NEED=(gcc rpmbuild autoreconf libtoolize cmake createrepo_c dnf eu-strip cpio dbus-daemon busybox qemu-system-x86_64 debugedit flex bison bc pahole
+NEED=(gcc perl rpmbuild autoreconf libtoolize cmake createrepo_c dnf eu-strip cpio dbus-daemon busybox qemu-system-x86_64 debugedit flex bison bc pahole
 	ansible-playbook cockpit-bridge rpmlint zsh tmux man journalctl)
 missing=()
 for c in "${NEED[@]}"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
@@ -26,12 +26,12 @@ if command -v apt-get >/dev/null 2>&1; then
 		gcc g++ make libc6-dev autoconf automake libtool cmake dnf rpm createrepo-c python3-dnf python3-dbus elfutils debugedit cpio \
 		python3-pytest qemu-system-x86 busybox-static dbus-daemon polkitd \
 		flex bison bc libelf-dev libssl-dev dwarves ansible-core cockpit-ws cockpit-bridge chromium-headless-shell \
-		rpmlint zsh tmux man-db systemd >/dev/null
+		rpmlint zsh tmux man-db systemd perl >/dev/null
 elif command -v dnf >/dev/null 2>&1; then
 	$SUDO dnf install -y -q gcc gcc-c++ make autoconf automake libtool cmake rpm-build createrepo_c python3-dnf python3-dbus \
 		elfutils debugedit cpio python3-pytest qemu-system-x86 busybox dbus-daemon polkit \
 		flex bison bc elfutils-libelf-devel openssl-devel dwarves ansible-core cockpit-ws cockpit-bridge chromium-headless \
-		rpmlint zsh tmux man-db systemd
+		rpmlint zsh tmux man-db systemd perl
 else
 	echo "deps: neither apt-get nor dnf found; install: ${NEED[*]}" >&2
 	exit 1

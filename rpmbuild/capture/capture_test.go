@@ -4,6 +4,7 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -197,6 +198,37 @@ func TestWrapperCXX(t *testing.T) {
 	}
 	if !hasSection(t, recs[0].Object, ".text._ZN1K1fEi") {
 		t.Error("k.o lacks the member function's own section")
+	}
+}
+
+// Plain assembler (.s, as OpenSSL's perlasm scripts generate it) gets no depfile from
+// gcc, also when the command asks for one: the record names the source as its only
+// input, and a compile with -MMD -MF that gcc leaves unwritten is not an error. A .S file
+// is preprocessed and keeps its real dependencies.
+func TestWrapperPlainAssembler(t *testing.T) {
+	c := newCapture(t, false)
+	d := t.TempDir()
+	asm := func(name, value string) []byte {
+		return []byte(fmt.Sprintf(".text\n.globl %[1]s\n.type %[1]s,@function\n%[1]s:\n\tmovl $%[2]s, %%eax\n\tret\n.size %[1]s,.-%[1]s\n", name, value))
+	}
+	os.WriteFile(filepath.Join(d, "f.s"), asm("f", "7"), 0o644)
+	os.WriteFile(filepath.Join(d, "g.s"), asm("g", "8"), 0o644)
+	os.WriteFile(filepath.Join(d, "k.h"), []byte("#define K 9\n"), 0o644)
+	os.WriteFile(filepath.Join(d, "h.S"), append([]byte("#include \"k.h\"\n"), asm("h", "K")...), 0o644)
+	runIn(t, c, d, `gcc -Wa,--noexecstack -c -o f.o f.s && gcc -MMD -MF g.d -c -o g.o g.s && gcc -c h.S`)
+	recs, err := c.Records()
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("records %+v %v", recs, err)
+	}
+	for i, name := range []string{"f", "g"} {
+		r := recs[i]
+		src := filepath.Join(d, name+".s")
+		if r.Kind != KindCompile || r.Source != src || r.Object != filepath.Join(d, name+".o") || !slices.Equal(r.Deps, []string{src}) {
+			t.Errorf("record of %s.s: %+v", name, r)
+		}
+	}
+	if !slices.Contains(recs[2].Deps, filepath.Join(d, "k.h")) {
+		t.Errorf("h.S deps %q lack k.h", recs[2].Deps)
 	}
 }
 

@@ -275,6 +275,15 @@ func runWrapper(argv []string) error {
 
 func compileOne(dir, cwd, lang, real, argv0 string, inv Invocation, src int, obj string) error {
 	args := inv.CompileArgs(src, obj)
+	if plainAssembler(inv.Args[src]) {
+		// gcc runs no preprocessor on a .s file and so writes no depfile, even when
+		// asked (-MD): the source is the unit's only input (perlasm output, say).
+		if err := run(real, argv0, args); err != nil {
+			return err
+		}
+		return appendRecord(dir, Record{Kind: KindCompile, Dir: cwd, Lang: lang, Args: args,
+			Source: abs(cwd, inv.Args[src]), Object: abs(cwd, obj), Deps: []string{abs(cwd, inv.Args[src])}})
+	}
 	depfile := ""
 	switch {
 	case inv.HasMD && inv.MF != "" && len(inv.Sources) == 1:
@@ -300,6 +309,12 @@ func compileOne(dir, cwd, lang, real, argv0 string, inv Invocation, src int, obj
 	}
 	return appendRecord(dir, Record{Kind: KindCompile, Dir: cwd, Lang: lang, Args: args,
 		Source: abs(cwd, inv.Args[src]), Object: abs(cwd, obj), Deps: deps})
+}
+
+// plainAssembler tells whether gcc reads src as assembler without preprocessing (.s;
+// .S and .sx go through the preprocessor and get a depfile).
+func plainAssembler(src string) bool {
+	return filepath.Ext(src) == ".s"
 }
 
 func run(prog, argv0 string, args []string) error {
