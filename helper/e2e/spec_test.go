@@ -31,7 +31,7 @@ func TestSpecInstallsContractFiles(t *testing.T) {
 			t.Errorf("spec installs %s: %v", m[1], err)
 		}
 	}
-	for _, cmd := range []string{"./helper/cmd/syscare", "./helper/cmd/syscare-helper"} {
+	for _, cmd := range []string{"helper/cmd/syscare ", "helper/cmd/syscare-helper "} {
 		if !strings.Contains(spec, cmd) {
 			t.Errorf("spec does not build %s", cmd)
 		}
