@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -33,12 +34,15 @@ func TestHealthGate(t *testing.T) {
 	}()
 	// During the soak the patch is ACTIVED, in the process, and reads are answered.
 	waitForD(t, 5*time.Second, func() bool { return s.status(hp1.uuid) == "ACTIVED" })
-	if time.Since(start) > 1400*time.Millisecond {
-		t.Fatalf("status during the soak answered only after %s", time.Since(start))
+	if len(done) != 0 {
+		t.Fatalf("status answered ACTIVED only after the soak's end")
 	}
 	s.waitOutput(v, "2 10")
 	r := <-done
-	if r.code != 0 || !strings.Contains(r.out, "victim-1.0-1/HP001-1-1/victim: ACCEPTED (applied): healthy: 6 run(s) of `"+good+"` over 1.5s") {
+	// Six rounds (at once, then every 300ms over 1.5s); fewer when a loaded machine makes a
+	// round longer than the interval, never fewer than the first and the last.
+	healthy := regexp.MustCompile(`victim-1\.0-1/HP001-1-1/victim: ACCEPTED \(applied\): healthy: [2-6] run\(s\) of ` + "`" + regexp.QuoteMeta(good) + "`" + ` over 1\.5s`)
+	if r.code != 0 || !healthy.MatchString(r.out) {
 		t.Fatalf("healthy apply: exit %d: %s%s", r.code, r.out, r.errOut)
 	}
 	if took := time.Since(start); took < 1500*time.Millisecond {
