@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	godbus "github.com/godbus/dbus/v5"
+
+	"github.com/syscare/syscare/dbus"
+)
+
+// TestProgress: a patch going into and out of 8 running processes makes the helper send
+// Progress signals whose count rises to 8 of 8 (the last always sent); syscare
+// --progress prints them on stderr, and without --progress a piped syscare prints none.
+func TestProgress(t *testing.T) {
+	s := newSandbox(t)
+	s.install(hp1)
+	const n = 8
+	for i := 0; i < n; i++ {
+		s.startVictim()
+	}
+	conn, err := godbus.Connect(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.AddMatchSignal(godbus.WithMatchInterface(syscarebus.Interface), godbus.WithMatchMember(syscarebus.SignalProgress)); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan *godbus.Signal, 256)
+	conn.Signal(sigs)
+	collect := func() []syscarebus.Progress {
+		var out []syscarebus.Progress
+		for {
+			select {
+			case sg := <-sigs:
+				var p syscarebus.Progress
+				if err := godbus.Store(sg.Body, &p.Operation, &p.Patch, &p.Done, &p.Total); err != nil {
+					t.Fatalf("Progress signal %v: %v", sg.Body, err)
+				}
+				out = append(out, p)
+			case <-time.After(300 * time.Millisecond):
+				return out
+			}
+		}
+	}
+	entity := "victim-1.0-1/HP001-1-1/victim"
+	check := func(op string, ps []syscarebus.Progress, stderr string) {
+		t.Helper()
+		if len(ps) == 0 || len(ps) > n {
+			t.Fatalf("%s: %d Progress signals for %d processes: %+v", op, len(ps), n, ps)
+		}
+		for i, p := range ps {
+			if p.Operation != op || p.Patch != entity || p.Total != n || p.Done < 1 || (i > 0 && p.Done <= ps[i-1].Done) {
+				t.Errorf("%s: signal %d: %+v (all: %+v)", op, i, p, ps)
+			}
+			if want := fmt.Sprintf("%s %s: %d of %d processes\n", op, entity, p.Done, p.Total); !strings.Contains(stderr, want) {
+				t.Errorf("syscare --progress did not print %q:\n%s", want, stderr)
+			}
+		}
+		if last := ps[len(ps)-1]; last.Done != n {
+			t.Errorf("%s: the last signal is %+v, not %d of %d", op, last, n, n)
+		}
+	}
+
+	out, stderr, code := s.syscare("apply", "--progress", hp1.uuid)
+	if code != 0 || !strings.Contains(out, "ACTIVED") {
+		t.Fatalf("apply --progress: %d %q %q", code, out, stderr)
+	}
+	ps := collect()
+	t.Logf("apply over %d processes: Progress %+v", n, ps)
+	check("activate", ps, stderr)
+	if strings.ContainsAny(stderr, "\r\033") {
+		t.Errorf("piped --progress wrote terminal controls: %q", stderr)
+	}
+
+	out, stderr, code = s.syscare("remove", hp1.uuid)
+	if code != 0 || strings.Contains(stderr, "processes") {
+		t.Fatalf("remove piped, without --progress: %d %q %q", code, out, stderr)
+	}
+	ps = collect()
+	if len(ps) == 0 || ps[len(ps)-1].Operation != "deactivate" || ps[len(ps)-1].Done != n {
+		t.Errorf("remove: signals %+v", ps)
+	}
+	if _, stderr, code := s.syscare("list", "--progress"); code != 2 || !strings.Contains(stderr, "--progress is an option of") {
+		t.Errorf("list --progress: %d %q", code, stderr)
+	}
+}
