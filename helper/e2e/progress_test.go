@@ -1,7 +1,11 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +13,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/tests/testenv"
 )
 
 // TestProgress: a patch going into and out of 8 running processes makes the helper send
@@ -87,4 +92,51 @@ func TestProgress(t *testing.T) {
 	if _, stderr, code := s.syscare("list", "--progress"); code != 2 || !strings.Contains(stderr, "--progress is an option of") {
 		t.Errorf("list --progress: %d %q", code, stderr)
 	}
+}
+
+// TestDNFPluginProgress: the dnf plugin's helper client (dnf-plugin/hotpatch.py, over
+// python3-dbus with a GLib loop) hears the Progress signals of one Upgrade call over 6
+// real processes, the last being 6 of 6, and gets the call's reply as before.
+func TestDNFPluginProgress(t *testing.T) {
+	py := "/usr/bin/python3"
+	err := exec.Command(py, "-c", "import dnf, dbus.mainloop.glib, gi.repository.GLib").Run()
+	testenv.Require(t, err == nil, "python3-dnf, python3-dbus or python3-gi missing (tests/deps.sh installs them)")
+	s := newSandbox(t)
+	s.install(hp1)
+	const n = 6
+	for i := 0; i < n; i++ {
+		s.startVictim()
+	}
+	script := `import json, sys
+import hotpatch
+h = hotpatch.Helper.connect(sys.argv[1])
+events = []
+rows = h.upgrade([sys.argv[2]], progress=lambda *a: events.append(list(a)))
+print(json.dumps({'rows': rows, 'events': events}))
+`
+	cmd := exec.Command(py, "-c", script, s.addr, hp1.uuid)
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+filepath.Join(fx.repo, "dnf-plugin"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("plugin upgrade: %v %s", err, out)
+	}
+	var got struct {
+		Rows   []map[string]string
+		Events [][]any
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	t.Logf("plugin heard %v", got.Events)
+	if len(got.Rows) != 1 || got.Rows[0]["status"] != "ACTIVED" || got.Rows[0]["action"] != "APPLIED" {
+		t.Errorf("reply rows %+v", got.Rows)
+	}
+	if len(got.Events) == 0 {
+		t.Fatal("no Progress reached the plugin")
+	}
+	last := fmt.Sprint(got.Events[len(got.Events)-1])
+	if want := fmt.Sprintf("[activate victim-1.0-1/HP001-1-1/victim %d %d]", n, n); last != want {
+		t.Errorf("last progress %s, want %s", last, want)
+	}
+	s.must("remove", hp1.uuid)
 }
