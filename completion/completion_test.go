@@ -59,6 +59,7 @@ func TestBashCommandsAndOptions(t *testing.T) {
 		"syscare ac":                "accept active",
 		"syscare --j":               "--json",
 		"syscare apply --f":         "--force",
+		"syscare apply --pr":        "--progress",
 		"syscare --bus s":           "session system",
 		"syscare-build --dry":       "--dry-run",
 		"syscare-build --kernel-c":  "--kernel-cache --kernel-config",

@@ -19,6 +19,9 @@ const (
 	PolkitAction = "org.openeuler.syscare.manage"
 	// SignalStateChanged is emitted with (uuid, name, old status, new status).
 	SignalStateChanged = "StateChanged"
+	// SignalProgress is emitted with (operation, entity name, done, total) while a user
+	// patch goes into or out of many processes (see the XML for the rate).
+	SignalProgress = "Progress"
 )
 
 // Status strings, printed exactly like upstream SysCare.
@@ -43,20 +46,49 @@ type Method struct {
 	Out  []string
 }
 
+type xmlMember struct {
+	Name string `xml:"name,attr"`
+	Args []struct {
+		Type      string `xml:"type,attr"`
+		Direction string `xml:"direction,attr"`
+	} `xml:"arg"`
+}
+
+type xmlNode struct {
+	Interfaces []struct {
+		Name    string      `xml:"name,attr"`
+		Methods []xmlMember `xml:"method"`
+		Signals []xmlMember `xml:"signal"`
+	} `xml:"interface"`
+}
+
+// Signals parses IntrospectXML and returns the signals of Interface, each with its
+// argument signatures in Out (what the helper sends).
+func Signals() ([]Method, error) {
+	var node xmlNode
+	if err := xml.Unmarshal([]byte(IntrospectXML), &node); err != nil {
+		return nil, fmt.Errorf("introspection xml: %w", err)
+	}
+	for _, it := range node.Interfaces {
+		if it.Name != Interface {
+			continue
+		}
+		var ss []Method
+		for _, m := range it.Signals {
+			sm := Method{Name: m.Name}
+			for _, a := range m.Args {
+				sm.Out = append(sm.Out, a.Type)
+			}
+			ss = append(ss, sm)
+		}
+		return ss, nil
+	}
+	return nil, fmt.Errorf("introspection xml: no interface %s", Interface)
+}
+
 // Methods parses IntrospectXML and returns the methods of Interface.
 func Methods() ([]Method, error) {
-	var node struct {
-		Interfaces []struct {
-			Name    string `xml:"name,attr"`
-			Methods []struct {
-				Name string `xml:"name,attr"`
-				Args []struct {
-					Type      string `xml:"type,attr"`
-					Direction string `xml:"direction,attr"`
-				} `xml:"arg"`
-			} `xml:"method"`
-		} `xml:"interface"`
-	}
+	var node xmlNode
 	if err := xml.Unmarshal([]byte(IntrospectXML), &node); err != nil {
 		return nil, fmt.Errorf("introspection xml: %w", err)
 	}

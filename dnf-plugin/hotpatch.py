@@ -11,6 +11,7 @@
 import json
 import logging
 import os
+import sys
 
 import dnf
 import dnf.cli
@@ -83,8 +84,11 @@ class Helper(object):
 
     The proxy is a dbus.Interface in production and a plain object in unit tests."""
 
-    def __init__(self, proxy):
+    def __init__(self, proxy, bus=None):
         self._proxy = proxy
+        # The connection, when it has a GLib main loop: only then can the helper's
+        # Progress signals be received during a call (see _call_watching).
+        self._bus = bus
 
     @classmethod
     def connect(cls, address=''):
@@ -92,19 +96,36 @@ class Helper(object):
             import dbus
         except ImportError as e:
             raise HelperError('python3-dbus is needed to talk to syscare-helper: %s' % e)
+        mainloop = None
+        try:
+            from dbus.mainloop.glib import DBusGMainLoop
+            from gi.repository import GLib  # noqa: F401  (runs the loop in _call_watching)
+            mainloop = DBusGMainLoop()
+        except ImportError:
+            pass  # no python3-gi: everything works, without progress
         try:
             if address:
-                bus = dbus.bus.BusConnection(address)
+                bus = dbus.bus.BusConnection(address, mainloop=mainloop)
             else:
-                bus = dbus.SystemBus()
+                bus = dbus.SystemBus(mainloop=mainloop)
             obj = bus.get_object(BUS_NAME, OBJECT_PATH)
         except dbus.exceptions.DBusException as e:
             raise HelperError('cannot reach syscare-helper (%s): %s'
                               % (BUS_NAME, e.get_dbus_message() or e))
         # Long operations (activation waits for busy processes) outlast the default 25 s.
-        return cls(dbus.Interface(obj, INTERFACE))
+        return cls(dbus.Interface(obj, INTERFACE), bus if mainloop is not None else None)
+
+    @staticmethod
+    def _error(e):
+        name = e.get_dbus_name() or ''
+        msg = e.get_dbus_message() or str(e)
+        kind = name.rsplit('.', 1)[-1] if name.startswith(BUS_NAME + '.Error.') else ''
+        return HelperError('%s%s' % ('%s: ' % kind if kind else '', msg), kind)
 
     def _call(self, method, *args, **kw):
+        progress = kw.get('progress')
+        if progress is not None and self._bus is not None:
+            return self._call_watching(method, args, kw.get('timeout', 600), progress)
         try:
             import dbus
             dbus_error = dbus.exceptions.DBusException
@@ -113,10 +134,40 @@ class Helper(object):
         try:
             return _plain(getattr(self._proxy, method)(*args, timeout=kw.get('timeout', 600)))
         except dbus_error as e:
-            name = e.get_dbus_name() or ''
-            msg = e.get_dbus_message() or str(e)
-            kind = name.rsplit('.', 1)[-1] if name.startswith(BUS_NAME + '.Error.') else ''
-            raise HelperError('%s%s' % ('%s: ' % kind if kind else '', msg), kind)
+            raise self._error(e)
+
+    def _call_watching(self, method, args, timeout, progress):
+        """Calls method and, until its reply, passes each Progress signal of the helper
+        to progress(operation, patch, done, total). dbus-python delivers signals only
+        from a main loop, so the call is made asynchronously and a GLib loop runs until
+        the reply; the helper sends its signals before the reply, so none is missed."""
+        from gi.repository import GLib
+        loop = GLib.MainLoop()
+        out = {}
+
+        def on_progress(operation, patch, done, total):
+            progress(str(operation), str(patch), int(done), int(total))
+
+        def on_reply(*reply):
+            out['reply'] = reply[0] if len(reply) == 1 else list(reply)
+            loop.quit()
+
+        def on_error(e):
+            out['error'] = e
+            loop.quit()
+
+        match = self._bus.add_signal_receiver(on_progress, signal_name='Progress',
+                                              dbus_interface=INTERFACE, bus_name=BUS_NAME,
+                                              path=OBJECT_PATH)
+        try:
+            getattr(self._proxy, method)(*args, timeout=timeout, reply_handler=on_reply,
+                                         error_handler=on_error)
+            loop.run()
+        finally:
+            match.remove()
+        if 'error' in out:
+            raise self._error(out['error'])
+        return _plain(out.get('reply'))
 
     def list(self):
         """Rows of dicts: uuid, name, status, patch_uuid, problem."""
@@ -136,9 +187,12 @@ class Helper(object):
         rows = self._call(method, _strs(ids), bool(force))
         return [dict(zip(('uuid', 'name', 'status'), row)) for row in rows]
 
-    def upgrade(self, ids, accept=False, force=False, gate=None, policy=False):
+    def upgrade(self, ids, accept=False, force=False, gate=None, policy=False, progress=None):
         """One transaction in the helper; rows of dicts: uuid, name, old_status, status,
         action (APPLIED, ACTIVATED, ACCEPTED, SUPERSEDED, UNCHANGED), detail.
+
+        progress(operation, patch, done, total), if given, hears the helper's Progress
+        signals while a patch goes into or out of many processes (with python3-gi).
 
         gate: the health gate, {'health': [commands], 'soak': s, 'interval': s,
         'check_timeout': s} (seconds); policy: run under /etc/syscare/upgrade.conf,
@@ -166,7 +220,8 @@ class Helper(object):
         # The helper soaks inside the call: wait for the soak on top of the usual bound
         # (a policy run's soak is not known here: allow an hour).
         soak = (gate.get('soak') or 0) + (3600 if policy else 0)
-        return [dict(zip(keys, row)) for row in self._call('Upgrade', _strs(ids), opts, timeout=600 + soak)]
+        rows = self._call('Upgrade', _strs(ids), opts, timeout=600 + soak, progress=progress)
+        return [dict(zip(keys, row)) for row in rows]
 
     def resolve(self, metadata_dirs=(), cves=(), advisories=(), all_patches=False, policy=False):
         """Candidates (dicts of syscarebus.Candidate, dbus/messages.go), oldest first within a target."""
@@ -187,6 +242,37 @@ class Helper(object):
         except ImportError:
             pass
         return json.loads(self._call('Resolve', opts))
+
+
+class ProgressLine(object):
+    """Shows the helper's Progress on one terminal line redrawn in place
+    ("activate victim-1.0-1/HP001-1-1/victim: 12 of 40 processes"); clear() removes it
+    before the summary is printed."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.shown = False
+
+    def __call__(self, operation, patch, done, total):
+        self.stream.write('\r\033[K%s %s: %d of %d processes' % (operation, patch, done, total))
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self):
+        if self.shown:
+            self.stream.write('\r\033[K')
+            self.stream.flush()
+            self.shown = False
+
+
+def progress_line(stream):
+    """A ProgressLine on stream when it is a terminal, else None (piped output and
+    logs get no control sequences)."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return ProgressLine(stream) if tty else None
 
 
 def _strs(xs):
@@ -678,10 +764,15 @@ class HotpatchCommand(dnf.cli.Command):
             return
         accept = self.accept_flag or self._conf('accept', False)
         keys = [patch_key(c) for c in self.plan]
+        show = progress_line(sys.stderr)
         try:
             # Supersede, apply, health gate, accept: one transaction, rolled back by the helper.
-            rows = self.helper().upgrade(keys, accept, self.opts.force, gate=self.gate,
-                                         policy=self.opts.policy)
+            try:
+                rows = self.helper().upgrade(keys, accept, self.opts.force, gate=self.gate,
+                                             policy=self.opts.policy, progress=show)
+            finally:
+                if show:
+                    show.clear()
         except HelperError as e:
             self._rollback(e, keys)
             raise dnf.exceptions.Error('hot patch activation failed: %s (state restored, '

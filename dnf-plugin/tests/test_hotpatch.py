@@ -525,3 +525,51 @@ def test_parse_duration():
     for bad in ('soon', '-1s', ''):
         with pytest.raises(ValueError):
             hotpatch.parse_duration(bad)
+
+
+class _Stream(object):
+    def __init__(self, tty):
+        self.tty, self.data = tty, ''
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.data += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_line_only_on_a_terminal():
+    assert hotpatch.progress_line(_Stream(False)) is None
+    out = _Stream(True)
+    show = hotpatch.progress_line(out)
+    show('activate', 'victim-1.0-1/HP001-1-1/victim', 1, 40)
+    show('activate', 'victim-1.0-1/HP001-1-1/victim', 40, 40)
+    show.clear()
+    show.clear()  # once only
+    assert out.data == ('\r\033[Kactivate victim-1.0-1/HP001-1-1/victim: 1 of 40 processes'
+                        '\r\033[Kactivate victim-1.0-1/HP001-1-1/victim: 40 of 40 processes\r\033[K')
+
+
+def test_upgrade_progress_cleared_before_the_summary(capsys, monkeypatch):
+    # On a terminal the plugin hands the helper call a progress line and clears it
+    # before the summary; a fake helper cannot send signals, so it calls it itself.
+    out = _Stream(True)
+    monkeypatch.setattr(sys, 'stderr', out)
+    seen = []
+    orig = hotpatch.Helper.upgrade
+
+    def upgrade(self, *a, **kw):
+        seen.append(kw.get('progress'))
+        kw['progress']('activate', 'victim-1.0-1/HP001-1-1/victim', 3, 3)
+        return orig(self, *a, **kw)
+    monkeypatch.setattr(hotpatch.Helper, 'upgrade', upgrade)
+    proxy = FakeProxy([cand('HP001')])
+    cmd = command(['upgrade'], proxy)
+    cmd.run()
+    cmd.run_transaction()
+    assert isinstance(seen[0], hotpatch.ProgressLine)
+    assert out.data.endswith('3 of 3 processes\r\033[K')
+    assert 'HP001' in capsys.readouterr().out

@@ -45,7 +45,7 @@ func (f *fakeEngine) Processes(path string) ([]int, error) {
 	return slices.Clone(f.pids[path]), nil
 }
 
-func (f *fakeEngine) PatchAll(pids []int, _ *patchobj.Object, _, uuid string, _ bool) []error {
+func (f *fakeEngine) PatchAll(pids []int, _ *patchobj.Object, _, uuid string, _ bool, progress func(done, total int)) []error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	errs := make([]error, len(pids))
@@ -58,16 +58,22 @@ func (f *fakeEngine) PatchAll(pids []int, _ *patchobj.Object, _, uuid string, _ 
 		if !slices.Contains(f.in[pid], uuid) {
 			f.in[pid] = append(f.in[pid], uuid)
 		}
+		if progress != nil {
+			progress(i+1, len(pids))
+		}
 	}
 	return errs
 }
 
-func (f *fakeEngine) UnpatchAll(pids []int, _, uuid string, _ bool) []error {
+func (f *fakeEngine) UnpatchAll(pids []int, _, uuid string, _ bool, progress func(done, total int)) []error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, pid := range pids {
+	for i, pid := range pids {
 		f.calls = append(f.calls, fmt.Sprintf("unpatch %d %s", pid, uuid))
 		f.in[pid] = slices.DeleteFunc(f.in[pid], func(s string) bool { return s == uuid })
+		if progress != nil {
+			progress(i+1, len(pids))
+		}
 	}
 	return make([]error, len(pids))
 }

@@ -35,15 +35,22 @@ func (a UpatchEngine) Namespace(pid int) (uint64, string, error) {
 }
 
 // PatchAll patches every pid.
-func (a UpatchEngine) PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool) []error {
-	res := a.E.PatchAll(pids, obj, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait})
+func (a UpatchEngine) PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool, progress func(done, total int)) []error {
+	res := a.E.PatchAll(pids, obj, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait, Progress: progressOf(progress)})
 	return classifyAll(res, upatch.ErrAlreadyApplied)
 }
 
 // UnpatchAll unpatches every pid.
-func (a UpatchEngine) UnpatchAll(pids []int, binary, uuid string, force bool) []error {
-	res := a.E.UnpatchAll(pids, uuid, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait})
+func (a UpatchEngine) UnpatchAll(pids []int, binary, uuid string, force bool, progress func(done, total int)) []error {
+	res := a.E.UnpatchAll(pids, uuid, upatch.Options{Binary: binary, UUID: uuid, Force: force, Timeout: busyWait, Progress: progressOf(progress)})
 	return classifyAll(res, upatch.ErrNotApplied)
+}
+
+func progressOf(f func(done, total int)) func(int, int, upatch.Result) {
+	if f == nil {
+		return nil
+	}
+	return func(done, total int, _ upatch.Result) { f(done, total) }
 }
 
 // Applied returns the patch uuids inside pid in stacking order.

@@ -23,9 +23,11 @@ type Engine interface {
 	Processes(path string) ([]int, error)
 	// PatchAll loads obj into every pid, on the ELF mapped from binary, under uuid, and
 	// returns one error per pid. A process that already has uuid is not an error.
-	PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool) []error
+	// progress, unless nil, is called after each process with how many are done of
+	// len(pids), one call at a time.
+	PatchAll(pids []int, obj *patchobj.Object, binary, uuid string, force bool, progress func(done, total int)) []error
 	// UnpatchAll removes uuid from every pid; a process without it is not an error.
-	UnpatchAll(pids []int, binary, uuid string, force bool) []error
+	UnpatchAll(pids []int, binary, uuid string, force bool, progress func(done, total int)) []error
 	// Applied returns the patch uuids recorded inside pid, in stacking order.
 	Applied(pid int) ([]string, error)
 	// Live returns every patch recorded inside any process, whatever its target: the
@@ -75,6 +77,19 @@ type UserDriver struct {
 	pids map[string][]int
 	// live caches Engine.Live during a transaction, like pids.
 	live []LivePatch
+	// Progress, if set, hears how many processes of an entity are done while it is
+	// activated or deactivated (op "activate" or "deactivate"), for a front end to show
+	// a long batch; it is called often (once per process) and must not block.
+	Progress func(op, entity string, done, total int)
+}
+
+// progress returns the Engine's callback for op on e, nil without a listener.
+func (u *UserDriver) progress(op string, e *Entity) func(done, total int) {
+	if u.Progress == nil {
+		return nil
+	}
+	name := e.Name()
+	return func(done, total int) { u.Progress(op, name, done, total) }
 }
 
 // Begin starts caching process lists.
@@ -189,12 +204,12 @@ func (u *UserDriver) Activate(ctx context.Context, e *Entity, force bool) error 
 		u.unwatch(host)
 		return err
 	}
-	done, fails, firstErr := split(pids, u.Engine.PatchAll(pids, obj, host, e.UUID(), u.force(e, force)))
+	done, fails, firstErr := split(pids, u.Engine.PatchAll(pids, obj, host, e.UUID(), u.force(e, force), u.progress("activate", e)))
 	if firstErr == nil {
 		return nil
 	}
 	nfail := len(fails)
-	for i, err := range u.Engine.UnpatchAll(done, host, e.UUID(), true) {
+	for i, err := range u.Engine.UnpatchAll(done, host, e.UUID(), true, nil) {
 		if err != nil && !errors.Is(err, ErrProcessGone) {
 			fails = append(fails, fmt.Sprintf("pid %d: undo: %v", done[i], err))
 		}
@@ -243,7 +258,7 @@ func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) erro
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("find processes of %s: %w", host, err)
 	}
-	done, fails, firstErr := split(pids, u.Engine.UnpatchAll(pids, host, e.UUID(), force))
+	done, fails, firstErr := split(pids, u.Engine.UnpatchAll(pids, host, e.UUID(), force, u.progress("deactivate", e)))
 	if firstErr == nil {
 		u.live = nil
 		// A rebuilt patch never armed the watch: another patch of the target may have.
@@ -254,7 +269,7 @@ func (u *UserDriver) Deactivate(ctx context.Context, e *Entity, force bool) erro
 	}
 	nfail := len(fails)
 	if obj, ok := e.Data.(*patchobj.Object); ok {
-		for i, err := range u.Engine.PatchAll(done, obj, host, e.UUID(), true) {
+		for i, err := range u.Engine.PatchAll(done, obj, host, e.UUID(), true, nil) {
 			if err != nil && !errors.Is(err, ErrProcessGone) {
 				fails = append(fails, fmt.Sprintf("pid %d: redo: %v", done[i], err))
 			}
@@ -391,7 +406,7 @@ func (u *UserDriver) PatchNew(_ context.Context, pid int, es []*Entity) error {
 		if !ok {
 			continue
 		}
-		err := u.Engine.PatchAll([]int{pid}, obj, u.Host(e.Meta.TargetPath), e.UUID(), true)[0]
+		err := u.Engine.PatchAll([]int{pid}, obj, u.Host(e.Meta.TargetPath), e.UUID(), true, nil)[0]
 		if errors.Is(err, ErrProcessGone) {
 			return nil
 		}

@@ -54,6 +54,7 @@ type Server struct {
 	obj      *Object
 	last     atomic.Int64
 	inflight atomic.Int32
+	progress throttle
 }
 
 // New returns a server; Export puts it on the bus.
@@ -68,6 +69,7 @@ func New(cfg Config) *Server {
 		cfg.CallTimeout = 10 * time.Minute
 	}
 	s := &Server{cfg: cfg}
+	s.progress.now = time.Now
 	s.obj = &Object{s: s}
 	s.touch()
 	return s

@@ -9,7 +9,7 @@ import (
 
 // Running one operation over many processes, several at a time.
 
-func (e *Engine) batch(pids []int, progress func(done, total int), op func(*ptrace.Tracer, int) (Stats, error)) []Result {
+func (e *Engine) batch(pids []int, progress func(done, total int, r Result), op func(*ptrace.Tracer, int) (Stats, error)) []Result {
 	res := make([]Result, len(pids))
 	var mu sync.Mutex
 	done := 0
@@ -28,7 +28,7 @@ func (e *Engine) batch(pids []int, progress func(done, total int), op func(*ptra
 				if progress != nil {
 					mu.Lock()
 					done++
-					progress(done, len(pids))
+					progress(done, len(pids), res[i])
 					mu.Unlock()
 				}
 			}

@@ -58,8 +58,9 @@ type Options struct {
 	// table stays mapped, unused, until a patch adopts it and is removed in turn.
 	KeepShadow bool
 	// Progress, when set, is called after each process of a batch with how many are
-	// done and how many the batch has (one call at a time); a front end shows it.
-	Progress func(done, total int)
+	// done, how many the batch has and that process's result (one call at a time); a
+	// front end shows it. PatchBinary's rescans each start a new batch.
+	Progress func(done, total int, r Result)
 }
 
 func (o Options) retries() int {

@@ -115,6 +115,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	srv = server.New(server.Config{Conn: conn, Manager: m, Log: log, Resolve: repoResolver(rootDir),
 		Policy:  func() (*policy.Policy, error) { return policy.Load(rootDir) },
 		History: &history.Store{Dir: filepath.Join(rootDir, manager.StateDir)}})
+	user.Progress = srv.EmitProgress
 
 	lw.m = m
 	if err := m.Start(ctx); err != nil {

@@ -68,6 +68,11 @@ Options:
   --json       machine-readable output
   -f, --force  apply/activate over a conflicting patch
   --accept     upgrade, apply: accept the patches too
+  --progress   apply, active, deactive, remove, upgrade, restore: print a line to
+               stderr each time the helper reports processes done while a user patch
+               goes into or out of them ("activate NAME: 3 of 40 processes", at most
+               every 100 ms); on a terminal that count is always shown, on one line
+               redrawn in place and cleared at the end
 
 Health gate (apply, upgrade): after activation the helper runs each check over the soak;
 all healthy -> ACCEPTED (with --accept) or ACTIVED; one failure -> everything the command
@@ -90,6 +95,7 @@ type options struct {
 	args     []string
 	gate     gateFlags
 	policy   bool
+	progress bool
 }
 
 // gateFlags are the health gate's options of apply and upgrade.
@@ -121,6 +127,8 @@ func parse(args []string) (options, error) {
 			o.accept = true
 		case a == "--policy":
 			o.policy = true
+		case a == "--progress":
+			o.progress = true
 		case a == "--health" || a == "--soak" || a == "--interval" || a == "--check-timeout" ||
 			strings.HasPrefix(a, "--health=") || strings.HasPrefix(a, "--soak=") ||
 			strings.HasPrefix(a, "--interval=") || strings.HasPrefix(a, "--check-timeout="):
@@ -197,6 +205,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError{"--policy takes accept and the health gate from /etc/syscare/upgrade.conf: give neither"}
 	case o.gate.set && len(o.gate.health) == 0:
 		return usageError{"--soak, --interval and --check-timeout need --health"}
+	case o.progress && !changesProcesses[o.cmd]:
+		return usageError{"--progress is an option of apply, active, deactive, remove, upgrade and restore"}
 	}
 
 	c, err := syscarebus.Connect(o.bus)
@@ -204,7 +214,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	err = dispatch(ctx, c, o, stdout, stderr)
+	if live := isTerminal(stderr); changesProcesses[o.cmd] && (live || o.progress) {
+		// The results wait until the live line is gone, so that they never share it.
+		var out bytes.Buffer
+		end := showProgress(c, stderr, live)
+		err = dispatch(ctx, c, o, &out, stderr)
+		end()
+		stdout.Write(out.Bytes())
+	} else {
+		err = dispatch(ctx, c, o, stdout, stderr)
+	}
 	if err != nil && syscarebus.ErrorName(err) != "" {
 		return errors.New(syscarebus.ErrorMessage(err))
 	}

@@ -67,7 +67,14 @@ Options:
                       DIR/usr/lib/debug instead of /usr/lib/debug
   --json              machine-readable output: info's patches, or for patch and unpatch
                       one object per process (pid, uuid, ok, error, freeze_us, tries);
-                      the exit status is the same as without it
+                      the exit status is the same as without it. patch and unpatch
+                      also write progress to stderr, instead of the live terminal
+                      line: one JSON object per line as each process is done,
+                      {"event":"process","op":"patch","pid":N,"ok":true,
+                      "error":"...","freeze_us":N,"done":N,"total":N}, where done
+                      of total counts the whole run (a rescan of --all raises
+                      total); warnings and errors stay plain text lines there,
+                      which never begin with "{"
 
 Exit status:
   0 success; 1 error; 2 usage; 3 a function is busy (retry later); 4 build-id mismatch
@@ -249,7 +256,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
 	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn,
 		Timeout: o.timeout, Cancel: ctx.Done(), KeepShadow: o.keep}
-	if live := newProgressLine(stderr, cmd); live != nil && cmd != "info" {
+	if o.json && cmd != "info" {
+		// For tools: an event per process on stderr; a live line would garble it there.
+		opts.Progress = newJSONProgress(stderr, cmd).update
+	} else if live := newProgressLine(stderr, cmd); live != nil && cmd != "info" {
 		// On a terminal: processes done of the batch, on a line of stderr redrawn in place.
 		opts.Progress = live.update
 		opts.Warn = func(s string) { live.warn(func() { warn(s) }) }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/upatch"
 )
 
 // progressLine shows, on a terminal, how many processes of a batch are done on one line
@@ -32,7 +35,7 @@ func newProgressLine(w io.Writer, verb string) *progressLine {
 	return &progressLine{w: w, verb: verb}
 }
 
-func (p *progressLine) update(done, total int) {
+func (p *progressLine) update(done, total int, _ upatch.Result) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	fmt.Fprintf(p.w, "\r\033[K%s: %d of %d processes", p.verb, done, total)
@@ -63,4 +66,47 @@ func (p *progressLine) warn(write func()) {
 		p.shown = false
 	}
 	write()
+}
+
+// progressEvent is one line of --json progress on stderr: a process of the run is
+// done. Done and Total count over the whole run: a rescan of --all that finds new
+// processes raises Total, so Done never goes back.
+type progressEvent struct {
+	Event    string `json:"event"` // always "process"
+	Op       string `json:"op"`    // patch or unpatch
+	Pid      int    `json:"pid"`
+	OK       bool   `json:"ok"`
+	Error    string `json:"error,omitempty"`
+	FreezeUS int64  `json:"freeze_us"`
+	Done     int    `json:"done"`
+	Total    int    `json:"total"`
+}
+
+// jsonProgress writes a progressEvent per process, one JSON object per line, for tools
+// that drive upatch-manage and show their own progress. It goes to stderr so that stdout
+// keeps the results (one JSON document) as before; the tool's warnings and errors stay
+// plain text there, and an event line is the only kind that begins with "{".
+type jsonProgress struct {
+	mu   sync.Mutex
+	enc  *json.Encoder
+	op   string
+	base int // processes of the batches already over
+}
+
+func newJSONProgress(w io.Writer, op string) *jsonProgress {
+	return &jsonProgress{enc: json.NewEncoder(w), op: op}
+}
+
+func (j *jsonProgress) update(done, total int, r upatch.Result) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ev := progressEvent{Event: "process", Op: j.op, Pid: r.Pid, OK: r.Err == nil,
+		FreezeUS: r.Stats.Freeze.Microseconds(), Done: j.base + done, Total: j.base + total}
+	if r.Err != nil {
+		ev.Error = withPid(r.Pid, r.Err).Error()
+	}
+	_ = j.enc.Encode(ev) // stderr unwritable: nothing better to do than go on patching
+	if done == total {
+		j.base += total
+	}
 }
