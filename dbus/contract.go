@@ -65,38 +65,27 @@ type xmlNode struct {
 // Signals parses IntrospectXML and returns the signals of Interface, each with its
 // argument signatures in Out (what the helper sends).
 func Signals() ([]Method, error) {
-	var node xmlNode
-	if err := xml.Unmarshal([]byte(IntrospectXML), &node); err != nil {
-		return nil, fmt.Errorf("introspection xml: %w", err)
-	}
-	for _, it := range node.Interfaces {
-		if it.Name != Interface {
-			continue
-		}
-		var ss []Method
-		for _, m := range it.Signals {
-			sm := Method{Name: m.Name}
-			for _, a := range m.Args {
-				sm.Out = append(sm.Out, a.Type)
-			}
-			ss = append(ss, sm)
-		}
-		return ss, nil
-	}
-	return nil, fmt.Errorf("introspection xml: no interface %s", Interface)
+	_, signals, err := members()
+	return signals, err
 }
 
 // Methods parses IntrospectXML and returns the methods of Interface.
 func Methods() ([]Method, error) {
+	methods, _, err := members()
+	return methods, err
+}
+
+// members parses IntrospectXML once for Methods and Signals: a signal's arguments all
+// go out, a method's by their direction.
+func members() (methods, signals []Method, err error) {
 	var node xmlNode
 	if err := xml.Unmarshal([]byte(IntrospectXML), &node); err != nil {
-		return nil, fmt.Errorf("introspection xml: %w", err)
+		return nil, nil, fmt.Errorf("introspection xml: %w", err)
 	}
 	for _, it := range node.Interfaces {
 		if it.Name != Interface {
 			continue
 		}
-		var ms []Method
 		for _, m := range it.Methods {
 			mm := Method{Name: m.Name}
 			for _, a := range m.Args {
@@ -106,9 +95,16 @@ func Methods() ([]Method, error) {
 					mm.In = append(mm.In, a.Type)
 				}
 			}
-			ms = append(ms, mm)
+			methods = append(methods, mm)
 		}
-		return ms, nil
+		for _, m := range it.Signals {
+			sm := Method{Name: m.Name}
+			for _, a := range m.Args {
+				sm.Out = append(sm.Out, a.Type)
+			}
+			signals = append(signals, sm)
+		}
+		return methods, signals, nil
 	}
-	return nil, fmt.Errorf("introspection xml: no interface %s", Interface)
+	return nil, nil, fmt.Errorf("introspection xml: no interface %s", Interface)
 }
