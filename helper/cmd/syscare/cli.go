@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/runtime/termline"
 )
 
 // usageError is a mistake on the command line (exit status 2).
@@ -214,7 +215,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	if live := isTerminal(stderr); changesProcesses[o.cmd] && (live || o.progress) {
+	if live := termline.IsTerminal(stderr); changesProcesses[o.cmd] && (live || o.progress) {
 		// The results wait until the live line is gone, so that they never share it.
 		var out bytes.Buffer
 		end := showProgress(c, stderr, live)

@@ -3,28 +3,16 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/runtime/termline"
 )
 
 // changesProcesses lists the commands during which the helper may put a user patch into
 // or out of many processes and send Progress signals.
 var changesProcesses = map[string]bool{"apply": true, "active": true, "deactive": true, "remove": true,
 	"upgrade": true, "restore": true}
-
-// isTerminal reports whether w is a terminal.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
 
 // showProgress prints the helper's Progress signals on w while a command runs: on a
 // terminal one line redrawn in place and cleared at the end, otherwise (--progress) a
@@ -40,21 +28,19 @@ func showProgress(c *syscarebus.Client, w io.Writer, live bool) func() {
 	finish := make(chan struct{})
 	go func() {
 		defer close(done)
-		shown := false
+		var line *termline.Line
+		if live {
+			line = termline.New(w)
+			defer line.Clear()
+		}
 		show := func(p syscarebus.Progress) {
-			line := fmt.Sprintf("%s %s: %d of %d processes", p.Operation, p.Patch, p.Done, p.Total)
-			if live {
-				fmt.Fprintf(w, "\r\033[K%s", line)
-				shown = true
+			text := fmt.Sprintf("%s %s: %d of %d processes", p.Operation, p.Patch, p.Done, p.Total)
+			if line != nil {
+				line.Show(text)
 			} else {
-				fmt.Fprintln(w, line)
+				fmt.Fprintln(w, text)
 			}
 		}
-		defer func() {
-			if shown {
-				io.WriteString(w, "\r\033[K")
-			}
-		}()
 		for {
 			select {
 			case p := <-events:

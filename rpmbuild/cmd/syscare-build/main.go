@@ -18,6 +18,7 @@ import (
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/capture"
 	"github.com/syscare/syscare/rpmbuild/diff"
+	"github.com/syscare/syscare/runtime/termline"
 )
 
 // Exit statuses (documented in the help text).
@@ -287,8 +288,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		events = newJSONEvents(stdout)
 		o.Progress, o.Events = io.Discard, events.event
 		stdout = stderr
-	case isTerminal(stdout):
-		live := &liveLine{w: stdout}
+	case termline.IsTerminal(stdout):
+		live := liveLine{w: stdout, line: termline.New(stdout)}
 		o.Progress, o.Events = live, live.event
 	}
 	res, err := builder.Build(ctx, o)

@@ -4,37 +4,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/syscare/syscare/rpmbuild/builder"
+	"github.com/syscare/syscare/runtime/termline"
 )
-
-// isTerminal reports whether w is a terminal, where a live line can be redrawn.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
 
 // liveLine shows the running step on one terminal line, redrawn in place with its
 // elapsed time and the objects compiled so far; the step's final line (the builder's
 // Progress text) replaces it when the step ends. Piped output gets only the final lines.
 type liveLine struct {
-	mu    sync.Mutex
-	w     io.Writer
-	shown bool
+	w    io.Writer
+	line *termline.Line
 }
 
-func (l *liveLine) event(e builder.Event) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+func (l liveLine) event(e builder.Event) {
 	var text string
 	switch e.Type {
 	case "start":
@@ -50,19 +35,13 @@ func (l *liveLine) event(e builder.Event) {
 	default:
 		return
 	}
-	fmt.Fprintf(l.w, "\r\033[K%s", text)
-	l.shown = true
+	l.line.Show(text)
 }
 
 // Write takes the builder's final step lines: the live line is cleared first.
-func (l *liveLine) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.shown {
-		io.WriteString(l.w, "\r\033[K")
-		l.shown = false
-	}
-	return l.w.Write(p)
+func (l liveLine) Write(p []byte) (n int, err error) {
+	l.line.Do(func() { n, err = l.w.Write(p) })
+	return n, err
 }
 
 // jsonEvents writes each event as one JSON object per line (for tools and front ends).

@@ -262,8 +262,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else if live := newProgressLine(stderr, cmd); live != nil && cmd != "info" {
 		// On a terminal: processes done of the batch, on a line of stderr redrawn in place.
 		opts.Progress = live.update
-		opts.Warn = func(s string) { live.warn(func() { warn(s) }) }
-		defer live.clear()
+		opts.Warn = func(s string) { live.line.Do(func() { warn(s) }) }
+		defer live.line.Clear()
 	}
 	switch cmd {
 	case "patch":
