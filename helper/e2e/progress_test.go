@@ -13,6 +13,7 @@ import (
 	godbus "github.com/godbus/dbus/v5"
 
 	"github.com/syscare/syscare/dbus"
+	"github.com/syscare/syscare/tests/termtest"
 	"github.com/syscare/syscare/tests/testenv"
 )
 
@@ -145,43 +146,17 @@ print(json.dumps({'rows': rows, 'events': events}))
 // records what the terminal received: the live line counting processes, cleared before
 // the result, which is all the screen keeps.
 func TestProgressOnATerminal(t *testing.T) {
-	_, err := exec.LookPath("tmux")
-	testenv.Require(t, err == nil, "tmux not found (tests/deps.sh installs it)")
+	termtest.Need(t)
 	s := newSandbox(t)
 	s.install(hp1)
 	const n = 5
 	for i := 0; i < n; i++ {
 		s.startVictim()
 	}
-	sock, raw, start := filepath.Join(s.dir, "tmux.sock"), filepath.Join(s.dir, "raw"), filepath.Join(s.dir, "go")
-	script := filepath.Join(s.dir, "run.sh")
-	os.WriteFile(script, []byte("while [ ! -e "+start+" ]; do sleep 0.05; done\nDBUS_SYSTEM_BUS_ADDRESS='"+s.addr+"' "+
-		filepath.Join(fx.bin, "syscare")+" apply "+hp1.uuid+"\necho EXIT=$?\nsleep 30\n"), 0o755)
-	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	tmux("new-session", "-d", "-x", "150", "-y", "20", "sh", script)
-	defer exec.Command("tmux", "-S", sock, "kill-server").Run()
-	tmux("pipe-pane", "-o", "cat >> "+raw)
-	os.WriteFile(start, nil, 0o644)
-	var screen string
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if screen = tmux("capture-pane", "-p"); strings.Contains(screen, "EXIT=") {
-			break
-		}
-	}
+	screen, data := termtest.Run(t, "DBUS_SYSTEM_BUS_ADDRESS='"+s.addr+"' "+filepath.Join(fx.bin, "syscare")+" apply "+hp1.uuid,
+		150, 20, time.Minute, nil)
 	if !strings.Contains(screen, "EXIT=0") || !strings.Contains(screen, "HP001-1-1/victim: ACTIVED") || strings.Contains(screen, "processes") {
 		t.Fatalf("syscare apply on a terminal, screen:\n%s", screen)
-	}
-	var data []byte
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if data, _ = os.ReadFile(raw); strings.Contains(string(data), "EXIT=") {
-			break
-		}
 	}
 	want := fmt.Sprintf("\r\033[Kactivate victim-1.0-1/HP001-1-1/victim: %d of %d processes\r\033[K", n, n)
 	if !strings.Contains(string(data), want) {

@@ -2,9 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,7 +9,7 @@ import (
 
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
-	"github.com/syscare/syscare/tests/testenv"
+	"github.com/syscare/syscare/tests/termtest"
 )
 
 var steps = []string{"prepare", "build original", "build patched", "diff", "cross-check", "link"}
@@ -93,40 +90,20 @@ func TestJSONProgress(t *testing.T) {
 // running step shows on a live line with its elapsed time, and every step ends as its
 // plain final line. Piped, the output has no terminal control sequences.
 func TestLiveProgressInTmux(t *testing.T) {
-	_, err := exec.LookPath("tmux")
-	testenv.Require(t, err == nil, "tmux not found (tests/deps.sh installs it)")
+	termtest.Need(t)
 	pkg := testpkg.Build(t, "scdemo")
 	dir := t.TempDir()
-	script := filepath.Join(dir, "run.sh")
 	cmdline := strings.Join([]string{builderBin, "--patch-name", "TM1", "--source", pkg.SRPM, "--debuginfo", pkg.Debuginfo,
 		"--patch", fixturePatch(t, "fix-vendor.patch"), "--output", dir, "--dry-run"}, " ")
-	os.WriteFile(script, []byte(cmdline+"\necho BUILD-EXIT=$?\nsleep 30\n"), 0o755)
-	sock := filepath.Join(dir, "tmux.sock")
-	tmux := func(args ...string) string {
-		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	tmux("new-session", "-d", "-x", "150", "-y", "40", "sh", script)
-	defer exec.Command("tmux", "-S", sock, "kill-server").Run()
 	var live []string
-	deadline := time.Now().Add(5 * time.Minute)
-	var screen string
-	for time.Now().Before(deadline) {
-		screen = tmux("capture-pane", "-p")
+	screen, _ := termtest.Run(t, cmdline, 150, 40, 5*time.Minute, func(screen string) {
 		for _, l := range strings.Split(screen, "\n") {
 			if strings.Contains(l, " ... ") {
 				live = append(live, strings.TrimSpace(l))
 			}
 		}
-		if strings.Contains(screen, "BUILD-EXIT=") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if !strings.Contains(screen, "BUILD-EXIT=0") {
+	})
+	if !strings.Contains(screen, "EXIT=0") {
 		t.Fatalf("build did not end well:\n%s", screen)
 	}
 	t.Logf("live lines seen: %q", live)
