@@ -79,11 +79,11 @@ func TestErrorNames(t *testing.T) {
 
 // TestUpgradeOptions: the known options are read, anything else is refused.
 func TestUpgradeOptions(t *testing.T) {
-	uo, err := upgradeOptions(map[string]godbus.Variant{"accept": godbus.MakeVariant(true), "force": godbus.MakeVariant(false)})
+	uo, _, err := readUpgradeOptions(map[string]godbus.Variant{"accept": godbus.MakeVariant(true), "force": godbus.MakeVariant(false)})
 	if err != nil || !uo.Accept || uo.Force {
 		t.Fatalf("accept+force: %+v %v", uo, err)
 	}
-	uo, err = upgradeOptions(map[string]godbus.Variant{"health": godbus.MakeVariant([]string{"redis-cli -p 6380 ping"}),
+	uo, _, err = readUpgradeOptions(map[string]godbus.Variant{"health": godbus.MakeVariant([]string{"redis-cli -p 6380 ping"}),
 		"target_health": godbus.MakeVariant(map[string][]string{"nginx": {"curl -fs http://localhost/"}}),
 		"soak_ms":       godbus.MakeVariant(int32(30000)), "interval_ms": godbus.MakeVariant(uint64(2000)),
 		"check_timeout_ms": godbus.MakeVariant(int64(500)), "supersede": godbus.MakeVariant(false)})
@@ -95,7 +95,7 @@ func TestUpgradeOptions(t *testing.T) {
 	for _, bad := range []map[string]godbus.Variant{{"acept": godbus.MakeVariant(true)}, {"accept": godbus.MakeVariant("yes")},
 		{"health": godbus.MakeVariant("true")}, {"health": godbus.MakeVariant([]string{"echo 'x"})},
 		{"soak_ms": godbus.MakeVariant(int32(-1))}, {"soak_ms": godbus.MakeVariant("30s")}} {
-		if _, err := upgradeOptions(bad); !errors.Is(err, syscarebus.ErrNotSupported) {
+		if _, _, err := readUpgradeOptions(bad); !errors.Is(err, syscarebus.ErrNotSupported) {
 			t.Errorf("%v: %v, want refused", bad, err)
 		}
 	}

@@ -18,15 +18,10 @@ import (
 	"github.com/syscare/syscare/helper/policy"
 )
 
-// upgradeOptions reads Upgrade's options; an unknown key or a value of the wrong type is
-// refused, so that a misspelt option never silently does less than asked.
-func upgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, error) {
-	uo, _, err := readUpgradeOptions(opts)
-	return uo, err
-}
-
-// readUpgradeOptions also says whether the run is under the policy file; the options
-// the policy sets itself are refused alongside it.
+// readUpgradeOptions reads Upgrade's options and says whether the run is under the
+// policy file. An unknown key or a value of the wrong type is refused, so that a
+// misspelt option never silently does less than asked; so are the options the policy
+// sets itself, alongside it.
 func readUpgradeOptions(opts map[string]godbus.Variant) (manager.UpgradeOptions, bool, error) {
 	uo, err := parseUpgradeOptions(opts)
 	if err != nil {
