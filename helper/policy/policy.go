@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/syscare/syscare/dbus"
 )
 
 // File is the policy's path under the root prefix.
@@ -324,8 +326,17 @@ func (w Window) contains(t time.Time) bool {
 	return m >= w.Start || m < w.End
 }
 
-// WindowText lists the windows for messages.
-func (p *Policy) WindowText() string {
+// CheckWindow returns nil when a run may start at t, else an error of kind
+// syscarebus.ErrOutsideWindow that lists the windows.
+func (p *Policy) CheckWindow(t time.Time) error {
+	if p.Open(t) {
+		return nil
+	}
+	return fmt.Errorf("%w (%s)", syscarebus.ErrOutsideWindow, p.windowText())
+}
+
+// windowText lists the windows for messages.
+func (p *Policy) windowText() string {
 	var out []string
 	for _, w := range p.Windows {
 		out = append(out, w.Text)

@@ -348,8 +348,8 @@ func (s *Server) policyRun(ids []string, force bool) (manager.UpgradeOptions, er
 	if err != nil {
 		return manager.UpgradeOptions{}, err
 	}
-	if !p.Open(time.Now()) {
-		return manager.UpgradeOptions{}, fmt.Errorf("%w (%s): nothing done", syscarebus.ErrOutsideWindow, p.WindowText())
+	if err := p.CheckWindow(time.Now()); err != nil {
+		return manager.UpgradeOptions{}, fmt.Errorf("%w: nothing done", err)
 	}
 	// The patch RPMs were usually installed a moment ago: the gate is chosen by their
 	// target packages, so read the directories now rather than wait for the watch.

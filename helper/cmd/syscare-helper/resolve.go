@@ -42,8 +42,8 @@ func repoResolver(root string) server.Resolver {
 			if pol, err = policy.Load(root); err != nil {
 				return "", err
 			}
-			if !pol.Open(time.Now()) {
-				return "", fmt.Errorf("%w (%s)", syscarebus.ErrOutsideWindow, pol.WindowText())
+			if err := pol.CheckWindow(time.Now()); err != nil {
+				return "", err
 			}
 			// The newest patch the policy allows, which need not be the newest one.
 			req.All = true
