@@ -50,7 +50,7 @@ test-e2e: check-deps build ## long end-to-end tests (qemu kernel, upstream sourc
 # The unit tests that need neither root nor a service: the spec's %check runs them.
 UNIT_PKGS := ./runtime/patchobj ./runtime/elfsafe ./runtime/patchmeta ./runtime/layout ./runtime/symbols \
 	./runtime/unwind ./runtime/proc ./rpmbuild/rpmfile ./rpmbuild/patchrpm ./helper/state ./helper/repo \
-	./helper/dirwatch ./helper/journal ./tests/testenv
+	./helper/dirwatch ./helper/journal ./internal/termline ./tests/testenv
 
 test-unit: ## the unit tests that need no root (the RPM's %check)
 	$(GO) test -count=1 $(UNIT_PKGS)

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/dbus"
-	"github.com/syscare/syscare/runtime/termline"
+	"github.com/syscare/syscare/internal/termline"
 )
 
 // usageError is a mistake on the command line (exit status 2).

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/syscare/syscare/dbus"
-	"github.com/syscare/syscare/runtime/termline"
+	"github.com/syscare/syscare/internal/termline"
 )
 
 // changesProcesses lists the commands during which the helper may put a user patch into

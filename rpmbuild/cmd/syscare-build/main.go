@@ -15,10 +15,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/syscare/syscare/internal/termline"
 	"github.com/syscare/syscare/rpmbuild/builder"
 	"github.com/syscare/syscare/rpmbuild/capture"
 	"github.com/syscare/syscare/rpmbuild/diff"
-	"github.com/syscare/syscare/runtime/termline"
 )
 
 // Exit statuses (documented in the help text).

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/syscare/syscare/internal/termline"
 	"github.com/syscare/syscare/rpmbuild/builder"
-	"github.com/syscare/syscare/runtime/termline"
 )
 
 // liveLine shows the running step on one terminal line, redrawn in place with its

@@ -6,7 +6,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/syscare/syscare/runtime/termline"
+	"github.com/syscare/syscare/internal/termline"
 	"github.com/syscare/syscare/runtime/upatch"
 )
 

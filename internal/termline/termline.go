@@ -1,7 +1,8 @@
 // Package termline draws one status line on a terminal, redrawn in place, and clears
 // it before anything else is written there: the live progress of syscare-build,
-// upatch-manage and the syscare CLI. It lives in runtime/ because all three may import
-// it (runtime/ imports neither helper/ nor rpmbuild/).
+// upatch-manage and the syscare CLI. It sits outside runtime/, helper/ and rpmbuild/
+// because all three import it: runtime/ imports neither of the others, and the syscare
+// CLI links nothing of runtime/.
 package termline
 
 import (
