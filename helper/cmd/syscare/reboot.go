@@ -57,19 +57,21 @@ func runReboot(ctx context.Context, bus string, args []string, stdout, stderr io
 			useKexec = false
 		}
 	}
-	systemd := fileExists("/run/systemd/system") || dirExists("/run/systemd/system")
+	// systemd runs when /run/systemd/system exists (its own sd_booted test).
+	_, err := os.Stat("/run/systemd/system")
+	systemd := err == nil
+	verb, now := "reboot", "reboot"
+	if useKexec {
+		verb, now = "kexec", "boot the loaded kernel"
+	}
 	switch {
 	case *dry && systemd && !*force:
-		fmt.Fprintf(stdout, "would run: systemctl %s\n", map[bool]string{true: "kexec", false: "reboot"}[useKexec])
+		fmt.Fprintf(stdout, "would run: systemctl %s\n", verb)
 		return nil
 	case *dry:
-		fmt.Fprintf(stdout, "would %s now\n", map[bool]string{true: "boot the loaded kernel", false: "reboot"}[useKexec])
+		fmt.Fprintf(stdout, "would %s now\n", now)
 		return nil
 	case systemd && !*force:
-		verb := "reboot"
-		if useKexec {
-			verb = "kexec"
-		}
 		cmd := exec.CommandContext(ctx, "systemctl", verb)
 		cmd.Stdout, cmd.Stderr = stdout, stderr
 		if err := cmd.Run(); err != nil {
@@ -131,9 +133,4 @@ func warnNotAccepted(ctx context.Context, bus string, stderr io.Writer) {
 		}
 	}
 	fmt.Fprintf(stderr, "syscare: warning: cannot list the hot patches (%s); rebooting anyway\n", syscarebus.ErrorMessage(err))
-}
-
-func dirExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.IsDir()
 }
