@@ -19,7 +19,7 @@ import (
 )
 
 // syscareBuild builds the syscare-build command once per test binary.
-func syscareBuild(t *testing.T) string {
+func syscareBuild(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "syscare-build")
 	qemuboot.Run(t, "../..", nil, "go", "build", "-o", bin, "./rpmbuild/cmd/syscare-build")
@@ -36,7 +36,7 @@ type buildResult struct {
 	workBase string
 }
 
-func runBuild(t *testing.T, bin string, args ...string) buildResult {
+func runBuild(t testing.TB, bin string, args ...string) buildResult {
 	t.Helper()
 	r := buildResult{outDir: t.TempDir(), workBase: t.TempDir()}
 	args = append(args, "--output", r.outDir, "--workdir", r.workBase, "--jobs", "2")
