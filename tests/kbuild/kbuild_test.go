@@ -76,7 +76,8 @@ type kernelCase struct {
 	// before the patch.
 	prereq string
 	// helper: the patch is also installed in the guest as its RPM lays it out and
-	// driven through the helper's manager (apply, deactive, active, remove).
+	// driven through the helper's manager (apply, deactive, active, remove; then
+	// apply, accept, and a helper started as on a new boot brings it back).
 	helper bool
 	// testmod: the fix is to the out-of-tree module testdata/testmod, given as a
 	// second --source; the guest loads the module as its package ships it first.
@@ -270,6 +271,28 @@ func TestKernelPatchE2E(t *testing.T) {
 			t.Errorf("helper: %s: state %q, want %s", st.step, state, st.state)
 		case helperCase.patched(text) != st.patched:
 			t.Errorf("helper: %s: /proc/%s %q, patched %v expected", st.step, helperCase.proc, text, st.patched)
+		}
+	}
+	// An ACCEPTED kernel patch comes back by itself when the helper starts on a new
+	// boot (the livepatch gone from the kernel, the state file of an earlier boot).
+	for _, st := range []struct {
+		step, state string
+		patched     bool
+	}{{"apply", "ACTIVED", true}, {"accept", "ACCEPTED", true}, {"reboot", "", false}, {"restart", "ACCEPTED", true}, {"remove", "NOT-APPLIED", false}} {
+		s, ok := steps["boot/"+st.step]
+		state, text, _ := strings.Cut(s.Text, ": ")
+		if st.state == "" {
+			text = s.Text
+		}
+		switch {
+		case !ok:
+			t.Errorf("boot: step %s not reported", st.step)
+		case s.Err != "":
+			t.Errorf("boot: %s: %s", st.step, s.Err)
+		case st.state != "" && state != st.state:
+			t.Errorf("boot: %s: state %q, want %s", st.step, state, st.state)
+		case helperCase.patched(text) != st.patched:
+			t.Errorf("boot: %s: /proc/%s %q, patched %v expected", st.step, helperCase.proc, text, st.patched)
 		}
 	}
 }

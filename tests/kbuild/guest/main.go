@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -118,8 +119,11 @@ func helperSteps(ctx context.Context) {
 	uuid, proc, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
 	file := "/proc/" + proc
 	const mod = "helper"
-	m := manager.New(manager.Config{Root: "/", Drivers: map[string]manager.Driver{patchmeta.KindKernel: manager.NewKernelDriver("/")},
-		VerifyPackage: func(context.Context, string, patchmeta.Package) error { return nil }})
+	newManager := func() *manager.Manager {
+		return manager.New(manager.Config{Root: "/", Drivers: map[string]manager.Driver{patchmeta.KindKernel: manager.NewKernelDriver("/")},
+			VerifyPackage: func(context.Context, string, patchmeta.Package) error { return nil }})
+	}
+	m := newManager()
 	err = m.Start(ctx)
 	report(mod, "start", err, read(file))
 	for _, op := range []manager.Op{manager.OpApply, manager.OpDeactive, manager.OpActive, manager.OpRemove} {
@@ -130,4 +134,70 @@ func helperSteps(ctx context.Context) {
 		}
 		report(mod, op.String(), err, state+": "+read(file))
 	}
+	bootSteps(ctx, uuid, file, newManager)
+}
+
+// bootSteps checks that an ACCEPTED kernel patch comes back when the helper starts on
+// a new boot: the patch is applied and accepted, then the kernel is brought to what a
+// reboot leaves (the livepatch disabled and unloaded behind the manager's back, the
+// state file's boot id that of an earlier boot), and a new manager - a helper started
+// at boot - must load and enable it again on its own. The patch is removed last.
+func bootSteps(ctx context.Context, uuid, file string, newManager func() *manager.Manager) {
+	const mod = "boot"
+	m := newManager()
+	if err := m.Start(ctx); err != nil {
+		report(mod, "start", err, "")
+		return
+	}
+	for _, op := range []manager.Op{manager.OpApply, manager.OpAccept} {
+		st, err := m.Transition(ctx, op, []string{uuid}, false)
+		report(mod, op.String(), err, stateOf(st)+": "+read(file))
+	}
+	p := kpatch.New()
+	p.Timeout = 60 * time.Second
+	names, _ := os.ReadDir("/sys/kernel/livepatch")
+	var err error
+	for _, n := range names {
+		if e := p.Disable(ctx, n.Name()); e != nil {
+			err = e
+		} else if e := p.Unload(ctx, n.Name()); e != nil {
+			err = e
+		}
+	}
+	if err == nil {
+		err = forgetBoot("/var/lib/syscare/state.json")
+	}
+	report(mod, "reboot", err, read(file))
+	m = newManager()
+	err = m.Start(ctx)
+	st, serr := m.Status([]string{uuid})
+	report(mod, "restart", errors.Join(err, serr), stateOf(st)+": "+read(file))
+	st, err = m.Transition(ctx, manager.OpRemove, []string{uuid}, false)
+	report(mod, "remove", err, stateOf(st)+": "+read(file))
+}
+
+func stateOf(st []manager.Status) string {
+	if len(st) != 1 {
+		return fmt.Sprintf("%d entities", len(st))
+	}
+	return st[0].State.String()
+}
+
+// forgetBoot rewrites the state file's boot id to one of an earlier boot, as the file
+// reads after a reboot.
+func forgetBoot(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var snap map[string]any
+	if err := json.Unmarshal(b, &snap); err != nil {
+		return err
+	}
+	if _, ok := snap["boot_id"]; !ok {
+		return fmt.Errorf("%s has no boot_id", path)
+	}
+	snap["boot_id"] = "00000000-0000-0000-0000-000000000000"
+	b, _ = json.Marshal(snap)
+	return os.WriteFile(path, b, 0o600)
 }
