@@ -210,8 +210,36 @@ func (p *primaryPackage) asPatch() (*patchPackage, bool, error) {
 // parsePrimary streams primary.xml and returns its hot patch packages. It decodes each
 // <package> on its own so memory stays bounded by one package, not the repository.
 func parsePrimary(r io.Reader) ([]*patchPackage, error) {
-	dec := xml.NewDecoder(r)
 	var out []*patchPackage
+	err := streamElements(r, "primary", "metadata", "package", func(dec *xml.Decoder, _ *xml.StartElement) error {
+		p, err := decodePackage(dec)
+		if err != nil {
+			return metaErr("primary: %v", err)
+		}
+		if p == nil {
+			return nil // not a hot patch: skipped without decoding
+		}
+		pp, ok, err := p.asPatch()
+		if err != nil {
+			return err
+		}
+		if ok && pp.RequiresSysc {
+			out = append(out, pp)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// streamElements reads a repository metadata file token by token and calls each for
+// every <elem> (its start tag consumed; each reads the element to its end), skipping
+// every other element whole. The file must have its <root> element. Errors name the
+// file as what ("primary", "updateinfo").
+func streamElements(r io.Reader, what, root, elem string, each func(*xml.Decoder, *xml.StartElement) error) error {
+	dec := xml.NewDecoder(r)
 	sawRoot := false
 	for {
 		tok, err := dec.Token()
@@ -219,41 +247,29 @@ func parsePrimary(r io.Reader) ([]*patchPackage, error) {
 			break
 		}
 		if err != nil {
-			return nil, metaErr("primary: %v", err)
+			return metaErr("%s: %v", what, err)
 		}
 		se, ok := tok.(xml.StartElement)
 		if !ok {
 			continue
 		}
-		if se.Name.Local == "metadata" {
+		switch se.Name.Local {
+		case root:
 			sawRoot = true
-			continue
-		}
-		if se.Name.Local != "package" {
-			if err := dec.Skip(); err != nil {
-				return nil, metaErr("primary: %v", err)
+		case elem:
+			if err := each(dec, &se); err != nil {
+				return err
 			}
-			continue
-		}
-		p, err := decodePackage(dec)
-		if err != nil {
-			return nil, metaErr("primary: %v", err)
-		}
-		if p == nil {
-			continue // not a hot patch: skipped without decoding
-		}
-		pp, ok, err := p.asPatch()
-		if err != nil {
-			return nil, err
-		}
-		if ok && pp.RequiresSysc {
-			out = append(out, pp)
+		default:
+			if err := dec.Skip(); err != nil {
+				return metaErr("%s: %v", what, err)
+			}
 		}
 	}
 	if !sawRoot {
-		return nil, metaErr("primary: no <metadata> element")
+		return metaErr("%s: no <%s> element", what, root)
 	}
-	return out, nil
+	return nil
 }
 
 // decodePackage reads one <package> whose start tag was just consumed. Hot patches are a
@@ -382,42 +398,21 @@ func (u *uiUpdate) advisory() (Advisory, error) {
 
 // parseUpdateinfo streams updateinfo.xml into advisories.
 func parseUpdateinfo(r io.Reader) ([]Advisory, error) {
-	dec := xml.NewDecoder(r)
 	var out []Advisory
-	sawRoot := false
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
+	err := streamElements(r, "updateinfo", "updates", "update", func(dec *xml.Decoder, se *xml.StartElement) error {
+		var u uiUpdate
+		if err := dec.DecodeElement(&u, se); err != nil {
+			return metaErr("updateinfo: %v", err)
 		}
+		a, err := u.advisory()
 		if err != nil {
-			return nil, metaErr("updateinfo: %v", err)
+			return err
 		}
-		se, ok := tok.(xml.StartElement)
-		if !ok {
-			continue
-		}
-		switch se.Name.Local {
-		case "updates":
-			sawRoot = true
-		case "update":
-			var u uiUpdate
-			if err := dec.DecodeElement(&u, &se); err != nil {
-				return nil, metaErr("updateinfo: %v", err)
-			}
-			a, err := u.advisory()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, a)
-		default:
-			if err := dec.Skip(); err != nil {
-				return nil, metaErr("updateinfo: %v", err)
-			}
-		}
-	}
-	if !sawRoot {
-		return nil, metaErr("updateinfo: no <updates> element")
+		out = append(out, a)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
