@@ -150,13 +150,7 @@ func (m *Manager) up(ctx context.Context, e *Entity, force bool) error {
 				return err
 			}
 		}
-		if err := d.Activate(ctx, e, force); err != nil {
-			return fmt.Errorf("activate: %w", err)
-		}
-		if err := m.recheck(ctx, d, e, Present); err != nil {
-			if derr := d.Deactivate(context.WithoutCancel(ctx), e, true); derr != nil {
-				err = errors.Join(err, fmt.Errorf("deactivate again: %w", derr))
-			}
+		if err := m.flip(ctx, d, e, force, Present); err != nil {
 			return err
 		}
 		m.seq++
@@ -178,13 +172,7 @@ func (m *Manager) down(ctx context.Context, e *Entity, force bool) error {
 		if err := m.stackedOn(e); err != nil {
 			return err
 		}
-		if err := d.Deactivate(ctx, e, force); err != nil {
-			return fmt.Errorf("deactivate: %w", err)
-		}
-		if err := m.recheck(ctx, d, e, Absent); err != nil {
-			if aerr := d.Activate(context.WithoutCancel(ctx), e, true); aerr != nil {
-				err = errors.Join(err, fmt.Errorf("activate again: %w", aerr))
-			}
+		if err := m.flip(ctx, d, e, force, Absent); err != nil {
 			return err
 		}
 		e.activated = 0
@@ -232,6 +220,26 @@ func (m *Manager) timed(e *Entity, step string) func() {
 	return func() {
 		m.cfg.Log.WithFields(map[string]any{"patch": e.Name(), "step": step, "took": time.Since(start).String()}).Debug("step")
 	}
+}
+
+// flip activates (want Present) or deactivates (want Absent) the entity, then reads the
+// running system back; when it does not read as wanted, the opposite switch (forced,
+// and not cancelled with ctx) puts the entity back as it was.
+func (m *Manager) flip(ctx context.Context, d Driver, e *Entity, force bool, want Presence) error {
+	do, undo, name, back := d.Activate, d.Deactivate, "activate", "deactivate again"
+	if want == Absent {
+		do, undo, name, back = d.Deactivate, d.Activate, "deactivate", "activate again"
+	}
+	if err := do(ctx, e, force); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if err := m.recheck(ctx, d, e, want); err != nil {
+		if uerr := undo(context.WithoutCancel(ctx), e, true); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("%s: %w", back, uerr))
+		}
+		return err
+	}
+	return nil
 }
 
 // recheck reads the real state after a transition and fails if it does not match.
