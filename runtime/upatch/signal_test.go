@@ -1,0 +1,165 @@
+package upatch
+
+import (
+	"encoding/binary"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/syscare/syscare/runtime/unwind"
+)
+
+// startSigHold starts testdata/sighold.c in mode, has its worker take the signal
+// (the handler then waits), and builds the patch replacing spin().
+func startSigHold(t *testing.T, mode string) (*victim, *Engine, Options) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "sighold")
+	gcc(t, "-O2", "-g", "-pthread", testdata("sighold.c"), "-o", bin)
+	v := start(t, bin, nil, mode)
+	v.send(t, "g\n", func(l string) bool { return l == "handler" })
+	o := opts(uuid1)
+	o.Retries = 1
+	return v, NewEngine("/"), o
+}
+
+func isLine(want string) func(string) bool { return func(l string) bool { return l == want } }
+
+// signalBusy checks that a thread interrupted inside spin() by a signal whose handler
+// has not returned makes the patch busy, found by walking through the signal frame;
+// then that, with a timeout, the engine waits for the handler to return and spin()
+// to be left, and patches then.
+func signalBusy(t *testing.T, mode string) {
+	v, e, o := startSigHold(t, mode)
+	bin := v.cmd.Path
+	_, obj := buildPatch(t, "fix_spin.c", bin, "")
+	err := e.Patch(v.pid(), obj, o)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), `"spin"`) ||
+		!strings.Contains(err.Error(), "interrupted there by a signal") {
+		t.Fatalf("patch of spin while a signal handler interrupted it (%s): %v, want busy, interrupted by a signal", mode, err)
+	}
+	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
+		t.Fatalf("patch applied while busy: %+v", applied)
+	}
+
+	o.Timeout = 10 * time.Second
+	done := make(chan error, 1)
+	go func() { done <- e.Patch(v.pid(), obj, o) }()
+	select {
+	case err := <-done:
+		t.Fatalf("patch returned while the handler had not returned (%s): %v", mode, err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if line := v.send(t, "r\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=1" {
+		t.Fatalf("the interrupted call printed %q, want the old spin=1", line)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("patch once the handler returned and spin() was left (%s): %v", mode, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("patch did not finish after spin() was left")
+	}
+	if line := v.send(t, "g\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=2" {
+		t.Fatalf("after the patch the worker printed %q, want spin=2", line)
+	}
+	if line := v.send(t, "s\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=2" {
+		t.Fatalf("after the patch the main thread printed %q, want spin=2", line)
+	}
+}
+
+// A handler on a sigaltstack: the interrupted frames are on the thread's own
+// stack, which the check must reach through the signal frame.
+func TestSignalOnAltStackInReplacedFunction(t *testing.T) { signalBusy(t, "alt") }
+
+// A handler on the thread's own stack: the interrupted frames are walked, not only
+// word-scanned, so the engine knows where spin() returns and can wait for it.
+func TestSignalOnOwnStackInReplacedFunction(t *testing.T) { signalBusy(t, "normal") }
+
+// A handler on a sigaltstack that interrupted other(), whose frame holds stale copies
+// of spin's address: the interrupted frames are walked, so spin() is not busy.
+func TestSignalOnAltStackElsewhereDoesNotBlock(t *testing.T) {
+	v, e, o := startSigHold(t, "other")
+	_, obj := buildPatch(t, "fix_spin.c", v.cmd.Path, "")
+	if err := e.Patch(v.pid(), obj, o); err != nil {
+		t.Fatalf("patch of spin while a handler interrupted other(): %v", err)
+	}
+	if line := v.send(t, "r\n", func(l string) bool { return strings.HasPrefix(l, "other=") }); line != "other=0" {
+		t.Fatalf("the interrupted call printed %q, want other=0", line)
+	}
+	if line := v.send(t, "s\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=2" {
+		t.Fatalf("after the patch: %q, want spin=2", line)
+	}
+}
+
+// Where the walk cannot unwind a handler's frame, the word scan of its stack finds
+// the signal frame (a trampoline's address followed by a ucontext) and goes on to
+// the stack the signal interrupted: a busy word there, or a busy interrupted
+// instruction, makes the thread busy; a stack it cannot read leaves it unchecked;
+// a copy of the trampoline's address without a kernel-written frame is passed over.
+func TestWordScanFollowsSignalFrames(t *testing.T) {
+	const (
+		alt, own   = 0x10000, 0x7ffd0000
+		code, tram = 0x401000, 0x401100
+	)
+	busy := busyRange{lo: 0x402000, hi: 0x402100, name: "spin"}
+	find := func(a uint64) *busyRange {
+		if a >= busy.lo && a < busy.hi {
+			return &busy
+		}
+		return nil
+	}
+	text := make([]byte, 0x1000)
+	copy(text[tram-code:], []byte{0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05})
+	mods := []unwind.Module{{Lo: code, Hi: code + 0x1000}} // no table: nothing is walked
+	// The handler's stack: a frame of 3 words, the trampoline's address, the ucontext.
+	frame := func(cs, rip, rsp uint64) []byte {
+		b := make([]byte, 32+unwind.SigFrameSize+64)
+		binary.LittleEndian.PutUint64(b[24:], tram)
+		uc := b[32:]
+		binary.LittleEndian.PutUint64(uc[40+15*8:], rsp)
+		binary.LittleEndian.PutUint64(uc[40+16*8:], rip)
+		binary.LittleEndian.PutUint64(uc[40+18*8:], cs)
+		return b
+	}
+	interruptedStack := make([]byte, 256)
+	binary.LittleEndian.PutUint64(interruptedStack[64:], busy.lo+8) // a return address into spin
+	check := func(altStack []byte, readable bool) busyFrames {
+		ts := &threadStacks{segs: []*stackSeg{{lo: alt, b: altStack}}}
+		if readable {
+			ts.read = func(sp uint64) (*stackSeg, error) {
+				if sp < own || sp >= own+uint64(len(interruptedStack)) {
+					return nil, errors.New("unmapped")
+				}
+				return &stackSeg{lo: sp, b: interruptedStack[sp-own:]}, nil
+			}
+		}
+		c := &frameCheck{mods: mods, find: find, sigs: &sigreturns{code: codeMem{code: text}, mods: mods}}
+		return c.busyFrame(unix.PtraceRegs{Rip: code + 0x10, Rsp: alt}, ts)
+	}
+	if bf := check(frame(0x33, code+0x20, own+8), true); bf.hit != &busy || !strings.Contains(bf.where, "could not be unwound") || bf.stuck == "" {
+		t.Errorf("busy word on the interrupted stack: %+v; want spin busy, found by the scan, not waitable", bf)
+	}
+	if bf := check(frame(0x33, busy.lo+4, own+128), true); bf.hit != &busy || !strings.Contains(bf.where, "interrupted by a signal") {
+		t.Errorf("interrupted inside spin: %+v; want spin busy, interrupted by a signal", bf)
+	}
+	if bf := check(frame(0x33, code+0x20, own+128), true); bf.hit != nil || bf.unchecked != "" {
+		t.Errorf("nothing busy above the interrupted stack pointer: %+v; want not busy", bf)
+	}
+	if bf := check(frame(0x33, code+0x20, own+8), false); bf.hit != nil || !strings.Contains(bf.unchecked, "cannot be read") {
+		t.Errorf("interrupted stack unreadable: %+v; want the thread unchecked", bf)
+	}
+	if bf := check(frame(0, code+0x20, own+8), true); bf.hit != nil || bf.unchecked != "" {
+		t.Errorf("a copy of the trampoline's address without a signal frame: %+v; want it passed over", bf)
+	}
+	// Without recognition of the trampoline (the scan before signal frames were
+	// followed) the busy frame on the interrupted stack was never seen.
+	ts := &threadStacks{segs: []*stackSeg{{lo: alt, b: frame(0x33, code+0x20, own+8)}}}
+	if bf := (&frameCheck{mods: mods, find: find}).busyFrame(unix.PtraceRegs{Rip: code + 0x10, Rsp: alt}, ts); bf.hit != nil {
+		t.Errorf("without signal frames: %+v; the interrupted stack should not be reached", bf)
+	}
+}
