@@ -29,17 +29,17 @@ func startSigHold(t *testing.T, mode string) (*victim, *Engine, Options) {
 func isLine(want string) func(string) bool { return func(l string) bool { return l == want } }
 
 // signalBusy checks that a thread interrupted inside spin() by a signal whose handler
-// has not returned makes the patch busy, found by walking through the signal frame;
-// then that, with a timeout, the engine waits for the handler to return and spin()
-// to be left, and patches then.
-func signalBusy(t *testing.T, mode string) {
+// has not returned makes the patch busy, found by walking through the signal frame
+// (where says how); then that, with a timeout, the engine waits for the handler to
+// return and spin() to be left, and patches then.
+func signalBusy(t *testing.T, mode, where string) {
 	v, e, o := startSigHold(t, mode)
 	bin := v.cmd.Path
 	_, obj := buildPatch(t, "fix_spin.c", bin, "")
 	err := e.Patch(v.pid(), obj, o)
 	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), `"spin"`) ||
-		!strings.Contains(err.Error(), "interrupted there by a signal") {
-		t.Fatalf("patch of spin while a signal handler interrupted it (%s): %v, want busy, interrupted by a signal", mode, err)
+		!strings.Contains(err.Error(), where) {
+		t.Fatalf("patch of spin while a signal handler interrupted it (%s): %v, want busy, %s", mode, err, where)
 	}
 	if applied, _ := e.Info(v.pid()); len(applied) != 0 {
 		t.Fatalf("patch applied while busy: %+v", applied)
@@ -73,12 +73,20 @@ func signalBusy(t *testing.T, mode string) {
 }
 
 // A handler on a sigaltstack: the interrupted frames are on the thread's own
-// stack, which the check must reach through the signal frame.
-func TestSignalOnAltStackInReplacedFunction(t *testing.T) { signalBusy(t, "alt") }
+// stack, which the check must reach through the signal frame. The signal
+// interrupted spin() itself, or load(), called by spin(): then only spin's return
+// address, on the thread's own stack, tells that it is busy.
+func TestSignalOnAltStackInReplacedFunction(t *testing.T) {
+	t.Run("itself", func(t *testing.T) { signalBusy(t, "alt", "interrupted there by a signal") })
+	t.Run("callee", func(t *testing.T) { signalBusy(t, "altdeep", "in a frame below a signal handler") })
+}
 
 // A handler on the thread's own stack: the interrupted frames are walked, not only
 // word-scanned, so the engine knows where spin() returns and can wait for it.
-func TestSignalOnOwnStackInReplacedFunction(t *testing.T) { signalBusy(t, "normal") }
+func TestSignalOnOwnStackInReplacedFunction(t *testing.T) {
+	t.Run("itself", func(t *testing.T) { signalBusy(t, "normal", "interrupted there by a signal") })
+	t.Run("callee", func(t *testing.T) { signalBusy(t, "normaldeep", "in a frame below a signal handler") })
+}
 
 // A handler on a sigaltstack that interrupted other(), whose frame holds stale copies
 // of spin's address: the interrupted frames are walked, so spin() is not busy.

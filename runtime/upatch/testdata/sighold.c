@@ -1,9 +1,10 @@
 /* A target whose worker thread takes a signal inside a function: spin() (which a
- * patch replaces) or other() (which none does, but whose frame holds stale copies of
- * spin's address). Each line "g" on stdin makes the worker call it once with the
- * page it loads from made inaccessible: the load faults, and the SIGSEGV handler,
- * on a sigaltstack (modes "alt" and "other") or on the thread's own stack (mode
- * "normal"), prints "handler" and waits for a line "r". Then it makes the page
+ * patch replaces), itself or in its callee load() (modes ending in "deep"), or
+ * other() (which none does, but whose frame holds stale copies of spin's address).
+ * Each line "g" on stdin makes the worker call it once with the page it loads from
+ * made inaccessible: the load faults, and the SIGSEGV handler, on a sigaltstack
+ * (modes "alt", "altdeep", "other") or on the thread's own stack ("normal",
+ * "normaldeep"), prints "handler" and waits for a line "r". Then it makes the page
  * readable and returns, the load is done again, and the worker prints what the
  * function returned. A line "s" makes the main thread print spin() (page readable).
  * Build: gcc -O2 -g -pthread sighold.c -o sighold */
@@ -20,12 +21,15 @@
 static volatile int *page;
 static volatile sig_atomic_t release;
 static sem_t go;
-static int use_other, on_altstack;
+static int use_other, on_altstack, deep;
 
-__attribute__((noipa)) int spin(void)
+__attribute__((noipa)) int load(void) { return *page; }
+
+__attribute__((noipa)) int spin(int callee)
 {
-	/* The signal interrupts this very load: the thread is inside spin(). */
-	int v = *page;
+	/* The signal interrupts this very load (the thread is inside spin()), or the
+	 * one in load() (spin's frame is a caller's). */
+	int v = callee ? load() : *page;
 	return v + 1;
 }
 
@@ -33,7 +37,7 @@ __attribute__((noipa)) int other(void)
 {
 	volatile unsigned long words[8];
 	for (int i = 0; i < 8; i++)
-		words[i] = (unsigned long)spin + i;
+		words[i] = (unsigned long)spin + 8 + i;
 	int v = *page;
 	return v + (int)(words[0] & 0);
 }
@@ -55,15 +59,21 @@ static void *worker(void *arg)
 {
 	(void)arg;
 	if (on_altstack) {
+		/* A mapping of its own between two inaccessible pages: the kernel cannot
+		 * merge it with the thread's stack, so the end of the mapping that holds the
+		 * handler's stack pointer is the end of the alternate stack. */
 		stack_t ss = {.ss_size = 64 * 1024};
-		ss.ss_sp = mmap(NULL, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (ss.ss_sp == MAP_FAILED || sigaltstack(&ss, NULL) != 0)
+		char *m = mmap(NULL, ss.ss_size + 2 * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED || mprotect(m + 4096, ss.ss_size, PROT_READ | PROT_WRITE) != 0)
+			_exit(2);
+		ss.ss_sp = m + 4096;
+		if (sigaltstack(&ss, NULL) != 0)
 			_exit(2);
 	}
 	for (;;) {
 		sem_wait(&go);
 		mprotect((void *)page, 4096, PROT_NONE);
-		int v = use_other ? other() : spin();
+		int v = use_other ? other() : spin(deep);
 		mprotect((void *)page, 4096, PROT_READ);
 		printf("%s=%d\n", use_other ? "other" : "spin", v);
 	}
@@ -74,7 +84,8 @@ int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "alt";
 	use_other = strcmp(mode, "other") == 0;
-	on_altstack = strcmp(mode, "normal") != 0;
+	on_altstack = strncmp(mode, "normal", 6) != 0;
+	deep = strstr(mode, "deep") != NULL;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (page == MAP_FAILED)
@@ -94,7 +105,7 @@ int main(int argc, char **argv)
 		else if (c == 'r')
 			release = 1;
 		else if (c == 's')
-			printf("spin=%d\n", spin());
+			printf("spin=%d\n", spin(0));
 	}
 	return 0;
 }
