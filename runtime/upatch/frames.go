@@ -18,10 +18,13 @@ import (
 
 // The stack check walks each thread's real frames with the call-frame information of
 // the loaded files, so that a stale word left in a frame (a spilled register, a dead
-// local) does not make a function look busy. Where a frame cannot be unwound (code
+// local) does not make a function look busy. A signal frame is recognised by its
+// trampoline's code and walked through to the frames the signal interrupted, on
+// whichever stack they are (sigstack.go). Where a frame cannot be unwound (code
 // without call-frame information, such as an earlier patch, or rules that need DWARF
-// expressions, such as a signal frame), the rest of the stack from that frame up is
-// scanned word by word, as before: conservative, never less safe.
+// expressions), the rest of the stack from that frame up is scanned word by word, as
+// before, and so are the stacks of the signal frames found there: conservative,
+// never less safe.
 
 // maxFrames bounds a walk; deeper stacks fall back to the word scan for the rest.
 const maxFrames = 512
