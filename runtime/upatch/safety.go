@@ -66,7 +66,9 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 	if entries != nil {
 		sites = &callSites{code: pr, entries: entries, mods: mods}
 	}
-	check := &frameCheck{mods: mods, find: find, sites: sites, sigs: &sigreturns{code: pr, mods: mods}}
+	sigs := &sigreturns{code: pr, mods: mods}
+	sigs.prefetch(framePCs(regs, addrs, stacks, mods))
+	check := &frameCheck{mods: mods, find: find, sites: sites, sigs: sigs}
 	// A stack a signal frame says was interrupted (a handler on a sigaltstack) is
 	// read only when one is found, from the stack pointer to the end of its mapping.
 	readStack := func(sp uint64) (*stackSeg, error) {

@@ -2,6 +2,9 @@ package upatch
 
 import (
 	"fmt"
+	"runtime/debug"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/syscare/syscare/runtime/unwind"
 )
@@ -94,17 +97,72 @@ func (s *sigreturns) at(pc uint64, inside bool) bool {
 	return k.start || inside && k.syscall
 }
 
+const sigreturnBefore, sigreturnAfter = unwind.SigreturnBefore, unwind.SigreturnAfter
+
 func (s *sigreturns) look(pc uint64) sigreturnAt {
-	const before, after = unwind.SigreturnBefore, unwind.SigreturnAfter
-	var b [before + after]byte
-	if pc >= before && s.code.ReadMem(pc-before, b[:]) == nil {
-		return sigreturnAt{unwind.IsSigreturn(b[:], before, false), unwind.IsSigreturn(b[:], before, true)}
+	var b [sigreturnBefore + sigreturnAfter]byte
+	if pc >= sigreturnBefore && s.code.ReadMem(pc-sigreturnBefore, b[:]) == nil {
+		return recognise(b[:])
 	}
 	// pc near the start of a mapping: nothing to see before it.
-	if s.code.ReadMem(pc, b[:after]) == nil {
-		return sigreturnAt{start: unwind.IsSigreturn(b[:after], 0, false)}
+	if s.code.ReadMem(pc, b[:sigreturnAfter]) == nil {
+		return sigreturnAt{start: unwind.IsSigreturn(b[:sigreturnAfter], 0, false)}
 	}
 	return sigreturnAt{}
+}
+
+// recognise tells what the code around an address (sigreturnBefore bytes before it)
+// is.
+func recognise(b []byte) sigreturnAt {
+	return sigreturnAt{unwind.IsSigreturn(b, sigreturnBefore, false), unwind.IsSigreturn(b, sigreturnBefore, true)}
+}
+
+// prefetch reads the code around every pc in one system call, where the process
+// can (each pc is otherwise read when first asked about): the walks of a check
+// ask about every return address, while every thread is stopped.
+func (s *sigreturns) prefetch(pcs []uint64) {
+	v, ok := s.code.(interface {
+		ReadMemv(addrs []uint64, bufs [][]byte) error
+	})
+	if !ok || len(pcs) == 0 {
+		return
+	}
+	addrs, bufs := make([]uint64, 0, len(pcs)), make([][]byte, 0, len(pcs))
+	for _, pc := range pcs {
+		if pc >= sigreturnBefore {
+			addrs = append(addrs, pc-sigreturnBefore)
+			bufs = append(bufs, make([]byte, sigreturnBefore+sigreturnAfter))
+		}
+	}
+	if v.ReadMemv(addrs, bufs) != nil {
+		return // one range unreadable: each is read on its own when asked about
+	}
+	if s.known == nil {
+		s.known = make(map[uint64]sigreturnAt, len(addrs))
+	}
+	for i, a := range addrs {
+		s.known[a+sigreturnBefore] = recognise(bufs[i])
+	}
+}
+
+// framePCs lists the instruction pointers and return addresses that a plain walk of
+// each thread's current stack finds, for prefetch. A fault on a mapped table ends
+// the list early (the check itself then takes care of it).
+func framePCs(regs []unix.PtraceRegs, addrs []uint64, stacks [][]byte, mods []unwind.Module) (pcs []uint64) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() { _ = recover() }()
+	seen := make(map[uint64]bool)
+	for i := range regs {
+		seg := &stackSeg{lo: addrs[i], b: stacks[i]}
+		_ = unwind.Walk(unwind.NewRegs(regs[i].Rip, dwarfRegs(regs[i])), mods, seg.word, maxFrames, func(f unwind.Frame) bool {
+			if !seen[f.PC] {
+				seen[f.PC] = true
+				pcs = append(pcs, f.PC)
+			}
+			return true
+		})
+	}
+	return pcs
 }
 
 // candidate reports whether the word scan should read w as code.
