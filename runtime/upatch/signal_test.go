@@ -104,6 +104,44 @@ func TestSignalOnAltStackElsewhereDoesNotBlock(t *testing.T) {
 	}
 }
 
+// Unpatch while a signal handler on a sigaltstack interrupted load(), called by the
+// patch's spin(): the patch is busy (the patch's own frame has no call-frame
+// information: its caller is found by the call site), and the engine waits for the
+// handler to return and the new spin() to be left.
+func TestSignalOnAltStackBelowPatch(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "sighold")
+	gcc(t, "-O2", "-g", "-pthread", testdata("sighold.c"), "-o", bin)
+	v := start(t, bin, nil, "altdeep")
+	e, o := NewEngine("/"), opts(uuid1)
+	o.Retries = 1
+	_, obj := buildPatch(t, "fix_spin_load.c", bin, "")
+	if err := e.Patch(v.pid(), obj, o); err != nil {
+		t.Fatalf("patch of spin with no thread in it: %v", err)
+	}
+	v.send(t, "g\n", isLine("handler"))
+	err := e.Unpatch(v.pid(), uuid1, o)
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), `"spin"`) || !strings.Contains(err.Error(), "below a signal handler") {
+		t.Fatalf("unpatch while a handler interrupted the new spin's callee: %v, want busy below a signal handler", err)
+	}
+	o.Timeout = 10 * time.Second
+	done := make(chan error, 1)
+	go func() { done <- e.Unpatch(v.pid(), uuid1, o) }()
+	select {
+	case err := <-done:
+		t.Fatalf("unpatch returned while the handler had not returned: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if line := v.send(t, "r\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=2" {
+		t.Fatalf("the interrupted call printed %q, want the patched spin=2", line)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("unpatch once the new spin() was left: %v", err)
+	}
+	if line := v.send(t, "s\n", func(l string) bool { return strings.HasPrefix(l, "spin=") }); line != "spin=1" {
+		t.Fatalf("after unpatch: %q, want spin=1", line)
+	}
+}
+
 // Where the walk cannot unwind a handler's frame, the word scan of its stack finds
 // the signal frame (a trampoline's address followed by a ucontext) and goes on to
 // the stack the signal interrupted: a busy word there, or a busy interrupted
@@ -163,6 +201,11 @@ func TestWordScanFollowsSignalFrames(t *testing.T) {
 	}
 	if bf := check(frame(0, code+0x20, own+8), true); bf.hit != nil || bf.unchecked != "" {
 		t.Errorf("a copy of the trampoline's address without a signal frame: %+v; want it passed over", bf)
+	}
+	// A frame that says the signal interrupted its own stack where it is: followed
+	// once, not forever.
+	if bf := check(frame(0x33, code+0x20, alt+24), true); bf.hit != nil || bf.unchecked != "" {
+		t.Errorf("a signal frame naming itself: %+v; want not busy", bf)
 	}
 	// Without recognition of the trampoline (the scan before signal frames were
 	// followed) the busy frame on the interrupted stack was never seen.
