@@ -405,8 +405,11 @@ func (c *frameCheck) busyFrame(regs unix.PtraceRegs, ts *threadStacks) busyFrame
 			}
 			first, exact = depth, false
 		}
-		if atSignal {
-			next, nextSeg, serr := c.interrupted(ts, seg, uc, signals)
+		if atSignal && signals >= maxSignalFrames {
+			out.unchecked = fmt.Sprintf("more than %d nested signal frames", maxSignalFrames)
+			err = fmt.Errorf("%w: %s", unwind.ErrNoInfo, out.unchecked)
+		} else if atSignal {
+			next, nextSeg, serr := c.interrupted(ts, seg, uc)
 			if serr == nil {
 				r, seg, where = next, nextSeg, "in a frame below a signal handler"
 				continue
@@ -442,10 +445,7 @@ func (c *frameCheck) busyFrame(regs unix.PtraceRegs, ts *threadStacks) busyFrame
 // and the stack that holds their stack pointer. An error means the walk cannot go
 // on: the frame is not readable or not one the kernel wrote (the scan then takes
 // over), or, with the registers given, their stack cannot be read.
-func (c *frameCheck) interrupted(ts *threadStacks, seg *stackSeg, uc uint64, signals int) (unwind.Regs, *stackSeg, error) {
-	if signals >= maxSignalFrames {
-		return unwind.Regs{}, nil, fmt.Errorf("%w: more than %d nested signal frames", unwind.ErrNoInfo, maxSignalFrames)
-	}
+func (c *frameCheck) interrupted(ts *threadStacks, seg *stackSeg, uc uint64) (unwind.Regs, *stackSeg, error) {
 	if !unwind.PlausibleSignalFrame(uc, seg.word) {
 		return unwind.Regs{}, nil, fmt.Errorf("%w: the signal frame at %#x does not hold a user code segment", unwind.ErrNoInfo, uc)
 	}

@@ -214,3 +214,54 @@ func TestWordScanFollowsSignalFrames(t *testing.T) {
 		t.Errorf("without signal frames: %+v; the interrupted stack should not be reached", bf)
 	}
 }
+
+// A thread stopped in the trampoline itself (its handler returned, rt_sigreturn not
+// yet made), at its first instruction or at its syscall, is in a signal frame whose
+// ucontext is at its stack pointer: the walk goes on to the interrupted stack. A
+// frame naming itself again and again is followed a bounded number of times, and
+// leaves the thread unchecked.
+func TestWalkFromTrampoline(t *testing.T) {
+	const (
+		alt, own   = 0x10000, 0x7ffd0000
+		code, tram = 0x401000, 0x401100
+	)
+	busy := busyRange{lo: 0x402000, hi: 0x402100, name: "spin"}
+	find := func(a uint64) *busyRange {
+		if a >= busy.lo && a < busy.hi {
+			return &busy
+		}
+		return nil
+	}
+	text := make([]byte, 0x1000)
+	copy(text[tram-code:], []byte{0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05})
+	ucontext := func(rip, rsp uint64) []byte {
+		uc := make([]byte, unwind.SigFrameSize+64)
+		binary.LittleEndian.PutUint64(uc[40+15*8:], rsp)
+		binary.LittleEndian.PutUint64(uc[40+16*8:], rip)
+		binary.LittleEndian.PutUint64(uc[40+18*8:], 0x33)
+		return uc
+	}
+	interruptedStack := make([]byte, 64)
+	binary.LittleEndian.PutUint64(interruptedStack[16:], busy.lo+8) // found by the scan there
+	walk := func(rip uint64, uc []byte) busyFrames {
+		ts := &threadStacks{segs: []*stackSeg{{lo: alt, b: uc}}, read: func(sp uint64) (*stackSeg, error) {
+			if sp != own {
+				return nil, errors.New("unmapped")
+			}
+			return &stackSeg{lo: own, b: interruptedStack}, nil
+		}}
+		c := &frameCheck{find: find, sigs: &sigreturns{code: codeMem{code: text}}}
+		return c.busyFrame(unix.PtraceRegs{Rip: rip, Rsp: alt}, ts)
+	}
+	for _, rip := range []uint64{tram, tram + 5} {
+		if bf := walk(rip, ucontext(code+0x20, own)); bf.hit != &busy || bf.unchecked != "" {
+			t.Errorf("stopped at %#x in the trampoline: %+v; want spin busy on the interrupted stack", rip, bf)
+		}
+	}
+	if bf := walk(tram+2, ucontext(code+0x20, own)); bf.hit != nil {
+		t.Errorf("stopped inside the mov, not an instruction of the trampoline: %+v; want the signal frame not followed", bf)
+	}
+	if bf := walk(tram, ucontext(tram, alt)); bf.hit != nil || !strings.Contains(bf.unchecked, "nested signal frames") {
+		t.Errorf("a signal frame that interrupted itself: %+v; want the thread unchecked", bf)
+	}
+}
