@@ -1,6 +1,7 @@
 package upatch
 
 import (
+	"encoding/binary"
 	"fmt"
 	"runtime/debug"
 
@@ -37,9 +38,7 @@ func (s *stackSeg) word(addr uint64) (uint64, bool) {
 	if addr < s.lo || addr%8 != 0 || addr-s.lo+8 > uint64(len(s.b)) {
 		return 0, false
 	}
-	b := s.b[addr-s.lo:]
-	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56, true
+	return binary.LittleEndian.Uint64(s.b[addr-s.lo:]), true
 }
 
 // threadStacks are the stacks one thread's check reads: its current one first.
