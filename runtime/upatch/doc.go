@@ -17,10 +17,16 @@
 // process maps, the vDSO included (runtime/unwind): the program counter and every
 // return address found must lie outside the functions being replaced (or, for
 // unpatch, outside the patch's code). A stale word left in a frame does not count.
-// Where a frame cannot be unwound (code without call-frame information, such as an
-// earlier patch, or rules given as DWARF expressions, such as a signal frame), the rest
-// of the stack, from that frame to the end of its mapping, is scanned for any 8-byte
-// word that is such an address: conservative, as the whole check was before. A busy
+// A thread running a signal handler is walked through the signal frame (a return
+// address at an rt_sigreturn trampoline, known by its instructions) to the frames
+// the signal interrupted, from the registers in the kernel's ucontext, on the stack
+// that holds the interrupted stack pointer (another one when the handler runs on a
+// sigaltstack); the interrupted instruction counts as a program counter. Where a
+// frame cannot be unwound (code without call-frame information, such as an earlier
+// patch, or rules given as DWARF expressions), the rest of the stack, from that frame
+// to the end of its mapping, is scanned for any 8-byte word that is such an address,
+// and so is each stack that a signal frame found there interrupted: conservative, as
+// the whole check was before. A busy
 // process is retried, then refused with ErrBusy naming thread and function; with
 // Options.Timeout the engine instead waits, in the same attach, for each busy thread
 // to return from its outermost busy frame (wait.go), and patches once none is busy.
@@ -38,6 +44,7 @@
 //	freeze.go   every thread stopped around an operation, retried while busy
 //	safety.go   the check that no thread runs or returns into what is replaced
 //	frames.go   the call-frame tables and the walk of each thread's frames
+//	sigstack.go the stacks of a thread in a signal handler, its trampolines
 //	wait.go     waiting, in the same attach, for busy threads to return
 //	jump.go     the jump at each replaced function; padding.go the room for it
 //	commit.go   the commit as one step, rollback of a half-applied patch

@@ -18,10 +18,13 @@ import (
 
 // The stack check walks each thread's real frames with the call-frame information of
 // the loaded files, so that a stale word left in a frame (a spilled register, a dead
-// local) does not make a function look busy. Where a frame cannot be unwound (code
+// local) does not make a function look busy. A signal frame is recognised by its
+// trampoline's code and walked through to the frames the signal interrupted, on
+// whichever stack they are (sigstack.go). Where a frame cannot be unwound (code
 // without call-frame information, such as an earlier patch, or rules that need DWARF
-// expressions, such as a signal frame), the rest of the stack from that frame up is
-// scanned word by word, as before: conservative, never less safe.
+// expressions), the rest of the stack from that frame up is scanned word by word, as
+// before, and so are the stacks of the signal frames found there: conservative,
+// never less safe.
 
 // maxFrames bounds a walk; deeper stacks fall back to the word scan for the rest.
 const maxFrames = 512
@@ -270,6 +273,18 @@ type busyFrames struct {
 	// returns there it is out of every busy function. Valid when stuck is "".
 	leave unwind.Frame
 	stuck string // why the thread cannot be waited for
+	// unchecked says why part of the thread's frames could not be looked at (a
+	// stack a signal interrupted could not be read): busy or not, it cannot pass.
+	unchecked string
+}
+
+// settled makes a busy thread with frames left unchecked one that is not waited
+// for: where it leaves is not known.
+func (b busyFrames) settled() busyFrames {
+	if b.hit != nil && b.unchecked != "" && b.stuck == "" {
+		b.stuck = b.unchecked
+	}
+	return b
 }
 
 // callSites recognises return addresses by the call before them, where call-frame
@@ -305,9 +320,29 @@ func inModule(mods []unwind.Module, pc uint64) bool {
 	return false
 }
 
-// busyFrame walks the frames of one thread whose stack bytes (from lo) were read, and
-// reports the frames that find says are busy: a frame's instruction pointer or
-// return address, or, above the first frame that cannot be unwound, any word.
+// frameCheck is what the check of every thread of a process uses: the modules with
+// call-frame tables, the busy ranges (find), for unpatch the call sites (see
+// callSites), and the recognition of signal trampolines (nil: none is recognised).
+type frameCheck struct {
+	mods  []unwind.Module
+	find  func(uint64) *busyRange
+	sites *callSites
+	sigs  *sigreturns
+}
+
+// busyFrame walks the frames of one thread, from its registers on the stacks ts
+// reads (its current one first), and reports the frames that find says are busy: a
+// frame's instruction pointer or return address, or, above the first frame that
+// cannot be unwound, any word.
+//
+// A signal frame (a return address, or the thread's instruction pointer, at an
+// rt_sigreturn trampoline) does not end the walk: it goes on from the registers the
+// signal interrupted, read from the frame, on the stack that holds their stack
+// pointer (another one when the handler runs on a sigaltstack). The interrupted
+// instruction counts as a frame's instruction pointer: a thread interrupted inside a
+// busy function is busy. The word scan likewise follows the signal frames it finds
+// to the stacks they interrupted. A stack a signal frame names that cannot be read
+// leaves the thread unchecked (busyFrames.unchecked).
 //
 // With sites, a walk that stops in busy code without call-frame information goes on
 // at the first word above that follows a direct call into busy code and does not
@@ -315,91 +350,185 @@ func inModule(mods []unwind.Module, pc uint64) bool {
 // far as the call sites tell. That only chooses where to wait for the thread; the
 // frame found is not trusted to clear anything, as the walk resumed there found
 // every further frame busy or not, and the check that follows any wait starts again.
-func busyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange, sites *callSites) busyFrames {
-	mem := func(addr uint64) (uint64, bool) {
-		if addr < lo || addr%8 != 0 || addr-lo+8 > uint64(len(stack)) {
-			return 0, false
-		}
-		return binary.LittleEndian.Uint64(stack[addr-lo:]), true
-	}
-	end := lo + uint64(len(stack))
+func (c *frameCheck) busyFrame(regs unix.PtraceRegs, ts *threadStacks) busyFrames {
 	var out busyFrames
-	last := regs.Rsp
-	depth, afterHit := 0, false
-	visit := func(f unwind.Frame) bool {
-		last = f.SP
-		if afterHit {
-			out.leave, afterHit = f, false
-		}
-		if r := find(f.PC); r != nil {
-			if out.hit == nil {
-				out.hit, out.running, out.where = r, depth == 0, "in a frame"
-			}
-			out.leave, afterHit = unwind.Frame{}, true
-		}
-		depth++
-		return true
-	}
+	seg := ts.segs[0]
 	r := unwind.NewRegs(regs.Rip, dwarfRegs(regs))
-	var err error
-	for {
-		err = unwind.Walk(r, mods, mem, maxFrames, visit)
-		if err == nil || !afterHit || sites == nil {
-			break
+	depth, afterHit := 0, false
+	where := "in a frame"
+	for signals := 0; ; signals++ {
+		// first is the depth of the walk's first frame; exact says its pc is an
+		// instruction (the thread's, or one a signal interrupted), not a return address.
+		first, exact, last := depth, !r.Return, r.Val[7]
+		uc, atSignal := uint64(0), false
+		visit := func(f unwind.Frame) bool {
+			last = f.SP
+			if afterHit {
+				out.leave, afterHit = f, false
+			}
+			if b := c.find(f.PC); b != nil {
+				if out.hit == nil {
+					out.hit, out.running, out.where = b, depth == 0, where
+					if depth == first && exact && signals > 0 {
+						out.where = "interrupted there by a signal, whose handler has not returned"
+					}
+				}
+				out.leave, afterHit = unwind.Frame{}, true
+			}
+			inside := depth == first && exact
+			depth++
+			if c.sigs != nil && c.sigs.at(f.PC, inside) {
+				uc, atSignal = f.SP, true // the ucontext is just above the trampoline's address
+				return false
+			}
+			return true
 		}
-		// Stopped in busy code: look for its caller by the call sites.
-		found := false
-		for a := max(last&^7, lo); a+8 <= end; a += 8 {
-			w, _ := mem(a)
-			if sites.callReturn(w, find) && find(w) == nil {
-				r = unwind.Regs{PC: w, PCAt: a, Return: true}
-				r.Val[7], r.Set[7] = a+8, true // rsp
-				found = true
+		var err error
+		for {
+			err = unwind.Walk(r, c.mods, seg.word, maxFrames, visit)
+			if err == nil || !afterHit || c.sites == nil {
 				break
 			}
-		}
-		if !found {
-			break
-		}
-	}
-	if out.hit != nil && out.leave.PCAt == 0 {
-		out.stuck = "its outermost busy frame does not return (the thread's first function, or a return address not on the stack)"
-	}
-	if err == nil {
-		return out
-	}
-	// Conservative from the frame that could not be unwound.
-	start := max(last&^7, lo)
-	for a := start; a+8 <= end; a += 8 {
-		w, _ := mem(a)
-		if r := find(w); r != nil {
-			if out.hit == nil {
-				out.hit, out.where = r, fmt.Sprintf("on its stack, above a frame that could not be unwound (%v)", err)
+			// Stopped in busy code: look for its caller by the call sites.
+			found := false
+			for a := max(last&^7, seg.lo); a+8 <= seg.end(); a += 8 {
+				w, _ := seg.word(a)
+				if c.sites.callReturn(w, c.find) && c.find(w) == nil {
+					r = unwind.Regs{PC: w, PCAt: a, Return: true}
+					r.Val[7], r.Set[7] = a+8, true // rsp
+					found = true
+					break
+				}
 			}
-			out.stuck = fmt.Sprintf("a frame could not be unwound (%v)", err)
-			return out
+			if !found {
+				break
+			}
+			first, exact = depth, false
+		}
+		if atSignal && signals >= maxSignalFrames {
+			out.unchecked = fmt.Sprintf("more than %d nested signal frames", maxSignalFrames)
+			err = fmt.Errorf("%w: %s", unwind.ErrNoInfo, out.unchecked)
+		} else if atSignal {
+			next, nextSeg, serr := c.interrupted(ts, seg, uc)
+			if serr == nil {
+				r, seg, where = next, nextSeg, "in a frame below a signal handler"
+				continue
+			}
+			if next.Set[7] {
+				// The registers were read, not the stack they name: the interrupted
+				// instruction is still checked, the thread cannot pass.
+				if b := c.find(next.PC); b != nil && out.hit == nil {
+					out.hit, out.where = b, "interrupted there by a signal, whose handler has not returned"
+				}
+				out.unchecked = serr.Error()
+			}
+			err = serr
+		}
+		if out.hit != nil && out.leave.PCAt == 0 {
+			out.stuck = "its outermost busy frame does not return (the thread's first function, or a return address not on the stack)"
+		}
+		if err == nil {
+			return out.settled()
+		}
+		// Conservative from the frame that could not be unwound.
+		if c.scan(ts, seg, last, err, &out) {
+			return out.settled()
+		}
+		if out.hit != nil && afterHit {
+			out.stuck = fmt.Sprintf("the frame its busy function returns to could not be unwound (%v)", err)
+		}
+		return out.settled()
+	}
+}
+
+// interrupted reads the registers in the signal frame whose ucontext is at uc on seg,
+// and the stack that holds their stack pointer. An error means the walk cannot go
+// on: the frame is not readable or not one the kernel wrote (the scan then takes
+// over), or, with the registers given, their stack cannot be read.
+func (c *frameCheck) interrupted(ts *threadStacks, seg *stackSeg, uc uint64) (unwind.Regs, *stackSeg, error) {
+	if !unwind.PlausibleSignalFrame(uc, seg.word) {
+		return unwind.Regs{}, nil, fmt.Errorf("%w: the signal frame at %#x does not hold a user code segment", unwind.ErrNoInfo, uc)
+	}
+	r, err := unwind.SignalRegs(uc, seg.word)
+	if err != nil {
+		return unwind.Regs{}, nil, fmt.Errorf("%w: %v", unwind.ErrNoInfo, err)
+	}
+	next, err := ts.at(r.Val[7])
+	if err != nil {
+		return r, nil, fmt.Errorf("the stack a signal interrupted (at %#x) cannot be read: %v", r.Val[7], err)
+	}
+	return r, next, nil
+}
+
+// scan is the conservative check of seg from start, where the walk could go no
+// further (cause): any word in a busy range makes the thread busy. A word that is a
+// trampoline's address, followed by a signal frame the kernel could have written,
+// leads to the instruction the signal interrupted, checked like a word, and to the
+// stack it interrupted, scanned in turn. It reports whether it found a busy word.
+func (c *frameCheck) scan(ts *threadStacks, seg *stackSeg, start uint64, cause error, out *busyFrames) bool {
+	busy := func(b *busyRange, where string) bool {
+		if out.hit == nil {
+			out.hit, out.where = b, fmt.Sprintf("%s, above a frame that could not be unwound (%v)", where, cause)
+		}
+		out.stuck = fmt.Sprintf("a frame could not be unwound (%v)", cause)
+		return true
+	}
+	type part struct {
+		seg  *stackSeg
+		from uint64
+	}
+	parts := []part{{seg, start}}
+	followed := make(map[uint64]bool)
+	for i := 0; i < len(parts); i++ {
+		p := parts[i]
+		for a := max(p.from&^7, p.seg.lo); a+8 <= p.seg.end(); a += 8 {
+			w, _ := p.seg.word(a)
+			if b := c.find(w); b != nil {
+				return busy(b, "on its stack")
+			}
+			uc := a + 8
+			if c.sigs == nil || !c.sigs.candidate(w) || followed[uc] || !c.sigs.at(w, false) ||
+				!unwind.PlausibleSignalFrame(uc, p.seg.word) {
+				continue
+			}
+			r, err := unwind.SignalRegs(uc, p.seg.word)
+			if err != nil {
+				continue // no room for the registers: not a frame the kernel wrote
+			}
+			if len(followed) == maxSignalFrames {
+				out.unchecked = fmt.Sprintf("more than %d signal frames on its stacks", maxSignalFrames)
+				continue
+			}
+			followed[uc] = true
+			if b := c.find(r.PC); b != nil {
+				return busy(b, "interrupted by a signal, its frame found on its stack")
+			}
+			next, err := ts.at(r.Val[7])
+			if err != nil {
+				out.unchecked = fmt.Sprintf("the stack a signal interrupted (at %#x) cannot be read: %v", r.Val[7], err)
+				continue
+			}
+			parts = append(parts, part{next, r.Val[7]})
 		}
 	}
-	if out.hit != nil && afterHit {
-		out.stuck = fmt.Sprintf("the frame its busy function returns to could not be unwound (%v)", err)
-	}
-	return out
+	return false
 }
 
 // safeBusyFrame is busyFrame where reading a mapped table may fault (its file was
-// truncated): the fault is a panic, and the thread's whole stack is then scanned
-// word by word, as for a frame that could not be unwound.
-func safeBusyFrame(regs unix.PtraceRegs, stack []byte, lo uint64, mods []unwind.Module, find func(uint64) *busyRange, sites *callSites) (out busyFrames) {
+// truncated): the fault is a panic, and the thread's stacks are then scanned word
+// by word, as for a frame that could not be unwound.
+func (c *frameCheck) safeBusyFrame(regs unix.PtraceRegs, ts *threadStacks) (out busyFrames) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			out = busyFrame(regs, stack, lo, nil, find, nil)
+			plain := frameCheck{find: c.find, sigs: c.sigs}
+			out = plain.busyFrame(regs, ts)
 			if out.hit != nil {
 				out.stuck = fmt.Sprintf("call-frame information could not be read (%v)", r)
 			}
 		}
 	}()
-	return busyFrame(regs, stack, lo, mods, find, sites)
+	return c.busyFrame(regs, ts)
 }
 
 // dwarfRegs orders the general registers as DWARF numbers them on x86-64.

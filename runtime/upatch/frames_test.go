@@ -56,7 +56,7 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 		return nil
 	}
 	regs := unix.PtraceRegs{Rip: 0x500000, Rsp: lo + 16}
-	bf := busyFrame(regs, stack, lo, nil, find, nil)
+	bf := (&frameCheck{find: find}).busyFrame(regs, oneStack(lo, stack))
 	r, where := bf.hit, bf.where
 	if r == nil || r.name != "greet" || !strings.Contains(where, "could not be unwound") {
 		t.Fatalf("busyFrame without tables = %v, %q; want greet found by the word scan", r, where)
@@ -64,7 +64,7 @@ func TestBusyFrameFallsBackToWordScan(t *testing.T) {
 	// A word below the stack pointer is not live: not reported.
 	binary.LittleEndian.PutUint64(stack[40:], 0)
 	binary.LittleEndian.PutUint64(stack[8:], 0x401010)
-	if r := busyFrame(regs, stack, lo, nil, find, nil).hit; r != nil {
+	if r := (&frameCheck{find: find}).busyFrame(regs, oneStack(lo, stack)).hit; r != nil {
 		t.Fatalf("a word below the stack pointer reported busy: %v", r)
 	}
 }
@@ -75,6 +75,11 @@ func TestCheckWithoutMappingQueries(t *testing.T) {
 	testNoQuery = true
 	defer func() { testNoQuery = false }()
 	TestStaleStackWordsDoNotBlock(t)
+}
+
+// oneStack is a thread's stack read from lo, and no other.
+func oneStack(lo uint64, b []byte) *threadStacks {
+	return &threadStacks{segs: []*stackSeg{{lo: lo, b: b}}}
 }
 
 // codeMem is code bytes at fixed addresses, for callSites.
@@ -120,14 +125,15 @@ func TestCallSiteFindsTheCaller(t *testing.T) {
 	}
 	regs := unix.PtraceRegs{Rip: 0x500010, Rsp: lo + 8}
 	sites := &callSites{code: codeMem{code: text}, entries: map[uint64]bool{entry: true}, mods: mods}
-	bf := busyFrame(regs, stack, lo, mods, find, sites)
+	check := &frameCheck{mods: mods, find: find, sites: sites}
+	bf := check.busyFrame(regs, oneStack(lo, stack))
 	if bf.hit == nil || bf.stuck != "" || bf.leave.PC != code+0x305 || bf.leave.PCAt != lo+24 {
 		t.Fatalf("busyFrame = %+v; want greet busy, leaving to %#x through the slot at %#x", bf, code+0x305, lo+24)
 	}
 	// Without the replaced function among the entries, no caller is found: the thread
 	// cannot be waited for (and is still busy).
 	sites.entries = nil
-	if bf := busyFrame(regs, stack, lo, mods, find, sites); bf.hit == nil || bf.stuck == "" {
+	if bf := check.busyFrame(regs, oneStack(lo, stack)); bf.hit == nil || bf.stuck == "" {
 		t.Fatalf("busyFrame without entries = %+v; want busy and not waitable", bf)
 	}
 }

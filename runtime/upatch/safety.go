@@ -66,10 +66,31 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 	if entries != nil {
 		sites = &callSites{code: pr, entries: entries, mods: mods}
 	}
+	sigs := &sigreturns{code: pr, mods: mods}
+	sigs.prefetch(framePCs(regs, addrs, stacks, mods))
+	check := &frameCheck{mods: mods, find: find, sites: sites, sigs: sigs}
+	// A stack a signal frame says was interrupted (a handler on a sigaltstack) is
+	// read only when one is found, from the stack pointer to the end of its mapping.
+	readStack := func(sp uint64) (*stackSeg, error) {
+		lo, hi := stackBounds(vm, sp)
+		if hi <= lo {
+			return nil, fmt.Errorf("stack pointer %#x is in no mapping", sp)
+		}
+		s := &stackSeg{lo: lo, b: make([]byte, hi-lo)}
+		if err := pr.ReadMem(lo, s.b); err != nil {
+			return nil, fmt.Errorf("read the stack at %#x: %w", lo, err)
+		}
+		return s, nil
+	}
 	var be *busyError
+	var unchecked error
 	for i, b := range stacks {
-		bf := safeBusyFrame(regs[i], b, addrs[i], mods, find, sites)
+		ts := &threadStacks{segs: []*stackSeg{{lo: addrs[i], b: b}}, read: readStack}
+		bf := check.safeBusyFrame(regs[i], ts)
 		if bf.hit == nil {
+			if bf.unchecked != "" && unchecked == nil {
+				unchecked = fmt.Errorf("thread %d: %s; cannot check its frames", owners[i], bf.unchecked)
+			}
 			continue
 		}
 		if be == nil {
@@ -89,9 +110,10 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 		be.waits = append(be.waits, waitPoint{tid: owners[i], slot: bf.leave.PCAt, ret: bf.leave.PC, name: bf.hit.name})
 	}
 	if be != nil {
+		// A thread left unchecked is checked again after any wait for the busy ones.
 		return be
 	}
-	return nil
+	return unchecked
 }
 
 // stackBounds returns the live part [sp, end of its mapping) of a thread's stack.
