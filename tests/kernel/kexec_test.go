@@ -43,7 +43,7 @@ func TestRebootKexecUnderQemu(t *testing.T) {
 	outer := qemuboot.Initramfs(t, filepath.Join(work, "outer"), script, map[string]string{
 		"syscare": syscare, "vmlinuz": vmlinuz, "inner.cpio": inner})
 
-	out := string(qemuboot.Boot(t, vmlinuz, outer, 4*time.Minute, "syscare_marker=1"))
+	out := string(qemuboot.Boot(t, vmlinuz, outer, 10*time.Minute, "syscare_marker=1"))
 	os.WriteFile(filepath.Join(work, "console.log"), []byte(out), 0o644)
 	first := strings.Index(out, "KPTEST first boot")
 	second := strings.Index(out, "KPTEST second boot")
