@@ -102,7 +102,7 @@ func TestLivepatchUnderQemu(t *testing.T) {
 		"livepatch-cmdline-v2.ko": filepath.Join(v2, "livepatch-cmdline.ko"),
 	})
 
-	out := qemuboot.Boot(t, vmlinuz, cpio, 4*time.Minute, "syscare_marker=1")
+	out := qemuboot.Boot(t, vmlinuz, cpio, 8*time.Minute, "syscare_marker=1")
 	os.WriteFile(filepath.Join(work, "console.log"), out, 0o644)
 
 	steps := map[string]step{}
