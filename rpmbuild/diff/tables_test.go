@@ -2,9 +2,9 @@ package diff
 
 import (
 	"bytes"
-	"fmt"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"

@@ -204,3 +204,50 @@ func TestLoadavgModule(t *testing.T) {
 		t.Errorf("%d .klp.sym symbols, %d relocations moved", klpSyms, m.KlpRelocations)
 	}
 }
+
+// TestTablesModule builds the module of a fix to meminfo_proc_show, a function with
+// alternatives (static_cpu_has: an .altinstructions entry whose replacement jumps back
+// into the function, and .altinstr_aux code) to which the fix adds a WARN_ON_ONCE
+// (a __bug_table entry naming the file): the patch object and the module carry the
+// function's two alternative entries, its replacement piece and the new BUG entry.
+func TestTablesModule(t *testing.T) {
+	fp := compileFix(t, "meminfo")
+	vm := cachedVmlinux(t, fp.release)
+	ctx := context.Background()
+	r, obj, err := Diff(ctx, fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), vm)
+	if err != nil {
+		t.Fatalf("diff: %v\n%s", err, tail(fp.log.String()))
+	}
+	if got := strings.Join(r.Changed(), " "); got != "meminfo_proc_show" {
+		t.Fatalf("changed %q, want meminfo_proc_show", got)
+	}
+	want := map[string]uint64{".altinstructions": 24, "__bug_table": 12}
+	po, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range want {
+		if s := po.Section(name); s == nil || s.Size != size {
+			t.Errorf("patch object %s: %+v, want %d bytes", name, s, size)
+		}
+	}
+	if po.Section(".altinstr_replacement") == nil || po.Section(".altinstr_aux") == nil {
+		t.Errorf("patch object lacks the replacement or aux code of the alternatives")
+	}
+	m, err := BuildModule(ctx, ModuleInput{Name: "klp_meminfo", Objects: []PatchObject{{TU: fp.tu, Object: obj}},
+		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
+	if err != nil {
+		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
+	}
+	f, err := elf.Open(m.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for name, size := range want {
+		if s := f.Section(name); s == nil || s.Size != size {
+			t.Errorf("module %s: %+v, want %d bytes", name, s, size)
+		}
+	}
+	t.Logf("module %s: %d bytes, %d livepatch relocations", m.Path, m.Size, m.KlpRelocations)
+}
