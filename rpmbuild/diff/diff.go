@@ -98,6 +98,11 @@ type Options struct {
 	// exception table, alternatives, static keys...): they are left out of the
 	// comparison, and the patch object carries the entries of the code it carries.
 	Tables []Table
+	// Owned are sections of records the code points at that the patch carries whole,
+	// as its own, when carried code references them, and that are not compared (the
+	// kernel's pr_debug descriptors, __dyndbg: they hold line numbers, which a fix
+	// moves for the unchanged functions too).
+	Owned []string
 	// AliasPrefix is prepended to the names of local symbols of the original that the
 	// patch references; it must be unique per object so that objects of several
 	// translation units can be merged with `ld -r`. Empty: derived from the file name.

@@ -59,8 +59,9 @@ type section struct {
 	// that relocations reach in it, in order (see findPools).
 	pool   bool
 	pieces []int64
-	// table marks a section of Options.Tables (or a table's Aux section): it takes no
-	// part in the comparison, and the patch carries the entries of the included code.
+	// table marks a section of Options.Tables (or a table's Aux section) or of
+	// Options.Owned: it takes no part in the comparison; the patch carries the entries
+	// of the included code (Tables), or the whole section when it is referenced.
 	table bool
 }
 

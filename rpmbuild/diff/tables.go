@@ -28,10 +28,13 @@ type Table struct {
 }
 
 func (o Options) tableSections() map[string]bool {
-	if len(o.Tables) == 0 {
+	if len(o.Tables) == 0 && len(o.Owned) == 0 {
 		return nil
 	}
 	m := map[string]bool{}
+	for _, n := range o.Owned {
+		m[n] = true
+	}
 	for _, t := range o.Tables {
 		m[t.Section] = true
 		if t.Aux != "" {

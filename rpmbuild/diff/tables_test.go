@@ -123,3 +123,57 @@ func TestTableSizeRefused(t *testing.T) {
 		t.Log(err)
 	}
 }
+
+// dyndbgSrc has pr_debug-style call sites: a descriptor in __dyndbg holding the line,
+// passed to the print function, and a jump entry whose key is in the descriptor.
+// EXTRA moves the lines of everything below it.
+const dyndbgSrc = `
+struct desc { const char *fmt; unsigned line; long key[2]; };
+extern void print(struct desc *);
+#define DBG(msg) do { \
+	static struct desc __attribute__((section("__dyndbg"), used, aligned(8))) d = { msg, __LINE__ }; \
+	asm volatile("1: nop\n.pushsection __jump_table,\"aw\"\n .balign 8\n .long 1b - .\n .long 1b - .\n .quad %c0 - .\n .popsection\n" : : "i"(&d.key)); \
+	print(&d); } while (0)
+EXTRA
+int f(int x) { DBG("f"); return x + FIX; }
+int g(int x) { DBG("g"); return x * 3; }
+`
+
+// TestDyndbgOwned: a fix that moves the lines of g's descriptor (which only the
+// unchanged g uses) is not refused for it, and f's jump entry carried with f points
+// at the patch's own copy of the descriptors (the key inside it), not at the
+// original's.
+func TestDyndbgOwned(t *testing.T) {
+	orig, fixed := pair(t, "dd.c", "#define FIX 1\n"+strings.Replace(dyndbgSrc, "EXTRA", "", 1),
+		"#define FIX 2\n"+strings.Replace(dyndbgSrc, "EXTRA", "\n\n", 1), "-fno-pic")
+	opts := Options{Tables: []Table{{Section: "__jump_table", EntrySize: 16}}, AliasPrefix: "A_"}
+	var u *UnpatchableError
+	if _, err := Diff(bytes.NewReader(orig), bytes.NewReader(fixed), opts); !errors.As(err, &u) || u.Section != "__dyndbg" {
+		t.Fatalf("without __dyndbg owned: %v, want the moved lines refused as changed data of __dyndbg (else the test shows nothing)", err)
+	}
+	opts.Owned = []string{"__dyndbg"}
+	r, err := Diff(bytes.NewReader(orig), bytes.NewReader(fixed), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Changed(), " "); got != "f" {
+		t.Fatalf("changed %q, want f", got)
+	}
+	obj, err := r.Object()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Section("__dyndbg") == nil {
+		t.Fatal("the patch object has no __dyndbg")
+	}
+	if jt := relocsOf(t, f, "__jump_table"); len(jt) != 3 || jt[2] != "8 __dyndbg" {
+		t.Errorf("__jump_table relocations %q, want the key in the patch's own __dyndbg", jt)
+	}
+	if rel := relocsOf(t, f, ".text.f"); !strings.Contains(strings.Join(rel, ","), "__dyndbg") {
+		t.Errorf(".text.f relocations %q, want the descriptor in the patch's own __dyndbg", rel)
+	}
+}

@@ -62,7 +62,7 @@ func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string,
 	}
 	h := fnv.New32a()
 	h.Write([]byte(tu.Source))
-	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: loc, Tables: carriedTables,
+	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: loc, Tables: carriedTables, Owned: ownedSections,
 		AliasPrefix: fmt.Sprintf("__syscare_klp_%08x_", h.Sum32())})
 	if err != nil {
 		return r, nil, err

@@ -37,6 +37,20 @@ var carriedTables = []diff.Table{
 	{Section: ".parainstructions", EntrySize: 16, Code: 0},
 }
 
+// ownedSections are carried whole as the module's own when carried code references
+// them. __dyndbg holds the pr_debug/dev_dbg descriptors (struct _ddebug,
+// include/linux/dynamic_debug.h): each holds its call site's line number, so a fix
+// that moves lines changes the descriptors of unchanged functions too, which the
+// differ must not take for changed data; and a carried function's descriptor must be
+// the module's own, so that its carried __jump_table entry names a key of the module
+// (dynamic_debug registers the module's __dyndbg at load: ddebug_add_module in
+// kernel/module/main.c), not one of a module that livepatch would reach too late (see
+// checkModuleTableRefs). The unit's other descriptors come along unused: no carried
+// jump entry names their keys; they show in the dynamic_debug control file under the
+// patch module's name. A changed format of a function whose code is unchanged is not
+// seen (the format is in the descriptor, not in the code).
+var ownedSections = []string{"__dyndbg"}
+
 // checkModuleTableRefs refuses a patch object of a module's translation unit whose
 // carried table entries (or alternative replacement code) need a symbol of that
 // module reached through livepatch (modSyms, by the patch object's name). In 6.1,

@@ -133,8 +133,7 @@ func TestInitRefused(t *testing.T) {
 
 // TestLayoutRefused: a fix that widens a member of a struct the changed functions use
 // (binfmt_misc's Node: int offset becomes long) is refused, naming the layout change.
-// The fix keeps every line where it was: a fix that moves lines in a file with
-// pr_debug sites is refused for now (their __dyndbg descriptors hold line numbers).
+// The fix keeps every line where it was, so that only the layout is refused.
 func TestLayoutRefused(t *testing.T) {
 	fp := compileFix(t, "layout")
 	vm := cachedVmlinux(t, fp.release)
