@@ -19,6 +19,13 @@ import (
 
 // cachedVmlinux unpacks the cached kernel-debuginfo RPM's vmlinux (once per test).
 func cachedVmlinux(t *testing.T, release string) *Vmlinux {
+	vm, _ := cachedDebuginfo(t, release)
+	return vm
+}
+
+// cachedDebuginfo unpacks the cached kernel-debuginfo RPM and returns its vmlinux and
+// the directory of its modules' debug files.
+func cachedDebuginfo(t *testing.T, release string) (*Vmlinux, string) {
 	m, _ := filepath.Glob(filepath.Join(qemuboot.Cache(t, release), "rpms/debuginfo-*/kernel-debuginfo-*.rpm"))
 	if len(m) == 0 {
 		t.Fatal("no cached kernel-debuginfo RPM (tests/kbuild TestInputsE2E makes it)")
@@ -33,7 +40,7 @@ func cachedVmlinux(t *testing.T, release string) *Vmlinux {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return vm
+	return vm, filepath.Join(dir, "usr/lib/debug/lib/modules", release, "kernel")
 }
 
 // TestSymversFromVmlinux: the exports and CRCs read from the debuginfo's vmlinux are
@@ -246,6 +253,53 @@ func TestTablesModule(t *testing.T) {
 	for name, size := range want {
 		if s := f.Section(name); s == nil || s.Size != size {
 			t.Errorf("module %s: %+v, want %d bytes", name, s, size)
+		}
+	}
+	t.Logf("module %s: %d bytes, %d livepatch relocations", m.Path, m.Size, m.KlpRelocations)
+}
+
+// TestDyndbgModule builds the module of a fix to binfmt_misc (a module) that adds a
+// pr_debug to check_special_flags and so moves the line of every pr_debug below it:
+// the descriptors of the unchanged functions (line numbers only) are not taken for
+// changed data, the changed function's descriptors are the module's own (its
+// __jump_table entries name keys in the module's __dyndbg, not binfmt_misc symbols
+// that livepatch would write too late), and the module builds.
+func TestDyndbgModule(t *testing.T) {
+	fp := compileFix(t, "dyndbg")
+	vm, mods := cachedDebuginfo(t, fp.release)
+	target, err := ReadModule(filepath.Join(mods, "fs/binfmt_misc.ko"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, obj, err := Diff(ctx, fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), target)
+	if err != nil {
+		t.Fatalf("diff: %v\n%s", err, tail(fp.log.String()))
+	}
+	t.Logf("changed %v, line-only %v", r.Changed(), r.LineOnly)
+	if len(r.Changed()) == 0 || len(r.LineOnly) == 0 {
+		t.Errorf("changed %v, line-only %v: want the changed function and line-only ones", r.Changed(), r.LineOnly)
+	}
+	po, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if po.Section("__dyndbg") == nil || po.Section("__jump_table") == nil {
+		t.Fatalf("patch object lacks __dyndbg or __jump_table")
+	}
+	m, err := BuildModule(ctx, ModuleInput{Name: "klp_dyndbg", Objects: []PatchObject{{TU: fp.tu, Object: obj, Target: target}},
+		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
+	if err != nil {
+		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
+	}
+	f, err := elf.Open(m.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, s := range f.Sections {
+		if strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__jump_table") || strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__dyndbg") {
+			t.Errorf("module has %s: a key reached through livepatch", s.Name)
 		}
 	}
 	t.Logf("module %s: %d bytes, %d livepatch relocations", m.Path, m.Size, m.KlpRelocations)
