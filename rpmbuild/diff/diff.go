@@ -94,6 +94,15 @@ type Options struct {
 	// is self-contained (it carries .upatch.offsets); nil leaves every target symbol to
 	// a lookup by name when the patch is loaded (as a hand-written patch does).
 	Resolver Resolver
+	// Tables are sections of fixed-size entries that index code (the kernel's
+	// exception table, alternatives, static keys...): they are left out of the
+	// comparison, and the patch object carries the entries of the code it carries.
+	Tables []Table
+	// Owned are sections of records the code points at that the patch carries whole,
+	// as its own, when carried code references them, and that are not compared (the
+	// kernel's pr_debug descriptors, __dyndbg: they hold line numbers, which a fix
+	// moves for the unchanged functions too).
+	Owned []string
 	// AliasPrefix is prepended to the names of local symbols of the original that the
 	// patch references; it must be unique per object so that objects of several
 	// translation units can be merged with `ld -r`. Empty: derived from the file name.
@@ -155,11 +164,12 @@ type Result struct {
 // Diff compares the original and the patched object of one translation unit.
 // It returns ErrNoChange or an *UnpatchableError for the two distinct outcomes.
 func Diff(orig, patched io.ReaderAt, opts Options) (*Result, error) {
-	o, err := readObject(orig, "original")
+	tables := opts.tableSections()
+	o, err := readObjectTables(orig, "original", tables)
 	if err != nil {
 		return nil, err
 	}
-	p, err := readObject(patched, "patched")
+	p, err := readObjectTables(patched, "patched", tables)
 	if err != nil {
 		return nil, err
 	}

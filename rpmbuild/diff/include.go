@@ -30,42 +30,57 @@ func include(r *Result) error {
 			add(s)
 		}
 	}
-	for len(work) > 0 {
-		s := work[len(work)-1]
-		work = work[:len(work)-1]
-		for _, rl := range s.relas {
-			if !patchobj.Supported[rl.typ] {
-				// e.g. R_X86_64_TLSGD: -fPIC code reaching a thread-local variable
-				return &UnpatchableError{Function: funcName(s), Section: s.name,
-					Reason: fmt.Sprintf("relocation %v at %#x (symbol %s) is not supported by the patch loader", rl.typ, rl.off, rl.sym.name)}
-			}
-			t := rl.sym
-			if t.sec == nil {
-				continue
-			}
-			ts := t.sec
-			if ts.include {
-				continue
-			}
-			if ts.merge() || !ts.interesting() {
-				add(ts)
-				continue
-			}
-			y := t
-			if t.typ == elf.STT_SECTION || !t.named() {
-				y = ts.covering(p.targetOffset(s, rl))
-			}
-			switch {
-			case y == nil && !readOnly(ts) && ts.twin != nil:
-				return &UnpatchableError{Function: funcName(s), Section: ts.name,
-					Reason: "reference to anonymous writable data of the original (no symbol names it)"}
-			case y == nil, y.twin == nil, ts.status != Same:
-				add(ts)
-			case !ts.exec() && readOnly(ts) && !ts.tls() && y.bind == elf.STB_LOCAL:
-				// Immutable: a private copy is as good as the original and needs no lookup.
-				add(ts)
+	// closure adds what the sections in work reference, until nothing is left.
+	closure := func() error {
+		for len(work) > 0 {
+			s := work[len(work)-1]
+			work = work[:len(work)-1]
+			for _, rl := range s.relas {
+				if !patchobj.Supported[rl.typ] {
+					// e.g. R_X86_64_TLSGD: -fPIC code reaching a thread-local variable
+					return &UnpatchableError{Function: funcName(s), Section: s.name,
+						Reason: fmt.Sprintf("relocation %v at %#x (symbol %s) is not supported by the patch loader", rl.typ, rl.off, rl.sym.name)}
+				}
+				t := rl.sym
+				if t.sec == nil {
+					continue
+				}
+				ts := t.sec
+				if ts.include {
+					continue
+				}
+				if ts.merge() || !ts.interesting() {
+					add(ts)
+					continue
+				}
+				y := t
+				if t.typ == elf.STT_SECTION || !t.named() {
+					y = ts.covering(p.targetOffset(s, rl))
+				}
+				switch {
+				case y == nil && !readOnly(ts) && ts.twin != nil:
+					return &UnpatchableError{Function: funcName(s), Section: ts.name,
+						Reason: "reference to anonymous writable data of the original (no symbol names it)"}
+				case y == nil, y.twin == nil, ts.status != Same:
+					add(ts)
+				case !ts.exec() && readOnly(ts) && !ts.tls() && y.bind == elf.STB_LOCAL:
+					// Immutable: a private copy is as good as the original and needs no lookup.
+					add(ts)
+				}
 			}
 		}
+		return nil
+	}
+	if err := closure(); err != nil {
+		return err
+	}
+	// The table entries of the included code, and then what they reference (the
+	// strings a BUG entry names, the replacement code of an alternative...).
+	if err := carryTables(r, add); err != nil {
+		return err
+	}
+	if err := closure(); err != nil {
+		return err
 	}
 	for _, s := range p.secs {
 		if s.include {

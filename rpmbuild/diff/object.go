@@ -27,6 +27,8 @@ type object struct {
 	other *object
 	// patched tells the patched object from the original.
 	patched bool
+	// tables names the sections of Options.Tables and their Aux sections.
+	tables map[string]bool
 }
 
 type section struct {
@@ -57,6 +59,10 @@ type section struct {
 	// that relocations reach in it, in order (see findPools).
 	pool   bool
 	pieces []int64
+	// table marks a section of Options.Tables (or a table's Aux section) or of
+	// Options.Owned: it takes no part in the comparison; the patch carries the entries
+	// of the included code (Tables), or the whole section when it is referenced.
+	table bool
 }
 
 type symbol struct {
@@ -92,6 +98,9 @@ func (s *section) merge() bool { return s.flags&elf.SHF_MERGE != 0 || s.pool }
 // interesting tells whether a section takes part in the comparison: allocated code and
 // data, and COMDAT groups. Unwind tables and debug info follow the code they describe.
 func (s *section) interesting() bool {
+	if s.table {
+		return false
+	}
 	if s.typ == elf.SHT_GROUP {
 		return true
 	}
@@ -149,6 +158,12 @@ func (y *symbol) kind() string {
 }
 
 func readObject(r io.ReaderAt, what string) (*object, error) {
+	return readObjectTables(r, what, nil)
+}
+
+// readObjectTables reads an object whose sections named in tables are tables of
+// entries indexing code (see Table).
+func readObjectTables(r io.ReaderAt, what string, tables map[string]bool) (*object, error) {
 	f, err := elfsafe.NewFile(r)
 	if err != nil {
 		return nil, fmt.Errorf("%s object: %w", what, err)
@@ -159,7 +174,7 @@ func readObject(r io.ReaderAt, what string) (*object, error) {
 	if f.Type != elf.ET_REL {
 		return nil, fmt.Errorf("%s object: %w: ELF type %v, want ET_REL", what, elfsafe.ErrMalformed, f.Type)
 	}
-	o := &object{elf: f}
+	o := &object{elf: f, tables: tables}
 	err = elfsafe.Guard(what+" object", func() error { return o.load() })
 	if err != nil {
 		return nil, fmt.Errorf("%s object: %w", what, err)
@@ -172,7 +187,7 @@ func (o *object) load() error {
 	o.secs = make([]*section, len(f.Sections))
 	for i, s := range f.Sections {
 		sec := &section{idx: i, name: s.Name, typ: s.Type, flags: s.Flags, align: s.Addralign,
-			entsize: s.Entsize, size: s.Size, link: s.Link, info: s.Info}
+			entsize: s.Entsize, size: s.Size, link: s.Link, info: s.Info, table: o.tables[s.Name]}
 		o.secs[i] = sec
 		if sec.align > 1<<16 || sec.align&(sec.align-1) != 0 {
 			return fmt.Errorf("section %q: alignment %d is not a power of two up to 64 KiB", s.Name, sec.align)
@@ -297,7 +312,7 @@ func (o *object) readRela(s *section) error {
 		return fmt.Errorf("section %q: target section %d out of range", s.name, s.info)
 	}
 	target := o.secs[s.info]
-	if strings.HasPrefix(target.name, ".debug") || !target.interesting() {
+	if strings.HasPrefix(target.name, ".debug") || !target.interesting() && !target.table {
 		return nil
 	}
 	if len(s.data)%24 != 0 {

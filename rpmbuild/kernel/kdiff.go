@@ -19,22 +19,22 @@ import (
 
 // Diff compares the original and patched object of tu with rpmbuild/diff under the
 // kernel's rules and returns the differ's result and its patch object. The kernel's
-// table sections are set aside first (they index code, they are not data the new code
-// uses); then come the kernel's refusals: a changed exported-symbol table, changed
-// __init code or data, and a replaced function that has entries in a table the module
-// does not carry yet. Refusals are *diff.UnpatchableError naming function, section
-// and reason; an unchanged object gives diff.ErrNoChange. loc places the local symbols
-// of the object the unit is linked into (vmlinux or the module).
+// table sections the module does without are set aside first (they index code, they
+// are not data the new code uses), and the differ carries the entries of the tables
+// the module needs (carriedTables) for the functions it carries; then come the
+// kernel's refusals: a changed exported-symbol table and changed __init code or data.
+// Refusals are *diff.UnpatchableError naming function, section and reason; an
+// unchanged object gives diff.ErrNoChange. loc places the local symbols of the object
+// the unit is linked into (vmlinux or the module).
 func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string, loc diff.Locator) (*diff.Result, []byte, error) {
-	usesO, presentO, err := kernelTables(orig)
+	presentO, err := kernelTables(orig)
 	if err != nil {
 		return nil, nil, err
 	}
-	usesP, presentP, err := kernelTables(patched)
+	presentP, err := kernelTables(patched)
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = usesO
 	if eo, ep := exportTable(presentO), exportTable(presentP); strings.Join(eo, " ") != strings.Join(ep, " ") {
 		return nil, nil, &diff.UnpatchableError{Function: strings.Join(symDiff(eo, ep), " "), Section: "__ksymtab",
 			Reason: "the fix changes the kernel's exported-symbol table; a live patch cannot add or remove exports"}
@@ -62,19 +62,10 @@ func Diff(ctx context.Context, log io.Writer, tu TU, orig, patched, work string,
 	}
 	h := fnv.New32a()
 	h.Write([]byte(tu.Source))
-	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: loc, AliasPrefix: fmt.Sprintf("__syscare_klp_%08x_", h.Sum32())})
+	r, err := diff.Diff(bytes.NewReader(ob), bytes.NewReader(pb), diff.Options{Locator: loc, Tables: carriedTables, Owned: ownedSections,
+		AliasPrefix: fmt.Sprintf("__syscare_klp_%08x_", h.Sum32())})
 	if err != nil {
 		return r, nil, err
-	}
-	for _, sec := range r.Included {
-		for table, users := range usesP {
-			for _, u := range users {
-				if u == sec {
-					return r, nil, &diff.UnpatchableError{Function: strings.TrimPrefix(sec, ".text."), Section: table,
-						Reason: "the function has entries in the " + neededTables[table] + " table, which kernel patches do not carry yet"}
-				}
-			}
-		}
 	}
 	obj, err := r.Object()
 	if err != nil {

@@ -142,6 +142,8 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 			m.Funcs = append(m.Funcs, patchmeta.Function{Name: f.OldName, Pos: f.OldPos})
 		}
 		seen := map[string]bool{}
+		// modSyms are the names reached through livepatch in the patched module.
+		modSyms := map[string]bool{}
 		for _, s := range o.Symbols {
 			if s.Defined() || s.Name == "" || seen[s.Name] || s.Type == elf.STT_FILE {
 				continue
@@ -150,6 +152,7 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 			if t, ok := o.SymbolPos[s.Name]; ok {
 				// A local of the original translation unit: its kallsyms position.
 				fmt.Fprintf(&redefine, "%s %s\n", s.Name, KlpSymName(objName, t.Name, t.Pos))
+				modSyms[s.Name] = po.Target != nil
 				continue
 			}
 			if po.Target != nil {
@@ -158,6 +161,7 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 				// depend on it, and refuse to load while it is not loaded.
 				if pos, ok := po.Target.GlobalPos(s.Name); ok {
 					fmt.Fprintf(&redefine, "%s %s\n", s.Name, KlpSymName(objName, s.Name, pos))
+					modSyms[s.Name] = true
 					continue
 				}
 			}
@@ -169,6 +173,11 @@ func BuildModule(ctx context.Context, in ModuleInput) (*Module, error) {
 				return nil, fmt.Errorf("%s: the fix uses %s, which the kernel neither exports nor defines", po.TU.Source, s.Name)
 			}
 			fmt.Fprintf(&redefine, "%s %s\n", s.Name, KlpSymName("vmlinux", s.Name, pos))
+		}
+		if po.Target != nil {
+			if err := checkModuleTableRefs(po.Object, po.TU.Module, modSyms); err != nil {
+				return nil, fmt.Errorf("%s: %w", po.TU.Source, err)
+			}
 		}
 		raw := filepath.Join(in.Dir, fmt.Sprintf("patch-%d.in", i))
 		mid := filepath.Join(in.Dir, fmt.Sprintf("patch-%d.mid", i))

@@ -19,6 +19,13 @@ import (
 
 // cachedVmlinux unpacks the cached kernel-debuginfo RPM's vmlinux (once per test).
 func cachedVmlinux(t *testing.T, release string) *Vmlinux {
+	vm, _ := cachedDebuginfo(t, release)
+	return vm
+}
+
+// cachedDebuginfo unpacks the cached kernel-debuginfo RPM and returns its vmlinux and
+// the directory of its modules' debug files.
+func cachedDebuginfo(t *testing.T, release string) (*Vmlinux, string) {
 	m, _ := filepath.Glob(filepath.Join(qemuboot.Cache(t, release), "rpms/debuginfo-*/kernel-debuginfo-*.rpm"))
 	if len(m) == 0 {
 		t.Fatal("no cached kernel-debuginfo RPM (tests/kbuild TestInputsE2E makes it)")
@@ -33,7 +40,7 @@ func cachedVmlinux(t *testing.T, release string) *Vmlinux {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return vm
+	return vm, filepath.Join(dir, "usr/lib/debug/lib/modules", release, "kernel")
 }
 
 // TestSymversFromVmlinux: the exports and CRCs read from the debuginfo's vmlinux are
@@ -133,8 +140,7 @@ func TestInitRefused(t *testing.T) {
 
 // TestLayoutRefused: a fix that widens a member of a struct the changed functions use
 // (binfmt_misc's Node: int offset becomes long) is refused, naming the layout change.
-// The fix keeps every line where it was: a fix that moves lines in a file with
-// pr_debug sites is refused for now (their __dyndbg descriptors hold line numbers).
+// The fix keeps every line where it was, so that only the layout is refused.
 func TestLayoutRefused(t *testing.T) {
 	fp := compileFix(t, "layout")
 	vm := cachedVmlinux(t, fp.release)
@@ -203,4 +209,116 @@ func TestLoadavgModule(t *testing.T) {
 	if klpSyms == 0 || m.KlpRelocations == 0 {
 		t.Errorf("%d .klp.sym symbols, %d relocations moved", klpSyms, m.KlpRelocations)
 	}
+}
+
+// TestTablesModule builds the module of a fix to meminfo_proc_show, a function with
+// alternatives (static_cpu_has: an .altinstructions entry whose replacement jumps back
+// into the function, and .altinstr_aux code) to which the fix adds a WARN_ON_ONCE
+// (a __bug_table entry naming the file): the patch object and the module carry the
+// function's two alternative entries, its replacement piece and the new BUG entry.
+func TestTablesModule(t *testing.T) {
+	fp := compileFix(t, "meminfo")
+	vm := cachedVmlinux(t, fp.release)
+	ctx := context.Background()
+	r, obj, err := Diff(ctx, fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), vm)
+	if err != nil {
+		t.Fatalf("diff: %v\n%s", err, tail(fp.log.String()))
+	}
+	if got := strings.Join(r.Changed(), " "); got != "meminfo_proc_show" {
+		t.Fatalf("changed %q, want meminfo_proc_show", got)
+	}
+	want := map[string]uint64{".altinstructions": 24, "__bug_table": 12}
+	po, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range want {
+		if s := po.Section(name); s == nil || s.Size != size {
+			t.Errorf("patch object %s: %+v, want %d bytes", name, s, size)
+		}
+	}
+	if po.Section(".altinstr_replacement") == nil || po.Section(".altinstr_aux") == nil {
+		t.Errorf("patch object lacks the replacement or aux code of the alternatives")
+	}
+	m, err := BuildModule(ctx, ModuleInput{Name: "klp_meminfo", Objects: []PatchObject{{TU: fp.tu, Object: obj}},
+		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
+	if err != nil {
+		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
+	}
+	f, err := elf.Open(m.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for name, size := range want {
+		if s := f.Section(name); s == nil || s.Size != size {
+			t.Errorf("module %s: %+v, want %d bytes", name, s, size)
+		}
+	}
+	t.Logf("module %s: %d bytes, %d livepatch relocations", m.Path, m.Size, m.KlpRelocations)
+}
+
+// TestDyndbgModule builds the module of a fix to binfmt_misc (a module) that adds a
+// pr_debug to check_special_flags and so moves the line of every pr_debug below it:
+// the descriptors of the unchanged functions (line numbers only) are not taken for
+// changed data, the changed function's descriptors are the module's own (its
+// __jump_table entries name keys in the module's __dyndbg, not binfmt_misc symbols
+// that livepatch would write too late), and the module builds.
+func TestDyndbgModule(t *testing.T) {
+	fp := compileFix(t, "dyndbg")
+	vm, mods := cachedDebuginfo(t, fp.release)
+	target, err := ReadModule(filepath.Join(mods, "fs/binfmt_misc.ko"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r, obj, err := Diff(ctx, fp.log, fp.tu, fp.orig, fp.patched, filepath.Join(fp.work, "diff"), target)
+	if err != nil {
+		t.Fatalf("diff: %v\n%s", err, tail(fp.log.String()))
+	}
+	// check_special_flags is inlined into bm_register_write.
+	if got := strings.Join(r.Changed(), " "); got != "bm_register_write" {
+		t.Errorf("changed %q, want bm_register_write", got)
+	}
+	// The descriptors below the new line did change (their line numbers): the diff
+	// above went through because they are not compared.
+	dd := func(path string) []byte {
+		f, err := elf.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		s := f.Section("__dyndbg")
+		if s == nil {
+			t.Fatalf("%s has no __dyndbg", path)
+		}
+		b, _ := s.Data()
+		return b
+	}
+	if o, p := dd(fp.orig), dd(fp.patched); len(p) != len(o)+56 || bytes.Equal(o, p[:len(o)]) {
+		t.Errorf("__dyndbg: %d bytes before, %d after: want one more 56-byte descriptor and moved lines in the others", len(o), len(p))
+	}
+	po, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if po.Section("__dyndbg") == nil || po.Section("__jump_table") == nil {
+		t.Fatalf("patch object lacks __dyndbg or __jump_table")
+	}
+	m, err := BuildModule(ctx, ModuleInput{Name: "klp_dyndbg", Objects: []PatchObject{{TU: fp.tu, Object: obj, Target: target}},
+		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
+	if err != nil {
+		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
+	}
+	f, err := elf.Open(m.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, s := range f.Sections {
+		if strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__jump_table") || strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__dyndbg") {
+			t.Errorf("module has %s: a key reached through livepatch", s.Name)
+		}
+	}
+	t.Logf("module %s: %d bytes, %d livepatch relocations", m.Path, m.Size, m.KlpRelocations)
 }

@@ -104,6 +104,13 @@ var kernelCases = []kernelCase{
 	{name: "d", proc: "binfmt", patch: "module", funcs: []string{"bm_status_read"}, prereq: "fs/binfmt_misc.ko",
 		patched: func(s string) bool { return s == "enabled (syscare-live-patched)" },
 		out:     []string{"changed: bm_status_read", "Patch report for binfmt_misc"}},
+	// A function with table entries: meminfo_proc_show has two .altinstructions
+	// entries (static_cpu_has: a replacement that jumps back into it, and
+	// .altinstr_aux code), and the fix adds a WARN_ON_ONCE (a __bug_table entry): the
+	// module carries them; the line the fix adds shows the replacement runs.
+	{name: "f", proc: "meminfo", patch: "meminfo", funcs: []string{"meminfo_proc_show"},
+		patched: func(s string) bool { return strings.HasSuffix(s, "\nSyscareLivePatched: yes") },
+		out:     []string{"changed: meminfo_proc_show"}},
 	// A function of an out-of-tree module built from its own source RPM.
 	{name: "e", proc: "syscare_testmod", patch: "outoftree", funcs: []string{"testmod_show"}, testmod: true,
 		patched: func(s string) bool { return s == "testmod syscare-live-patched" },
