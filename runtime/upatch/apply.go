@@ -22,6 +22,9 @@ type prepared struct {
 	tgt   *target
 	maps  []proc.Mapping
 	mods  []frameModule // call-frame tables of the mapped files, for the stack check
+	// modsC delivers mods: the tables are read while the rest is prepared and
+	// staged (see framesLater).
+	modsC <-chan []frameModule
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
@@ -41,6 +44,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err != nil {
 		return nil, exited(pid, err)
 	}
+	modsC := e.framesLater(pid, maps)
 	tgt, err := findTarget(pid, maps, o.Binary)
 	if err != nil {
 		return nil, exitedOr(pid, len(maps) == 0, err)
@@ -57,7 +61,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err := e.checkInterposed(pid, maps, tgt, obj); err != nil {
 		return nil, err
 	}
-	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, mods: e.frameModules(pid, maps), uuid: o.UUID}
+	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, modsC: modsC, uuid: o.UUID}
 	for _, f := range obj.Funcs {
 		old, err := oldFunction(obj, f, ef, tgt.path)
 		if err != nil {
@@ -110,6 +114,7 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 			return Stats{}, err
 		}
 	}
+	p.mods = <-p.modsC
 	p.query = openQuery(pid)
 	defer p.query.Close()
 	st, err := e.frozen(t, pid, o, refresh, p.apply)

@@ -137,6 +137,18 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 	return out
 }
 
+// framesLater runs frameModules in the background and delivers its result once:
+// reading the tables (opening and mapping each file, parsing its section headers)
+// is the longest part of preparing a patch, and nothing needs them before the
+// freeze, so on a machine with more than one CPU it overlaps the target's symbol
+// lookups and the staging. The channel is buffered: a caller that gives up early
+// leaves nothing blocked.
+func (e *Engine) framesLater(pid int, maps []proc.Mapping) <-chan []frameModule {
+	c := make(chan []frameModule, 1)
+	go func() { c <- e.frameModules(pid, maps) }()
+	return c
+}
+
 // vmas tells which mapping covers an address of a stopped process: through
 // PROCMAP_QUERY (one ioctl per address) where the kernel has it, else from the maps
 // read once the process was stopped. Only a few addresses matter in a freeze (each
