@@ -22,6 +22,7 @@ type prepared struct {
 	tgt   *target
 	maps  []proc.Mapping
 	mods  []frameModule // call-frame tables of the mapped files, for the stack check
+	area  stackArea     // room for the stack copies of the check
 	// modsC delivers mods: the tables are read while the rest is prepared and
 	// staged (see framesLater).
 	modsC <-chan []frameModule
@@ -109,11 +110,13 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 	}
 	// With several threads the patch is staged with one of them stopped, out of the
 	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
-	if tids, err := proc.Threads(pid); err == nil && len(tids) > 1 {
+	tids, err := proc.Threads(pid)
+	if err == nil && len(tids) > 1 {
 		if err := e.stage(t, p); err != nil {
 			return Stats{}, err
 		}
 	}
+	p.area = newStackArea(len(tids))
 	p.mods = <-p.modsC
 	p.query = openQuery(pid)
 	defer p.query.Close()
@@ -166,7 +169,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if m, ok := vm.at(p.tgt.lo); !ok || m.Start != p.tgt.lo || m.Dev != p.tgt.dev || m.Inode != p.tgt.inode {
 		return fmt.Errorf("pid %d: %s is no longer mapped at %#x (the process ran execve?); try again", p.pid, p.tgt.path, p.tgt.lo)
 	}
-	if err := checkThreads(pr, vm, mods, ranges, nil, nil); err != nil {
+	if err := checkThreads(pr, vm, mods, ranges, nil, nil, p.area); err != nil {
 		return err
 	}
 

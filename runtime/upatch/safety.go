@@ -26,7 +26,9 @@ type busyRange struct {
 // named first when a thread is in one), and entries are the replaced functions: a
 // direct call of one leads into the patch, whose code has no call-frame information
 // (see callSites).
-func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, outer *busyRange, entries map[uint64]bool) error {
+//
+// The copies of the stacks go into area as far as it reaches (see stackArea).
+func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, outer *busyRange, entries map[uint64]bool, area stackArea) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -55,7 +57,9 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 			}
 			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, r.Rsp)
 		}
-		addrs, stacks, owners = append(addrs, lo), append(stacks, make([]byte, hi-lo)), append(owners, tid)
+		var b []byte
+		b, area = area.take(hi - lo)
+		addrs, stacks, owners = append(addrs, lo), append(stacks, b), append(owners, tid)
 		regs = append(regs, r)
 	}
 	// One read for every thread's live stack.
@@ -92,6 +96,38 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 		return be
 	}
 	return nil
+}
+
+// stackArea is memory for the copies of the thread stacks that the safety check
+// reads in the freeze, allocated and written once before the process is stopped:
+// fresh memory takes a page fault at its first write (a trap to the hypervisor on
+// a virtual machine, tens of microseconds each there), which would otherwise come
+// during the copy, one per page of every stack, while the process waits. A stack
+// that does not fit gets memory of its own.
+type stackArea []byte
+
+// stackAreaPerThread is what the area sets aside for each thread: the live part of
+// a stack, from its pointer to the end of the mapping, is a few KiB in most threads
+// (the frames, then the thread's TLS and descriptor at the top).
+const stackAreaPerThread = 16 << 10
+
+// newStackArea returns an area for the stacks of n threads, written so that its
+// pages are present.
+func newStackArea(n int) stackArea {
+	a := make(stackArea, min(n, 256)*stackAreaPerThread)
+	for i := 0; i < len(a); i += pageSize {
+		a[i] = 1
+	}
+	return a
+}
+
+// take returns n bytes from the front of a, or fresh ones if a is too short, and
+// what is left of a.
+func (a stackArea) take(n uint64) ([]byte, stackArea) {
+	if n <= uint64(len(a)) {
+		return a[:n:n], a[n:]
+	}
+	return make([]byte, n), a
 }
 
 // stackBounds returns the live part [sp, end of its mapping) of a thread's stack.
