@@ -16,13 +16,13 @@ import (
 
 // prepared is everything computed for one process before it is stopped.
 type prepared struct {
-	pid   int
-	obj   *patchobj.Object
-	plan  *layout.Plan
-	tgt   *target
-	maps  []proc.Mapping
-	mods  []frameModule // call-frame tables of the mapped files, for the stack check
-	area  stackArea     // room for the stack copies of the check
+	pid  int
+	obj  *patchobj.Object
+	plan *layout.Plan
+	tgt  *target
+	maps []proc.Mapping
+	mods []frameModule // call-frame tables of the mapped files, for the stack check
+	area stackArea     // room for the stack copies of the check
 	// modsC delivers mods: the tables are read while the rest is prepared and
 	// staged (see framesLater).
 	modsC <-chan []frameModule
