@@ -270,6 +270,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if o.patch == "" {
 			return usageError{"patch: --patch is required"}
 		}
+		if len(o.pids) > 0 {
+			// The target's files are read while the object is parsed.
+			eng.Prefetch(o.pids[0], opts)
+		}
 		obj, err := loadObject(o.patch)
 		if err != nil {
 			return err
