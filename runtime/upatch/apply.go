@@ -33,7 +33,9 @@ type prepared struct {
 	query *proc.Query // mapping queries for the freeze; nil: it reads maps
 }
 
-func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, error) {
+// With several threads, the call-frame tables are read while the rest is prepared
+// and staged (see framesLater).
+func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options, several bool) (*prepared, error) {
 	if o.UUID == "" || len(o.UUID) > maxUUIDLen {
 		return nil, fmt.Errorf("patch uuid %q: must be 1 to %d characters", o.UUID, maxUUIDLen)
 	}
@@ -45,7 +47,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err != nil {
 		return nil, exited(pid, err)
 	}
-	modsC := e.framesLater(pid, maps)
+	modsC := e.framesLater(pid, maps, several)
 	tgt, err := findTarget(pid, maps, o.Binary)
 	if err != nil {
 		return nil, exitedOr(pid, len(maps) == 0, err)
@@ -92,7 +94,11 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 }
 
 func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Options) (Stats, error) {
-	p, err := e.prepare(pid, obj, o)
+	// With several threads the patch is staged with one of them stopped, out of the
+	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
+	tids, err := proc.Threads(pid)
+	several := err == nil && len(tids) > 1
+	p, err := e.prepare(pid, obj, o, several)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -108,15 +114,12 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 		p.mods = e.frameModules(pid, maps)
 		return nil
 	}
-	// With several threads the patch is staged with one of them stopped, out of the
-	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
-	tids, err := proc.Threads(pid)
-	if err == nil && len(tids) > 1 {
+	if several {
 		if err := e.stage(t, p); err != nil {
 			return Stats{}, err
 		}
+		p.area = newStackArea(len(tids))
 	}
-	p.area = newStackArea(len(tids))
 	p.mods = <-p.modsC
 	p.query = openQuery(pid)
 	defer p.query.Close()

@@ -137,14 +137,20 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 	return out
 }
 
-// framesLater runs frameModules in the background and delivers its result once:
-// reading the tables (opening and mapping each file, parsing its section headers)
-// is the longest part of preparing a patch, and nothing needs them before the
-// freeze, so on a machine with more than one CPU it overlaps the target's symbol
-// lookups and the staging. The channel is buffered: a caller that gives up early
-// leaves nothing blocked.
-func (e *Engine) framesLater(pid int, maps []proc.Mapping) <-chan []frameModule {
+// framesLater delivers frameModules' result once. In the background, when a
+// staging follows (several threads): reading the tables (opening and mapping each
+// file, parsing its section headers) is the longest part of preparing a patch, and
+// nothing needs them before the freeze, so on a machine with more than one CPU it
+// overlaps the target's symbol lookups and the staging. Otherwise there is little
+// to overlap (and tables already cached cost a stat per file): it reads them at
+// once. The channel is buffered: a caller that gives up early leaves nothing
+// blocked.
+func (e *Engine) framesLater(pid int, maps []proc.Mapping, background bool) <-chan []frameModule {
 	c := make(chan []frameModule, 1)
+	if !background {
+		c <- e.frameModules(pid, maps)
+		return c
+	}
 	go func() { c <- e.frameModules(pid, maps) }()
 	return c
 }

@@ -21,8 +21,10 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 		}
 		mods = e.frameModules(pid, maps)
 		if area == nil {
-			tids, _ := proc.Threads(pid)
-			area = newStackArea(len(tids))
+			// Worth it with several threads (a single one has one stack to copy).
+			if tids, _ := proc.Threads(pid); len(tids) > 1 {
+				area = newStackArea(len(tids))
+			}
 		}
 		return nil
 	}
