@@ -118,7 +118,8 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 		if err := e.stage(t, p); err != nil {
 			return Stats{}, err
 		}
-		p.area = newStackArea(len(tids))
+		p.area = getStackArea(len(tids))
+		defer func() { putStackArea(p.area) }()
 	}
 	p.mods = <-p.modsC
 	p.query = openQuery(pid)

@@ -3,6 +3,7 @@ package upatch
 import (
 	"fmt"
 	"sort"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -135,6 +136,29 @@ func newStackArea(n int) stackArea {
 		a[i] = 1
 	}
 	return a
+}
+
+// stackAreas keeps areas between operations: an engine that patches again (a
+// helper, a batch, the benchmarks) reuses memory whose pages are present rather
+// than allocating and populating an area per operation, which also keeps the
+// garbage collector, and its work during a freeze, away.
+var stackAreas sync.Pool // of *stackArea
+
+// getStackArea returns an area for n threads, a kept one if it is large enough.
+func getStackArea(n int) stackArea {
+	if a, ok := stackAreas.Get().(*stackArea); ok {
+		if len(*a) >= min(n, 256)*stackAreaPerThread {
+			return *a
+		}
+	}
+	return newStackArea(n)
+}
+
+// putStackArea keeps a for the next operation; nothing may use it any more.
+func putStackArea(a stackArea) {
+	if len(a) > 0 {
+		stackAreas.Put(&a)
+	}
 }
 
 // take returns n bytes from the front of a, or fresh ones if a is too short, and

@@ -23,11 +23,12 @@ func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Sta
 		if area == nil {
 			// Worth it with several threads (a single one has one stack to copy).
 			if tids, _ := proc.Threads(pid); len(tids) > 1 {
-				area = newStackArea(len(tids))
+				area = getStackArea(len(tids))
 			}
 		}
 		return nil
 	}
+	defer func() { putStackArea(area) }()
 	q := openQuery(pid)
 	defer q.Close()
 	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid, o.KeepShadow, area) })
