@@ -771,3 +771,23 @@ func waitInSyscall(t *testing.T, pid int, nr int) {
 	}
 	t.Fatalf("pid %d did not block in system call %d within 10s", pid, nr)
 }
+
+// NewTracer returns before its thread runs: a request made at once waits for
+// the thread and runs there, and a tracer closed before its thread ran ends
+// cleanly and refuses requests.
+func TestNewTracerReturnsBeforeThreadRuns(t *testing.T) {
+	tr := NewTracer()
+	var tid int
+	if err := tr.Do(func() error { tid = unix.Gettid(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if tid != tr.tid || tid == 0 {
+		t.Errorf("first request ran on thread %d, tracer thread is %d", tid, tr.tid)
+	}
+	tr.Close()
+	early := NewTracer()
+	early.Close()
+	if err := early.Do(func() error { return nil }); err != ErrClosed {
+		t.Errorf("request after Close: %v, want ErrClosed", err)
+	}
+}

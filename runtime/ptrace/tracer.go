@@ -24,10 +24,11 @@ var ErrDetached = errors.New("process detached")
 
 // Tracer runs ptrace requests on one locked OS thread.
 type Tracer struct {
-	tid  int // OS thread id of the tracer goroutine
-	reqs chan request
-	quit chan struct{}
-	done chan struct{}
+	tid   int           // OS thread id of the tracer goroutine, set before ready closes
+	ready chan struct{} // closed once the thread runs
+	reqs  chan request
+	quit  chan struct{}
+	done  chan struct{}
 
 	// Owned by the tracer thread.
 	procs   map[int]*Process // attached processes, by pid
@@ -46,8 +47,14 @@ type request struct {
 const tracerNice = -10
 
 // NewTracer starts a tracer thread. Close it when done.
+//
+// It returns without waiting for the thread: starting one (a new OS thread for
+// the Go runtime, then its priority) takes a few hundred microseconds that the
+// caller spends on its own preparation, such as reading the target's files; the
+// first request waits for the thread if needed.
 func NewTracer() *Tracer {
 	t := &Tracer{
+		ready: make(chan struct{}),
 		reqs:  make(chan request),
 		quit:  make(chan struct{}),
 		done:  make(chan struct{}),
@@ -56,9 +63,7 @@ func NewTracer() *Tracer {
 
 		notifies: map[int]int{},
 	}
-	ready := make(chan struct{})
-	go t.loop(ready)
-	<-ready
+	go t.loop(t.ready)
 	return t
 }
 
@@ -109,6 +114,7 @@ func (t *Tracer) Do(fn func() error) error { return t.run(fn) }
 // locked goroutine is the only one that ever runs on that thread, so the
 // thread id identifies it), else by handing it over.
 func (t *Tracer) run(fn func() error) error {
+	<-t.ready
 	if unix.Gettid() == t.tid {
 		return fn()
 	}

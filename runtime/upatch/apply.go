@@ -16,12 +16,16 @@ import (
 
 // prepared is everything computed for one process before it is stopped.
 type prepared struct {
-	pid   int
-	obj   *patchobj.Object
-	plan  *layout.Plan
-	tgt   *target
-	maps  []proc.Mapping
-	mods  []frameModule // call-frame tables of the mapped files, for the stack check
+	pid  int
+	obj  *patchobj.Object
+	plan *layout.Plan
+	tgt  *target
+	maps []proc.Mapping
+	mods []frameModule // call-frame tables of the mapped files, for the stack check
+	area stackArea     // room for the stack copies of the check
+	// modsC delivers mods: the tables are read while the rest is prepared and
+	// staged (see framesLater).
+	modsC <-chan []frameModule
 	funcs []oldFunc
 	res   *resolver
 	uuid  string
@@ -29,7 +33,9 @@ type prepared struct {
 	query *proc.Query // mapping queries for the freeze; nil: it reads maps
 }
 
-func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, error) {
+// With several threads, the call-frame tables are read while the rest is prepared
+// and staged (see framesLater).
+func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options, several bool) (*prepared, error) {
 	if o.UUID == "" || len(o.UUID) > maxUUIDLen {
 		return nil, fmt.Errorf("patch uuid %q: must be 1 to %d characters", o.UUID, maxUUIDLen)
 	}
@@ -41,6 +47,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err != nil {
 		return nil, exited(pid, err)
 	}
+	modsC := e.framesLater(pid, maps, several)
 	tgt, err := findTarget(pid, maps, o.Binary)
 	if err != nil {
 		return nil, exitedOr(pid, len(maps) == 0, err)
@@ -57,7 +64,7 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 	if err := e.checkInterposed(pid, maps, tgt, obj); err != nil {
 		return nil, err
 	}
-	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, mods: e.frameModules(pid, maps), uuid: o.UUID}
+	p := &prepared{pid: pid, obj: obj, plan: plan, tgt: tgt, maps: maps, modsC: modsC, uuid: o.UUID}
 	for _, f := range obj.Funcs {
 		old, err := oldFunction(obj, f, ef, tgt.path)
 		if err != nil {
@@ -87,7 +94,11 @@ func (e *Engine) prepare(pid int, obj *patchobj.Object, o Options) (*prepared, e
 }
 
 func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Options) (Stats, error) {
-	p, err := e.prepare(pid, obj, o)
+	// With several threads the patch is staged with one of them stopped, out of the
+	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
+	tids, err := proc.Threads(pid)
+	several := err == nil && len(tids) > 1
+	p, err := e.prepare(pid, obj, o, several)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -103,13 +114,14 @@ func (e *Engine) patch(t *ptrace.Tracer, pid int, obj *patchobj.Object, o Option
 		p.mods = e.frameModules(pid, maps)
 		return nil
 	}
-	// With several threads the patch is staged with one of them stopped, out of the
-	// freeze; a single thread would be stopped twice for nothing: the freeze stages.
-	if tids, err := proc.Threads(pid); err == nil && len(tids) > 1 {
+	if several {
 		if err := e.stage(t, p); err != nil {
 			return Stats{}, err
 		}
+		p.area = getStackArea(len(tids))
+		defer func() { putStackArea(p.area) }()
 	}
+	p.mods = <-p.modsC
 	p.query = openQuery(pid)
 	defer p.query.Close()
 	st, err := e.frozen(t, pid, o, refresh, p.apply)
@@ -161,7 +173,7 @@ func (p *prepared) apply(pr *ptrace.Process) error {
 	if m, ok := vm.at(p.tgt.lo); !ok || m.Start != p.tgt.lo || m.Dev != p.tgt.dev || m.Inode != p.tgt.inode {
 		return fmt.Errorf("pid %d: %s is no longer mapped at %#x (the process ran execve?); try again", p.pid, p.tgt.path, p.tgt.lo)
 	}
-	if err := checkThreads(pr, vm, mods, ranges, nil, nil); err != nil {
+	if err := checkThreads(pr, vm, mods, ranges, nil, nil, p.area); err != nil {
 		return err
 	}
 

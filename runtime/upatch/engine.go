@@ -156,6 +156,26 @@ func (e *Engine) plan(obj *patchobj.Object) (*layout.Plan, error) {
 	return pe.plan, pe.err
 }
 
+// Prefetch starts reading, in the background, what patching pid will need from
+// files: the symbol tables of the target (o.Binary, as in Options) and the
+// call-frame tables of every executable mapping. Both land in the engine's caches,
+// keyed by the files' identity, where the patch takes them, or waits for a read
+// still in progress. A front end calls it before work of its own, such as parsing
+// the patch object, so that the two overlap. Failures are left for the patch to
+// find and report.
+func (e *Engine) Prefetch(pid int, o Options) {
+	go func() {
+		maps, err := proc.Maps(pid)
+		if err != nil {
+			return
+		}
+		go e.frameModules(pid, maps)
+		if tgt, err := findTarget(pid, maps, o.Binary); err == nil {
+			_, _ = e.elfs.Open(tgt.file)
+		}
+	}()
+}
+
 // Processes returns the pids of every process that maps the file at path, or a copy
 // of it with the same build-id (a container's own copy; see copies.go).
 func Processes(path string) ([]int, error) { return proc.ProcessesOfFile(path) }

@@ -140,6 +140,24 @@ func (e *Engine) frameModules(pid int, maps []proc.Mapping) []frameModule {
 	return out
 }
 
+// framesLater delivers frameModules' result once. In the background, when a
+// staging follows (several threads): reading the tables (opening and mapping each
+// file, parsing its section headers) is the longest part of preparing a patch, and
+// nothing needs them before the freeze, so on a machine with more than one CPU it
+// overlaps the target's symbol lookups and the staging. Otherwise there is little
+// to overlap (and tables already cached cost a stat per file): it reads them at
+// once. The channel is buffered: a caller that gives up early leaves nothing
+// blocked.
+func (e *Engine) framesLater(pid int, maps []proc.Mapping, background bool) <-chan []frameModule {
+	c := make(chan []frameModule, 1)
+	if !background {
+		c <- e.frameModules(pid, maps)
+		return c
+	}
+	go func() { c <- e.frameModules(pid, maps) }()
+	return c
+}
+
 // vmas tells which mapping covers an address of a stopped process: through
 // PROCMAP_QUERY (one ioctl per address) where the kernel has it, else from the maps
 // read once the process was stopped. Only a few addresses matter in a freeze (each

@@ -3,6 +3,8 @@ package upatch
 import (
 	"fmt"
 	"sort"
+	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +28,9 @@ type busyRange struct {
 // named first when a thread is in one), and entries are the replaced functions: a
 // direct call of one leads into the patch, whose code has no call-frame information
 // (see callSites).
-func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, outer *busyRange, entries map[uint64]bool) error {
+//
+// The copies of the stacks go into area as far as it reaches (see stackArea).
+func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []busyRange, outer *busyRange, entries map[uint64]bool, area stackArea) error {
 	sort.Slice(ranges, func(i, j int) bool { return ranges[i].lo < ranges[j].lo })
 	find := func(addr uint64) *busyRange {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i].hi > addr })
@@ -55,7 +59,9 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 			}
 			return fmt.Errorf("thread %d: stack pointer %#x is in no mapping; cannot check its stack", tid, r.Rsp)
 		}
-		addrs, stacks, owners = append(addrs, lo), append(stacks, make([]byte, hi-lo)), append(owners, tid)
+		var b []byte
+		b, area = area.take(hi - lo)
+		addrs, stacks, owners = append(addrs, lo), append(stacks, b), append(owners, tid)
 		regs = append(regs, r)
 	}
 	// One read for every thread's live stack.
@@ -114,6 +120,76 @@ func checkThreads(pr *ptrace.Process, vm *vmas, mods []unwind.Module, ranges []b
 		return be
 	}
 	return unchecked
+}
+
+// stackArea is memory for the copies of the thread stacks that the safety check
+// reads in the freeze, allocated and written once before the process is stopped:
+// fresh memory takes a page fault at its first write (a trap to the hypervisor on
+// a virtual machine, tens of microseconds each there), which would otherwise come
+// during the copy, one per page of every stack, while the process waits. A stack
+// that does not fit gets memory of its own.
+type stackArea []byte
+
+// stackAreaPerThread is what the area sets aside for each thread: the live part of
+// a stack, from its pointer to the end of the mapping, is a few KiB in most threads
+// (the frames, then the thread's TLS and descriptor at the top).
+const stackAreaPerThread = 16 << 10
+
+// newStackArea returns an area for the stacks of n threads whose pages are
+// present: populated with one madvise (MADV_POPULATE_WRITE, Linux 5.14), which
+// costs one trap where writing a byte per page costs one fault per page; written
+// where the kernel lacks it.
+func newStackArea(n int) stackArea {
+	a := make(stackArea, min(n, 256)*stackAreaPerThread)
+	if len(a) == 0 {
+		return a
+	}
+	// A slice this large is a span of its own, page aligned; the rounding only
+	// guards against a runtime that would place it otherwise.
+	start := (uintptr(unsafe.Pointer(&a[0])) + pageSize - 1) &^ (pageSize - 1)
+	end := (uintptr(unsafe.Pointer(&a[0])) + uintptr(len(a))) &^ (pageSize - 1)
+	if end > start {
+		_, _, errno := unix.Syscall(unix.SYS_MADVISE, start, end-start, unix.MADV_POPULATE_WRITE)
+		if errno == 0 {
+			return a
+		}
+	}
+	for i := 0; i < len(a); i += pageSize {
+		a[i] = 1
+	}
+	return a
+}
+
+// stackAreas keeps areas between operations: an engine that patches again (a
+// helper, a batch, the benchmarks) reuses memory whose pages are present rather
+// than allocating and populating an area per operation, which also keeps the
+// garbage collector, and its work during a freeze, away.
+var stackAreas sync.Pool // of *stackArea
+
+// getStackArea returns an area for n threads, a kept one if it is large enough.
+func getStackArea(n int) stackArea {
+	if a, ok := stackAreas.Get().(*stackArea); ok {
+		if len(*a) >= min(n, 256)*stackAreaPerThread {
+			return *a
+		}
+	}
+	return newStackArea(n)
+}
+
+// putStackArea keeps a for the next operation; nothing may use it any more.
+func putStackArea(a stackArea) {
+	if len(a) > 0 {
+		stackAreas.Put(&a)
+	}
+}
+
+// take returns n bytes from the front of a, or fresh ones if a is too short, and
+// what is left of a.
+func (a stackArea) take(n uint64) ([]byte, stackArea) {
+	if n <= uint64(len(a)) {
+		return a[:n:n], a[n:]
+	}
+	return make([]byte, n), a
 }
 
 // stackBounds returns the live part [sp, end of its mapping) of a thread's stack.

@@ -25,13 +25,19 @@ type staged struct {
 // it, with only one thread of the process stopped (the region is new memory that no
 // code uses, and an IFUNC resolver reads only CPU features), so that none of this
 // lengthens the freeze. A failed freeze leaves the region to unstage.
+//
+// It all runs on the tracer thread (Tracer.Do): called from elsewhere, the stop,
+// the injected mmap, the write and the resume would each be a handoff to that
+// thread and back, and the stopped thread waits for every one of them.
 func (e *Engine) stage(t *ptrace.Tracer, p *prepared) error {
-	pr, err := t.AttachThread(p.pid)
-	if err != nil {
-		return exited(p.pid, fmt.Errorf("stop a thread of pid %d: %w", p.pid, err))
-	}
-	defer pr.Detach()
-	return p.stageIn(pr)
+	return t.Do(func() error {
+		pr, err := t.AttachThread(p.pid)
+		if err != nil {
+			return exited(p.pid, fmt.Errorf("stop a thread of pid %d: %w", p.pid, err))
+		}
+		defer pr.Detach()
+		return p.stageIn(pr)
+	})
 }
 
 // stageIn stages the patch in pr, stopped in part or in whole.
@@ -110,15 +116,18 @@ func (e *Engine) unstage(t *ptrace.Tracer, p *prepared) {
 	if p.stage == nil && !p.res.shadowNew {
 		return
 	}
-	pr, err := t.AttachThread(p.pid)
-	if err != nil {
-		return // exited: nothing left to clean
-	}
-	defer pr.Detach()
-	if p.stage != nil {
-		if _, err := pr.Syscall(unix.SYS_MUNMAP, p.stage.base, p.stage.total); err == nil {
-			p.stage = nil
+	_ = t.Do(func() error { // one handoff, as in stage
+		pr, err := t.AttachThread(p.pid)
+		if err != nil {
+			return nil // exited: nothing left to clean
 		}
-	}
-	p.res.dropNewShadow(pr)
+		defer pr.Detach()
+		if p.stage != nil {
+			if _, err := pr.Syscall(unix.SYS_MUNMAP, p.stage.base, p.stage.total); err == nil {
+				p.stage = nil
+			}
+		}
+		p.res.dropNewShadow(pr)
+		return nil
+	})
 }

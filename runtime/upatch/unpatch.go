@@ -13,20 +13,28 @@ import (
 func (e *Engine) unpatch(t *ptrace.Tracer, pid int, uuid string, o Options) (Stats, error) {
 	var maps []proc.Mapping
 	var mods []frameModule
+	var area stackArea
 	readMaps := func(int) error {
 		var err error
 		if maps, err = proc.Maps(pid); err != nil {
 			return exited(pid, err)
 		}
 		mods = e.frameModules(pid, maps)
+		if area == nil {
+			// Worth it with several threads (a single one has one stack to copy).
+			if tids, _ := proc.Threads(pid); len(tids) > 1 {
+				area = getStackArea(len(tids))
+			}
+		}
 		return nil
 	}
+	defer func() { putStackArea(area) }()
 	q := openQuery(pid)
 	defer q.Close()
-	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid, o.KeepShadow) })
+	return e.frozen(t, pid, o, readMaps, func(pr *ptrace.Process) error { return removePatch(pr, maps, mods, q, uuid, o.KeepShadow, area) })
 }
 
-func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string, keepShadow bool) error {
+func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q *proc.Query, uuid string, keepShadow bool, area stackArea) error {
 	headers, err := readHeaders(pr, maps)
 	if err != nil {
 		return err
@@ -81,7 +89,7 @@ func removePatch(pr *ptrace.Process, maps []proc.Mapping, mods []frameModule, q 
 	if err != nil {
 		return err
 	}
-	if err := checkThreads(pr, vm, live, ranges, patch, entries); err != nil {
+	if err := checkThreads(pr, vm, live, ranges, patch, entries, area); err != nil {
 		return err
 	}
 	// The shadow-variable table goes with the last patch that uses it; memory

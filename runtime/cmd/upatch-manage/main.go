@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,6 +21,7 @@ import (
 	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/ptrace"
 	"github.com/syscare/syscare/runtime/upatch"
+	"golang.org/x/sys/unix"
 )
 
 const usage = `Usage:
@@ -270,12 +270,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if o.patch == "" {
 			return usageError{"patch: --patch is required"}
 		}
+		if len(o.pids) > 0 {
+			// The target's files are read while the object is parsed.
+			eng.Prefetch(o.pids[0], opts)
+		}
 		obj, err := loadObject(o.patch)
 		if err != nil {
 			return err
 		}
 		if opts.UUID == "" {
-			opts.UUID = newUUID()
+			if opts.UUID, err = newUUID(); err != nil {
+				return err
+			}
 		}
 		if !o.all {
 			return report(stdout, eng.PatchAll(o.pids, obj, opts), "patched", opts.UUID, len(obj.Funcs), o.json)
@@ -437,10 +443,22 @@ func info(stdout io.Writer, eng *upatch.Engine, pid int, asJSON bool) error {
 	return tw.Flush()
 }
 
-func newUUID() string {
+// newUUID returns a random (version 4) UUID. The bytes come from getrandom(2)
+// rather than crypto/rand, whose package initialisation (its FIPS self-contained
+// generators) costs the tool about half a millisecond at every start.
+func newUUID() (string, error) {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	for n := 0; n < len(b); {
+		m, err := unix.Getrandom(b[n:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("random patch uuid: %w", err)
+		}
+		n += m
+	}
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }
