@@ -212,7 +212,7 @@ func TestKernelPatchE2E(t *testing.T) {
 	guest := filepath.Join(work, "guest")
 	qemuboot.Run(t, ".", []string{"CGO_ENABLED=0"}, "go", "build", "-o", guest, "./guest")
 	cpio := qemuboot.Initramfs(t, work, guest, modules)
-	out := qemuboot.Boot(t, in.Vmlinuz, cpio, 5*time.Minute, "")
+	out := qemuboot.Boot(t, in.Vmlinuz, cpio, 10*time.Minute, "")
 	os.WriteFile(filepath.Join(work, "console.log"), out, 0o644)
 	steps := map[string]guestStep{}
 	done := false
