@@ -260,46 +260,39 @@ func TestKernelPatchE2E(t *testing.T) {
 	}
 	// The helper's manager: installed patch, checked against the running kernel
 	// (release and vmlinux build-id), applied, deactivated, activated, removed.
-	for _, st := range []struct {
-		step, state string
-		patched     bool
-	}{{"start", "", false}, {"apply", "ACTIVED", true}, {"deactive", "DEACTIVED", false}, {"active", "ACTIVED", true}, {"remove", "NOT-APPLIED", false}} {
-		s, ok := steps["helper/"+st.step]
-		state, text, _ := strings.Cut(s.Text, ": ")
-		if st.step == "start" {
-			text = s.Text
-		}
-		switch {
-		case !ok:
-			t.Errorf("helper: step %s not reported", st.step)
-		case s.Err != "":
-			t.Errorf("helper: %s: %s", st.step, s.Err)
-		case st.state != "" && state != st.state:
-			t.Errorf("helper: %s: state %q, want %s", st.step, state, st.state)
-		case helperCase.patched(text) != st.patched:
-			t.Errorf("helper: %s: /proc/%s %q, patched %v expected", st.step, helperCase.proc, text, st.patched)
-		}
-	}
+	checkManagerSteps(t, steps, "helper", helperCase, []managerStep{
+		{"start", "", false}, {"apply", "ACTIVED", true}, {"deactive", "DEACTIVED", false}, {"active", "ACTIVED", true}, {"remove", "NOT-APPLIED", false}})
 	// An ACCEPTED kernel patch comes back by itself when the helper starts on a new
 	// boot (the livepatch gone from the kernel, the state file of an earlier boot).
-	for _, st := range []struct {
-		step, state string
-		patched     bool
-	}{{"apply", "ACTIVED", true}, {"accept", "ACCEPTED", true}, {"reboot", "", false}, {"restart", "ACCEPTED", true}, {"remove", "NOT-APPLIED", false}} {
-		s, ok := steps["boot/"+st.step]
+	checkManagerSteps(t, steps, "boot", helperCase, []managerStep{
+		{"apply", "ACTIVED", true}, {"accept", "ACCEPTED", true}, {"reboot", "", false}, {"restart", "ACCEPTED", true}, {"remove", "NOT-APPLIED", false}})
+}
+
+// managerStep is what one guest step of the manager must report: the entity's state
+// ("" for a step that reports only the /proc text) and whether the text is the fixed one.
+type managerStep struct {
+	step, state string
+	patched     bool
+}
+
+// checkManagerSteps checks the guest's "STATE: TEXT" lines of the steps of group.
+func checkManagerSteps(t *testing.T, steps map[string]guestStep, group string, c kernelCase, want []managerStep) {
+	t.Helper()
+	for _, st := range want {
+		s, ok := steps[group+"/"+st.step]
 		state, text, _ := strings.Cut(s.Text, ": ")
 		if st.state == "" {
 			text = s.Text
 		}
 		switch {
 		case !ok:
-			t.Errorf("boot: step %s not reported", st.step)
+			t.Errorf("%s: step %s not reported", group, st.step)
 		case s.Err != "":
-			t.Errorf("boot: %s: %s", st.step, s.Err)
+			t.Errorf("%s: %s: %s", group, st.step, s.Err)
 		case st.state != "" && state != st.state:
-			t.Errorf("boot: %s: state %q, want %s", st.step, state, st.state)
-		case helperCase.patched(text) != st.patched:
-			t.Errorf("boot: %s: /proc/%s %q, patched %v expected", st.step, helperCase.proc, text, st.patched)
+			t.Errorf("%s: %s: state %q, want %s", group, st.step, state, st.state)
+		case c.patched(text) != st.patched:
+			t.Errorf("%s: %s: /proc/%s %q, patched %v expected", group, st.step, c.proc, text, st.patched)
 		}
 	}
 }
