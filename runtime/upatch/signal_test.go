@@ -142,25 +142,36 @@ func TestSignalOnAltStackBelowPatch(t *testing.T) {
 	}
 }
 
+// The synthetic address space of the signal-frame unit tests: an alternate signal
+// stack at alt, the thread's own stack at own, code at code with the rt_sigreturn
+// trampoline at tram, and the busy function spin at 0x402000.
+const (
+	alt, own   = 0x10000, 0x7ffd0000
+	code, tram = 0x401000, 0x401100
+)
+
+// sigAddressSpace returns spin's busy range, the lookup that finds it, and the code
+// page with the trampoline's instructions at tram.
+func sigAddressSpace(trampoline []byte) (*busyRange, func(uint64) *busyRange, []byte) {
+	busy := &busyRange{lo: 0x402000, hi: 0x402100, name: "spin"}
+	find := func(a uint64) *busyRange {
+		if a >= busy.lo && a < busy.hi {
+			return busy
+		}
+		return nil
+	}
+	text := make([]byte, 0x1000)
+	copy(text[tram-code:], trampoline)
+	return busy, find, text
+}
+
 // Where the walk cannot unwind a handler's frame, the word scan of its stack finds
 // the signal frame (a trampoline's address followed by a ucontext) and goes on to
 // the stack the signal interrupted: a busy word there, or a busy interrupted
 // instruction, makes the thread busy; a stack it cannot read leaves it unchecked;
 // a copy of the trampoline's address without a kernel-written frame is passed over.
 func TestWordScanFollowsSignalFrames(t *testing.T) {
-	const (
-		alt, own   = 0x10000, 0x7ffd0000
-		code, tram = 0x401000, 0x401100
-	)
-	busy := busyRange{lo: 0x402000, hi: 0x402100, name: "spin"}
-	find := func(a uint64) *busyRange {
-		if a >= busy.lo && a < busy.hi {
-			return &busy
-		}
-		return nil
-	}
-	text := make([]byte, 0x1000)
-	copy(text[tram-code:], []byte{0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05})
+	busy, find, text := sigAddressSpace([]byte{0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05})
 	mods := []unwind.Module{{Lo: code, Hi: code + 0x1000}} // no table: nothing is walked
 	// The handler's stack: a frame of 3 words, the trampoline's address, the ucontext.
 	frame := func(cs, rip, rsp uint64) []byte {
@@ -187,10 +198,10 @@ func TestWordScanFollowsSignalFrames(t *testing.T) {
 		c := &frameCheck{mods: mods, find: find, sigs: &sigreturns{code: codeMem{code: text}, mods: mods}}
 		return c.busyFrame(unix.PtraceRegs{Rip: code + 0x10, Rsp: alt}, ts)
 	}
-	if bf := check(frame(0x33, code+0x20, own+8), true); bf.hit != &busy || !strings.Contains(bf.where, "could not be unwound") || bf.stuck == "" {
+	if bf := check(frame(0x33, code+0x20, own+8), true); bf.hit != busy || !strings.Contains(bf.where, "could not be unwound") || bf.stuck == "" {
 		t.Errorf("busy word on the interrupted stack: %+v; want spin busy, found by the scan, not waitable", bf)
 	}
-	if bf := check(frame(0x33, busy.lo+4, own+128), true); bf.hit != &busy || !strings.Contains(bf.where, "interrupted by a signal") {
+	if bf := check(frame(0x33, busy.lo+4, own+128), true); bf.hit != busy || !strings.Contains(bf.where, "interrupted by a signal") {
 		t.Errorf("interrupted inside spin: %+v; want spin busy, interrupted by a signal", bf)
 	}
 	if bf := check(frame(0x33, code+0x20, own+128), true); bf.hit != nil || bf.unchecked != "" {
@@ -221,19 +232,7 @@ func TestWordScanFollowsSignalFrames(t *testing.T) {
 // frame naming itself again and again is followed a bounded number of times, and
 // leaves the thread unchecked.
 func TestWalkFromTrampoline(t *testing.T) {
-	const (
-		alt, own   = 0x10000, 0x7ffd0000
-		code, tram = 0x401000, 0x401100
-	)
-	busy := busyRange{lo: 0x402000, hi: 0x402100, name: "spin"}
-	find := func(a uint64) *busyRange {
-		if a >= busy.lo && a < busy.hi {
-			return &busy
-		}
-		return nil
-	}
-	text := make([]byte, 0x1000)
-	copy(text[tram-code:], []byte{0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05})
+	busy, find, text := sigAddressSpace([]byte{0xb8, 0x0f, 0, 0, 0, 0x0f, 0x05})
 	ucontext := func(rip, rsp uint64) []byte {
 		uc := make([]byte, unwind.SigFrameSize+64)
 		binary.LittleEndian.PutUint64(uc[40+15*8:], rsp)
@@ -254,7 +253,7 @@ func TestWalkFromTrampoline(t *testing.T) {
 		return c.busyFrame(unix.PtraceRegs{Rip: rip, Rsp: alt}, ts)
 	}
 	for _, rip := range []uint64{tram, tram + 5} {
-		if bf := walk(rip, ucontext(code+0x20, own)); bf.hit != &busy || bf.unchecked != "" {
+		if bf := walk(rip, ucontext(code+0x20, own)); bf.hit != busy || bf.unchecked != "" {
 			t.Errorf("stopped at %#x in the trampoline: %+v; want spin busy on the interrupted stack", rip, bf)
 		}
 	}
