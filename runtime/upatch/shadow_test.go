@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/syscare/syscare/runtime/patchobj"
 	"github.com/syscare/syscare/runtime/proc"
@@ -137,7 +138,7 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	maxID += 8 // a worker may have opened connections after the last line read
 
 	const uuidCount, uuidReport = "shadow-count", "shadow-report"
-	st, err := e.PatchStats(pid, count, opts(uuidCount))
+	st, err := e.PatchStats(pid, count, serverOpts(uuidCount))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +189,7 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	t.Logf("shadow table at %#x: %d bytes of arena used, %d counters live, after %d connections reopened", table, w[2], w[3], fresh)
 
 	// A second patch finds the same table and reads the first one's counters.
-	if st, err = e.PatchStats(pid, report, opts(uuidReport)); err != nil {
+	if st, err = e.PatchStats(pid, report, serverOpts(uuidReport)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("patch on the existing shadow table: freeze %v", st.Freeze)
@@ -208,7 +209,7 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	if dtors := shadowDestructors(t, pid, table); !slices.ContainsFunc(dtors, func(d uint64) bool { return d >= lo && d < hi }) {
 		t.Fatalf("no counter has the first patch's destructor (%#x-%#x): %x", lo, hi, dtors)
 	}
-	if err := e.Unpatch(pid, uuidCount, opts(uuidCount)); err != nil {
+	if err := e.Unpatch(pid, uuidCount, serverOpts(uuidCount)); err != nil {
 		t.Fatal(err)
 	}
 	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
@@ -227,7 +228,7 @@ func TestShadowVariablesOnServer(t *testing.T) {
 	t.Logf("%d counters kept, their destructors forgotten, after the patch that attached them was removed", len(dtors))
 
 	// The last one goes: the table is unmapped, the server runs as before.
-	if err := e.Unpatch(pid, uuidReport, opts(uuidReport)); err != nil {
+	if err := e.Unpatch(pid, uuidReport, serverOpts(uuidReport)); err != nil {
 		t.Fatal(err)
 	}
 	if mappedAt(t, pid, table) {
@@ -254,7 +255,7 @@ func TestShadowTableOverwritten(t *testing.T) {
 	_, report := buildPatch(t, "fix_shadow_report.c", bin, "")
 	e := NewEngine("/")
 	pid := v.pid()
-	if err := e.Patch(pid, count, opts("shadow-count")); err != nil {
+	if err := e.Patch(pid, count, serverOpts("shadow-count")); err != nil {
 		t.Fatal(err)
 	}
 	v.waitFor(t, func(l string) bool { return countedLine.MatchString(l) })
@@ -271,7 +272,7 @@ func TestShadowTableOverwritten(t *testing.T) {
 	v.waitFor(t, func(l string) bool { return strings.HasSuffix(l, "requests none") })
 
 	before := patchMappings(t, pid)
-	err = e.Patch(pid, report, opts("shadow-report"))
+	err = e.Patch(pid, report, serverOpts("shadow-report"))
 	if err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("patch over an overwritten table: %v, want a refusal naming it corrupt", err)
 	}
@@ -281,7 +282,7 @@ func TestShadowTableOverwritten(t *testing.T) {
 	if applied, _ := e.Info(pid); len(applied) != 1 {
 		t.Fatalf("applied after the refusal: %+v", applied)
 	}
-	if err := e.Unpatch(pid, "shadow-count", opts("shadow-count")); err != nil {
+	if err := e.Unpatch(pid, "shadow-count", serverOpts("shadow-count")); err != nil {
 		t.Fatal(err)
 	}
 	v.waitFor(t, func(l string) bool { return serveLine.MatchString(l) })
@@ -361,12 +362,12 @@ static const struct upatch_offset off%d __attribute__((section(".upatch.offsets"
 	v := start(t, bin, nil)
 	e := NewEngine("/")
 	pid := v.pid()
-	if err := e.Patch(pid, o, opts("shadow-sc")); err != nil {
+	if err := e.Patch(pid, o, serverOpts("shadow-sc")); err != nil {
 		t.Fatal(err)
 	}
 	table := shadowOf(t, pid)
 	v.waitFor(t, func(l string) bool { return countedLine.MatchString(l) && !strings.HasSuffix(l, "requests 1 since 0") })
-	if err := e.Unpatch(pid, "shadow-sc", opts("shadow-sc")); err != nil {
+	if err := e.Unpatch(pid, "shadow-sc", serverOpts("shadow-sc")); err != nil {
 		t.Fatal(err)
 	}
 	if table == 0 || mappedAt(t, pid, table) {
@@ -386,7 +387,7 @@ func TestShadowKeptForCumulativePatch(t *testing.T) {
 	_, count := buildPatch(t, "fix_shadow_count.c", bin, "")
 	e := NewEngine("/")
 	pid := v.pid()
-	if err := e.Patch(pid, count, opts("shadow-v1")); err != nil {
+	if err := e.Patch(pid, count, serverOpts("shadow-v1")); err != nil {
 		t.Fatal(err)
 	}
 	table := shadowOf(t, pid)
@@ -399,7 +400,7 @@ func TestShadowKeptForCumulativePatch(t *testing.T) {
 		}
 		return len(high) >= 8 && slices.Max(slices.Collect(maps.Values(high))) >= 30
 	})
-	keep := opts("shadow-v1")
+	keep := serverOpts("shadow-v1")
 	keep.KeepShadow = true
 	if err := e.Unpatch(pid, "shadow-v1", keep); err != nil {
 		t.Fatal(err)
@@ -408,7 +409,7 @@ func TestShadowKeptForCumulativePatch(t *testing.T) {
 	if !mappedAt(t, pid, table) || shadowOf(t, pid) != 0 {
 		t.Fatalf("table %#x not kept after the unpatch with KeepShadow", table)
 	}
-	if err := e.Patch(pid, count, opts("shadow-v2")); err != nil {
+	if err := e.Patch(pid, count, serverOpts("shadow-v2")); err != nil {
 		t.Fatal(err)
 	}
 	if a := shadowOf(t, pid); a != table {
@@ -426,7 +427,7 @@ func TestShadowKeptForCumulativePatch(t *testing.T) {
 		prev, ok := high[id]
 		return ok && prev >= 30 && n > prev
 	})
-	if err := e.Unpatch(pid, "shadow-v2", opts("shadow-v2")); err != nil {
+	if err := e.Unpatch(pid, "shadow-v2", serverOpts("shadow-v2")); err != nil {
 		t.Fatal(err)
 	}
 	if mappedAt(t, pid, table) {
@@ -443,4 +444,14 @@ func buildShadowServer(t *testing.T, dir string) string {
 	bin := filepath.Join(dir, "shadow_server")
 	gcc(t, "-O2", "-g", "-pthread", testdata("shadow_server.c"), "-o", bin)
 	return bin
+}
+
+// serverOpts are the options for patching the shadow server. Its two threads are
+// inside conn_serve whenever they print, and on a loaded machine a few quick retries
+// can all find one there; so these tests wait for the frames to return, as the
+// helper does, instead of failing on a busy thread.
+func serverOpts(uuid string) Options {
+	o := opts(uuid)
+	o.Timeout = 30 * time.Second
+	return o
 }
