@@ -2,8 +2,10 @@ package health
 
 import (
 	"context"
+	"os/exec"
 	"os/user"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,5 +95,31 @@ func TestRunAsCaller(t *testing.T) {
 	c.Cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 	if r := Run(context.Background(), &c); !r.OK || r.Output != u.Uid {
 		t.Fatalf("check as nobody: %+v", r)
+	}
+}
+
+// A check's Pdeathsig belongs to the thread that forked it. Started from a goroutine
+// that locked its thread and then returned (as the engine's tracer does), the check
+// must still run to its end: it is forked on the spawner thread. The same start made
+// directly from that thread shows the kernel behaviour this guards against.
+func TestCheckOutlivesCallerThread(t *testing.T) {
+	startFromEndingThread := func(start func(*exec.Cmd) error) error {
+		cmd := exec.Command("sleep", "0.5")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		started := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends when this returns
+			started <- start(cmd)
+		}()
+		if err := <-started; err != nil {
+			t.Fatal(err)
+		}
+		return cmd.Wait()
+	}
+	if err := startFromEndingThread((*exec.Cmd).Start); err == nil {
+		t.Fatal("a child forked from a thread that ended was not killed: the guard below proves nothing here")
+	}
+	if err := startFromEndingThread(startOnSpawner); err != nil {
+		t.Fatalf("check started on the spawner: %v, want a normal exit", err)
 	}
 }

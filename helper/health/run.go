@@ -80,7 +80,7 @@ func Run(ctx context.Context, c *Check) Result {
 		// A grandchild that escaped the group may hold the output pipe open: stop
 		// waiting for it shortly after the check itself ended.
 		WaitDelay: time.Second}
-	if err := cmd.Start(); err != nil {
+	if err := startOnSpawner(cmd); err != nil {
 		res.Reason = fmt.Sprintf("start: %v", err)
 		return res
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,6 +29,7 @@ func BenchmarkCLIApply8(b *testing.B) {
 		b.Fatalf("gcc: %v\n%s", err, out)
 	}
 	cmd := exec.Command(target, "8")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no orphan when -timeout kills the benchmark
 	stdout, _ := cmd.StdoutPipe()
 	stdin, _ := cmd.StdinPipe()
 	if err := cmd.Start(); err != nil {
