@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/syscare/syscare/runtime/proc"
 )
 
 func itoa(i int) string { return strconv.Itoa(i) }
@@ -50,4 +53,46 @@ func patchMappings(t testing.TB, pid int) int {
 		}
 	}
 	return n
+}
+
+// settleBound bounds the waits below for a target to reach a state it reaches in
+// milliseconds: only a hang meets it, not a loaded machine, where a fixed sleep of
+// tens of milliseconds is outrun.
+const settleBound = 30 * time.Second
+
+// waitBlockedInRead waits until a thread of pid is blocked in read(2) on a
+// descriptor that fd accepts, as /proc/PID/task/TID/syscall shows.
+func waitBlockedInRead(t testing.TB, pid int, fd func(int) bool) {
+	t.Helper()
+	for end := time.Now().Add(settleBound); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
+			if err != nil {
+				continue
+			}
+			f := strings.Fields(string(b))
+			if len(f) < 2 || f[0] != "0" { // 0: read on x86-64
+				continue
+			}
+			if n, err := strconv.ParseInt(f[1], 0, 64); err == nil && fd(int(n)) {
+				return
+			}
+		}
+	}
+	t.Fatalf("pid %d: no thread blocked in read within %v", pid, settleBound)
+}
+
+func notStdin(fd int) bool { return fd != 0 }
+
+// waitTraced waits until pid's leader has a tracer: the engine holds the process,
+// so what the test does next happens while it is attached, not before.
+func waitTraced(t testing.TB, pid int) {
+	t.Helper()
+	for end := time.Now().Add(settleBound); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if tp, err := proc.TracerPid(pid); err == nil && tp != 0 {
+			return
+		}
+	}
+	t.Fatalf("pid %d: no tracer within %v", pid, settleBound)
 }
