@@ -64,23 +64,36 @@ const settleBound = 30 * time.Second
 // descriptor that fd accepts, as /proc/PID/task/TID/syscall shows.
 func waitBlockedInRead(t testing.TB, pid int, fd func(int) bool) {
 	t.Helper()
+	waitBlocked(t, pid, 1, func(nr, arg0 int64) bool { return nr == 0 && fd(int(arg0)) }) // 0: read on x86-64
+}
+
+// waitBlocked waits until n threads of pid are blocked in a system call that ok
+// accepts (its number and first argument), as /proc/PID/task/TID/syscall shows.
+func waitBlocked(t testing.TB, pid, n int, ok func(nr, arg0 int64) bool) {
+	t.Helper()
 	for end := time.Now().Add(settleBound); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
 		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		found := 0
 		for _, task := range tasks {
 			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/syscall", pid, task.Name()))
 			if err != nil {
 				continue
 			}
 			f := strings.Fields(string(b))
-			if len(f) < 2 || f[0] != "0" { // 0: read on x86-64
-				continue
+			if len(f) < 2 {
+				continue // "running"
 			}
-			if n, err := strconv.ParseInt(f[1], 0, 64); err == nil && fd(int(n)) {
-				return
+			nr, err1 := strconv.ParseInt(f[0], 10, 64)
+			arg0, err2 := strconv.ParseInt(f[1], 0, 64)
+			if err1 == nil && err2 == nil && ok(nr, arg0) {
+				found++
 			}
 		}
+		if found >= n {
+			return
+		}
 	}
-	t.Fatalf("pid %d: no thread blocked in read within %v", pid, settleBound)
+	t.Fatalf("pid %d: fewer than %d threads blocked in the system call looked for within %v", pid, n, settleBound)
 }
 
 func notStdin(fd int) bool { return fd != 0 }
