@@ -33,7 +33,7 @@ func TestHealthGate(t *testing.T) {
 		done <- result{out, errOut, code}
 	}()
 	// During the soak the patch is ACTIVED, in the process, and reads are answered.
-	waitForD(t, 5*time.Second, func() bool { return s.status(hp1.uuid) == "ACTIVED" })
+	waitForD(t, hangGuard, func() bool { return s.status(hp1.uuid) == "ACTIVED" })
 	if len(done) != 0 {
 		t.Fatalf("status answered ACTIVED only after the soak's end")
 	}
