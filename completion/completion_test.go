@@ -161,12 +161,13 @@ func TestZshScripts(t *testing.T) {
 		}
 	}
 	// An interactive zsh on a pseudo-terminal (zpty) with the directory first on fpath:
-	// type "syscare ac", press TAB, and read the listing zsh prints.
+	// type "syscare ac", press TAB, and read the listing zsh prints. readall waits up to
+	// 30 s (a hang guard: compinit and the completion take seconds on a loaded machine).
 	script := `zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z 'PS1="P> "; fpath=('$REPO'/completion $fpath); autoload -Uz compinit; compinit -u -D; PATH='$BIN':$PATH'
 local all= chunk i
-readall() { for i in {1..50}; do while zpty -r -t z chunk; do all+=$chunk; done; [[ $all == *$~1* ]] && return; sleep 0.1; done }
+readall() { for i in {1..300}; do while zpty -r -t z chunk; do all+=$chunk; done; [[ $all == *$~1* ]] && return; sleep 0.1; done }
 readall 'P> '
 zpty -w -n z 'syscare ac'
 sleep 0.3

@@ -68,6 +68,11 @@ func Watch(ctx context.Context, dir string, settle time.Duration, fn func()) err
 			case <-events:
 			default:
 			}
+			// The reader stops only once the closer has run: an event read before
+			// that, or this wait, may outlast ctx, which ends the calls at once.
+			if ctx.Err() != nil {
+				return
+			}
 			fn()
 		}
 	}()

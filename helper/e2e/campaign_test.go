@@ -81,10 +81,10 @@ func victimFuncs(t *testing.T, pid int, exe string) []uint64 {
 }
 
 // healthy reports whether every thread of pid is untraced and not stopped
-// (within a second: a woken thread may take a moment to run).
+// (within hangGuard: a woken thread may take a while to run on a loaded machine).
 func healthy(pid int) (bool, string) {
 	desc := ""
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+	for end := time.Now().Add(hangGuard); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
 		tids, err := proc.Threads(pid)
 		if err != nil {
 			return false, err.Error()
@@ -252,7 +252,7 @@ func TestKillCampaignHelper(t *testing.T) {
 			restart()
 			continue
 		}
-		line, ok := freshLine(v, 3*time.Second)
+		line, ok := freshLine(v, hangGuard)
 		code, err = codeAt(pid, addrs)
 		if !ok {
 			stuck++

@@ -45,7 +45,7 @@ func TestContainers(t *testing.T) {
 	s.waitOutput(host, "2 10")
 	running.WaitFor(t, "2 10", 10*time.Second)
 	for i := 0; i < 20; i++ {
-		if l := stranger.Line(t, 5*time.Second); l != "1 10" {
+		if l := stranger.Line(t, hangGuard); l != "1 10" {
 			t.Fatalf("the container with another build-id was patched: %q", l)
 		}
 	}
@@ -108,7 +108,7 @@ func TestContainers(t *testing.T) {
 	if l := after.Line(t, 10*time.Second); l != "1 10" {
 		t.Fatalf("process started in the container after the remove printed %q", l)
 	}
-	if l := stranger.Line(t, 5*time.Second); l != "1 10" {
+	if l := stranger.Line(t, hangGuard); l != "1 10" {
 		t.Fatalf("the container with another build-id: %q", l)
 	}
 }

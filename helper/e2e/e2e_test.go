@@ -301,21 +301,31 @@ func TestSaveRestoreSignalIdle(t *testing.T) {
 	s.waitOutput(v, "2 20")
 
 	// Every transition was signalled: apply (2 steps x 2), accept, remove (3 + 2 steps)...
+	// The signals were sent before the calls returned, but reach this connection on their
+	// own time: wait for the ones looked for (a quiet spell is no proof on a loaded machine).
+	wants := []string{hp1.entity + " ACTIVED>ACCEPTED", hp1.entity + " DEACTIVED>NOT-APPLIED", hp2.entity + " DEACTIVED>ACTIVED"}
 	seen := map[string]bool{}
-collect:
-	for {
+	all := func() bool {
+		for _, w := range wants {
+			if !seen[w] {
+				return false
+			}
+		}
+		return true
+	}
+	for guard := time.After(hangGuard); !all(); {
 		select {
 		case sg := <-sigs:
 			if len(sg.Body) == 4 {
 				seen[fmt.Sprint(sg.Body[0], " ", sg.Body[2], ">", sg.Body[3])] = true
 			}
-		case <-time.After(500 * time.Millisecond):
-			break collect
-		}
-	}
-	for _, want := range []string{hp1.entity + " ACTIVED>ACCEPTED", hp1.entity + " DEACTIVED>NOT-APPLIED", hp2.entity + " DEACTIVED>ACTIVED"} {
-		if !seen[want] {
-			t.Errorf("no StateChanged %s; got %v", want, seen)
+		case <-guard:
+			for _, want := range wants {
+				if !seen[want] {
+					t.Errorf("no StateChanged %s in %s; got %v", want, hangGuard, seen)
+				}
+			}
+			t.FailNow()
 		}
 	}
 
@@ -326,7 +336,7 @@ collect:
 		t.Fatal("helper exited while a user patch is active")
 	}
 	s.must("remove", hp1.uuid, hp2.uuid)
-	waitForD(t, 5*time.Second, func() bool { return s.helperPid() == 0 })
+	waitForD(t, hangGuard, func() bool { return s.helperPid() == 0 })
 	s.waitOutput(v, "1 10")
 }
 

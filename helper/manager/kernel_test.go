@@ -161,7 +161,11 @@ static const char c[] __attribute__((section(".modinfo"), used, aligned(1))) = "
 func (e *kenv) restart() {
 	log := logrus.New()
 	log.SetOutput(testWriter{e.t})
-	kp := &kpatch.Patcher{Root: e.root, Sys: e.k, Release: kRelease, Timeout: 300 * time.Millisecond, Poll: time.Millisecond}
+	// A stalled transition times out at once; its reversal, which the fake kernel ends,
+	// gets a hang guard (at 300 ms too, a fake-kernel goroutine run late on a loaded
+	// machine made the reversal look stalled as well).
+	kp := &kpatch.Patcher{Root: e.root, Sys: e.k, Release: kRelease, Timeout: 300 * time.Millisecond,
+		RevertTimeout: 30 * time.Second, Poll: time.Millisecond}
 	e.m = New(Config{
 		Root:          e.root,
 		Log:           log,

@@ -161,7 +161,7 @@ __attribute__((noipa)) void serve(struct conn *c)
 	}()
 	wait := func(what string, ok func(string) bool) {
 		t.Helper()
-		deadline := time.After(10 * time.Second)
+		deadline := time.After(30 * time.Second) // a hang guard: lines come every 5 ms
 		for {
 			select {
 			case l, open := <-lines:
@@ -180,7 +180,9 @@ __attribute__((noipa)) void serve(struct conn *c)
 	wait("output", plain)
 
 	e := upatch.NewEngine("/")
-	o := upatch.Options{UUID: "diff-shadow", Force: true, RetryDelay: 5 * time.Millisecond}
+	// The server's thread is inside serve() whenever it prints: on a loaded machine a
+	// few quick retries can all find it there. Wait for it to return, as the helper does.
+	o := upatch.Options{UUID: "diff-shadow", Force: true, RetryDelay: 5 * time.Millisecond, Timeout: 30 * time.Second}
 	if err := e.Patch(cmd.Process.Pid, obj, o); err != nil {
 		t.Fatal(err)
 	}

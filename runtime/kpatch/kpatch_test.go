@@ -331,6 +331,10 @@ func TestLoadTimeoutNamesStalledTasksAndReverts(t *testing.T) {
 	ctx := context.Background()
 	p, k := newTestPatcher(t)
 	p.Timeout = stallTimeout
+	// The reversal does end (simulateTransitions): its bound only guards against a hang.
+	// Left at stallTimeout, a loaded machine that runs the fake kernel's goroutine late
+	// would make it look stalled too.
+	p.RevertTimeout = 30 * time.Second
 	k.transition = "1" // the enable never finishes by itself
 	mod := livepatchModule(t, "lp_stall")
 	proc := filepath.Join(p.Root, "proc")

@@ -148,7 +148,13 @@ func TestProcessesMapping(t *testing.T) {
 	}
 	a, _ := startMapper(t, file)
 	b, _ := startMapper(t, file, "zleader")
-	time.Sleep(20 * time.Millisecond) // let b's leader exit
+	// Let b's leader exit: a fixed sleep can end first on a loaded machine; 30 s only
+	// guards against a hang.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if st, err := ThreadState(b, b); err == nil && st == 'Z' {
+			break
+		}
+	}
 	pids, err := ProcessesMapping(dev, ino)
 	if err != nil {
 		t.Fatal(err)

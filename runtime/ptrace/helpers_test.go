@@ -82,10 +82,14 @@ func startVictim(tb testing.TB, args ...string) *victim {
 		_ = cmd.Wait()
 	})
 	if !strings.HasPrefix(args[0], "exec") {
-		v.expect("ready", 5*time.Second)
+		v.expect("ready", lineWait)
 	}
 	return v
 }
+
+// lineWait bounds a wait for a victim's next line, printed every few milliseconds
+// by a working victim: only a hang reaches it, not a loaded CI machine.
+const lineWait = 30 * time.Second
 
 // expect waits for a line starting with prefix and returns it.
 func (v *victim) expect(prefix string, timeout time.Duration) string {
@@ -122,7 +126,7 @@ func (v *victim) keepsRunning(n int) {
 	v.t.Helper()
 	v.drain()
 	for i := 0; i < n; i++ {
-		v.expect("tick", 5*time.Second)
+		v.expect("tick", lineWait)
 	}
 }
 

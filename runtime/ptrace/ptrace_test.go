@@ -153,7 +153,7 @@ func TestSyscallWhileBlockedInRead(t *testing.T) {
 	if _, err := v.stdin.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
-	if l := v.expect("got", 5*time.Second); l != "got hello" {
+	if l := v.expect("got", lineWait); l != "got hello" {
 		t.Fatalf("victim answered %q", l)
 	}
 }
@@ -407,7 +407,7 @@ func TestZombieLeader(t *testing.T) {
 // must either succeed or report ErrExited, never hang or leave it stopped.
 func TestExecDuringAttach(t *testing.T) {
 	v := startVictim(t, "exec", "1")
-	first := v.expect("gen", 5*time.Second)
+	first := v.expect("gen", lineWait)
 	tr := NewTracer()
 	defer tr.Close()
 	deadline := time.Now().Add(300 * time.Millisecond)
@@ -434,13 +434,13 @@ func TestExecDuringAttach(t *testing.T) {
 	})
 	t.Logf("attached %d times, %d attaches met an execve", ok, exited)
 	v.drain()
-	last := v.expect("gen", 5*time.Second)
+	last := v.expect("gen", lineWait)
 	a, _ := strconv.Atoi(strings.Fields(first)[1])
 	b, _ := strconv.Atoi(strings.Fields(last)[1])
 	if b <= a {
 		t.Fatalf("no exec after the attaches (gen %d then %d)", a, b)
 	}
-	v.expect("gen", 5*time.Second)
+	v.expect("gen", lineWait)
 	notTraced(t, v.pid)
 }
 
@@ -466,10 +466,10 @@ func TestSignalsDuringAttach(t *testing.T) {
 	}
 	notTraced(t, v.pid)
 	v.drain()
-	a, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+	a, _ := strconv.Atoi(strings.Fields(v.expect("tick", lineWait))[1])
 	time.Sleep(50 * time.Millisecond)
 	v.drain()
-	b, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+	b, _ := strconv.Atoi(strings.Fields(v.expect("tick", lineWait))[1])
 	if b <= a {
 		t.Fatalf("SIGALRM count stuck at %d after the attaches", a)
 	}
@@ -750,8 +750,8 @@ func TestTracerKilledWhileInjecting(t *testing.T) {
 			t.FailNow()
 		}
 		v.drain()
-		a, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
-		b, _ := strconv.Atoi(strings.Fields(v.expect("tick", 5*time.Second))[1])
+		a, _ := strconv.Atoi(strings.Fields(v.expect("tick", lineWait))[1])
+		b, _ := strconv.Atoi(strings.Fields(v.expect("tick", lineWait))[1])
 		if b <= a {
 			t.Fatalf("kill %d: SIGALRM count stuck at %d", i, a)
 		}

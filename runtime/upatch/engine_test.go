@@ -252,7 +252,7 @@ func TestBusyFunctionRefused(t *testing.T) {
 	v := start(t, bin, nil)
 	_, obj := buildPatch(t, "fix_park.c", bin, "")
 	v.stdin.Write([]byte("park\n"))
-	time.Sleep(50 * time.Millisecond) // let the thread block in park()
+	waitBlockedInRead(t, v.pid(), notStdin) // the thread blocked in park()
 	e := NewEngine("/")
 	o := opts(uuid1)
 	o.Retries = 3
@@ -270,9 +270,11 @@ func TestBusyFunctionRefused(t *testing.T) {
 	}
 	v.alive(t)
 	v.stdin.Write([]byte("release\n"))
-	time.Sleep(50 * time.Millisecond)
+	// Released, the thread may still be inside park() when the patch comes (a loaded
+	// machine runs it late): wait for it to return, as the helper does.
+	o.Timeout = 30 * time.Second
 	if err := e.Patch(v.pid(), obj, o); err != nil {
-		t.Fatalf("patch after the thread left: %v", err)
+		t.Fatalf("patch after the thread was released: %v", err)
 	}
 	v.alive(t)
 }

@@ -19,6 +19,9 @@ func TestStaleStackWordsDoNotBlock(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "stale")
 	gcc(t, "-O2", "-g", "-pthread", testdata("stale.c"), "-o", bin)
 	v := start(t, bin, nil)
+	// Both threads in pause(): stale() with its words written, hold() in its callee
+	// (a loaded machine may not have run them yet when the first line comes).
+	waitBlocked(t, v.pid(), 2, func(nr, _ int64) bool { return nr == 34 }) // 34: pause on x86-64
 	v.expect(t, "greet=1")
 
 	e := NewEngine("/")

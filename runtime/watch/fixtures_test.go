@@ -188,8 +188,8 @@ func nextEvent(t testing.TB, w *Watcher) Event {
 			t.Fatal("events channel closed")
 		}
 		return ev
-	case <-time.After(10 * time.Second):
-		t.Fatal("no event within 10s")
+	case <-time.After(30 * time.Second): // a hang guard: an exec and its probe, slow under load
+		t.Fatal("no event within 30s")
 	}
 	return Event{}
 }

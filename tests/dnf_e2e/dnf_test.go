@@ -376,7 +376,8 @@ func (e *env) waitOutput(want string) {
 	start := v.n
 	v.mu.Unlock()
 	var last string
-	for i := 0; i < 500; i++ {
+	// A hang guard: the victim prints every few ms, a loaded machine stretches that.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
 		v.mu.Lock()
 		last, n := v.last, v.n
 		v.mu.Unlock()

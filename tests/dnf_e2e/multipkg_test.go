@@ -55,7 +55,8 @@ func (l *lines) waitFor(t testing.TB, want string) {
 	start := l.n
 	l.mu.Unlock()
 	var last string
-	for i := 0; i < 500; i++ {
+	// A hang guard: the program prints every few ms, a loaded machine stretches that.
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
 		l.mu.Lock()
 		var n int
 		last, n = l.last, l.n

@@ -92,8 +92,9 @@ func newNS(t testing.TB, files map[string]string, overlay bool) *NS {
 	}
 	ns := &NS{Root: root, keep: keep, seen: map[int]bool{}}
 	t.Cleanup(ns.close)
-	// pid 1 of the namespace is unshare's child; it is ready once it runs sleep.
-	deadline := time.Now().Add(10 * time.Second)
+	// pid 1 of the namespace is unshare's child; it is ready once it runs sleep. The
+	// bounds here only guard against a hang (a loaded machine is slow to set up mounts).
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if pid := childOf(keep.Process.Pid); pid > 0 {
 			if exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil && strings.HasSuffix(exe, "/sleep") {
@@ -200,7 +201,7 @@ func (ns *NS) Start(t testing.TB, argv ...string) *Proc {
 	if err := unix.Stat(want, &wantSt); err != nil {
 		t.Fatalf("%s is not in the namespace's root: %v", argv[0], err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for p.Pid == 0 {
 		for _, pid := range childrenOf(ns.Init) {
 			if !ns.seen[pid] && (runs(pid, wantSt) || endedAs(pid, argv[0])) {

@@ -64,8 +64,9 @@ func Run(t testing.TB, cmd string, width, height int, timeout time.Duration, wat
 			t.Fatalf("%s did not end within %v; screen:\n%s", cmd, timeout, screen)
 		}
 	}
-	// cat writes the stream to the file a moment after the screen shows it.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	// cat writes the stream to the file a moment after the screen shows it (later on a
+	// loaded machine: 30 s only guards against a hang).
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if stream, _ = os.ReadFile(raw); strings.Contains(string(stream), "EXIT=") {
 			break
 		}

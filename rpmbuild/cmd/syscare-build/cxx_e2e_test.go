@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
@@ -85,14 +84,14 @@ func TestCxxInlineMembers(t *testing.T) {
 	}
 	cmd := exec.Command(filepath.Join(root, "usr/bin/sccxx"))
 	lines := startLines(t, cmd)
-	lines.waitFor(t, "cxx 100 35 26", 5*time.Second)
+	lines.waitFor(t, "cxx 100 35 26", lineWait)
 	args := []string{"--pid", fmt.Sprint(cmd.Process.Pid), "--uuid", e.UUID}
 	if o, err := exec.Command(loader, append([]string{"patch", "--patch", filepath.Join(dirs[0], e.File)}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("upatch-manage patch: %v\n%s", err, o)
 	}
-	lines.waitFor(t, "cxx 150 40 26", 5*time.Second)
+	lines.waitFor(t, "cxx 150 40 26", lineWait)
 	if o, err := exec.Command(loader, append([]string{"unpatch"}, args...)...).CombinedOutput(); err != nil {
 		t.Fatalf("upatch-manage unpatch: %v\n%s", err, o)
 	}
-	lines.waitFor(t, "cxx 100 35 26", 5*time.Second)
+	lines.waitFor(t, "cxx 100 35 26", lineWait)
 }

@@ -86,6 +86,10 @@ type lines struct {
 	ch chan string
 }
 
+// lineWait bounds a wait for a line the program prints every few milliseconds (or
+// its first, at start): only a hang reaches it, not a loaded CI machine.
+const lineWait = 30 * time.Second
+
 func (l *lines) waitFor(t *testing.T, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
@@ -210,7 +214,7 @@ func TestBuildAndApply(t *testing.T) {
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scdemo"))
 	cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
 	out := startLines(t, cmd)
-	out.waitFor(t, "hello 22", 5*time.Second)
+	out.waitFor(t, "hello 22", lineWait)
 	pid := fmt.Sprint(cmd.Process.Pid)
 	manage := func(args ...string) {
 		t.Helper()
@@ -229,9 +233,9 @@ func TestBuildAndApply(t *testing.T) {
 			args = append(args, "--binary", filepath.Join(root, e.TargetPath))
 		}
 		manage(append([]string{"patch", "--patch", obj}, args...)...)
-		out.waitFor(t, c.want, 5*time.Second)
+		out.waitFor(t, c.want, lineWait)
 		manage(append([]string{"unpatch"}, args...)...)
-		out.waitFor(t, c.orig, 5*time.Second)
+		out.waitFor(t, c.orig, lineWait)
 	}
 }
 

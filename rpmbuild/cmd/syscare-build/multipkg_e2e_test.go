@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
 	"github.com/syscare/syscare/rpmbuild/rpmfile"
@@ -84,13 +83,13 @@ func TestInstallLinksAndBinaryPackages(t *testing.T) {
 		cmd := exec.Command(filepath.Join(root, "usr/bin/scmulti-tool"))
 		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr/lib64"))
 		out := startLines(t, cmd)
-		out.waitFor(t, "tool 100 10", 5*time.Second)
+		out.waitFor(t, "tool 100 10", lineWait)
 		e := patches[0].Entities[0]
 		args := []string{"--pid", fmt.Sprint(cmd.Process.Pid), "--uuid", e.UUID}
 		if o, err := exec.Command(loader, append([]string{"patch", "--patch", filepath.Join(dirs["scmulti"], e.File)}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("upatch-manage patch: %v\n%s", err, o)
 		}
-		out.waitFor(t, "tool 200 10", 5*time.Second)
+		out.waitFor(t, "tool 200 10", lineWait)
 	})
 
 	t.Run("one patch per binary package", func(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/syscare/syscare/rpmbuild/diff"
 	"github.com/syscare/syscare/rpmbuild/internal/testpkg"
@@ -99,7 +98,7 @@ func TestVendoredArchiveAndSharedObject(t *testing.T) {
 	prodhost.Check(t, "", filepath.Join(root, "usr/bin/scvend-server"))
 	cmd := exec.Command(filepath.Join(root, "usr/bin/scvend-server"))
 	out := startLines(t, cmd)
-	out.waitFor(t, "server 25", 5*time.Second)
+	out.waitFor(t, "server 25", lineWait)
 	pid := fmt.Sprint(cmd.Process.Pid)
 	for _, c := range []struct {
 		b    built
@@ -110,10 +109,10 @@ func TestVendoredArchiveAndSharedObject(t *testing.T) {
 		if o, err := exec.Command(loader, append([]string{"patch", "--patch", filepath.Join(c.b.dir, e.File)}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("upatch-manage patch: %v\n%s", err, o)
 		}
-		out.waitFor(t, c.want, 5*time.Second)
+		out.waitFor(t, c.want, lineWait)
 		if o, err := exec.Command(loader, append([]string{"unpatch"}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("upatch-manage unpatch: %v\n%s", err, o)
 		}
-		out.waitFor(t, "server 25", 5*time.Second)
+		out.waitFor(t, "server 25", lineWait)
 	}
 }

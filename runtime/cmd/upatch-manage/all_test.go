@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // patch --all and unpatch --all over every process of one binary; unpatch --all skips a
@@ -27,11 +26,11 @@ func TestAllProcessesOfABinary(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		waitStarted(t, c.Process.Pid)
 		return c
 	}
 	startVictim()
 	startVictim()
-	time.Sleep(100 * time.Millisecond)
 	uuid := "55555555-5555-4555-8555-555555555555"
 	r := invoke(t, bin, "patch", "--all", "--binary", victim, "--patch", obj, "--uuid", uuid, "--force", "--json")
 	var rows []struct {
@@ -42,7 +41,6 @@ func TestAllProcessesOfABinary(t *testing.T) {
 		t.Fatalf("patch --all: %v %+v", err, r)
 	}
 	late := startVictim()
-	time.Sleep(100 * time.Millisecond)
 	r = invoke(t, bin, "unpatch", "--all", "--binary", victim, "--uuid", uuid)
 	if r.code != 0 || strings.Count(r.stdout, "unpatched") != 2 || strings.Contains(r.stdout, "pid "+strconv.Itoa(late.Process.Pid)+":") {
 		t.Fatalf("unpatch --all with a late process: %+v", r)
@@ -95,8 +93,8 @@ func TestAllJSONProgress(t *testing.T) {
 		}
 		t.Cleanup(func() { stdin.Close(); c.Process.Kill(); c.Wait() })
 		want[c.Process.Pid] = true
+		waitStarted(t, c.Process.Pid)
 	}
-	time.Sleep(100 * time.Millisecond)
 	uuid := "66666666-6666-4666-8666-666666666666"
 	r := invoke(t, bin, "patch", "--all", "--binary", victim, "--patch", obj, "--uuid", uuid, "--force", "--json")
 	var rows []struct{ Pid int }

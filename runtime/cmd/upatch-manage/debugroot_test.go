@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // A stripped target patched with its separate debuginfo found by build-id under --debug-root.
@@ -42,7 +41,7 @@ func TestStrippedTargetWithDebugRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	time.Sleep(100 * time.Millisecond)
+	waitStarted(t, cmd.Process.Pid)
 	pid := strconv.Itoa(cmd.Process.Pid)
 	if r := invoke(t, bin, "patch", "--pid", pid, "--patch", obj); r.code == 0 || !strings.Contains(r.stderr, "symbol not found") || !strings.Contains(r.stderr, "install its -debuginfo package") {
 		t.Fatalf("stripped target without its debuginfo: %+v", r)

@@ -57,6 +57,19 @@ func invoke(t *testing.T, bin string, args ...string) result {
 	return result{code, out.String(), errb.String()}
 }
 
+// waitStarted waits until the victim at pid runs its main(): it has started its
+// stdin reader, so the loader is done (a fixed sleep can end first on a loaded machine,
+// and a patch then meets a process still being set up). 30 s only guards a hang.
+func waitStarted(t *testing.T, pid int) {
+	t.Helper()
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err == nil && len(tasks) >= 2 {
+			return
+		}
+	}
+	t.Fatalf("victim %d did not start its threads within 30s", pid)
+}
+
 func TestCommandLine(t *testing.T) {
 	bin := tool(t)
 	dir := t.TempDir()

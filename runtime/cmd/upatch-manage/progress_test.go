@@ -31,8 +31,8 @@ func TestAllProgressOnATerminal(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { stdin.Close(); c.Process.Kill(); c.Wait() })
+		waitStarted(t, c.Process.Pid)
 	}
-	time.Sleep(200 * time.Millisecond)
 
 	screen, data := termtest.Run(t, bin+" patch --all --binary "+victim+" --patch "+obj+" --force", 150, 40, time.Minute, nil)
 	if !strings.Contains(screen, "EXIT=0") || strings.Count(screen, ": patched") != n {
