@@ -252,7 +252,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(o.pids) == 0 && !o.all {
 		return usageError{cmd + ": --pid or --all is required"}
 	}
-	oneProcessor(o.pids, o.all)
 	eng := upatch.NewEngine(o.debug)
 	warn := func(s string) { fmt.Fprintf(stderr, "upatch-manage: warning: %s\n", s) }
 	opts := upatch.Options{Binary: o.binary, UUID: o.uuid, Force: o.force, Retries: o.retries, Warn: warn,
