@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -686,18 +684,7 @@ func (p *Process) elfEnd(base, bias uint64, image bool) (uint64, bool) {
 
 // auxvSysinfo returns AT_SYSINFO_EHDR (the vDSO base) of pid, 0 if absent.
 func auxvSysinfo(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/auxv")
-	if err != nil {
-		return 0, err
-	}
-	for i := 0; i+16 <= len(b); i += 16 {
-		typ := binary.LittleEndian.Uint64(b[i:])
-		if typ == 0 { // AT_NULL
-			break
-		}
-		if typ == 33 { // AT_SYSINFO_EHDR
-			return binary.LittleEndian.Uint64(b[i+8:]), nil
-		}
-	}
-	return 0, nil
+	const atSysinfoEHdr = 33
+	v, _, err := proc.AuxvValue(pid, atSysinfoEHdr)
+	return v, err
 }

@@ -80,11 +80,8 @@ func mapTable(path string, size int64) (*unwind.Table, error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	var t *unwind.Table
 	err = elfsafe.Guard("call-frame information of "+path, func() error {
-		f, err := elfsafe.NewFile(bytes.NewReader(image))
-		if err != nil {
-			return err
-		}
-		t, err = unwind.ParseImage(f, image)
+		var err error
+		t, err = imageTable(image)
 		return err
 	})
 	if err != nil {
@@ -92,6 +89,22 @@ func mapTable(path string, size int64) (*unwind.Table, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// imageTable parses the call-frame table of the ELF file whose bytes are image. The
+// program headers lead to the search table of .eh_frame_hdr directly (see
+// unwind.ParseLoaded): parsing every section header, for one file of each module at
+// every run of the tool, cost more than the lookups. Files without that table
+// are read through their section headers.
+func imageTable(image []byte) (*unwind.Table, error) {
+	if t, ok := unwind.ParseLoaded(image); ok {
+		return t, nil
+	}
+	f, err := elfsafe.NewFile(bytes.NewReader(image))
+	if err != nil {
+		return nil, err
+	}
+	return unwind.ParseImage(f, image)
 }
 
 // frameModule is one executable mapping with the call-frame table of its file, and
@@ -267,14 +280,10 @@ func (c *vdsoTable) module(pid int, m proc.Mapping) (unwind.Module, bool) {
 
 // vdsoTableOf parses the table of a vDSO image.
 func vdsoTableOf(img []byte) (*unwind.Table, bool) {
-	f, err := elfsafe.NewFile(bytes.NewReader(img))
-	if err != nil {
-		return nil, false
-	}
 	var t *unwind.Table
 	if elfsafe.Guard("vDSO call-frame information", func() error {
 		var err error
-		t, err = unwind.ParseImage(f, img)
+		t, err = imageTable(img)
 		return err
 	}) != nil || t.Len() == 0 {
 		return nil, false

@@ -321,13 +321,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
+// loadObject reads the patch object whole, in one read: the parse takes every
+// section's data anyway, and would otherwise read the headers, the symbol table
+// (twice) and each small section with a system call of its own.
 func loadObject(path string) (*patchobj.Object, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	obj, err := patchobj.Parse(f)
+	obj, err := patchobj.ParseBytes(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
 	}

@@ -1,0 +1,143 @@
+package unwind
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The table read through the program headers alone has the same segments, the same
+// search table and finds the same descriptions as the one read through the section
+// headers, for libc, ld.so and the vDSO image of this process.
+func TestParseLoadedMatchesSections(t *testing.T) {
+	least := map[string]int{"libc.so.6": 1000, "ld-linux-x86-64.so.2": 100, "[vdso]": 3} // descriptions
+	for _, name := range []string{"libc.so.6", "ld-linux-x86-64.so.2", "[vdso]"} {
+		var image []byte
+		var err error
+		if name == "[vdso]" {
+			image = ownVDSO(t)
+		} else {
+			out, err := exec.Command("gcc", "-print-file-name="+name).Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if image, err = os.ReadFile(strings.TrimSpace(string(out))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ef, err := elf.NewFile(bytes.NewReader(image))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := ParseImage(ef, image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := ParseLoaded(image)
+		if !ok {
+			t.Fatalf("%s: ParseLoaded found no usable .eh_frame_hdr", name)
+		}
+		if got.MinVaddr != want.MinVaddr || len(got.Loads) != len(want.Loads) || got.Len() != want.Len() || want.Len() < least[name] ||
+			got.frameAddr != want.frameAddr || got.hdrAddr != want.hdrAddr || !bytes.Equal(got.index, want.index) {
+			t.Fatalf("%s: loaded %d descriptions (frame %#x, min %#x), sections %d (frame %#x, min %#x)", name,
+				got.Len(), got.frameAddr, got.MinVaddr, want.Len(), want.frameAddr, want.MinVaddr)
+		}
+		for i := range got.Loads {
+			if got.Loads[i] != want.Loads[i] {
+				t.Fatalf("%s: segment %d: %+v, want %+v", name, i, got.Loads[i], want.Loads[i])
+			}
+		}
+		for i := 0; i < want.Len(); i += 7 {
+			pc := want.hdrAddr + uint64(int64(int32(le.Uint32(want.index[8*i:]))))
+			a, errA := want.find(pc)
+			b, errB := got.find(pc)
+			if errA != nil || errB != nil || a == nil || b == nil || a.lo != b.lo || a.hi != b.hi || !bytes.Equal(a.insns, b.insns) {
+				t.Fatalf("%s: find(%#x): sections %+v %v, loaded %+v %v", name, pc, a, errA, b, errB)
+			}
+		}
+	}
+}
+
+// ownVDSO returns the bytes of this process's vDSO mapping, a whole ELF image.
+func ownVDSO(t *testing.T) []byte {
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(maps), "\n") {
+		if !strings.HasSuffix(l, "[vdso]") {
+			continue
+		}
+		var lo, hi uint64
+		if _, err := fmt.Sscanf(l, "%x-%x", &lo, &hi); err != nil {
+			t.Fatal(err)
+		}
+		mem, err := os.Open("/proc/self/mem")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mem.Close()
+		b := make([]byte, hi-lo)
+		if _, err := mem.ReadAt(b, int64(lo)); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	t.Fatal("no [vdso] mapping")
+	return nil
+}
+
+// Files the program headers cannot serve are left to the section headers: no ELF,
+// 32-bit, no PT_GNU_EH_FRAME (a relocatable object), headers past the end.
+func TestParseLoadedDeclines(t *testing.T) {
+	out, err := exec.Command("gcc", "-print-file-name=libc.so.6").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	image, err := os.ReadFile(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := t.TempDir() + "/f.o"
+	if out, err := exec.Command("gcc", "-c", "-x", "c", "-o", obj, "-").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	relocatable, err := os.ReadFile(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	class32 := bytes.Clone(image)
+	class32[4] = 1
+	phPastEnd := bytes.Clone(image[:4096])
+	phPastEnd[56] = 0xff // phnum
+	cases := map[string][]byte{
+		"empty": nil, "not ELF": []byte(strings.Repeat("x", 100)), "ELF32": class32,
+		"relocatable object": relocatable, "headers past the end": phPastEnd,
+		"eh_frame past the end": image[:len(image)/2],
+	}
+	for name, img := range cases {
+		if tab, ok := ParseLoaded(img); ok {
+			t.Errorf("%s: ParseLoaded accepted it (%d descriptions)", name, tab.Len())
+		}
+	}
+}
+
+// Garbage never panics ParseLoaded or a lookup in what it accepts.
+func FuzzParseLoaded(f *testing.F) {
+	f.Add([]byte("\x7fELF\x02\x01"))
+	f.Fuzz(func(t *testing.T, image []byte) {
+		tab, ok := ParseLoaded(image)
+		if !ok {
+			return
+		}
+		for _, pc := range []uint64{0, 0x1000, 0xffffffff} {
+			if d, err := tab.find(pc); err == nil && d != nil {
+				d.rules(pc)
+			}
+		}
+	})
+}
