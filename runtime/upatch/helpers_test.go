@@ -167,13 +167,13 @@ func (v *victim) send(t testing.TB, s string, ok func(string) bool) string {
 // waitFrom is waitFor counting from line seen (-1: from now).
 func (v *victim) waitFrom(t testing.TB, seen int, ok func(string) bool) string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if seen < 0 || seen > len(v.lines) {
 		seen = len(v.lines)
 	}
-	timer := time.AfterFunc(10*time.Second, func() { v.mu.Lock(); v.cond.Broadcast(); v.mu.Unlock() })
+	timer := time.AfterFunc(30*time.Second, func() { v.mu.Lock(); v.cond.Broadcast(); v.mu.Unlock() })
 	defer timer.Stop()
 	for {
 		for ; seen < len(v.lines); seen++ {
