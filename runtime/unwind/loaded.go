@@ -64,14 +64,29 @@ func ParseLoaded(image []byte) (*Table, bool) {
 		return nil, false
 	}
 	frameAddr, err := r.pointer(ptrEnc, hdrAddr)
-	if err != nil {
+	if err != nil || ptrEnc == peOmit { // no pointer: only the section headers say where .eh_frame is
 		return nil, false
 	}
 	frame, ok := t.loadedAt(image, frameAddr)
-	if !ok || !t.useIndex(hdr, hdrAddr, frame, frameAddr) {
+	if !ok || !t.useIndex(hdr, hdrAddr, frame, frameAddr) || !t.indexInFrame() {
 		return nil, false
 	}
 	return t, true
+}
+
+// indexInFrame reports whether the search table's first and last entries lead into
+// the bytes taken as .eh_frame. A pointer to .eh_frame that is present but wrong
+// would otherwise make every lookup fail where the section headers would have given
+// the right table; declining sends the caller there.
+func (t *Table) indexInFrame() bool {
+	n := len(t.index) / 8
+	for _, i := range []int{0, n - 1} {
+		fde := t.hdrAddr + uint64(int64(int32(le.Uint32(t.index[i*8+4:])))) // datarel, sdata4
+		if fde < t.frameAddr || fde-t.frameAddr >= uint64(len(t.frame)) {
+			return false
+		}
+	}
+	return true
 }
 
 // loadedAt returns the file's bytes from link-time address addr to the end of the

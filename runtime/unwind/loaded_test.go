@@ -3,6 +3,7 @@ package unwind
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -114,7 +115,16 @@ func TestParseLoadedDeclines(t *testing.T) {
 	class32[4] = 1
 	phPastEnd := bytes.Clone(image[:4096])
 	phPastEnd[56] = 0xff // phnum
+	// The .eh_frame_hdr's pointer to .eh_frame omitted (encoding 0xff), and present
+	// but aimed at the last byte of its segment, past every description the search
+	// table leads to.
+	omitted, misaimed := bytes.Clone(image), bytes.Clone(image)
+	hdrOff, segEnd := ehFrameHdr(t, image)
+	omitted[hdrOff+1] = 0xff
+	misaimed[hdrOff+1] = 0x03 // udata4, absolute
+	binary.LittleEndian.PutUint32(misaimed[hdrOff+4:], uint32(segEnd-1))
 	cases := map[string][]byte{
+		"eh_frame pointer omitted": omitted, "eh_frame pointer misaimed": misaimed,
 		"empty": nil, "not ELF": []byte(strings.Repeat("x", 100)), "ELF32": class32,
 		"relocatable object": relocatable, "headers past the end": phPastEnd,
 		"eh_frame past the end": image[:len(image)/2],
@@ -140,4 +150,25 @@ func FuzzParseLoaded(f *testing.F) {
 			}
 		}
 	})
+}
+
+// ehFrameHdr returns the file offset of image's PT_GNU_EH_FRAME segment and the end
+// address of the PT_LOAD segment that holds it.
+func ehFrameHdr(t *testing.T, image []byte) (off int, segEnd uint64) {
+	f, err := elf.NewFile(bytes.NewReader(image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_GNU_EH_FRAME {
+			continue
+		}
+		for _, l := range f.Progs {
+			if l.Type == elf.PT_LOAD && p.Vaddr >= l.Vaddr && p.Vaddr < l.Vaddr+l.Filesz {
+				return int(p.Off), l.Vaddr + l.Filesz
+			}
+		}
+	}
+	t.Fatal("no PT_GNU_EH_FRAME inside a PT_LOAD")
+	return 0, 0
 }
