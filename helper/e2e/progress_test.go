@@ -95,8 +95,15 @@ func TestProgress(t *testing.T) {
 		t.Fatalf("remove piped, without --progress: %d %q %q", code, out, stderr)
 	}
 	ps = collect()
-	if len(ps) == 0 || ps[len(ps)-1].Operation != "deactivate" || ps[len(ps)-1].Done != n {
-		t.Errorf("remove: signals %+v", ps)
+	// Every signal of the remove is its own, counting up to n: a stray or repeated
+	// signal of the apply would land here and fail.
+	if len(ps) == 0 || len(ps) > n || ps[len(ps)-1].Done != n {
+		t.Errorf("remove: signals %+v, want 1..%d ending with %d of %d", ps, n, n, n)
+	}
+	for i, p := range ps {
+		if p.Operation != "deactivate" || p.Patch != entity || p.Total != n || (i > 0 && p.Done <= ps[i-1].Done) {
+			t.Errorf("remove: signal %d: %+v (all: %+v)", i, p, ps)
+		}
 	}
 	if _, stderr, code := s.syscare("list", "--progress"); code != 2 || !strings.Contains(stderr, "--progress is an option of") {
 		t.Errorf("list --progress: %d %q", code, stderr)

@@ -2,6 +2,8 @@ package health
 
 import (
 	"context"
+	"errors"
+	"os"
 	"os/exec"
 	"os/user"
 	"reflect"
@@ -105,23 +107,50 @@ func TestRunAsCaller(t *testing.T) {
 // must still run to its end: it is forked on the spawner thread. The same start made
 // directly from that thread shows the kernel behaviour this guards against.
 func TestCheckOutlivesCallerThread(t *testing.T) {
-	startFromEndingThread := func(start func(*exec.Cmd) error) error {
-		cmd := exec.Command("sleep", "0.5")
+	startFromEndingThread := func(start func(*exec.Cmd) error, seconds string) error {
+		cmd := exec.Command("sleep", seconds)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		started := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread ends when this returns
-			started <- start(cmd)
-		}()
-		if err := <-started; err != nil {
-			t.Fatal(err)
+		// The Go runtime never ends the main thread (it keeps it, wedged). A
+		// goroutine that lands there keeps it busy until the test ends, and the next
+		// try runs on another thread. This goroutine holds its own thread too, so
+		// that the new one cannot simply take over the thread it waits on.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		hold := make(chan struct{})
+		defer close(hold)
+		for try := 0; ; try++ {
+			started := make(chan error, 1)
+			onMain := make(chan bool, 1)
+			go func() {
+				runtime.LockOSThread() // never unlocked: the thread ends when this returns
+				if syscall.Gettid() == os.Getpid() {
+					onMain <- true
+					<-hold
+					runtime.UnlockOSThread()
+					return
+				}
+				onMain <- false
+				started <- start(cmd)
+			}()
+			if <-onMain {
+				if try > 100 {
+					t.Fatal("every goroutine ran on the main thread")
+				}
+				continue
+			}
+			if err := <-started; err != nil {
+				t.Fatal(err)
+			}
+			return cmd.Wait()
 		}
-		return cmd.Wait()
 	}
-	if err := startFromEndingThread((*exec.Cmd).Start); err == nil {
-		t.Fatal("a child forked from a thread that ended was not killed: the guard below proves nothing here")
+	// A long child, so that only its kill ends it early, however late the thread ends.
+	err := startFromEndingThread((*exec.Cmd).Start, "60")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("a child forked from a thread that ended: %v, want killed by SIGKILL (else the guard below proves nothing here)", err)
 	}
-	if err := startFromEndingThread(startOnSpawner); err != nil {
+	if err := startFromEndingThread(startOnSpawner, "0.5"); err != nil {
 		t.Fatalf("check started on the spawner: %v, want a normal exit", err)
 	}
 }

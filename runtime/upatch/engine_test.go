@@ -269,10 +269,18 @@ func TestBusyFunctionRefused(t *testing.T) {
 		t.Fatalf("busy patch left %+v in the process", applied)
 	}
 	v.alive(t)
+	parked := threadCount(t, v.pid())
 	v.stdin.Write([]byte("release\n"))
-	// Released, the thread may still be inside park() when the patch comes (a loaded
-	// machine runs it late): wait for it to return, as the helper does.
-	o.Timeout = 30 * time.Second
+	// Released, the parker thread returns from park() and ends; a loaded machine
+	// runs it late, so wait for it to be gone rather than for a while. Then a plain
+	// patch (no waiting for frames) goes through.
+	n := threadCount(t, v.pid())
+	for end := time.Now().Add(settleBound); n >= parked && time.Now().Before(end); n = threadCount(t, v.pid()) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n >= parked {
+		t.Fatalf("the parker thread did not end within %v of its release", settleBound)
+	}
 	if err := e.Patch(v.pid(), obj, o); err != nil {
 		t.Fatalf("patch after the thread was released: %v", err)
 	}

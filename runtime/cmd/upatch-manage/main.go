@@ -325,9 +325,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // section's data anyway, and would otherwise read the headers, the symbol table
 // (twice) and each small section with a system call of its own.
 func loadObject(path string) (*patchobj.Object, error) {
-	b, err := os.ReadFile(path)
+	// Only a regular file: a FIFO or a device (/dev/zero) would block or read forever.
+	// O_NONBLOCK keeps the open itself from waiting for a FIFO's writer; it changes
+	// nothing for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, st.Mode().Type())
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	obj, err := patchobj.ParseBytes(b)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func testdata(name string) string {
@@ -173,6 +175,17 @@ func TestCommandLine(t *testing.T) {
 	if r := invoke(t, bin, "patch", "--pid", "999999999", "--patch", obj, "--force"); r.code != 6 ||
 		strings.Count(r.stderr, "pid 999999999") != 1 {
 		t.Errorf("patch of a missing process: %+v, want exit 6 naming the pid once", r)
+	}
+	// A patch path that is not a regular file is refused at once, not read forever
+	// (/dev/zero) or waited on (a FIFO with no writer).
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/dev/zero", fifo} {
+		if r := invoke(t, bin, "patch", "--pid", pid, "--patch", p, "--force"); r.code == 0 || !strings.Contains(r.stderr, "not a regular file") {
+			t.Errorf("patch from %s: %+v, want a refusal naming it not a regular file", p, r)
+		}
 	}
 	if _, err := os.Stat("/proc/" + pid); err != nil {
 		t.Fatal("victim died")
