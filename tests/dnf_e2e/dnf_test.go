@@ -379,7 +379,8 @@ func (e *env) waitOutput(want string) {
 	// A hang guard: the victim prints every few ms, a loaded machine stretches that.
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
 		v.mu.Lock()
-		last, n := v.last, v.n
+		var n int
+		last, n = v.last, v.n // the last line, for the failure message
 		v.mu.Unlock()
 		if n > start+1 && last == want {
 			return

@@ -99,6 +99,14 @@ health = kill -0 %d
 	if code != 0 {
 		t.Fatalf("timer run: exit %d\n%s", code, out)
 	}
+	// What the run said and what the repository offers now, should the checks below
+	// fail (a CI run once saw this run find nothing to install).
+	t.Cleanup(func() {
+		if t.Failed() {
+			lst, lerr, code := e.dnf("hotpatch", "list", "--all")
+			t.Logf("first timer run:\n%s\ndnf hotpatch list --all now (exit %d):\n%s%s", out, code, lst, lerr)
+		}
+	})
 	e.waitOutput("2 10")
 	if took := time.Since(start); took < time.Second {
 		t.Errorf("the run took %s, less than the policy's soak", took)
