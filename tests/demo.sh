@@ -69,11 +69,12 @@ ask() {
 	printf '    send %-10s -> %s\n' "\"$1\"" "$REPLY_LINE"
 }
 # dnf_root runs dnf on the scratch root, with the plugin from the source tree and the
-# helper on the private bus.
+# helper on the private bus. --refresh: metadata_expire=0 alone leaves a cache written
+# in the same second unexpired, and a patch published in that second unseen.
 dnf_root() {
 	DBUS_SYSTEM_BUS_ADDRESS=$ADDR dnf -y --installroot="$INSTROOT" --setopt=reposdir="$W/reposd" \
 		--repofrompath=demo,"$REPO" --nogpgcheck --setopt=install_weak_deps=False \
-		--setopt=metadata_expire=0 --releasever=1 --setopt=pluginpath="$ROOT/dnf-plugin" \
+		--setopt=metadata_expire=0 --refresh --releasever=1 --setopt=pluginpath="$ROOT/dnf-plugin" \
 		--setopt=pluginconfpath="$W/pluginconf" "$@" 2>&1 | tee "$W/dnf.out"
 	local rc=${PIPESTATUS[0]}
 	if grep -q "Failed loading plugin" "$W/dnf.out"; then fail "dnf could not load the hotpatch plugin"; fi

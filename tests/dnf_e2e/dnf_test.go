@@ -252,7 +252,10 @@ func (e *env) dnf(args ...string) (string, string, int) {
 	e.t.Helper()
 	base := []string{"-y", "--installroot=" + e.root, "--setopt=reposdir=" + filepath.Join(e.dir, "reposd"),
 		"--repofrompath=local," + e.repo, "--nogpgcheck", "--setopt=install_weak_deps=False",
-		"--setopt=metadata_expire=0", "--releasever=1",
+		// metadata_expire=0 leaves a cache written in the same second unexpired (DNF
+		// compares the age with ">"), and a repository published in that second goes
+		// unseen; --refresh expires the cache outright.
+		"--setopt=metadata_expire=0", "--refresh", "--releasever=1",
 		"--setopt=pluginpath=" + filepath.Join(e.repoDir, "dnf-plugin"),
 		"--setopt=pluginconfpath=" + filepath.Join(e.dir, "pluginconf")}
 	cmd := exec.Command("dnf", append(base, args...)...)
