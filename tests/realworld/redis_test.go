@@ -224,7 +224,7 @@ func TestRedis(t *testing.T) {
 
 	pid_ := fmt.Sprint(pid)
 	h := startHammer(t, addr, hotpatched, 4)
-	time.Sleep(200 * time.Millisecond)
+	waitAtLeast(t, "PONG replies before the patch", h.pong.Load, 1)
 	mustManage(t, "patch", "--pid", pid_, "--patch", pingObj, "--uuid", "redis-ping")
 	if got := redisDo(t, addr, "PING"); got != hotpatched {
 		t.Errorf("PING after patch: %q, want %q", got, hotpatched)
@@ -235,7 +235,7 @@ func TestRedis(t *testing.T) {
 	if got := redisDo(t, addr, "PING a b"); !strings.HasPrefix(got, "-ERR wrong number of arguments") {
 		t.Errorf("PING a b after patch: %q, want the arity error", got)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitAtLeast(t, "HOTPATCHED replies while patched", h.patched.Load, 1)
 	if info := mustManage(t, "info", "--pid", pid_); !strings.Contains(info, "redis-ping") || !strings.Contains(info, "pingCommand") {
 		t.Errorf("info lacks the patch:\n%s", info)
 	}
@@ -243,7 +243,8 @@ func TestRedis(t *testing.T) {
 	if got := redisDo(t, addr, "PING"); got != "+PONG" {
 		t.Errorf("PING after unpatch: %q, want +PONG", got)
 	}
-	time.Sleep(200 * time.Millisecond)
+	pongs := h.pong.Load()
+	waitAtLeast(t, "PONG replies after the unpatch", h.pong.Load, pongs+1)
 	h.finish()
 	alive()
 	t.Logf("hammer: %d PONG, %d HOTPATCHED, %d other, %d errors", h.pong.Load(), h.patched.Load(), h.other.Load(), h.errs.Load())
@@ -272,7 +273,7 @@ func TestRedis(t *testing.T) {
 		}
 		slept0 <- reply
 	}()
-	time.Sleep(500 * time.Millisecond)
+	waitMainAsleep(t, pid)
 	mustManage(t, "patch", "--pid", pid_, "--patch", pingObj, "--uuid", "redis-ping-asleep")
 	if reply := <-slept0; reply != "+OK" {
 		t.Errorf("DEBUG SLEEP 2 across the patch: %q", reply)
@@ -299,7 +300,7 @@ func TestRedis(t *testing.T) {
 		}
 		slept <- reply
 	}()
-	time.Sleep(500 * time.Millisecond)
+	waitMainAsleep(t, pid)
 	// Without waiting (--timeout 0) the busy thread refuses the patch.
 	out, code := manage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug", "--retries", "2", "--timeout", "0")
 	if code != 3 || !strings.Contains(out, "debugCommand") {
@@ -317,7 +318,7 @@ func TestRedis(t *testing.T) {
 		}
 		slept <- reply
 	}()
-	time.Sleep(500 * time.Millisecond)
+	waitMainAsleep(t, pid)
 	waitStart := time.Now()
 	mustManage(t, "patch", "--pid", pid_, "--patch", debugObj, "--uuid", "redis-debug")
 	if reply := <-slept; reply != "+OK" {
@@ -344,4 +345,35 @@ func TestRedis(t *testing.T) {
 		t.Errorf("final PING: %q", got)
 	}
 	alive()
+}
+
+// waitAtLeast waits until count() reaches n; the bound is a hang guard (a loaded
+// machine runs the hammer late, and a fixed pause may see no reply at all).
+func waitAtLeast(t *testing.T, what string, count func() int64, n int64) {
+	t.Helper()
+	for end := time.Now().Add(30 * time.Second); count() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%s: %d within 30s, want %d", what, count(), n)
+		}
+	}
+}
+
+// waitMainAsleep waits until redis-server's main thread sits in a sleep system call
+// (DEBUG SLEEP's usleep: nanosleep or clock_nanosleep), so that what follows meets
+// the command inside debugCommand however late a loaded machine started it.
+func waitMainAsleep(t *testing.T, pid int) {
+	t.Helper()
+	path := fmt.Sprintf("/proc/%d/syscall", pid)
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nr, _, _ := strings.Cut(string(b), " "); nr == "35" || nr == "230" { // x86-64 nanosleep, clock_nanosleep
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("redis-server's main thread not asleep within 30s (%s: %q)", path, strings.TrimSpace(string(b)))
+		}
+	}
 }
