@@ -236,6 +236,16 @@ func (b *build) kernelPrep(ctx context.Context, top string) (string, error) {
 	if err := b.command(ctx, top, "rpmbuild", b.rpmbuildArgs("-bp")...); err != nil {
 		return "", fmt.Errorf("%%prep of %s: %w", b.src.NVR(), err)
 	}
+	// top goes once the tree is ready (into the cache, or removed), but the patch's
+	// source RPM takes the spec at the end: keep it in the build's own directory.
+	keep := filepath.Join(b.work, "kernel-spec", filepath.Base(b.spec))
+	if err := os.MkdirAll(filepath.Dir(keep), 0o755); err != nil {
+		return "", err
+	}
+	if err := copyFile(b.spec, keep); err != nil {
+		return "", fmt.Errorf("keep the spec of %s: %w", b.src.NVR(), err)
+	}
+	b.spec = keep
 	return filepath.Join(top, "BUILD"), nil
 }
 
