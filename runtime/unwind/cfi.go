@@ -63,6 +63,14 @@ type Load struct {
 	Offset, Vaddr, Filesz uint64
 }
 
+// addLoad records a PT_LOAD segment and keeps MinVaddr the lowest one's page.
+func (t *Table) addLoad(l Load) {
+	if v := l.Vaddr &^ 4095; len(t.Loads) == 0 || v < t.MinVaddr {
+		t.MinVaddr = v
+	}
+	t.Loads = append(t.Loads, l)
+}
+
 // Bias returns the load bias (run-time minus link-time address) of a mapping of the
 // file at run-time address start that maps file offset off (both page aligned, as in
 // /proc/PID/maps), from the PT_LOAD segment that holds off; false if none does.
@@ -93,13 +101,9 @@ func ParseImage(f *elf.File, image []byte) (*Table, error) {
 
 func parse(f *elf.File, image []byte) (*Table, error) {
 	t := &Table{}
-	first := true
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_LOAD {
-			t.Loads = append(t.Loads, Load{Offset: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz})
-			if v := p.Vaddr &^ 4095; first || v < t.MinVaddr {
-				t.MinVaddr, first = v, false
-			}
+			t.addLoad(Load{Offset: p.Off, Vaddr: p.Vaddr, Filesz: p.Filesz})
 		}
 	}
 	s := f.Section(".eh_frame")

@@ -35,17 +35,13 @@ func ParseLoaded(image []byte) (*Table, bool) {
 	t := &Table{}
 	var hdr []byte
 	var hdrAddr uint64
-	first := true
 	for i := uint64(0); i < phnum; i++ {
 		p := image[phoff+i*phentsize : phoff+(i+1)*phentsize]
 		typ := binary.LittleEndian.Uint32(p)
 		off, vaddr, filesz := binary.LittleEndian.Uint64(p[8:]), binary.LittleEndian.Uint64(p[16:]), binary.LittleEndian.Uint64(p[32:])
 		switch typ {
 		case ptLoad:
-			t.Loads = append(t.Loads, Load{Offset: off, Vaddr: vaddr, Filesz: filesz})
-			if v := vaddr &^ 4095; first || v < t.MinVaddr {
-				t.MinVaddr, first = v, false
-			}
+			t.addLoad(Load{Offset: off, Vaddr: vaddr, Filesz: filesz})
 		case ptEHFrame:
 			if off > uint64(len(image)) || filesz > uint64(len(image))-off {
 				return nil, false
