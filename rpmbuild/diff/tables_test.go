@@ -36,6 +36,28 @@ var testTables = []Table{
 	{Section: "__jump_table", EntrySize: 16},
 }
 
+// changedObject diffs orig against fixed with opts, checks that the changed functions
+// are want (space-separated) and returns the patch object.
+func changedObject(t *testing.T, orig, fixed []byte, opts Options, want string) *elf.File {
+	t.Helper()
+	r, err := Diff(bytes.NewReader(orig), bytes.NewReader(fixed), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(r.Changed(), " "); got != want {
+		t.Fatalf("changed %q, want %q", got, want)
+	}
+	obj, err := r.Object()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := elf.NewFile(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // relocsOf lists "offset symbol" for the relocations of section name in obj.
 func relocsOf(t *testing.T, f *elf.File, name string) []string {
 	t.Helper()
@@ -65,21 +87,7 @@ func relocsOf(t *testing.T, f *elf.File, name string) []string {
 // replacement code only the relocation of f's piece (repl_f).
 func TestTablesCarried(t *testing.T) {
 	orig, fixed := pair(t, "tables.c", "#define FIX 1\n"+tableSrc, "#define FIX 2\n"+tableSrc, "-fno-pic")
-	r, err := Diff(bytes.NewReader(orig), bytes.NewReader(fixed), Options{Tables: testTables, AliasPrefix: "A_"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(r.Changed(), " "); got != "f" {
-		t.Fatalf("changed %q, want f (the tables are not compared)", got)
-	}
-	obj, err := r.Object()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := elf.NewFile(bytes.NewReader(obj))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := changedObject(t, orig, fixed, Options{Tables: testTables, AliasPrefix: "A_"}, "f") // the tables are not compared
 	for _, tb := range testTables {
 		s := f.Section(tb.Section)
 		if s == nil || s.Size != uint64(tb.EntrySize) {
@@ -152,21 +160,7 @@ func TestDyndbgOwned(t *testing.T) {
 		t.Fatalf("without __dyndbg owned: %v, want the moved lines refused as changed data of __dyndbg (else the test shows nothing)", err)
 	}
 	opts.Owned = []string{"__dyndbg"}
-	r, err := Diff(bytes.NewReader(orig), bytes.NewReader(fixed), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(r.Changed(), " "); got != "f" {
-		t.Fatalf("changed %q, want f", got)
-	}
-	obj, err := r.Object()
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := elf.NewFile(bytes.NewReader(obj))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := changedObject(t, orig, fixed, opts, "f")
 	if f.Section("__dyndbg") == nil {
 		t.Fatal("the patch object has no __dyndbg")
 	}

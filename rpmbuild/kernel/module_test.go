@@ -126,6 +126,22 @@ func compileFix(t *testing.T, name string) *fixPair {
 	return fp
 }
 
+// module builds the livepatch module name of obj against fp's tree and opens it.
+func (fp *fixPair) module(t *testing.T, vm *Vmlinux, name string, obj PatchObject) (*Module, *elf.File) {
+	t.Helper()
+	m, err := BuildModule(context.Background(), ModuleInput{Name: name, Objects: []PatchObject{obj},
+		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
+	if err != nil {
+		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
+	}
+	f, err := elf.Open(m.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return m, f
+}
+
 // TestInitRefused: a fix to __init code is refused, naming the function and section.
 func TestInitRefused(t *testing.T) {
 	fp := compileFix(t, "init")
@@ -172,21 +188,12 @@ func TestLoadavgModule(t *testing.T) {
 	if got := strings.Join(r.Changed(), " "); got != "loadavg_proc_show" {
 		t.Fatalf("changed %q, want loadavg_proc_show", got)
 	}
-	m, err := BuildModule(ctx, ModuleInput{Name: "klp_loadavg", Objects: []PatchObject{{TU: fp.tu, Object: obj}},
-		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(work, "module"), Log: log})
-	if err != nil {
-		t.Fatalf("module: %v\n%s", err, tail(log.String()))
-	}
+	m, f := fp.module(t, vm, "klp_loadavg", PatchObject{TU: fp.tu, Object: obj})
 	t.Logf("module %s: %d bytes, %d livepatch relocations, funcs %v", m.Path, m.Size, m.KlpRelocations, m.Funcs)
 	mi, err := kpatch.ReadModInfo(m.Path)
 	if err != nil || !mi.Livepatch || strings.TrimSpace(mi.VerMagic) != strings.TrimSpace(vm.Vermagic) {
 		t.Fatalf("modinfo %+v (%v), want livepatch and vermagic %q", mi, err, vm.Vermagic)
 	}
-	f, err := elf.Open(m.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	klp := f.Section(".klp.rela.vmlinux..text.loadavg_proc_show")
 	if klp == nil || klp.Flags&shfRelaLivepatch == 0 || klp.Flags&elf.SHF_ALLOC == 0 || klp.Size == 0 {
 		t.Fatalf("no livepatch relocation section for loadavg_proc_show: %+v", klp)
@@ -240,16 +247,7 @@ func TestTablesModule(t *testing.T) {
 	if po.Section(".altinstr_replacement") == nil || po.Section(".altinstr_aux") == nil {
 		t.Errorf("patch object lacks the replacement or aux code of the alternatives")
 	}
-	m, err := BuildModule(ctx, ModuleInput{Name: "klp_meminfo", Objects: []PatchObject{{TU: fp.tu, Object: obj}},
-		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
-	if err != nil {
-		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
-	}
-	f, err := elf.Open(m.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	m, f := fp.module(t, vm, "klp_meminfo", PatchObject{TU: fp.tu, Object: obj})
 	for name, size := range want {
 		if s := f.Section(name); s == nil || s.Size != size {
 			t.Errorf("module %s: %+v, want %d bytes", name, s, size)
@@ -305,16 +303,7 @@ func TestDyndbgModule(t *testing.T) {
 	if po.Section("__dyndbg") == nil || po.Section("__jump_table") == nil {
 		t.Fatalf("patch object lacks __dyndbg or __jump_table")
 	}
-	m, err := BuildModule(ctx, ModuleInput{Name: "klp_dyndbg", Objects: []PatchObject{{TU: fp.tu, Object: obj, Target: target}},
-		Vmlinux: vm, Tree: fp.tree, Release: fp.release, Dir: filepath.Join(fp.work, "module"), Log: fp.log})
-	if err != nil {
-		t.Fatalf("module: %v\n%s", err, tail(fp.log.String()))
-	}
-	f, err := elf.Open(m.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	m, f := fp.module(t, vm, "klp_dyndbg", PatchObject{TU: fp.tu, Object: obj, Target: target})
 	for _, s := range f.Sections {
 		if strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__jump_table") || strings.HasPrefix(s.Name, ".klp.rela.binfmt_misc.__dyndbg") {
 			t.Errorf("module has %s: a key reached through livepatch", s.Name)

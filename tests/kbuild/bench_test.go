@@ -14,14 +14,10 @@ import (
 // download took is printed by TestInputsE2E. Goals (issue 13): 10 minutes cold,
 // 2 minutes with the tree cached, on a 2-core machine.
 func BenchmarkKernelBuild(b *testing.B) {
-	needE2E(b)
-	in := Prepare(b)
-	bin := syscareBuild(b)
-	fix, _ := filepath.Abs("testdata/loadavg.patch")
+	bin, args := loadavgBuild(b, "BENCH")
 	cache := b.TempDir()
 	build := func(what string) (time.Duration, int64) {
-		r := runBuild(b, bin, "--patch-name", "BENCH", "--source", in.SRPM, "--debuginfo", in.Debuginfo,
-			"--patch", fix, "--kernel-cache", cache)
+		r := runBuild(b, bin, append(args, "--kernel-cache", cache)...)
 		if r.code != 0 || r.rpm == "" {
 			b.Fatalf("%s build: exit %d:\n%s", what, r.code, r.out)
 		}
@@ -42,4 +38,18 @@ func BenchmarkKernelBuild(b *testing.B) {
 		b.Logf("kernel one-file fix: cold tree %v (goal 10m), tree cached %v (goal 2m); patch RPM %d bytes",
 			cold.Round(time.Second), warm.Round(time.Second), size)
 	}
+}
+
+// loadavgBuild returns syscare-build and the arguments of a build of the one-file
+// loadavg fix as patch name (the kernel packages from the test cache).
+func loadavgBuild(t testing.TB, name string) (string, []string) {
+	t.Helper()
+	needE2E(t)
+	in := Prepare(t)
+	bin := syscareBuild(t)
+	fix, err := filepath.Abs("testdata/loadavg.patch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin, []string{"--patch-name", name, "--source", in.SRPM, "--debuginfo", in.Debuginfo, "--patch", fix}
 }

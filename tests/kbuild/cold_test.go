@@ -13,11 +13,8 @@ import (
 // from the shared prepared tree; this one found that the packaging step looked for the
 // spec in that removed top. The patch's source RPM must carry the kernel's spec.
 func TestFirstBuildWithoutCache(t *testing.T) {
-	needE2E(t)
-	in := Prepare(t)
-	bin := syscareBuild(t)
-	fix, _ := filepath.Abs("testdata/loadavg.patch")
-	r := runBuild(t, bin, "--patch-name", "COLD", "--source", in.SRPM, "--debuginfo", in.Debuginfo, "--patch", fix)
+	bin, args := loadavgBuild(t, "COLD")
+	r := runBuild(t, bin, args...)
 	if r.code != 0 || r.rpm == "" {
 		t.Fatalf("first build without a cache: exit %d\n%s", r.code, r.out)
 	}
